@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One command from a fresh clone: creates .venv/, installs requirements.txt, prepares the real
+# Fashion-MNIST through TFDS (from Debian's dataset-fashion-mnist where apt is available) and runs
+# the quickstart job. Idempotent: a second run reuses the venv and the prepared data.
+# Extra arguments go to the job, e.g. `bash quickstart.sh --workdir /tmp/qs`.
+source "$(dirname "$0")/scripts/venv.sh"
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "[setup] installing Debian's dataset-fashion-mnist (the files TFDS would download)"
+  $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1; } \
+    || echo "[setup] apt could not install dataset-fashion-mnist; TFDS will try to download the files"
+fi
+cd "$ROOT"
+exec "$PY" -m tpm_jax.quickstart "$@"

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Installs the test extras (CPU torch, timm, pytest) into .venv/ and runs the whole test suite.
+# Extra arguments go to pytest, e.g. `bash test.sh -k parity`.
+source "$(dirname "$0")/scripts/venv.sh"
+pip_install test -r "$ROOT/requirements-test.txt"
+cd "$ROOT"
+exec "$PY" -m pytest -q tests "$@"

@@ -1,0 +1,12 @@
+"""tpm_jax: Vision Transformers that prune tokens by merging them (arXiv 2306.04897), in JAX/Flax NNX."""
+from tpm_jax.config import ConfigError, MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.models.registry import create_model, list_models, model_config
+from tpm_jax.timm_weights import export_timm_weights, load_timm_weights
+
+__version__ = '0.1.0'
+
+__all__ = [
+    'ConfigError', 'MultiscaleConfig', 'ReductionConfig', 'ViTConfig',
+    'create_model', 'list_models', 'model_config',
+    'export_timm_weights', 'load_timm_weights',
+]

@@ -1,0 +1,73 @@
+"""Feeding locally installed copies of public datasets to the real TFDS builders (no network).
+
+Debian's ``dataset-fashion-mnist`` installs the files TFDS's ``fashion_mnist`` builder downloads,
+recompressed by Debian (same data, gzip headers normalised), so their checksums differ from the
+ones TFDS registers. We run the real builder with those files as its manual dir and with the
+registered checksums extended by the Debian ones pinned below; nothing else is changed, and the
+prepared dataset is the ordinary ``fashion_mnist`` that ``tfds.load`` reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+log = logging.getLogger(__name__)
+
+DEBIAN_FASHION_MNIST_DIR = '/usr/share/datasets/fashion-mnist'
+# filename -> (size, sha256) of Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1.
+DEBIAN_FASHION_MNIST = {
+    't10k-images-idx3-ubyte.gz': (4422079, 'cc1d090a38ace84dfa1aa66e3ada7c336ef481a96936906477e6dd344da56eaa'),
+    't10k-labels-idx1-ubyte.gz': (5125, '8d3605d196f4be44669e46906da9733c8131fef761fdbfec72c424d5222f1a05'),
+    'train-images-idx3-ubyte.gz': (26421856, 'b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7'),
+    'train-labels-idx1-ubyte.gz': (29491, '0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056'),
+}
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 20), b''):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_FASHION_MNIST_DIR) -> str:
+  """Make ``tfds.load('fashion_mnist', data_dir=data_dir)`` work; returns the TFDS data dir.
+
+  Uses the files in ``source_dir`` (Debian's package, or the original downloads) when present,
+  otherwise lets TFDS download them.
+  """
+  import tensorflow_datasets as tfds
+  from tensorflow_datasets.core.download import checksums
+
+  data_dir = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  real = tfds.builder('fashion_mnist', data_dir=data_dir)
+  if real.is_prepared():
+    return data_dir
+  have_local = all(os.path.exists(os.path.join(source_dir, f)) for f in DEBIAN_FASHION_MNIST)
+  if not have_local:
+    log.info('fashion_mnist: %s not found, downloading with TFDS', source_dir)
+    real.download_and_prepare()
+    return data_dir
+
+  registered = dict(real.url_infos)
+  accepted = {}
+  for url, info in registered.items():
+    fname = info.filename
+    local = os.path.join(source_dir, fname)
+    got = checksums.UrlInfo(size=os.path.getsize(local), checksum=_sha256(local), filename=fname)
+    debian = DEBIAN_FASHION_MNIST.get(fname)
+    if got == info or (debian and (got.size, got.checksum) == debian):
+      accepted[url] = got
+    else:
+      raise ValueError(f'{local}: size {got.size}, sha256 {got.checksum} is neither the file TFDS registers '
+                       f'nor Debian\'s dataset-fashion-mnist copy')
+
+  class _LocalFashionMNIST(type(real), skip_registration=True):
+    name = real.name  # same dataset, same place on disk
+    url_infos = accepted  # the registered checksums, extended by the verified local copies
+
+  builder = _LocalFashionMNIST(data_dir=data_dir)
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source_dir))
+  return data_dir

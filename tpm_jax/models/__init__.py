@@ -1,0 +1,2 @@
+from tpm_jax.models.registry import MODELS, create_model, list_models, model_config
+from tpm_jax.models.vit import VisionTransformer

@@ -1,0 +1,160 @@
+"""Vision Transformer / DeiT in Flax NNX, with timm's names.
+
+A timm reader should recognise every line: ``patch_embed.proj``, ``cls_token``, ``dist_token``,
+``pos_embed``, ``blocks[i].norm1 / attn.qkv / attn.proj / norm2 / mlp.fc1 / mlp.fc2``, ``norm``,
+``head``, ``head_dist``. Images are NHWC float32, already normalised.
+
+Token reduction (``tpm_jax.reduction``) hooks into ``Block`` after the attention residual and
+before the MLP; the attention can hand back, at no cost when unused, the CLS row of its
+probabilities and its keys.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from tpm_jax.config import ViTConfig
+
+trunc_normal = nnx.initializers.truncated_normal
+
+
+def _linear(cin, cout, dtype, rngs, *, bias=True, kernel_init=trunc_normal(0.02)):
+  return nnx.Linear(cin, cout, use_bias=bias, dtype=dtype, param_dtype=jnp.float32,
+                    kernel_init=kernel_init, bias_init=nnx.initializers.zeros, rngs=rngs)
+
+
+def _layernorm(dim, dtype, rngs):
+  return nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+class PatchEmbed(nnx.Module):
+  """Non-overlapping patches -> tokens: (B, H, W, C) -> (B, H/p * W/p, D)."""
+
+  def __init__(self, patch_size, in_chans, embed_dim, *, dtype, rngs):
+    self.proj = nnx.Conv(in_chans, embed_dim, (patch_size, patch_size), strides=(patch_size, patch_size),
+                         padding='VALID', dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.proj(x)
+    return x.reshape(x.shape[0], -1, x.shape[-1])
+
+
+class Attention(nnx.Module):
+  """Multi-head self-attention with fused qkv.
+
+  ``size_bias`` (B, N) is added to the logits of every query (ToMe's proportional attention
+  passes log(size)). With ``return_extras`` it also returns the CLS row of the probabilities
+  (B, heads, N) and the keys (B, N, heads, head_dim) for token reduction.
+  """
+
+  def __init__(self, dim, num_heads, *, qkv_bias=True, dtype, rngs):
+    self.num_heads = num_heads
+    self.head_dim = dim // num_heads
+    self.scale = self.head_dim ** -0.5
+    self.qkv = _linear(dim, dim * 3, dtype, rngs, bias=qkv_bias)
+    self.proj = _linear(dim, dim, dtype, rngs)
+
+  def __call__(self, x, *, size_bias=None, return_extras=False):
+    B, N, C = x.shape
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, N, H, hd)
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q * self.scale, k)
+    logits = logits.astype(jnp.float32)
+    if size_bias is not None:
+      logits = logits + size_bias[:, None, None, :].astype(jnp.float32)
+    attn = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum('bhqk,bkhd->bqhd', attn.astype(v.dtype), v).reshape(B, N, C)
+    out = self.proj(out)
+    if return_extras:
+      return out, attn[:, :, 0, :], k
+    return out
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, dim, hidden, *, dtype, rngs):
+    self.fc1 = _linear(dim, hidden, dtype, rngs)
+    self.fc2 = _linear(hidden, dim, dtype, rngs)
+
+  def __call__(self, x):
+    return self.fc2(jax.nn.gelu(self.fc1(x), approximate=False))  # timm: nn.GELU (exact erf)
+
+
+class DropPath(nnx.Module):
+  """Stochastic depth: drop the whole residual branch per sample (timm's DropPath)."""
+
+  def __init__(self, rate, *, rngs):
+    self.dropout = nnx.Dropout(rate, broadcast_dims=(1, 2), rngs=rngs)
+
+  def __call__(self, x, *, train):
+    return self.dropout(x, deterministic=not train)
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block. ``x = x + attn(norm1(x)); [reduce]; x = x + mlp(norm2(x))``."""
+
+  def __init__(self, dim, num_heads, mlp_ratio, *, qkv_bias, drop_path, dtype, rngs):
+    self.norm1 = _layernorm(dim, dtype, rngs)
+    self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias, dtype=dtype, rngs=rngs)
+    self.drop_path1 = DropPath(drop_path, rngs=rngs)
+    self.norm2 = _layernorm(dim, dtype, rngs)
+    self.mlp = Mlp(dim, int(dim * mlp_ratio), dtype=dtype, rngs=rngs)
+    self.drop_path2 = DropPath(drop_path, rngs=rngs)
+
+  def __call__(self, x, *, train=False, size_bias=None, reduce=None):
+    """``reduce(x, cls_attn, keys) -> (x, aux)`` runs between attention and MLP when given."""
+    aux = None
+    if reduce is None:
+      x = x + self.drop_path1(self.attn(self.norm1(x), size_bias=size_bias), train=train)
+    else:
+      y, cls_attn, keys = self.attn(self.norm1(x), size_bias=size_bias, return_extras=True)
+      x = x + self.drop_path1(y, train=train)
+      x, aux = reduce(x, cls_attn, keys)
+    x = x + self.drop_path2(self.mlp(self.norm2(x)), train=train)
+    return x, aux
+
+
+class VisionTransformer(nnx.Module):
+  """ViT / DeiT backbone (timm ``VisionTransformer`` / ``VisionTransformerDistilled``)."""
+
+  def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.dtype = dtype
+    D = cfg.embed_dim
+    self.num_prefix_tokens = cfg.num_prefix_tokens
+    self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D, dtype=dtype, rngs=rngs)
+    self.cls_token = nnx.Param(nnx.initializers.normal(1e-6)(rngs.params(), (1, 1, D)))
+    self.dist_token = nnx.Param(trunc_normal(0.02)(rngs.params(), (1, 1, D))) if cfg.distilled else None
+    self.pos_embed = nnx.Param(trunc_normal(0.02)(rngs.params(), (1, cfg.num_prefix_tokens + cfg.num_patches, D)))
+    dpr = [float(r) for r in np.linspace(0.0, cfg.drop_path_rate, cfg.depth)]  # timm's per-block rates
+    self.blocks = nnx.List([
+        Block(D, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path=dpr[i], dtype=dtype, rngs=rngs)
+        for i in range(cfg.depth)])
+    self.norm = _layernorm(D, dtype, rngs)
+    self.head = _linear(D, cfg.num_classes, dtype, rngs)
+    self.head_dist = _linear(D, cfg.num_classes, dtype, rngs) if cfg.distilled else None
+
+  def embed(self, images):
+    """Patch embedding + prefix tokens + position embedding: (B, H, W, C) -> (B, P + N, D)."""
+    x = self.patch_embed(images.astype(self.dtype))
+    B = x.shape[0]
+    prefix = [jnp.broadcast_to(self.cls_token[...], (B, 1, x.shape[-1]))]
+    if self.dist_token is not None:
+      prefix.append(jnp.broadcast_to(self.dist_token[...], (B, 1, x.shape[-1])))
+    x = jnp.concatenate([p.astype(x.dtype) for p in prefix] + [x], axis=1)
+    return x + self.pos_embed[...].astype(x.dtype)
+
+  def forward_head(self, x):
+    """Final-norm tokens -> logits. Distilled: mean of both heads (timm at inference)."""
+    logits = self.head(x[:, 0])
+    if self.head_dist is not None:
+      logits = (logits + self.head_dist(x[:, 1])) / 2
+    return logits.astype(jnp.float32)
+
+  def __call__(self, images, train: bool = False):
+    x = self.embed(images)
+    for blk in self.blocks:
+      x, _ = blk(x, train=train)
+    return self.forward_head(self.norm(x))

@@ -1,0 +1,185 @@
+"""timm <-> tpm_jax weights. The one place where foreign checkpoints are adapted.
+
+Our parameter paths are timm's state-dict keys with Flax leaf names, so the table is a rule:
+``blocks.3.attn.qkv.weight`` <-> ``('blocks', 3, 'attn', 'qkv', 'kernel')`` (transposed),
+``norm1.weight`` <-> ``scale``, conv ``(D, C, p, p)`` <-> ``(p, p, C, D)``.
+Position embeddings of another grid are resampled bicubically, as timm does on load.
+Parameters that timm's ViT does not have (our multi-scale fusion) are left as initialised on
+import and skipped on export.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+log = logging.getLogger(__name__)
+
+# Parameters under these top-level names are tpm_jax extensions with no timm counterpart.
+EXTENSION_PREFIXES = ('multiscale',)
+HEAD_KEYS = ('head.weight', 'head.bias', 'head_dist.weight', 'head_dist.bias')
+
+
+def timm_key(path: tuple) -> str:
+  """Our parameter path -> timm state-dict key."""
+  *parents, leaf = (str(p) for p in path)
+  leaf = {'kernel': 'weight', 'scale': 'weight'}.get(leaf, leaf)
+  return '.'.join(parents + [leaf])
+
+
+def to_timm_layout(path: tuple, value: np.ndarray) -> np.ndarray:
+  if path[-1] == 'kernel' and value.ndim == 2:   # Linear (in, out) -> (out, in)
+    return value.T
+  if path[-1] == 'kernel' and value.ndim == 4:   # Conv (kh, kw, in, out) -> (out, in, kh, kw)
+    return value.transpose(3, 2, 0, 1)
+  return value
+
+
+def from_timm_layout(path: tuple, value: np.ndarray) -> np.ndarray:
+  if path[-1] == 'kernel' and value.ndim == 2:
+    return value.T
+  if path[-1] == 'kernel' and value.ndim == 4:
+    return value.transpose(2, 3, 1, 0)
+  return value
+
+
+def _params(model) -> list[tuple[tuple, nnx.Variable]]:
+  return list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def _is_extension(path: tuple) -> bool:
+  return str(path[0]) in EXTENSION_PREFIXES
+
+
+def resample_pos_embed(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_tokens: int) -> np.ndarray:
+  """(1, P + h*w, D) -> (1, P + H*W, D): bicubic, antialiased (timm's ``resample_abs_pos_embed``)."""
+  prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
+  n = grid.shape[1]
+  old = int(round(n ** 0.5))
+  if old * old != n:
+    raise ValueError(f'pos_embed: cannot resample a non-square grid of {n} tokens')
+  if (old, old) == tuple(new_grid):
+    return posemb
+  g = grid.reshape(1, old, old, -1).astype(np.float32)
+  g = jax.image.resize(jnp.asarray(g), (1, *new_grid, g.shape[-1]), method='bicubic', antialias=True)
+  g = np.asarray(g).reshape(1, new_grid[0] * new_grid[1], -1)
+  return np.concatenate([prefix.astype(np.float32), g], axis=1)
+
+
+def _to_numpy(v) -> np.ndarray:
+  if hasattr(v, 'detach'):  # torch.Tensor
+    v = v.detach().cpu()
+    if str(v.dtype) in ('torch.bfloat16', 'torch.float16'):
+      v = v.float()
+    return v.numpy()
+  return np.asarray(v)
+
+
+def read_state_dict(source) -> dict[str, np.ndarray]:
+  """A .safetensors / .pth / .pt path, or a mapping name -> array, as a dict of NumPy arrays."""
+  if isinstance(source, Mapping):
+    sd = dict(source)
+  else:
+    path = os.fspath(source)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'timm checkpoint not found: {path}')
+    if path.endswith('.safetensors'):
+      from safetensors.numpy import load_file
+      try:
+        sd = load_file(path)
+      except Exception as e:  # a safetensors file in bf16 needs torch to read
+        try:
+          from safetensors.torch import load_file as load_torch
+        except ImportError:
+          raise ValueError(f'cannot read {path}: {e}') from e
+        sd = load_torch(path)
+    elif path.endswith(('.pth', '.pt', '.bin')):
+      try:
+        import torch
+      except ImportError as e:
+        raise ImportError(f'reading {path} needs PyTorch (pip install torch); .safetensors files do not') from e
+      sd = torch.load(path, map_location='cpu', weights_only=True)  # never unpickle arbitrary objects
+    else:
+      raise ValueError(f'{path}: expected a .safetensors, .pth or .pt file')
+  for wrapper in ('model', 'state_dict', 'model_ema'):  # DeiT/timm training checkpoints
+    if wrapper in sd and isinstance(sd[wrapper], Mapping):
+      sd = dict(sd[wrapper])
+      break
+  out = {}
+  for k, v in sd.items():
+    k = k[len('module.'):] if k.startswith('module.') else k
+    out[k] = _to_numpy(v)
+  return out
+
+
+def load_timm_weights(model, source, *, strict: bool = True):
+  """Load timm ViT/DeiT weights into ``model`` in place, and return it.
+
+  ``source``: a ``.safetensors`` or ``.pth``/``.pt`` path (read with
+  ``torch.load(weights_only=True)``), or a mapping name -> array. Position embeddings of another
+  grid are resampled. A shape mismatch raises naming the parameter; missing or unexpected keys
+  raise listing them, except the heads when ``num_classes`` differs (then they keep their fresh
+  initialisation, with a warning).
+  """
+  sd = read_state_dict(source)
+  cfg = model.cfg
+  params = _params(model)
+  ours = {timm_key(p): (p, v) for p, v in params if not _is_extension(p)}
+
+  skip = set()
+  head = sd.get('head.weight')
+  if head is not None and head.shape[0] != cfg.num_classes:
+    skip = {k for k in HEAD_KEYS if k in sd or k in ours}
+    log.warning('head: checkpoint has %d classes, model has %d; head left freshly initialised',
+                head.shape[0], cfg.num_classes)
+
+  missing = sorted(k for k in ours if k not in sd and k not in skip)
+  unexpected = sorted(k for k in sd if k not in ours and k not in skip)
+  if strict and (missing or unexpected):
+    parts = []
+    if missing:
+      parts.append(f'missing keys: {", ".join(missing)}')
+    if unexpected:
+      parts.append(f'unexpected keys: {", ".join(unexpected)}')
+    raise ValueError('timm checkpoint does not match the model; ' + '; '.join(parts))
+
+  updates = {}
+  for key, (path, var) in ours.items():
+    if key in skip or key not in sd:
+      continue
+    value = sd[key]
+    if key == 'pos_embed':
+      src_prefix = 1 + int('dist_token' in sd)
+      if src_prefix != cfg.num_prefix_tokens:
+        raise ValueError(f'pos_embed: checkpoint has {src_prefix} prefix tokens, model has {cfg.num_prefix_tokens}')
+      value = resample_pos_embed(value, (cfg.grid_size, cfg.grid_size), src_prefix)
+    value = from_timm_layout(path, value)
+    if value.shape != var.shape:
+      raise ValueError(f'{key}: checkpoint shape {tuple(sd[key].shape)} does not fit the model '
+                       f'(expects {tuple(to_timm_layout(path, np.zeros(var.shape)).shape)})')
+    updates[path] = jnp.asarray(value, dtype=var.dtype)
+  for path, var in params:
+    if path in updates:
+      var.set_value(updates[path])
+  return model
+
+
+def timm_state_dict(model) -> dict[str, np.ndarray]:
+  """The model's parameters as a timm state dict of float32 NumPy arrays (extensions left out)."""
+  return {timm_key(p): np.ascontiguousarray(to_timm_layout(p, np.asarray(v[...], dtype=np.float32)))
+          for p, v in _params(model) if not _is_extension(p)}
+
+
+def export_timm_weights(model, path) -> str:
+  """Write the model as a timm-named ``.safetensors`` file (loadable by ``timm.create_model``)."""
+  from safetensors.numpy import save_file
+  path = os.fspath(path)
+  if not path.endswith('.safetensors'):
+    raise ValueError(f'{path}: export_timm_weights writes .safetensors files')
+  save_file(timm_state_dict(model), path, metadata={'format': 'pt'})
+  return path
