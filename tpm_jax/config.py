@@ -215,25 +215,25 @@ class ReductionConfig:
     n = len(self.locations)
     return tuple(value) if isinstance(value, tuple) else (value,) * n
 
-  def schedule(self, num_prefix: int, num_patches: int) -> list[tuple[int, int]]:
-    """[(location, tokens_after)] for this config; raises ConfigError if a step would leave no token."""
+  def schedule(self, num_prefix: int, num_patches: int) -> list[tuple[int, int, int]]:
+    """[(location, k, tokens_after)] where k is the number of prunable tokens kept there as
+    destinations (the crucial tokens; for ToMe the unmerged ones) and tokens_after the sequence
+    length leaving the reduction (protected tokens included). Raises ConfigError if none is left."""
     out = []
-    m = num_patches
     if not self.enabled:
       return out
-    keeps = self.per_location(self.keep_rate)
-    rs = self.per_location(self.r)
+    m = num_patches
+    keeps, rs = self.per_location(self.keep_rate), self.per_location(self.r)
     for i, loc in enumerate(self.locations):
       if self.method == 'tome':
-        r = min(rs[i], m // 2)
-        m = m - r
+        k = m - min(rs[i], m // 2)  # ToMe caps r at half the prunable tokens
+        m = k
       else:
-        k = math.ceil(keeps[i] * m - 1e-9)
-        k = max(1, min(k, m))
-        m = k + (1 if self.method == 'evit' and k < m else 0)
+        k = max(1, min(m, math.ceil(keeps[i] * m - 1e-9)))  # K = ceil(keep_rate * M)
+        m = k + (1 if self.method == 'evit' and k < m else 0)  # EViT's fused token
       if m < 1:
         _fail('reduction.r', self.r, f'values that leave at least 1 token (none left after block {loc})')
-      out.append((loc, num_prefix + m))
+      out.append((loc, k, num_prefix + m))
     return out
 
 

@@ -76,6 +76,4 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     raise ConfigError(f'dtype={dtype!r} is not accepted: expected float32, bfloat16 or float16')
   rngs = nnx.Rngs(params=0, dropout=1) if rngs is None else rngs
-  if red.enabled or ms.enabled:
-    raise NotImplementedError('token reduction and multi-scale fusion are not implemented yet')
-  return VisionTransformer(cfg, dtype=dtype, rngs=rngs)
+  return VisionTransformer(cfg, reduction=red, multiscale=ms, dtype=dtype, rngs=rngs)

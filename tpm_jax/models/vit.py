@@ -10,12 +10,16 @@ probabilities and its keys.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tpm_jax.config import ViTConfig
+from tpm_jax import reduction as reduction_lib
+from tpm_jax.config import MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.models.multiscale import MultiScale
 
 trunc_normal = nnx.initializers.truncated_normal
 
@@ -104,7 +108,8 @@ class Block(nnx.Module):
     self.drop_path2 = DropPath(drop_path, rngs=rngs)
 
   def __call__(self, x, *, train=False, size_bias=None, reduce=None):
-    """``reduce(x, cls_attn, keys) -> (x, aux)`` runs between attention and MLP when given."""
+    """``reduce(x, cls_attn, keys) -> (x, aux)`` runs between attention and MLP when given;
+    returns (x, aux), aux None without reduction."""
     aux = None
     if reduce is None:
       x = x + self.drop_path1(self.attn(self.norm1(x), size_bias=size_bias), train=train)
@@ -117,13 +122,19 @@ class Block(nnx.Module):
 
 
 class VisionTransformer(nnx.Module):
-  """ViT / DeiT backbone (timm ``VisionTransformer`` / ``VisionTransformerDistilled``)."""
+  """ViT / DeiT backbone (timm ``VisionTransformer`` / ``VisionTransformerDistilled``) with
+  optional token reduction (``ReductionConfig``) and multi-scale fusion (``MultiscaleConfig``)."""
 
-  def __init__(self, cfg: ViTConfig, *, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(self, cfg: ViTConfig, *, reduction: ReductionConfig | None = None,
+               multiscale: MultiscaleConfig | None = None, dtype=jnp.float32, rngs: nnx.Rngs):
     self.cfg = cfg
+    self.reduction = reduction = ReductionConfig.from_any(reduction, depth=cfg.depth)
+    self.multiscale_cfg = multiscale = MultiscaleConfig.from_any(multiscale)
     self.dtype = dtype
     D = cfg.embed_dim
     self.num_prefix_tokens = cfg.num_prefix_tokens
+    # Static token counts: block index -> prunable tokens kept as destinations there.
+    self.keep = {loc: k for loc, k, _ in reduction.schedule(cfg.num_prefix_tokens, cfg.num_patches)}
     self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D, dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(nnx.initializers.normal(1e-6)(rngs.params(), (1, 1, D)))
     self.dist_token = nnx.Param(trunc_normal(0.02)(rngs.params(), (1, 1, D))) if cfg.distilled else None
@@ -132,9 +143,18 @@ class VisionTransformer(nnx.Module):
     self.blocks = nnx.List([
         Block(D, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path=dpr[i], dtype=dtype, rngs=rngs)
         for i in range(cfg.depth)])
+    self.multiscale = nnx.data(None)
+    if multiscale.enabled:
+      self.multiscale = MultiScale(multiscale, embed_dim=D, num_heads=cfg.num_heads, grid_size=cfg.grid_size,
+                                   patch_size=cfg.patch_size, in_chans=cfg.in_chans, dtype=dtype, rngs=rngs)
     self.norm = _layernorm(D, dtype, rngs)
     self.head = _linear(D, cfg.num_classes, dtype, rngs)
     self.head_dist = _linear(D, cfg.num_classes, dtype, rngs) if cfg.distilled else None
+
+  @property
+  def fusion_block(self) -> int:
+    """The block whose input the multi-scale fusion rewrites: the first reduction location, else 0."""
+    return min(self.keep) if self.keep else 0
 
   def embed(self, images):
     """Patch embedding + prefix tokens + position embedding: (B, H, W, C) -> (B, P + N, D)."""
@@ -146,6 +166,31 @@ class VisionTransformer(nnx.Module):
     x = jnp.concatenate([p.astype(x.dtype) for p in prefix] + [x], axis=1)
     return x + self.pos_embed[...].astype(x.dtype)
 
+  def _reduce(self, block_idx, sizes, x, cls_attn, keys):
+    """The reduction step of one block (called by ``Block`` between attention and MLP)."""
+    scores = cls_attn.mean(axis=1)  # (B, N): CLS attention averaged over heads
+    use_keys = self.reduction.similarity == 'keys' or self.reduction.method == 'tome'  # ToMe matches keys
+    metric = keys.mean(axis=2) if use_keys else x
+    out = reduction_lib.get(self.reduction.method)(
+        x, scores, metric, sizes, num_protected=self.num_prefix_tokens, k=self.keep[block_idx], cfg=self.reduction)
+    return out.tokens, (scores, out)
+
+  def forward_features(self, images, train=False, aux=None):
+    x = self.embed(images)
+    sizes = jnp.ones(x.shape[:2], jnp.float32)
+    prop_attn = self.reduction.enabled and self.reduction.use_prop_attn
+    for i, blk in enumerate(self.blocks):
+      if self.multiscale is not None and i == self.fusion_block:
+        x = self.multiscale(x, images, self.num_prefix_tokens)
+      reduce = functools.partial(self._reduce, i, sizes) if i in self.keep else None
+      x, out = blk(x, train=train, size_bias=jnp.log(sizes) if prop_attn else None, reduce=reduce)
+      if out is not None:
+        scores, red = out
+        sizes = red.sizes
+        if aux is not None:
+          aux.append(dict(block=i, scores=scores, kept=red.kept, assignment=red.assignment, sizes=red.sizes))
+    return self.norm(x)
+
   def forward_head(self, x):
     """Final-norm tokens -> logits. Distilled: mean of both heads (timm at inference)."""
     logits = self.head(x[:, 0])
@@ -153,8 +198,10 @@ class VisionTransformer(nnx.Module):
       logits = (logits + self.head_dist(x[:, 1])) / 2
     return logits.astype(jnp.float32)
 
-  def __call__(self, images, train: bool = False):
-    x = self.embed(images)
-    for blk in self.blocks:
-      x, _ = blk(x, train=train)
-    return self.forward_head(self.norm(x))
+  def __call__(self, images, train: bool = False, return_aux: bool = False):
+    """Logits (B, num_classes); with ``return_aux`` also a list with one dict per reduction
+    location: block, scores (B, N), kept (B, k) input indices, assignment (B, N) output index of
+    every input token (-1 if discarded), sizes (B, N')."""
+    aux = [] if return_aux else None
+    logits = self.forward_head(self.forward_features(images, train=train, aux=aux))
+    return (logits, aux) if return_aux else logits
