@@ -159,11 +159,11 @@ class VisionTransformer(nnx.Module):
   def embed(self, images):
     """Patch embedding + prefix tokens + position embedding: (B, H, W, C) -> (B, P + N, D)."""
     x = self.patch_embed(images.astype(self.dtype))
-    B = x.shape[0]
-    prefix = [jnp.broadcast_to(self.cls_token[...], (B, 1, x.shape[-1]))]
+    zeros = jnp.zeros_like(x[:, :1])  # (B, 1, D), sharded like the batch (also under explicit meshes)
+    prefix = [zeros + self.cls_token[...].astype(x.dtype)]
     if self.dist_token is not None:
-      prefix.append(jnp.broadcast_to(self.dist_token[...], (B, 1, x.shape[-1])))
-    x = jnp.concatenate([p.astype(x.dtype) for p in prefix] + [x], axis=1)
+      prefix.append(zeros + self.dist_token[...].astype(x.dtype))
+    x = jnp.concatenate(prefix + [x], axis=1)
     return x + self.pos_embed[...].astype(x.dtype)
 
   def _reduce(self, block_idx, sizes, x, cls_attn, keys):
