@@ -1,0 +1,26 @@
+"""ImageNet training from scratch with token reduction: the DeiT recipe, 300 epochs.
+
+AdamW, lr 5e-4 per 512 images with 5 warmup epochs, cosine to 1e-5, weight decay 0.05, batch 1024,
+DeiT augmentation, stochastic depth 0.1, and EViT's keep-rate warmup (the keep rate goes from 1 to
+the target, quantised into ``keep_warmup_stages`` compiled steps).
+
+Arg string: as configs/deit.py.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs.common import apply_arg, base_config, parse_arg  # noqa: E402
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, model='deit_small_patch16_224', method='tpm', keep=0.7, r=8, multiscale='pool', seed=0,
+                smoke=False)
+  c = base_config()
+  c.num_epochs = 300.0
+  c.batch_size = 1024
+  c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs, c.optim.weight_decay = 5e-4, 1e-5, 5.0, 0.05
+  c.optim.grad_clip = 0.0
+  c.keep_warmup_epochs = 30.0
+  c.keep_warmup_stages = 4
+  return apply_arg(c, a)

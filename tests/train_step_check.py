@@ -1,0 +1,55 @@
+"""Run in a subprocess with 8 simulated CPU devices (tests/test_train.py): the same train steps on
+1 device, data-parallel (8, 1) and FSDP (2, 4) meshes give the same loss trajectory."""
+import os
+import sys
+
+os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
+os.environ['JAX_PLATFORMS'] = 'cpu'
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+from flax import nnx
+from ml_collections import ConfigDict
+
+from configs import deit
+from tpm_jax import sharding, trainer
+
+
+def run(mesh_shape, devices):
+  c = deit.get_config('smoke')
+  c.aug.mixup = c.aug.cutmix = 0.0
+  c.model.num_classes = 10
+  c.fsdp_min_size = 64
+  mesh = sharding.make_mesh(ConfigDict(dict(data=mesh_shape[0], fsdp=mesh_shape[1])), devices=devices)
+  schedule = trainer.learning_rate_schedule(c, 10, 10)
+
+  def build():
+    model = trainer.build_model(c)
+    return model, nnx.Optimizer(model, trainer.make_optimizer(c, schedule), wrt=nnx.Param)
+  graphdef, state = nnx.split(build())
+  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=c.fsdp_min_size)
+  state = jax.device_put(state, state_sh)
+  batch_sh = sharding.batch_sharding(mesh)
+  step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)),
+                 out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  losses = []
+  rs = np.random.RandomState(0)
+  batch = dict(image=rs.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8), label=rs.randint(0, 10, 16).astype(np.int32))
+  for i in range(4):  # the same batch: the loss must fall
+    batch = {k: jax.device_put(v, batch_sh) for k, v in batch.items()}
+    state, metrics = step(state, batch, jax.random.key(i))
+    losses.append(float(metrics['loss']))
+  sharded = [l for l in jax.tree.leaves(state) if hasattr(l, 'sharding') and not l.sharding.is_fully_replicated]
+  return losses, len(sharded)
+
+
+one, _ = run((1, 1), jax.devices()[:1])
+dp, _ = run((8, 1), jax.devices())
+fsdp, n_sharded = run((2, 4), jax.devices())
+print(one, dp, fsdp, n_sharded, file=sys.stderr)
+assert n_sharded > 0
+np.testing.assert_allclose(dp, one, rtol=2e-5, atol=2e-5)
+np.testing.assert_allclose(fsdp, one, rtol=2e-5, atol=2e-5)
+assert one[-1] < one[0]
+print('TRAIN_SHARDED_OK')

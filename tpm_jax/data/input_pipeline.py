@@ -1,0 +1,169 @@
+"""TFDS + tf.data input pipeline. Images leave the host as uint8; normalisation, mixup and cutmix
+happen on the device (``tpm_jax.augment``).
+
+Any TFDS image-classification dataset by name (``imagenet2012`` with ``manual_dir``,
+``fashion_mnist``, ``cifar10``, ...) or a local folder in ``tfds.ImageFolder`` layout
+(root/split/class/*.jpg). Each process reads its own shard (``tfds.split_for_jax_process``).
+Every random choice is a stateless op seeded by (seed, example position), so a pipeline is
+deterministic given its seed and can be resumed by position.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # TensorFlow must not take a GPU from JAX
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import numpy as np
+
+
+def _tf():
+  import tensorflow as tf
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    pass
+  return tf
+
+
+def get_builder(dcfg):
+  """The TFDS builder for ``config.dataset``, prepared (from manual_dir where needed)."""
+  import tensorflow_datasets as tfds
+  if dcfg.get('image_folder'):
+    return tfds.ImageFolder(os.path.expanduser(dcfg.image_folder))
+  if dcfg.name == 'fashion_mnist':
+    from tpm_jax.data.local_sources import prepare_fashion_mnist
+    prepare_fashion_mnist(dcfg.get('data_dir'))
+  builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+  if not builder.is_prepared():
+    manual = dcfg.get('manual_dir')
+    builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual) if manual else None))
+  return builder
+
+
+def num_examples(builder, split: str) -> int:
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except KeyError:  # no recorded split sizes (e.g. tfds.testing.mock_data): count
+    tf = _tf()
+    ds = builder.as_dataset(split=split, decoders={'image': tfds_skip()})
+    n = int(ds.cardinality())
+    return n if n >= 0 else int(ds.reduce(0, lambda c, _: c + 1))
+
+
+def tfds_skip():
+  import tensorflow_datasets as tfds
+  return tfds.decode.SkipDecoding()
+
+
+def num_classes(builder) -> int:
+  return int(builder.info.features['label'].num_classes)
+
+
+def _decode(tf, data, channels):
+  image = data['image']
+  if image.dtype == tf.string:
+    image = tf.io.decode_image(image, channels=0, expand_animations=False)
+  image.set_shape([None, None, None])
+  have = tf.shape(image)[-1]
+  if channels == 3:
+    image = tf.cond(have == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+    image.set_shape([None, None, 3])
+  else:
+    image = tf.cond(have == 3, lambda: tf.image.rgb_to_grayscale(image), lambda: image[..., :1])
+    image.set_shape([None, None, 1])
+  return image
+
+
+def _to_uint8(tf, image):
+  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+
+
+def train_preprocess(config, channels):
+  """DeiT training augmentation on one example: random resized crop (bicubic), flip."""
+  tf = _tf()
+  size = config.model.img_size
+  aug = config.aug
+
+  def fn(index, data):
+    seed = tf.stack([tf.cast(config.seed, tf.int64), index])
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    image = _decode(tf, data, channels)
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seeds[0],
+        area_range=tuple(aug.crop_scale), aspect_ratio_range=(3 / 4, 4 / 3), max_attempts=10,
+        use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+    image = tf.image.resize(image, (size, size), method='bicubic')
+    if aug.hflip:
+      image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
+    return {'image': _to_uint8(tf, image), 'label': tf.cast(data['label'], tf.int32)}
+  return fn
+
+
+def eval_preprocess(config, channels):
+  """Resize the shorter side to img_size / eval_crop_pct (bicubic), centre crop img_size."""
+  tf = _tf()
+  size = config.model.img_size
+  resize_to = int(math.floor(size / config.aug.eval_crop_pct))
+
+  def fn(data):
+    image = tf.cast(_decode(tf, data, channels), tf.float32)
+    h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
+    scale = resize_to / tf.minimum(h, w)
+    new = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
+    image = tf.image.resize(image, new, method='bicubic')
+    top, left = (new[0] - size) // 2, (new[1] - size) // 2
+    image = image[top:top + size, left:left + size]
+    image.set_shape([size, size, channels])
+    return {'image': _to_uint8(tf, image), 'label': tf.cast(data['label'], tf.int32)}
+  return fn
+
+
+def _options(tf):
+  options = tf.data.Options()
+  options.deterministic = True
+  options.threading.private_threadpool_size = max(2, os.cpu_count() or 2)
+  return options
+
+
+def train_iterator(config, builder, *, local_batch: int, process_index: int = 0, process_count: int = 1,
+                   start_batch: int = 0, channels: int = 3):
+  """Endless iterator of {'image': uint8 (local_batch, H, W, C), 'label': int32} for this process.
+  ``start_batch`` skips that many batches (resume at the same position of the same sequence)."""
+  import tensorflow_datasets as tfds
+  tf = _tf()
+  split = tfds.split_for_jax_process(config.dataset.train_split, process_index=process_index,
+                                     process_count=process_count)
+  ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds_skip()})
+  ds = ds.repeat().shuffle(config.dataset.shuffle_buffer, seed=config.seed * 1009 + process_index,
+                           reshuffle_each_iteration=True)
+  ds = ds.enumerate().map(train_preprocess(config, channels), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  if start_batch:
+    ds = ds.skip(start_batch)
+  ds = ds.prefetch(2).with_options(_options(tf))
+  return ds.as_numpy_iterator()
+
+
+def eval_batches(config, builder, split: str, *, local_batch: int, process_index: int = 0, process_count: int = 1,
+                 channels: int = 3):
+  """The split once, as fixed-size batches with a 'mask' (1 for real examples, 0 for padding);
+  every process yields the same number of batches, so every example counts exactly once."""
+  import tensorflow_datasets as tfds
+  tf = _tf()
+  per_process = [num_examples(builder, tfds.split_for_jax_process(split, process_index=i, process_count=process_count))
+                 for i in range(process_count)]
+  n_batches = max(1, math.ceil(max(per_process) / local_batch))
+  sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+  ds = builder.as_dataset(split=sub, shuffle_files=False, decoders={'image': tfds_skip()})
+  ds = ds.map(eval_preprocess(config, channels), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda d: dict(d, mask=tf.constant(1, tf.int32)))
+  size = config.model.img_size
+  pad = tf.data.Dataset.from_tensors({'image': tf.zeros([size, size, channels], tf.uint8),
+                                      'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)})
+  ds = ds.concatenate(pad.repeat()).take(n_batches * local_batch)
+  ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(_options(tf))
+  return ds.as_numpy_iterator()

@@ -1,0 +1,255 @@
+"""The training loop: one ``jax.jit`` train step over a ('data', 'fsdp') mesh, explicit shardings,
+donated state; NNX modules cross the jit boundary as split state (``nnx.split`` outside,
+``nnx.merge`` inside). Writes ``config.json`` and ``metrics.jsonl`` (process 0 only)."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import tpm_jax
+from tpm_jax import augment, sharding
+from tpm_jax.data import input_pipeline
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model and optimizer
+# ------------------------------------------------------------------------------------------------
+def build_model(config, rngs=None):
+  m = config.model
+  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
+  return tpm_jax.create_model(
+      m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
+      reduction=config.reduction.to_dict(), multiscale=config.multiscale.to_dict(),
+      dtype=jnp.dtype(m.dtype), rngs=rngs or nnx.Rngs(params=config.seed, dropout=config.seed + 1), **overrides)
+
+
+def decay_mask(params):
+  """Weight decay on matmul/conv kernels only: not on norms, biases, position embeddings, tokens."""
+  return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
+
+
+def learning_rate_schedule(config, total_steps: int, steps_per_epoch: float):
+  o = config.optim
+  peak = o.lr * config.batch_size / 512
+  min_lr = o.min_lr * config.batch_size / 512 if o.min_lr else 0.0
+  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+  return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 0),
+                                            max(total_steps, warmup + 1), end_value=min_lr)
+
+
+def make_optimizer(config, schedule):
+  o = config.optim
+  parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
+  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+  return optax.chain(*parts)
+
+
+# ------------------------------------------------------------------------------------------------
+# Steps
+# ------------------------------------------------------------------------------------------------
+def make_train_step(config, graphdef, num_classes):
+  aug = config.aug
+  k = int(config.grad_accum_steps)
+
+  def loss_fn(model, images, targets):
+    logits = model(images, train=True)
+    return optax.softmax_cross_entropy(logits, targets).mean(), logits
+
+  def train_step(state, batch, rng):
+    model, optimizer = nnx.merge(graphdef, state)
+    images = augment.normalize(batch['image'], aug.mean, aug.std)
+    targets = augment.smooth_targets(batch['label'], num_classes, aug.label_smoothing)
+    images, targets = augment.mixup_cutmix(rng, images, targets, mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix)
+    grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
+    if k == 1:
+      (loss, logits), grads = grad_fn(model, images, targets)
+      correct = (jnp.argmax(logits, -1) == batch['label']).mean()
+    else:  # gradient accumulation: k micro-batches, unrolled, averaged
+      micro = lambda a, i: a.reshape(k, a.shape[0] // k, *a.shape[1:])[i]
+      loss, correct, grads = 0.0, 0.0, None
+      for i in range(k):
+        (l, logits), g = grad_fn(model, micro(images, i), micro(targets, i))
+        loss += l / k
+        correct += (jnp.argmax(logits, -1) == micro(batch['label'], i)).mean() / k
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+      grads = jax.tree.map(lambda g: g / k, grads)
+    optimizer.update(model, grads)
+    metrics = dict(loss=loss, train_accuracy=correct, grad_norm=optax.global_norm(grads))
+    return nnx.state((model, optimizer)), metrics
+
+  return train_step
+
+
+def make_eval_step(config, graphdef):
+  aug = config.aug
+
+  def eval_step(state, batch):
+    model, _ = nnx.merge(graphdef, state)
+    logits = model(augment.normalize(batch['image'], aug.mean, aug.std), train=False)
+    mask = batch['mask'].astype(jnp.float32)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    return dict(
+        correct1=jnp.sum(mask * (jnp.argmax(logits, -1) == batch['label'])),
+        correct5=jnp.sum(mask * jnp.any(top5 == batch['label'][:, None], axis=-1)),
+        loss_sum=jnp.sum(mask * optax.softmax_cross_entropy_with_integer_labels(logits, batch['label'])),
+        count=jnp.sum(mask))
+
+  return eval_step
+
+
+# ------------------------------------------------------------------------------------------------
+# Logging
+# ------------------------------------------------------------------------------------------------
+class MetricWriter:
+  """metrics.jsonl (one JSON object per logged step) + TensorBoard events, on process 0 only."""
+
+  def __init__(self, workdir, active: bool):
+    self.active = active
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self.tb = None
+    if active:
+      try:
+        import tensorflow as tf
+        self.tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
+      except Exception as e:  # TensorBoard is a convenience; never fail a run for it
+        log.warning('no TensorBoard events: %s', e)
+
+  def write(self, step, metrics):
+    if not self.active:
+      return
+    row = {'step': int(step), **{k: (float(v) if not isinstance(v, str) else v) for k, v in metrics.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(row) + '\n')
+    if self.tb is not None:
+      import tensorflow as tf
+      try:
+        with self.tb.as_default(step=int(step)):
+          for k, v in row.items():
+            if k != 'step' and isinstance(v, float):
+              tf.summary.scalar(k, v)
+        self.tb.flush()
+      except Exception as e:  # e.g. tensorboard not installed: keep training, drop the events
+        log.warning('TensorBoard events disabled: %s', e)
+        self.tb = None
+
+
+class Progress:
+  """A tqdm bar on a terminal; plain log lines otherwise."""
+
+  def __init__(self, mode, total, start, active):
+    self.bar = None
+    self.active = active
+    interactive = sys.stderr.isatty()
+    if active and (mode == 'bar' or (mode == 'auto' and interactive)):
+      from tqdm import tqdm
+      self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
+    self.lines = active and mode != 'off' and self.bar is None
+    self.t0, self.s0, self.total = time.time(), start, total
+
+  def update(self, step, loss, images_per_sec):
+    if self.bar is not None:
+      self.bar.update(step - self.bar.n)
+      self.bar.set_postfix(loss=f'{loss:.4f}', img_s=f'{images_per_sec:.0f}')
+    elif self.lines:
+      done = step - self.s0
+      eta = (time.time() - self.t0) / max(done, 1) * (self.total - step)
+      print(f'step {step}/{self.total}  loss {loss:.4f}  {images_per_sec:.1f} img/s  eta {eta:.0f}s', flush=True)
+
+  def close(self):
+    if self.bar is not None:
+      self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+def _global_batch(batch, mesh, batch_sharding):
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def train_and_evaluate(config, workdir: str):
+  """Train ``config`` into ``workdir``; returns the final metrics (including the last eval)."""
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+  mesh = sharding.make_mesh(config.mesh)
+  builder = input_pipeline.get_builder(config.dataset)
+  n_train = config.num_train_examples or input_pipeline.num_examples(builder, config.dataset.train_split)
+  steps_per_epoch = n_train / config.batch_size
+  total_steps = int(config.total_steps or math.ceil(config.num_epochs * steps_per_epoch))
+  schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
+  num_classes = config.model.num_classes
+  channels = config.model.get('in_chans') or 3
+
+  # Build abstractly, shard, then materialise straight into the shardings.
+  def build():
+    model = build_model(config)
+    if config.init.get('timm_checkpoint'):
+      tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
+    return model, nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
+
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
+  state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
+  state = jax.device_put(nnx.state(build()), state_sh)
+
+  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  train_step = jax.jit(make_train_step(config, graphdef, num_classes), in_shardings=(state_sh, batch_sh, repl),
+                       out_shardings=(state_sh, repl), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl)
+
+  local_batch = config.batch_size // jax.process_count()
+  train_iter = input_pipeline.train_iterator(config, builder, local_batch=local_batch,
+                                             process_index=jax.process_index(), process_count=jax.process_count(),
+                                             channels=channels)
+  writer = MetricWriter(workdir, is_main)
+  progress = Progress(config.progress, total_steps, 0, is_main)
+  rng = jax.random.key(config.seed)
+  final = {}
+  t_last, s_last = time.time(), 0
+  for step in range(1, total_steps + 1):
+    batch = _global_batch(next(train_iter), mesh, batch_sh)
+    state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
+    if step % config.log_every_steps == 0 or step == total_steps:
+      metrics = jax.device_get(metrics)
+      if not np.isfinite(metrics['loss']):
+        raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}: stopping')
+      now = time.time()
+      ips = (step - s_last) * config.batch_size / max(now - t_last, 1e-9)
+      t_last, s_last = now, step
+      row = dict(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)), images_per_sec=ips, **metrics)
+      progress.update(step, float(metrics['loss']), ips)
+      if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
+        row.update(evaluate(config, builder, state, eval_step, mesh, batch_sh, channels))
+      writer.write(step, row)
+      final = dict(step=step, **row)
+  progress.close()
+  return final
+
+
+def evaluate(config, builder, state, eval_step, mesh, batch_sh, channels=3):
+  eval_batch = config.eval_batch_size or config.batch_size
+  totals = None
+  for batch in input_pipeline.eval_batches(config, builder, config.dataset.eval_split,
+                                           local_batch=eval_batch // jax.process_count(),
+                                           process_index=jax.process_index(), process_count=jax.process_count(),
+                                           channels=channels):
+    out = jax.device_get(eval_step(state, _global_batch(batch, mesh, batch_sh)))
+    totals = out if totals is None else {k: totals[k] + out[k] for k in out}
+  n = max(float(totals['count']), 1.0)
+  return dict(eval_top1=float(totals['correct1']) / n, eval_top5=float(totals['correct5']) / n,
+              eval_loss=float(totals['loss_sum']) / n, eval_examples=float(totals['count']))
