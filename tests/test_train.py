@@ -62,7 +62,7 @@ def test_gradient_accumulation_matches_the_big_batch():
   big, m1 = _one_step(1, batch)
   acc, m4 = _one_step(4, batch)
   np.testing.assert_allclose(float(m4['loss']), float(m1['loss']), rtol=1e-5)
-  params = lambda s: jax.tree.leaves(nnx.State(s[0]).filter(nnx.Param))  # the model after the update
+  params = lambda s: jax.tree.leaves(nnx.filter_state(s[0], nnx.Param))  # the model after the update
   assert len(params(big)) > 20
   for a, b in zip(params(big), params(acc)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
