@@ -114,6 +114,10 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# The arg-string keys every recipe accepts, with their defaults.
+RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r=8, multiscale='pool', seed=0, smoke=False)
+
+
 def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The common arg-string keys: model, method, keep, r, multiscale, smoke."""
   if 'model' in a and a.model:

@@ -14,12 +14,11 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.common import apply_arg, base_config, parse_arg  # noqa: E402
+from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
 
 
 def get_config(arg=None):
-  a = parse_arg(arg, model='deit_small_patch16_224', method='tpm', keep=0.7, r=8, multiscale='pool', seed=0,
-                smoke=False)
+  a = parse_arg(arg, **RECIPE_ARGS)
   c = base_config()
   c.num_epochs = 30.0
   c.batch_size = 1024

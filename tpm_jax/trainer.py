@@ -197,15 +197,15 @@ def train_and_evaluate(config, workdir: str):
   channels = config.model.get('in_chans') or 3
 
   # Build abstractly, shard, then materialise straight into the shardings.
-  def build():
+  def build(load_weights):
     model = build_model(config)
-    if config.init.get('timm_checkpoint'):
+    if load_weights and config.init.get('timm_checkpoint'):
       tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
     return model, nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
 
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(build))
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(False)))
   state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
-  state = jax.device_put(nnx.state(build()), state_sh)
+  state = jax.device_put(nnx.state(build(True)), state_sh)
 
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(config, graphdef, num_classes), in_shardings=(state_sh, batch_sh, repl),
