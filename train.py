@@ -5,6 +5,7 @@
 
 Writes WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events.
 """
+import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -14,13 +15,21 @@ from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where config.json, metrics.jsonl and checkpoints go.')
+flags.DEFINE_bool('distributed', False, 'Multi-host: bare jax.distributed.initialize() (TPU pods, SLURM).')
+flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of process 0 (or JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes (or JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'Multi-process: this process (or JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
   del argv
-  from tpm_jax import trainer
-  trainer.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  from tpm_jax import distributed, trainer
+  F = flags.FLAGS
+  distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
+  final = trainer.train_and_evaluate(F.config, F.workdir)
+  import jax
+  print(json.dumps({'process_index': jax.process_index(), 'final': final}), flush=True)
 
 
 if __name__ == '__main__':

@@ -57,3 +57,16 @@ def batch_sharding(mesh):
 
 def replicated(mesh):
   return NamedSharding(mesh, P())
+
+
+def to_global(tree, shardings):
+  """Host values (identical on every process) -> global arrays with ``shardings``; works across
+  processes, where ``jax.device_put`` cannot target devices of other hosts."""
+  def put(x, s):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      data = np.asarray(jax.random.key_data(x))
+      arr = jax.make_array_from_callback(data.shape, s, lambda idx: data[idx])
+      return jax.random.wrap_key_data(arr, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
+  return jax.tree.map(put, tree, shardings)

@@ -205,7 +205,7 @@ def train_and_evaluate(config, workdir: str):
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(False)))
   state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
-  state = jax.device_put(nnx.state(build(True)), state_sh)
+  state = sharding.to_global(nnx.state(build(True)), state_sh)
 
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   train_step = jax.jit(make_train_step(config, graphdef, num_classes), in_shardings=(state_sh, batch_sh, repl),
@@ -225,7 +225,7 @@ def train_and_evaluate(config, workdir: str):
     batch = _global_batch(next(train_iter), mesh, batch_sh)
     state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
     if step % config.log_every_steps == 0 or step == total_steps:
-      metrics = jax.device_get(metrics)
+      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(metrics['loss']):
         raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}: stopping')
       now = time.time()
@@ -238,7 +238,14 @@ def train_and_evaluate(config, workdir: str):
       writer.write(step, row)
       final = dict(step=step, **row)
   progress.close()
+  final['param_checksum'] = float(param_checksum(state, repl))
   return final
+
+
+def param_checksum(state, out_sharding):
+  """Sum of |parameters|, replicated on every process (whatever the parameters' sharding)."""
+  params = jax.tree.leaves(nnx.filter_state(state, nnx.Param))
+  return jax.jit(lambda ps: sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in ps), out_shardings=out_sharding)(params)
 
 
 def evaluate(config, builder, state, eval_step, mesh, batch_sh, channels=3):
