@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.aug = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0),      # random resized crop area range
       hflip=True,
-      randaugment='rand-m9-n2',   # '' disables
+      randaugment='rand-m9-mstd0.5-inc1',  # timm string (DeiT's: m9, 2 ops); '' disables
       random_erasing=0.25,
       mixup=0.8,                   # mixup alpha (0 disables)
       cutmix=1.0,                  # cutmix alpha (0 disables)

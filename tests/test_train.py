@@ -20,7 +20,6 @@ HERE = os.path.dirname(__file__)
 def _smoke_config():
   c = deit.get_config('smoke')
   c.model.num_classes = 1000
-  c.aug.randaugment = ''
   return c
 
 
@@ -83,3 +82,15 @@ def test_train_on_a_real_tiny_imagenet2012(tmp_path):
   rows = [json.loads(l) for l in open(tmp_path / 'run' / 'metrics.jsonl')]
   assert rows[-1]['loss'] < 0.6 * rows[0]['loss'], [r['loss'] for r in rows]
   assert final['eval_examples'] == 16
+
+
+def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path):
+  c = _smoke_config()
+  c.reduction.keep_rate = 0.5
+  c.keep_warmup_epochs, c.keep_warmup_stages = 6.0, 3  # 48 examples / 16 = 3 steps per epoch
+  c.total_steps, c.log_every_steps, c.eval_every_steps = 24, 4, 0
+  assert trainer.keep_rate_stages(c, 3.0) == [(1, 1.0), (10, 0.75), (19, 0.5)]
+  trainer.TRACES.clear()
+  with tfds.testing.mock_data(num_examples=48):
+    trainer.train_and_evaluate(c, str(tmp_path))
+  assert trainer.TRACES['train_step'] == 3

@@ -21,17 +21,21 @@ from tpm_jax import augment, sharding
 from tpm_jax.data import input_pipeline
 
 log = logging.getLogger(__name__)
+TRACES: dict[str, int] = {}  # how often each step function was traced (tests assert on it)
 
 
 # ------------------------------------------------------------------------------------------------
 # Model and optimizer
 # ------------------------------------------------------------------------------------------------
-def build_model(config, rngs=None):
+def build_model(config, rngs=None, keep_rate=None):
   m = config.model
   overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
+  reduction = config.reduction.to_dict()
+  if keep_rate is not None:
+    reduction['keep_rate'] = keep_rate
   return tpm_jax.create_model(
       m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
-      reduction=config.reduction.to_dict(), multiscale=config.multiscale.to_dict(),
+      reduction=reduction, multiscale=config.multiscale.to_dict(),
       dtype=jnp.dtype(m.dtype), rngs=rngs or nnx.Rngs(params=config.seed, dropout=config.seed + 1), **overrides)
 
 
@@ -56,6 +60,24 @@ def make_optimizer(config, schedule):
   return optax.chain(*parts)
 
 
+def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]:
+  """EViT's keep-rate warmup (1 -> target over ``keep_warmup_epochs``), quantised into at most
+  ``keep_warmup_stages`` rates, each a separately compiled train step: [(first_step, keep_rate)].
+  Without warmup: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule
+  would recompile every time a count changes; a few stages bound the compilations (and the memory
+  of cached executables) at the cost of a coarser schedule."""
+  warm_steps = int(round(config.get('keep_warmup_epochs', 0.0) * steps_per_epoch))
+  n = int(config.get('keep_warmup_stages', 4))
+  if warm_steps <= 0 or n <= 1 or config.reduction.method in ('none', 'tome'):
+    return [(1, None)]
+  target = config.reduction.keep_rate
+  target = tuple(float(t) for t in target.split(',')) if isinstance(target, str) else target
+  def rate(i):
+    f = i / (n - 1)
+    return tuple(1 - (1 - t) * f for t in target) if isinstance(target, (tuple, list)) else 1 - (1 - target) * f
+  return [(1 + (i * warm_steps) // (n - 1), rate(i)) for i in range(n)]
+
+
 # ------------------------------------------------------------------------------------------------
 # Steps
 # ------------------------------------------------------------------------------------------------
@@ -68,6 +90,7 @@ def make_train_step(config, graphdef, num_classes):
     return optax.softmax_cross_entropy(logits, targets).mean(), logits
 
   def train_step(state, batch, rng):
+    TRACES['train_step'] = TRACES.get('train_step', 0) + 1  # Python side effect: runs once per trace
     model, optimizer = nnx.merge(graphdef, state)
     images = augment.normalize(batch['image'], aug.mean, aug.std)
     targets = augment.smooth_targets(batch['label'], num_classes, aug.label_smoothing)
@@ -197,8 +220,8 @@ def train_and_evaluate(config, workdir: str):
   channels = config.model.get('in_chans') or 3
 
   # Build abstractly, shard, then materialise straight into the shardings.
-  def build(load_weights):
-    model = build_model(config)
+  def build(load_weights, keep_rate=None):
+    model = build_model(config, keep_rate=keep_rate)
     if load_weights and config.init.get('timm_checkpoint'):
       tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
     return model, nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
@@ -208,8 +231,17 @@ def train_and_evaluate(config, workdir: str):
   state = sharding.to_global(nnx.state(build(True)), state_sh)
 
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  train_step = jax.jit(make_train_step(config, graphdef, num_classes), in_shardings=(state_sh, batch_sh, repl),
-                       out_shardings=(state_sh, repl), donate_argnums=0)
+  stages = keep_rate_stages(config, steps_per_epoch)
+  compiled_steps = {}
+
+  def train_step_for(step):
+    i = max(j for j, (first, _) in enumerate(stages) if first <= step)
+    if i not in compiled_steps:
+      keep = stages[i][1]
+      g = graphdef if keep is None else nnx.graphdef(nnx.eval_shape(lambda: build(False, keep)))
+      compiled_steps[i] = jax.jit(make_train_step(config, g, num_classes), in_shardings=(state_sh, batch_sh, repl),
+                                  out_shardings=(state_sh, repl), donate_argnums=0)
+    return compiled_steps[i]
   eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl)
 
   local_batch = config.batch_size // jax.process_count()
@@ -223,7 +255,7 @@ def train_and_evaluate(config, workdir: str):
   t_last, s_last = time.time(), 0
   for step in range(1, total_steps + 1):
     batch = _global_batch(next(train_iter), mesh, batch_sh)
-    state, metrics = train_step(state, batch, jax.random.fold_in(rng, step))
+    state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
     if step % config.log_every_steps == 0 or step == total_steps:
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       if not np.isfinite(metrics['loss']):

@@ -81,11 +81,37 @@ def _to_uint8(tf, image):
   return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
+def parse_randaugment(spec: str) -> dict | None:
+  """timm's config string ('rand-m9-mstd0.5-inc1', 'rand-m9-n2') -> randaugment() kwargs."""
+  if not spec:
+    return None
+  parts = spec.split('-')
+  if parts[0] != 'rand':
+    raise ValueError(f'aug.randaugment={spec!r}: expected a timm RandAugment string like rand-m9-mstd0.5-inc1, or empty')
+  kw = dict(num_layers=2, magnitude=9, magnitude_std=0.0, increasing=False)
+  for part in parts[1:]:
+    if part.startswith('mstd'):
+      kw['magnitude_std'] = float(part[4:])
+    elif part.startswith('inc'):
+      kw['increasing'] = bool(int(part[3:]))
+    elif part.startswith('m'):
+      kw['magnitude'] = int(part[1:])
+    elif part.startswith('n'):
+      kw['num_layers'] = int(part[1:])
+    else:
+      raise ValueError(f'aug.randaugment={spec!r}: unknown part {part!r}')
+  return kw
+
+
 def train_preprocess(config, channels):
-  """DeiT training augmentation on one example: random resized crop (bicubic), flip."""
+  """DeiT training augmentation on one example: random resized crop (bicubic), flip, RandAugment,
+  random erasing; uint8 throughout."""
+  from tpm_jax.data.randaugment import randaugment, random_erasing
   tf = _tf()
   size = config.model.img_size
   aug = config.aug
+  ra = parse_randaugment(aug.randaugment)
+  fill = tuple(int(round(255 * m)) for m in aug.mean)
 
   def fn(index, data):
     seed = tf.stack([tf.cast(config.seed, tf.int64), index])
@@ -99,7 +125,12 @@ def train_preprocess(config, channels):
     image = tf.image.resize(image, (size, size), method='bicubic')
     if aug.hflip:
       image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
-    return {'image': _to_uint8(tf, image), 'label': tf.cast(data['label'], tf.int32)}
+    image = _to_uint8(tf, image)
+    if ra and channels == 3:
+      image = randaugment(image, seeds[2], fill=fill, **ra)
+    if aug.random_erasing > 0:
+      image = random_erasing(image, seeds[3], probability=aug.random_erasing)
+    return {'image': image, 'label': tf.cast(data['label'], tf.int32)}
   return fn
 
 

@@ -89,11 +89,6 @@ def _apply_lut(image, lut):
   return tf.cast(tf.gather(tf.reshape(lut, [-1]), idx), tf.uint8)
 
 
-def _same_lut(lut):
-  """A (256,) table for all three channels."""
-  return tf.tile(tf.reshape(tf.cast(lut, tf.int32), [1, 256]), [3, 1])
-
-
 def _to_l(image):
   """PIL's RGB -> L conversion: (19595 R + 38470 G + 7471 B + 0x8000) >> 16, int32 (H, W)."""
   x = tf.cast(image, tf.int32)
@@ -311,7 +306,7 @@ def _solarize_thresh(m, increasing):
 def _enhance_factor(m, negate, increasing):
   if increasing:
     return tf.maximum(_f64(0.1), 1.0 + _signed(_frac(m) * 0.9, negate))  # keep it >= 0.1
-  return _frac(m) * 1.8
+  return _frac(m) * 1.8 + 0.1
 
 
 @_no_autograph
