@@ -100,6 +100,7 @@ def base_config() -> ml_collections.ConfigDict:
       grad_clip=0.0,               # global-norm clip (0 disables)
       ema_decay=0.0,               # EMA of parameters (0 disables)
   ))
+  c.distill = ml_collections.ConfigDict(dict(alpha=0.0))  # self-distillation from the unpruned backbone
   c.init = ml_collections.ConfigDict(dict(
       timm_checkpoint=config_dict.placeholder(str),
       checkpoint=config_dict.placeholder(str)))

@@ -43,23 +43,24 @@ def test_sharded_train_steps_match_one_device():
   assert res.returncode == 0 and 'TRAIN_SHARDED_OK' in res.stdout, res.stderr[-3000:]
 
 
-def _one_step(grad_accum_steps, batch):
+def _one_step(grad_accum_steps, batch, **overrides):
   c = _smoke_config()
   c.model.num_classes = 10
   c.aug.mixup = c.aug.cutmix = 0.0
   c.grad_accum_steps = grad_accum_steps
+  for key, value in overrides.items():
+    c.update_from_flattened_dict({key.replace('__', '.'): value})
   schedule = trainer.learning_rate_schedule(c, 10, 10)
-  model = trainer.build_model(c)
-  graphdef, state = nnx.split((model, nnx.Optimizer(model, trainer.make_optimizer(c, schedule), wrt=nnx.Param)))
+  graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
   state, metrics = jax.jit(trainer.make_train_step(c, graphdef, 10))(state, batch, jax.random.key(0))
-  return state, metrics
+  return state, metrics, nnx.split(trainer.build_train_graph(c, schedule))[1]
 
 
 def test_gradient_accumulation_matches_the_big_batch():
   rs = np.random.RandomState(0)
   batch = dict(image=rs.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8), label=rs.randint(0, 10, 16).astype(np.int32))
-  big, m1 = _one_step(1, batch)
-  acc, m4 = _one_step(4, batch)
+  big, m1, _ = _one_step(1, batch)
+  acc, m4, _ = _one_step(4, batch)
   np.testing.assert_allclose(float(m4['loss']), float(m1['loss']), rtol=1e-5)
   params = lambda s: jax.tree.leaves(nnx.filter_state(s[0], nnx.Param))  # the model after the update
   assert len(params(big)) > 20
@@ -94,3 +95,31 @@ def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path):
   with tfds.testing.mock_data(num_examples=48):
     trainer.train_and_evaluate(c, str(tmp_path))
   assert trainer.TRACES['train_step'] == 3
+
+
+def _batch():
+  rs = np.random.RandomState(0)
+  return dict(image=rs.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8), label=rs.randint(0, 10, 16).astype(np.int32))
+
+
+def test_ema_follows_the_parameters():
+  after, _, before = _one_step(1, _batch(), optim__ema_decay=0.75)
+  params = lambda s, i: jax.tree.leaves(nnx.filter_state(s[i], nnx.Param))
+  moved = 0
+  for e, p, p0 in zip(params(after, 3), params(after, 0), params(before, 0)):
+    np.testing.assert_allclose(np.asarray(e), 0.75 * np.asarray(p0) + 0.25 * np.asarray(p), rtol=1e-5, atol=1e-6)
+    moved += int(not np.allclose(np.asarray(p), np.asarray(p0)))
+  assert moved > 10
+
+
+def test_self_distillation_from_the_unpruned_backbone():
+  """alpha=1: the loss is KL(teacher || student). At keep 1.0 the student is the backbone itself
+  (same initial weights), so the KL is 0; pruning makes it positive. The teacher stays frozen."""
+  _, same, _ = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate=1.0)
+  after, pruned, before = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate=0.5)
+  assert abs(float(same['loss'])) < 1e-7
+  assert float(pruned['loss']) > 1e-5  # (a fresh model's logits are nearly uniform: small but clear)
+  teacher = lambda s: jax.tree.leaves(nnx.filter_state(s[2], nnx.Param))
+  assert len(teacher(after)) > 20
+  for a, b in zip(teacher(after), teacher(before)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -24,10 +24,7 @@ def run(mesh_shape, devices):
   mesh = sharding.make_mesh(ConfigDict(dict(data=mesh_shape[0], fsdp=mesh_shape[1])), devices=devices)
   schedule = trainer.learning_rate_schedule(c, 10, 10)
 
-  def build():
-    model = trainer.build_model(c)
-    return model, nnx.Optimizer(model, trainer.make_optimizer(c, schedule), wrt=nnx.Param)
-  graphdef, state = nnx.split(build())
+  graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
   state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=c.fsdp_min_size)
   state = jax.device_put(state, state_sh)
   batch_sh = sharding.batch_sharding(mesh)

@@ -78,39 +78,71 @@ def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]
   return [(1 + (i * warm_steps) // (n - 1), rate(i)) for i in range(n)]
 
 
+def build_train_graph(config, schedule, *, load_weights=True, keep_rate=None):
+  """(model, optimizer, teacher, ema): the teacher is the unpruned backbone with the same initial
+  weights, frozen (``config.distill.alpha`` > 0); ema a copy of the model whose parameters follow
+  an exponential moving average (``config.optim.ema_decay`` > 0). Either is None when off."""
+  model = build_model(config, keep_rate=keep_rate)
+  if load_weights and config.init.get('timm_checkpoint'):
+    tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
+  optimizer = nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
+  teacher = ema = None
+  if config.distill.alpha > 0:
+    plain = config.copy_and_resolve_references()
+    with plain.unlocked():
+      plain.reduction.method, plain.multiscale.method, plain.model.drop_path_rate = 'none', 'none', 0.0
+    teacher = build_model(plain)
+    backbone = {p: v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if p[0] != 'multiscale'}
+    nnx.update(teacher, nnx.from_flat_state(backbone))
+  if config.optim.ema_decay > 0:
+    ema = nnx.clone(model)
+  return model, optimizer, teacher, ema
+
+
 # ------------------------------------------------------------------------------------------------
 # Steps
 # ------------------------------------------------------------------------------------------------
 def make_train_step(config, graphdef, num_classes):
+  """state: nnx state of (model, optimizer, teacher | None, ema | None); see ``build_train_graph``."""
   aug = config.aug
   k = int(config.grad_accum_steps)
+  alpha = float(config.distill.alpha)
+  ema_decay = float(config.optim.ema_decay)
 
-  def loss_fn(model, images, targets):
+  def loss_fn(model, images, targets, teacher_logits):
     logits = model(images, train=True)
-    return optax.softmax_cross_entropy(logits, targets).mean(), logits
+    loss = optax.softmax_cross_entropy(logits, targets).mean()
+    if teacher_logits is not None:  # self-distillation: KL(teacher || student) on the logits
+      kl = optax.kl_divergence(jax.nn.log_softmax(logits), jax.nn.softmax(teacher_logits)).mean()
+      loss = (1 - alpha) * loss + alpha * kl
+    return loss, logits
 
   def train_step(state, batch, rng):
     TRACES['train_step'] = TRACES.get('train_step', 0) + 1  # Python side effect: runs once per trace
-    model, optimizer = nnx.merge(graphdef, state)
+    model, optimizer, teacher, ema = nnx.merge(graphdef, state)
     images = augment.normalize(batch['image'], aug.mean, aug.std)
     targets = augment.smooth_targets(batch['label'], num_classes, aug.label_smoothing)
     images, targets = augment.mixup_cutmix(rng, images, targets, mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix)
+    teacher_logits = None if teacher is None else jax.lax.stop_gradient(teacher(images, train=False))
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
     if k == 1:
-      (loss, logits), grads = grad_fn(model, images, targets)
+      (loss, logits), grads = grad_fn(model, images, targets, teacher_logits)
       correct = (jnp.argmax(logits, -1) == batch['label']).mean()
     else:  # gradient accumulation: k micro-batches, unrolled, averaged
-      micro = lambda a, i: a.reshape(k, a.shape[0] // k, *a.shape[1:])[i]
+      micro = lambda a, i: None if a is None else a.reshape(k, a.shape[0] // k, *a.shape[1:])[i]
       loss, correct, grads = 0.0, 0.0, None
       for i in range(k):
-        (l, logits), g = grad_fn(model, micro(images, i), micro(targets, i))
+        (l, logits), g = grad_fn(model, micro(images, i), micro(targets, i), micro(teacher_logits, i))
         loss += l / k
         correct += (jnp.argmax(logits, -1) == micro(batch['label'], i)).mean() / k
         grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
       grads = jax.tree.map(lambda g: g / k, grads)
     optimizer.update(model, grads)
+    if ema is not None:
+      nnx.update(ema, jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
+                                   nnx.state(ema, nnx.Param), nnx.state(model, nnx.Param)))
     metrics = dict(loss=loss, train_accuracy=correct, grad_norm=optax.global_norm(grads))
-    return nnx.state((model, optimizer)), metrics
+    return nnx.state((model, optimizer, teacher, ema)), metrics
 
   return train_step
 
@@ -119,7 +151,8 @@ def make_eval_step(config, graphdef):
   aug = config.aug
 
   def eval_step(state, batch):
-    model, _ = nnx.merge(graphdef, state)
+    model, _, _, ema = nnx.merge(graphdef, state)
+    model = model if ema is None else ema  # evaluate the EMA parameters when they are kept
     logits = model(augment.normalize(batch['image'], aug.mean, aug.std), train=False)
     mask = batch['mask'].astype(jnp.float32)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -221,10 +254,7 @@ def train_and_evaluate(config, workdir: str):
 
   # Build abstractly, shard, then materialise straight into the shardings.
   def build(load_weights, keep_rate=None):
-    model = build_model(config, keep_rate=keep_rate)
-    if load_weights and config.init.get('timm_checkpoint'):
-      tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
-    return model, nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
+    return build_train_graph(config, schedule, load_weights=load_weights, keep_rate=keep_rate)
 
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(False)))
   state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
