@@ -62,6 +62,20 @@ def num_classes(builder) -> int:
   return int(builder.info.features['label'].num_classes)
 
 
+def _process_split(builder, split: str, process_index: int, process_count: int):
+  """(dataset of this process's examples, their count). TFDS builders read their shard of the
+  files (``tfds.split_for_jax_process``); an ImageFolder, which has no sub-splits, is sharded by
+  example. Images stay encoded (decoded after cropping)."""
+  import tensorflow_datasets as tfds
+  if isinstance(builder, tfds.ImageFolder):
+    n = num_examples(builder, split)
+    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds_skip()})
+    return ds.shard(process_count, process_index), n // process_count + int(process_index < n % process_count)
+  sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
+  ds = builder.as_dataset(split=sub, shuffle_files=False, decoders={'image': tfds_skip()})
+  return ds, num_examples(builder, sub)
+
+
 def _decode(tf, data, channels):
   image = data['image']
   if image.dtype == tf.string:
@@ -164,11 +178,8 @@ def train_iterator(config, builder, *, local_batch: int, process_index: int = 0,
                    start_batch: int = 0, channels: int = 3):
   """Endless iterator of {'image': uint8 (local_batch, H, W, C), 'label': int32} for this process.
   ``start_batch`` skips that many batches (resume at the same position of the same sequence)."""
-  import tensorflow_datasets as tfds
   tf = _tf()
-  split = tfds.split_for_jax_process(config.dataset.train_split, process_index=process_index,
-                                     process_count=process_count)
-  ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds_skip()})
+  ds, _ = _process_split(builder, config.dataset.train_split, process_index, process_count)
   ds = ds.repeat().shuffle(config.dataset.shuffle_buffer, seed=config.seed * 1009 + process_index,
                            reshuffle_each_iteration=True)
   ds = ds.enumerate().map(train_preprocess(config, channels), num_parallel_calls=tf.data.AUTOTUNE)
@@ -183,13 +194,10 @@ def eval_batches(config, builder, split: str, *, local_batch: int, process_index
                  channels: int = 3):
   """The split once, as fixed-size batches with a 'mask' (1 for real examples, 0 for padding);
   every process yields the same number of batches, so every example counts exactly once."""
-  import tensorflow_datasets as tfds
   tf = _tf()
-  per_process = [num_examples(builder, tfds.split_for_jax_process(split, process_index=i, process_count=process_count))
-                 for i in range(process_count)]
+  per_process = [_process_split(builder, split, i, process_count)[1] for i in range(process_count)]
   n_batches = max(1, math.ceil(max(per_process) / local_batch))
-  sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
-  ds = builder.as_dataset(split=sub, shuffle_files=False, decoders={'image': tfds_skip()})
+  ds, _ = _process_split(builder, split, process_index, process_count)
   ds = ds.map(eval_preprocess(config, channels), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda d: dict(d, mask=tf.constant(1, tf.int32)))
   size = config.model.img_size
