@@ -1,0 +1,78 @@
+"""How much of a training step is the host's (Python, input pipeline, dispatch) and how much is
+compute, for a tiny model where host overhead would show most. Not a test: a measurement.
+
+  .venv/bin/python benchmarks/host_overhead.py [--batch 64] [--steps 40]
+
+Measures, in one process: (a) the jitted train step alone on a batch already on the device
+(median of blocked calls); (b) a full iteration of the training loop as trainer.py runs it
+(next batch from the real TFDS fashion_mnist pipeline, global array, step, blocked).
+Reports the fraction of the loop iteration that is compute. Writes benchmarks/results/host_overhead.json.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax
+from flax import nnx
+
+from configs import deit
+from tpm_jax import sharding, trainer
+from tpm_jax.data import input_pipeline
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--steps', type=int, default=40)
+  p.add_argument('--out', default=os.path.join(os.path.dirname(__file__), 'results', 'host_overhead.json'))
+  args = p.parse_args()
+
+  c = deit.get_config('smoke')
+  c.dataset.name, c.dataset.eval_split, c.model.num_classes = 'fashion_mnist', 'test', 10
+  c.batch_size = args.batch
+  mesh = sharding.make_mesh(c.mesh)
+  builder = input_pipeline.get_builder(c.dataset)
+  schedule = trainer.learning_rate_schedule(c, 1000, 100)
+  graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
+  state_sh = sharding.state_shardings(state, mesh)
+  state = sharding.to_global(state, state_sh)
+  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, repl),
+                 out_shardings=(state_sh, repl), donate_argnums=0)
+  it = input_pipeline.train_iterator(c, builder, local_batch=args.batch)
+  rng = jax.random.key(0)
+
+  fixed = trainer._global_batch(next(it), mesh, batch_sh)
+  for i in range(5):  # compile and warm up
+    state, m = step(state, fixed, jax.random.fold_in(rng, i))
+  jax.block_until_ready(m)
+
+  compute, loop = [], []
+  for i in range(args.steps):
+    t = time.perf_counter()
+    state, m = step(state, fixed, jax.random.fold_in(rng, i))
+    jax.block_until_ready(m)
+    compute.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    batch = trainer._global_batch(next(it), mesh, batch_sh)
+    state, m = step(state, batch, jax.random.fold_in(rng, i))
+    jax.block_until_ready(m)
+    loop.append(time.perf_counter() - t)
+  a, b = statistics.median(compute), statistics.median(loop)
+  result = dict(model='smoke ViT (32 px, 64 tokens, width 48, depth 4), tpm keep 0.7', batch=args.batch,
+                steps=args.steps, devices=jax.device_count(), step_ms=round(a * 1e3, 2), loop_iteration_ms=round(b * 1e3, 2),
+                compute_fraction=round(a / b, 3), host_overhead_ms=round((b - a) * 1e3, 2))
+  os.makedirs(os.path.dirname(args.out), exist_ok=True)
+  with open(args.out, 'w') as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(result, indent=2))
+
+
+if __name__ == '__main__':
+  main()
