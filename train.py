@@ -7,6 +7,7 @@ Writes WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events.
 """
 import json
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -27,7 +28,12 @@ def main(argv):
   from tpm_jax import distributed, trainer
   F = flags.FLAGS
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
-  final = trainer.train_and_evaluate(F.config, F.workdir)
+  from tpm_jax.checkpoint import CheckpointError
+  try:
+    final = trainer.train_and_evaluate(F.config, F.workdir)
+  except (FloatingPointError, CheckpointError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
   import jax
   print(json.dumps({'process_index': jax.process_index(), 'final': final}), flush=True)
 

@@ -8,13 +8,22 @@ METHODS = [dict(method='none'), dict(method='tpm'), dict(method='evit'), dict(me
            dict(method='tpm', similarity='tokens', assign='soft'), dict(method='tpm', multiscale='cross')]
 
 
-def _flops(name, red, keep):
+def _flops(name, red, keep, compile=False):
   red = dict(red)
   ms = red.pop('multiscale', 'none')
   if red['method'] != 'none':
     red['keep_rate'] = keep
   model = nnx.eval_shape(lambda: tpm_jax.create_model(name, reduction=red, multiscale=ms))
-  return tpm_jax.count_flops(model)
+  return tpm_jax.count_flops(model, compile=compile)
+
+
+@pytest.mark.parametrize('red', [dict(method='tpm'), dict(method='tome', r=13), dict(method='evit', multiscale='cross')])
+def test_compiled_and_lowered_counts_agree(red):
+  """The sweeps below analyse the lowered program (10x faster); XLA's compiled count is the same."""
+  a = _flops('deit_small_patch16_224', red, 0.6, compile=True)
+  b = _flops('deit_small_patch16_224', red, 0.6, compile=False)
+  assert a['xla_gflops'] == pytest.approx(b['xla_gflops'], rel=1e-3)
+  assert a['xla_matmul_gflops'] == b['xla_matmul_gflops']
 
 
 def test_deit_small_reference_numbers():

@@ -17,7 +17,8 @@ import optax
 from flax import nnx
 
 import tpm_jax
-from tpm_jax import augment, sharding
+from tpm_jax import augment, checkpoint, sharding
+from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.data import input_pipeline
 
 log = logging.getLogger(__name__)
@@ -274,34 +275,92 @@ def train_and_evaluate(config, workdir: str):
     return compiled_steps[i]
   eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl)
 
+  # Resume from the newest complete checkpoint of this workdir.
+  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
+  start = 0
+  restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract_state, state_sh))
+  if restored is not None:
+    start, state, meta = restored
+    if is_main:
+      print(f'resuming from step {start} ({ckpt.directory})', flush=True)
+
   local_batch = config.batch_size // jax.process_count()
   train_iter = input_pipeline.train_iterator(config, builder, local_batch=local_batch,
                                              process_index=jax.process_index(), process_count=jax.process_count(),
-                                             channels=channels)
+                                             start_batch=start, channels=channels)
   writer = MetricWriter(workdir, is_main)
-  progress = Progress(config.progress, total_steps, 0, is_main)
+  progress = Progress(config.progress, total_steps, start, is_main)
   rng = jax.random.key(config.seed)
-  final = {}
-  t_last, s_last = time.time(), 0
-  for step in range(1, total_steps + 1):
-    batch = _global_batch(next(train_iter), mesh, batch_sh)
-    state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
-    if step % config.log_every_steps == 0 or step == total_steps:
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      if not np.isfinite(metrics['loss']):
-        raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}: stopping')
-      now = time.time()
-      ips = (step - s_last) * config.batch_size / max(now - t_last, 1e-9)
-      t_last, s_last = now, step
-      row = dict(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)), images_per_sec=ips, **metrics)
-      progress.update(step, float(metrics['loss']), ips)
-      if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
-        row.update(evaluate(config, builder, state, eval_step, mesh, batch_sh, channels))
-      writer.write(step, row)
-      final = dict(step=step, **row)
+  final = dict(step=start)
+  t_last, s_last = time.time(), start
+  with PreemptionNotice() as preemption:
+    for step in range(start + 1, total_steps + 1):
+      batch = _global_batch(next(train_iter), mesh, batch_sh)
+      state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
+      log_now = step % config.log_every_steps == 0 or step == total_steps
+      save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
+      stop_now = preemption.requested()
+      if log_now or save_now or stop_now:
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if not np.isfinite(metrics['loss']):  # the last good checkpoint stays as it is
+          ckpt.close()
+          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint '
+                                   f'is step {ckpt.latest_step()} in {ckpt.directory}')
+        row = dict(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)), **metrics)
+        if log_now:
+          now = time.time()
+          row['images_per_sec'] = (step - s_last) * config.batch_size / max(now - t_last, 1e-9)
+          t_last, s_last = now, step
+          progress.update(step, row['loss'], row['images_per_sec'])
+          if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
+            row.update(evaluate(config, builder, state, eval_step, mesh, batch_sh, channels))
+          writer.write(step, row)
+        final = dict(step=step, **row)
+        if save_now or stop_now:
+          meta = dict(step=step, data_position=step, config=json.loads(config.to_json_best_effort()))
+          ckpt.save(step, state, meta, metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
+        if stop_now:
+          ckpt.wait()
+          if is_main:
+            print(f'preempted: saved step {step} to {ckpt.directory}; run the same command to resume', flush=True)
+          final['preempted'] = True
+          break
+  ckpt.close()
   progress.close()
   final['param_checksum'] = float(param_checksum(state, repl))
   return final
+
+
+class PreemptionNotice:
+  """SIGTERM (a scheduler's preemption) sets a flag the loop checks after every step; with several
+  processes they agree on it, so all of them save the same step."""
+
+  def __init__(self):
+    self._flag = False
+    self._previous = None
+
+  def __enter__(self):
+    import signal
+    import threading
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self._flag = True
+
+  def requested(self) -> bool:
+    if jax.process_count() == 1:
+      return self._flag
+    from jax.experimental import multihost_utils
+    return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
+
+  def __exit__(self, *exc):
+    import signal
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+    return False
 
 
 def param_checksum(state, out_sharding):
