@@ -4,4 +4,4 @@
 source "$(dirname "$0")/scripts/venv.sh"
 pip_install test -r "$ROOT/requirements-test.txt"
 cd "$ROOT"
-exec "$PY" -m pytest -q tests "$@"
+exec "$PY" -m pytest -q -n 2 tests "$@"

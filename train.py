@@ -29,8 +29,12 @@ def main(argv):
   F = flags.FLAGS
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   from tpm_jax.checkpoint import CheckpointError
+  from tpm_jax.config import ConfigError
   try:
     final = trainer.train_and_evaluate(F.config, F.workdir)
+  except ConfigError as e:  # bad input: one line, nothing written, exit code 2
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
   except (FloatingPointError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)

@@ -55,7 +55,9 @@ def base_config() -> ml_collections.ConfigDict:
       in_chans=config_dict.placeholder(int),
   ))
   c.reduction = ml_collections.ConfigDict(dict(
-      method='none', keep_rate=0.7, locations=config_dict.placeholder(str), r=8,
+      # keep_rate, locations, r: strings so one value or one per location ('0.7' or '0.9,0.7,0.5')
+      # can be given on the command line; tpm_jax.ReductionConfig parses and validates them.
+      method='none', keep_rate='0.7', locations=config_dict.placeholder(str), r='8',
       similarity='keys', assign='hard', tau=0.1, weight='importance', prop_attn=config_dict.placeholder(bool)))
   c.multiscale = ml_collections.ConfigDict(dict(method='none', source='pool', scales=(2, 4)))
 
@@ -112,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
   c.progress = 'auto'              # auto | bar | lines | off
+  c.overwrite = False              # start over in a workdir that holds a run with another config
   return c
 
 
@@ -126,9 +129,9 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
   if 'method' in a and a.method:
     c.reduction.method = a.method
   if 'keep' in a and a.keep:
-    c.reduction.keep_rate = a.keep
+    c.reduction.keep_rate = str(a.keep)
   if 'r' in a and a.r:
-    c.reduction.r = a.r
+    c.reduction.r = str(a.r)
   if 'multiscale' in a and a.multiscale:
     c.multiscale.method = a.multiscale
   if 'seed' in a:

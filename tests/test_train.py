@@ -87,7 +87,7 @@ def test_train_on_a_real_tiny_imagenet2012(tmp_path):
 
 def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path):
   c = _smoke_config()
-  c.reduction.keep_rate = 0.5
+  c.reduction.keep_rate = '0.5'
   c.keep_warmup_epochs, c.keep_warmup_stages = 6.0, 3  # 48 examples / 16 = 3 steps per epoch
   c.total_steps, c.log_every_steps, c.eval_every_steps = 24, 4, 0
   assert trainer.keep_rate_stages(c, 3.0) == [(1, 1.0), (10, 0.75), (19, 0.5)]
@@ -115,8 +115,8 @@ def test_ema_follows_the_parameters():
 def test_self_distillation_from_the_unpruned_backbone():
   """alpha=1: the loss is KL(teacher || student). At keep 1.0 the student is the backbone itself
   (same initial weights), so the KL is 0; pruning makes it positive. The teacher stays frozen."""
-  _, same, _ = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate=1.0)
-  after, pruned, before = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate=0.5)
+  _, same, _ = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate='1.0')
+  after, pruned, before = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate='0.5')
   assert abs(float(same['loss'])) < 1e-7
   assert float(pruned['loss']) > 1e-5  # (a fresh model's logits are nearly uniform: small but clear)
   teacher = lambda s: jax.tree.leaves(nnx.filter_state(s[2], nnx.Param))

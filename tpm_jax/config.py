@@ -281,3 +281,105 @@ class MultiscaleConfig:
     if not scales or any(s < 2 for s in scales):
       _fail('multiscale.scales', self.scales, 'pooling factors >= 2')
     return dataclasses.replace(self, scales=scales)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training configs (train.py / eval.py): checked before anything is written or compiled
+# ----------------------------------------------------------------------------------------------
+IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+# Fields whose change makes an existing workdir's checkpoints a different run.
+RUN_IDENTITY_FIELDS = ('model', 'reduction', 'multiscale', 'dataset.name', 'dataset.image_folder', 'seed')
+
+
+def _positive_int(field, value):
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    _fail(field, value, 'a positive int')
+
+
+def validate_train_config(config, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
+  """Every check train.py needs, in one place, before it writes or compiles anything."""
+  import os
+  from tpm_jax.models.registry import model_config
+  m = config.model
+  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
+  cfg = model_config(m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
+                     **overrides)
+  red = ReductionConfig.from_any(config.reduction, depth=cfg.depth)
+  red.schedule(cfg.num_prefix_tokens, cfg.num_patches)
+  MultiscaleConfig.from_any(config.multiscale)
+  _choice('model.dtype', m.dtype, ('float32', 'bfloat16'))
+
+  _positive_int('batch_size', config.batch_size)
+  _positive_int('grad_accum_steps', config.grad_accum_steps)
+  if config.batch_size % (num_devices * config.grad_accum_steps):
+    _fail('batch_size', config.batch_size,
+          f'a multiple of the {num_devices} devices x grad_accum_steps={config.grad_accum_steps}')
+  if config.batch_size % process_count:
+    _fail('batch_size', config.batch_size, f'a multiple of the {process_count} processes')
+  if config.eval_batch_size and config.eval_batch_size % num_devices:
+    _fail('eval_batch_size', config.eval_batch_size, f'a multiple of the {num_devices} devices (or 0: batch_size)')
+  from tpm_jax.sharding import mesh_shape
+  mesh_shape(config.mesh, num_devices)
+  if not (config.total_steps > 0 or config.num_epochs > 0):
+    _fail('total_steps', config.total_steps, 'a positive number of steps, or num_epochs > 0')
+  for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
+    _positive_int(field, config.get(field))
+  if config.get('keep_warmup_stages', 1) < 1:
+    _fail('keep_warmup_stages', config.keep_warmup_stages, 'an int >= 1')
+
+  d = config.dataset
+  if d.get('image_folder'):
+    root = os.path.expanduser(d.image_folder)
+    for split in (d.train_split, d.eval_split):
+      if not os.path.isdir(os.path.join(root, split.split('[')[0])):
+        _fail('dataset.image_folder', d.image_folder, f'a folder with {split}/<class>/*.jpg inside')
+  else:
+    import tensorflow_datasets as tfds
+    if d.name not in tfds.list_builders():
+      _fail('dataset.name', d.name, 'a TFDS dataset name (tfds.list_builders()), or set dataset.image_folder')
+    if d.name == 'imagenet2012' and not _tfds_prepared(d):
+      manual = os.path.expanduser(d.get('manual_dir') or '')
+      missing = [f for f in IMAGENET_MANUAL_FILES if not os.path.exists(os.path.join(manual, f))]
+      if missing:
+        _fail('dataset.manual_dir', d.get('manual_dir'),
+              f'a folder holding {" and ".join(IMAGENET_MANUAL_FILES)} (missing: {", ".join(missing)})')
+  for field in ('timm_checkpoint', 'checkpoint'):
+    path = config.init.get(field)
+    if path and not os.path.exists(os.path.expanduser(path)):
+      _fail(f'init.{field}', path, 'an existing file or directory')
+  if workdir:
+    _check_workdir(config, workdir)
+
+
+def _tfds_prepared(d) -> bool:
+  import tensorflow_datasets as tfds
+  try:
+    return tfds.builder(d.name, data_dir=d.get('data_dir')).is_prepared()
+  except Exception:  # noqa: BLE001
+    return False
+
+
+def _flat(d, prefix=''):
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = v
+  return out
+
+
+def _check_workdir(config, workdir: str) -> None:
+  """Refuse a workdir that holds a run with another model, method or data (unless config.overwrite)."""
+  import json
+  import os
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path) or config.get('overwrite', False):
+    return
+  with open(path) as f:
+    old = _flat(json.load(f))
+  new = _flat(json.loads(config.to_json_best_effort()))
+  for key in sorted(set(old) | set(new)):
+    if any(key == f or key.startswith(f + '.') for f in RUN_IDENTITY_FIELDS) and old.get(key) != new.get(key):
+      raise ConfigError(f'workdir {workdir} holds a run with {key}={old.get(key)!r}, not {new.get(key)!r}: '
+                        f'use another workdir, or --config.overwrite=true to start over there')

@@ -19,6 +19,7 @@ from flax import nnx
 import tpm_jax
 from tpm_jax import augment, checkpoint, sharding
 from tpm_jax.checkpoint import Checkpointer
+from tpm_jax.config import validate_train_config
 from tpm_jax.data import input_pipeline
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,10 @@ def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]
   if warm_steps <= 0 or n <= 1 or config.reduction.method in ('none', 'tome'):
     return [(1, None)]
   target = config.reduction.keep_rate
-  target = tuple(float(t) for t in target.split(',')) if isinstance(target, str) else target
+  if isinstance(target, str):
+    target = tuple(float(t) for t in target.split(',') if t.strip())
+  if isinstance(target, (tuple, list)) and len(target) == 1:
+    target = target[0]
   def rate(i):
     f = i / (n - 1)
     return tuple(1 - (1 - t) * f for t in target) if isinstance(target, (tuple, list)) else 1 - (1 - target) * f
@@ -237,9 +241,16 @@ def _global_batch(batch, mesh, batch_sharding):
 
 
 def train_and_evaluate(config, workdir: str):
-  """Train ``config`` into ``workdir``; returns the final metrics (including the last eval)."""
-  os.makedirs(workdir, exist_ok=True)
+  """Train ``config`` into ``workdir``; returns the final metrics (including the last eval).
+  Bad settings raise ``ConfigError`` before anything is written or compiled."""
+  validate_train_config(config, num_devices=jax.device_count(), process_count=jax.process_count(), workdir=workdir)
   is_main = jax.process_index() == 0
+  if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json'):
+      if os.path.exists(os.path.join(workdir, name)):
+        os.rename(os.path.join(workdir, name), os.path.join(workdir, f'{name}.replaced-{stamp}'))
+  os.makedirs(workdir, exist_ok=True)
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))

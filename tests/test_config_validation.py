@@ -1,0 +1,65 @@
+"""Bad input gets one line naming the field and what is accepted, before anything is written or
+compiled (exit code 2 from train.py)."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import deit
+from tpm_jax import trainer
+from tpm_jax.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _smoke(**changes):
+  c = deit.get_config('smoke')
+  c.dataset.name = 'mnist'
+  c.update_from_flattened_dict(changes)
+  return c
+
+
+BAD = [
+    (dict(**{'reduction.keep_rate': '1.5'}), r'reduction.keep_rate=.1.5. .*\(0, 1\]'),
+    (dict(**{'reduction.keep_rate': '0.0'}), r'reduction.keep_rate=.0.0. .*\(0, 1\]'),
+    (dict(**{'reduction.locations': '1,7'}), r'reduction.locations=\(1, 7\) .*\[0, 4\)'),
+    (dict(**{'reduction.locations': '2,1'}), r'reduction.locations=\(2, 1\) .*strictly increasing'),
+    (dict(**{'reduction.locations': '1,2', 'reduction.keep_rate': '0.5,0.6,0.7'}), r'reduction.keep_rate=.*one per location'),
+    (dict(**{'reduction.method': 'prune'}), r"reduction.method='prune' .*'none', 'tpm', 'evit', 'drop', 'tome'"),
+    (dict(**{'multiscale.method': 'pyramid'}), r"multiscale.method='pyramid' .*'none', 'pool', 'cross'"),
+    (dict(**{'model.name': 'deit_huge'}), r"model.name='deit_huge' .*deit_small_patch16_224"),
+    (dict(**{'model.img_size': 30}), r'model.img_size=30 .*multiple of model.patch_size=4'),
+    (dict(**{'batch_size': 15, 'grad_accum_steps': 2}), r'batch_size=15 .*grad_accum_steps=2'),
+    (dict(**{'mesh.data': 3, 'mesh.fsdp': 1}), r'mesh=\(data=3, fsdp=1\) .*multiply to the 1 devices'),
+    (dict(**{'dataset.name': 'imagenet_9000'}), r"dataset.name='imagenet_9000' .*TFDS dataset name"),
+    (dict(**{'dataset.name': 'imagenet2012', 'dataset.manual_dir': '/nonexistent'}),
+     r"dataset.manual_dir='/nonexistent' .*ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"),
+    (dict(**{'init.timm_checkpoint': '/nonexistent.safetensors'}), r'init.timm_checkpoint=.*existing file'),
+]
+
+
+@pytest.mark.parametrize('changes, match', BAD, ids=[m.split('=')[0] for _, m in BAD])
+def test_bad_config_fails_before_writing(tmp_path, changes, match):
+  workdir = tmp_path / 'run'
+  with pytest.raises(ConfigError, match=match) as e:
+    trainer.train_and_evaluate(_smoke(**changes), str(workdir))
+  assert '\n' not in str(e.value)
+  assert not workdir.exists()
+
+
+def test_workdir_with_another_run_is_refused(tmp_path):
+  (tmp_path / 'config.json').write_text(_smoke(**{'reduction.method': 'evit'}).to_json())
+  with pytest.raises(ConfigError, match=r'reduction.method=.evit., not .tpm.*--config.overwrite'):
+    trainer.train_and_evaluate(_smoke(), str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ['config.json']
+
+
+def test_cli_exit_code_2_and_one_line(tmp_path):
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
+                        '--workdir', str(tmp_path / 'run'), '--config.reduction.keep_rate=2.0'],
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2
+  errors = [l for l in res.stderr.splitlines() if l.startswith('error:')]
+  assert errors == ["error: reduction.keep_rate='2.0' is not accepted: expected a float in (0, 1] or one per location"]
+  assert 'Traceback' not in res.stderr and not (tmp_path / 'run').exists()
