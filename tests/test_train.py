@@ -23,8 +23,9 @@ def _smoke_config():
   return c
 
 
-def test_train_end_to_end_on_mock_imagenet(tmp_path):
+def test_train_end_to_end_on_mock_data(tmp_path):
   c = _smoke_config()
+  c.dataset.name, c.dataset.eval_split = 'cifar10', 'test'
   with tfds.testing.mock_data(num_examples=48):
     final = trainer.train_and_evaluate(c, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / 'metrics.jsonl')]
@@ -89,6 +90,7 @@ def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path):
   c = _smoke_config()
   c.reduction.keep_rate = '0.5'
   c.keep_warmup_epochs, c.keep_warmup_stages = 6.0, 3  # 48 examples / 16 = 3 steps per epoch
+  c.dataset.name, c.dataset.eval_split = 'cifar10', 'test'
   c.total_steps, c.log_every_steps, c.eval_every_steps = 24, 4, 0
   assert trainer.keep_rate_stages(c, 3.0) == [(1, 1.0), (10, 0.75), (19, 0.5)]
   trainer.TRACES.clear()
