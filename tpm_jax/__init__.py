@@ -1,5 +1,6 @@
 """tpm_jax: Vision Transformers that prune tokens by merging them (arXiv 2306.04897), in JAX/Flax NNX."""
 from tpm_jax.config import ConfigError, MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.export import load_model
 from tpm_jax.flops import TokenSchedule, count_flops, token_schedule
 from tpm_jax.models.registry import create_model, list_models, model_config
 from tpm_jax.timm_weights import export_timm_weights, load_timm_weights
@@ -10,5 +11,5 @@ __all__ = [
     'ConfigError', 'MultiscaleConfig', 'ReductionConfig', 'ViTConfig',
     'create_model', 'list_models', 'model_config',
     'export_timm_weights', 'load_timm_weights',
-    'TokenSchedule', 'count_flops', 'token_schedule',
+    'TokenSchedule', 'count_flops', 'token_schedule', 'load_model',
 ]

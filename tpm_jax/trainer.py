@@ -90,6 +90,9 @@ def build_train_graph(config, schedule, *, load_weights=True, keep_rate=None):
   model = build_model(config, keep_rate=keep_rate)
   if load_weights and config.init.get('timm_checkpoint'):
     tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
+  if load_weights and config.init.get('checkpoint'):  # an export of this project (python -m tpm_jax.export)
+    from tpm_jax.export import load_params_into
+    load_params_into(model, config.init.checkpoint)
   optimizer = nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
   teacher = ema = None
   if config.distill.alpha > 0:
@@ -380,10 +383,10 @@ def param_checksum(state, out_sharding):
   return jax.jit(lambda ps: sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in ps), out_shardings=out_sharding)(params)
 
 
-def evaluate(config, builder, state, eval_step, mesh, batch_sh, channels=3):
+def evaluate(config, builder, state, eval_step, mesh, batch_sh, channels=3, split=None):
   eval_batch = config.eval_batch_size or config.batch_size
   totals = None
-  for batch in input_pipeline.eval_batches(config, builder, config.dataset.eval_split,
+  for batch in input_pipeline.eval_batches(config, builder, split or config.dataset.eval_split,
                                            local_batch=eval_batch // jax.process_count(),
                                            process_index=jax.process_index(), process_count=jax.process_count(),
                                            channels=channels):

@@ -1,0 +1,102 @@
+"""Evaluate a model: top-1/top-5 on a TFDS split, compute (analytic GMACs, XLA GFLOPs) and measured
+throughput, printed as a table and written as JSON.
+
+  python eval.py --checkpoint WORKDIR_OR_EXPORT [--config configs/deit.py:...] [--split validation] \
+      [--batch_size 64] [--output results.json]
+  python eval.py --config configs/deit.py:model=deit_small_patch16_224,method=tpm \
+      --timm_checkpoint deit_small_patch16_224.safetensors --config.dataset.manual_dir=...
+
+The checkpoint's own config is used unless --config is given (then its dataset and preprocessing
+settings apply). Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
+"""
+import json
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app, flags
+from ml_collections import config_flags
+
+config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
+flags.DEFINE_string('checkpoint', None, 'A training workdir (latest checkpoint) or an export directory.')
+flags.DEFINE_string('timm_checkpoint', None, 'Evaluate timm weights (.safetensors/.pth) with --config\'s model.')
+flags.DEFINE_string('split', None, 'TFDS split (default: the config\'s dataset.eval_split).')
+flags.DEFINE_integer('batch_size', 64, 'Batch size for the throughput measurement.')
+flags.DEFINE_integer('timed_runs', 5, 'Timed runs for the throughput median.')
+flags.DEFINE_string('output', None, 'Write the results as JSON here.')
+
+
+def throughput(model, config, batch_size, runs):
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+  x = jnp.asarray(np.random.RandomState(0).randn(batch_size, config.model.img_size, config.model.img_size,
+                                                 model.cfg.in_chans), jnp.float32)
+  for _ in range(2):
+    fwd(state, x).block_until_ready()
+  times = []
+  for _ in range(runs):
+    t = time.perf_counter()
+    fwd(state, x).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return batch_size / statistics.median(times)
+
+
+def main(argv):
+  del argv
+  import jax
+  import tpm_jax
+  from tpm_jax import export, sharding, trainer
+  from tpm_jax.config import ConfigError
+  from tpm_jax.data import input_pipeline
+  F = flags.FLAGS
+  try:
+    if F.checkpoint:
+      if os.path.isdir(os.path.join(F.checkpoint, 'params')):
+        model, source = export.load_model(F.checkpoint), 'export'
+        saved = export.read_config(os.path.join(F.checkpoint, export.EXPORT_CONFIG))
+      else:
+        model, saved, step = export.restore_from_workdir(F.checkpoint)
+        source = f'workdir step {step}'
+      config = F.config or saved
+    elif F.timm_checkpoint and F.config:
+      config = F.config
+      model = trainer.build_model(config)
+      tpm_jax.load_timm_weights(model, F.timm_checkpoint)
+      source = 'timm'
+    else:
+      raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
+  except (ConfigError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+
+  split = F.split or config.dataset.eval_split
+  mesh = sharding.make_mesh(config.mesh)
+  builder = input_pipeline.get_builder(config.dataset)
+  from flax import nnx
+  graphdef, state = nnx.split((model, None, None, None))
+  eval_step = jax.jit(trainer.make_eval_step(config, graphdef))
+  metrics = trainer.evaluate(config, builder, state, eval_step, mesh, sharding.batch_sharding(mesh),
+                             model.cfg.in_chans, split=split)
+  flops = tpm_jax.count_flops(model)
+  result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
+                model=config.model.name, method=config.reduction.method, keep_rate=str(config.reduction.keep_rate),
+                top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
+                analytic_gmacs=flops['analytic_gmacs'], xla_gflops=flops['xla_gflops'],
+                images_per_sec=throughput(model, config, F.batch_size, F.timed_runs), throughput_batch=F.batch_size)
+  width = max(len(k) for k in result)
+  for k, v in result.items():
+    print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')
+  if F.output:
+    with open(F.output, 'w') as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == '__main__':
+  app.run(main)

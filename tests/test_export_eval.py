@@ -1,0 +1,66 @@
+"""Export an inference checkpoint, load it, and evaluate it with eval.py: the accuracy is exactly
+what the training run logged for that step."""
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import tpm_jax
+from configs import deit
+from tpm_jax import export, trainer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  from imagenet_fixture import make_imagenet_manual_dir
+  tmp = tmp_path_factory.mktemp('export')
+  make_imagenet_manual_dir(str(tmp / 'manual'), num_classes=4, train_per_class=12, num_val=16)
+  c = deit.get_config('smoke')
+  c.dataset.manual_dir, c.dataset.data_dir = str(tmp / 'manual'), str(tmp / 'tfds')
+  c.optim.ema_decay = 0.5
+  c.optim.lr = 3e-3 * 512 / 16
+  c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = 8
+  final = trainer.train_and_evaluate(c, str(tmp / 'run'))
+  return tmp, final
+
+
+def test_export_load_and_eval_reproduce_the_logged_accuracy(trained):
+  tmp, final = trained
+  out = tmp / 'export'
+  export.main(['--workdir', str(tmp / 'run'), '--output', str(out), '--safetensors', str(tmp / 'model.safetensors')])
+  assert json.load(open(out / 'export.json'))['step'] == 8
+
+  from_export = tpm_jax.load_model(str(out))
+  from_workdir = export.restore_from_workdir(str(tmp / 'run'))[0]  # the EMA parameters
+  x = jnp.asarray(np.random.RandomState(0).randn(2, 32, 32, 3), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(from_export(x)), np.asarray(from_workdir(x)))
+  from tpm_jax.timm_weights import read_state_dict
+  assert 'blocks.0.attn.qkv.weight' in read_state_dict(str(tmp / 'model.safetensors'))
+
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out),
+                        '--output', str(tmp / 'eval.json'), '--batch_size', '8', '--timed_runs', '2'],
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT), capture_output=True, text=True,
+                       timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  result = json.load(open(tmp / 'eval.json'))
+  assert result['examples'] == 16
+  assert result['top1'] == final['eval_top1'] and result['top5'] == final['eval_top5']
+  assert result['analytic_gmacs'] > 0 and result['xla_gflops'] > 0 and result['images_per_sec'] > 0
+  assert 'top1' in res.stdout  # the table
+
+
+def test_init_from_an_export(trained, tmp_path):
+  tmp, _ = trained
+  out = tmp / 'export_for_init'
+  export.export(str(tmp / 'run'), str(out))
+  c = deit.get_config('smoke')
+  c.init.checkpoint = str(out)
+  model, *_ = trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 1, 1))
+  x = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(tpm_jax.load_model(str(out))(x)))

@@ -1,0 +1,106 @@
+"""Inference checkpoints: export from a training workdir, load by path.
+
+  python -m tpm_jax.export --workdir DIR --output OUT [--step N] [--safetensors OUT.safetensors]
+
+OUT is a standalone Orbax directory: ``OUT/params`` (EMA parameters if the run kept them,
+otherwise the live ones) and ``OUT/config.json`` (the full training config, which holds the model
+config). ``tpm_jax.load_model(OUT)`` returns a ready model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from flax import nnx
+
+EXPORT_CONFIG = 'config.json'
+
+
+def _replicated_on_one_device(abstract):
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def read_config(path: str) -> ml_collections.ConfigDict:
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def restore_from_workdir(workdir: str, step: int | None = None):
+  """(model, config, step) from a training workdir's checkpoint (latest complete, or ``step``);
+  the model carries the EMA parameters when the run kept them."""
+  from tpm_jax import trainer
+  from tpm_jax.checkpoint import Checkpointer
+  config = read_config(os.path.join(workdir, 'config.json'))
+  schedule = trainer.learning_rate_schedule(config, 1, 1)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(config, schedule, load_weights=False)))
+  ckpt = Checkpointer(workdir, keep=max(1, config.get('keep_checkpoints', 1)))
+  abstract = _replicated_on_one_device(abstract)
+  if step is None:
+    restored = ckpt.restore_latest(abstract)
+    if restored is None:
+      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
+    step, state, _ = restored
+  else:
+    state, _ = ckpt.restore(step, abstract)
+  ckpt.close()
+  model, _, _, ema = nnx.merge(graphdef, state)
+  return (ema if ema is not None else model), config, step
+
+
+def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None) -> str:
+  model, config, step = restore_from_workdir(workdir, step)
+  output = os.path.abspath(output)
+  os.makedirs(output, exist_ok=True)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(output, 'params'), nnx.state(model, nnx.Param), force=True)
+  checkpointer.wait_until_finished()
+  with open(os.path.join(output, EXPORT_CONFIG), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  with open(os.path.join(output, 'export.json'), 'w') as f:
+    json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
+  if safetensors:
+    from tpm_jax.timm_weights import export_timm_weights
+    export_timm_weights(model, safetensors)
+  return output
+
+
+def load_model(path: str):
+  """A ready model from an export directory (``python -m tpm_jax.export``) or a training workdir."""
+  from tpm_jax import trainer
+  if os.path.isdir(os.path.join(path, 'checkpoints')) and not os.path.isdir(os.path.join(path, 'params')):
+    return restore_from_workdir(path)[0]
+  return load_params_into(trainer.build_model(read_config(os.path.join(path, EXPORT_CONFIG))), path)
+
+
+def load_params_into(model, path: str):
+  """Set ``model``'s parameters from an export directory (same architecture); returns the model."""
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.state(model, nnx.Param))
+  try:
+    params = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'params'),
+                                                _replicated_on_one_device(target))
+  except Exception as e:  # noqa: BLE001
+    from tpm_jax.checkpoint import CheckpointError
+    raise CheckpointError(f'{path}: not an export of this model ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200] if str(e) else ""})') from e
+  nnx.update(model, params)
+  return model
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--workdir', required=True)
+  p.add_argument('--output', required=True)
+  p.add_argument('--step', type=int, default=None, help='default: the latest complete checkpoint')
+  p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
+  args = p.parse_args(argv)
+  out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors)
+  print(f'exported {args.workdir} to {out}')
+
+
+if __name__ == '__main__':
+  main()
