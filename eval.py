@@ -17,7 +17,7 @@ import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
@@ -99,4 +99,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  from tpm_jax.cli import run
+  run(main)

@@ -55,11 +55,25 @@ def test_workdir_with_another_run_is_refused(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['config.json']
 
 
-def test_cli_exit_code_2_and_one_line(tmp_path):
+def test_wrong_shaped_timm_checkpoint_names_the_parameter(tmp_path):
+  import tpm_jax
+  other = tpm_jax.create_model('vit_custom', img_size=32, patch_size=4, embed_dim=64, depth=4, num_heads=4)
+  path = tpm_jax.export_timm_weights(other, tmp_path / 'other.safetensors')
+  with pytest.raises(ConfigError, match=r"init.timm_checkpoint=.* does not fit model vit_custom: blocks.0.attn.proj.bias: checkpoint shape \(64,\) .*expects \(48,\)"):
+    trainer.train_and_evaluate(_smoke(**{'init.timm_checkpoint': path}), str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('args, line', [
+    (['--config.reduction.keep_rate=2.0'],
+     "error: reduction.keep_rate='2.0' is not accepted: expected a float in (0, 1] or one per location"),
+    (['--config.reduction.keeprate=0.5'], 'error: config.reduction.keeprate is not a known config field (did you mean keep_rate?)'),
+    (['--config.batch_size=abc'], "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+])
+def test_cli_exit_code_2_and_one_line(tmp_path, args, line):
   res = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
-                        '--workdir', str(tmp_path / 'run'), '--config.reduction.keep_rate=2.0'],
+                        '--workdir', str(tmp_path / 'run'), *args],
                        env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
   assert res.returncode == 2
-  errors = [l for l in res.stderr.splitlines() if l.startswith('error:')]
-  assert errors == ["error: reduction.keep_rate='2.0' is not accepted: expected a float in (0, 1] or one per location"]
+  assert [l for l in res.stderr.splitlines() if l.startswith('error:')] == [line]
   assert 'Traceback' not in res.stderr and not (tmp_path / 'run').exists()

@@ -347,6 +347,16 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     path = config.init.get(field)
     if path and not os.path.exists(os.path.expanduser(path)):
       _fail(f'init.{field}', path, 'an existing file or directory')
+  if config.init.get('timm_checkpoint'):  # names and shapes checked against the model, abstractly
+    from flax import nnx
+    from tpm_jax.models.vit import VisionTransformer
+    from tpm_jax.timm_weights import load_timm_weights
+    abstract = nnx.eval_shape(lambda: VisionTransformer(cfg, reduction=red, rngs=nnx.Rngs(0)))
+    try:
+      load_timm_weights(abstract, os.path.expanduser(config.init.timm_checkpoint))
+    except (ValueError, OSError) as e:
+      raise ConfigError(f'init.timm_checkpoint={config.init.timm_checkpoint!r} does not fit model '
+                        f'{m.name}: {str(e).splitlines()[0]}') from e
   if workdir:
     _check_workdir(config, workdir)
 

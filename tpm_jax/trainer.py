@@ -248,16 +248,6 @@ def train_and_evaluate(config, workdir: str):
   Bad settings raise ``ConfigError`` before anything is written or compiled."""
   validate_train_config(config, num_devices=jax.device_count(), process_count=jax.process_count(), workdir=workdir)
   is_main = jax.process_index() == 0
-  if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json'):
-      if os.path.exists(os.path.join(workdir, name)):
-        os.rename(os.path.join(workdir, name), os.path.join(workdir, f'{name}.replaced-{stamp}'))
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
   mesh = sharding.make_mesh(config.mesh)
   builder = input_pipeline.get_builder(config.dataset)
   n_train = config.num_train_examples or input_pipeline.num_examples(builder, config.dataset.train_split)
@@ -274,6 +264,18 @@ def train_and_evaluate(config, workdir: str):
   graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(False)))
   state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
   state = sharding.to_global(nnx.state(build(True)), state_sh)
+
+  # Only now, with everything checked and built, does the workdir get written.
+  if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
+    stamp = time.strftime('%Y%m%d-%H%M%S')
+    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json'):
+      if os.path.exists(os.path.join(workdir, name)):
+        os.rename(os.path.join(workdir, name), os.path.join(workdir, f'{name}.replaced-{stamp}'))
+  os.makedirs(workdir, exist_ok=True)
+  if is_main:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
 
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   stages = keep_rate_stages(config, steps_per_epoch)
