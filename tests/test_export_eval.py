@@ -64,3 +64,18 @@ def test_init_from_an_export(trained, tmp_path):
   model, *_ = trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 1, 1))
   x = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
   np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(tpm_jax.load_model(str(out))(x)))
+
+
+def test_an_export_of_another_model_is_refused_up_front(trained, tmp_path):
+  from tpm_jax.config import ConfigError, validate_train_config
+  tmp, _ = trained
+  out = tmp / 'export_for_init'
+  if not out.exists():
+    export.export(str(tmp / 'run'), str(out))
+  c = deit.get_config('smoke')
+  c.dataset.name = 'mnist'
+  c.init.checkpoint = str(out)
+  validate_train_config(c, num_devices=1)  # the same architecture: accepted
+  c.model.embed_dim, c.model.num_heads = 64, 4
+  with pytest.raises(ConfigError, match=r'init.checkpoint=.* does not fit the model: .* the model needs \(.*64'):
+    validate_train_config(c, num_devices=1)

@@ -347,6 +347,8 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     path = config.init.get(field)
     if path and not os.path.exists(os.path.expanduser(path)):
       _fail(f'init.{field}', path, 'an existing file or directory')
+  if config.init.get('checkpoint'):  # an export: parameter names and shapes from its metadata
+    _check_export_fits(config.init.checkpoint, cfg, red)
   if config.init.get('timm_checkpoint'):  # names and shapes checked against the model, abstractly
     from flax import nnx
     from tpm_jax.models.vit import VisionTransformer
@@ -359,6 +361,33 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
                         f'{m.name}: {str(e).splitlines()[0]}') from e
   if workdir:
     _check_workdir(config, workdir)
+
+
+def _check_export_fits(path, cfg, red) -> None:
+  import os
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  from tpm_jax.models.vit import VisionTransformer
+  try:
+    saved = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(os.path.expanduser(path)), 'params'))
+    saved = getattr(saved, 'item_metadata', saved)
+    saved_shapes = {tuple(str(k.key if hasattr(k, 'key') else k) for k in p): tuple(v.shape)
+                    for p, v in jax_leaves_with_path(saved)}
+  except Exception as e:  # noqa: BLE001
+    raise ConfigError(f'init.checkpoint={path!r} is not accepted: expected an export directory '
+                      f'(python -m tpm_jax.export), could not read it ({type(e).__name__})') from e
+  abstract = nnx.eval_shape(lambda: VisionTransformer(cfg, reduction=red, rngs=nnx.Rngs(0)))
+  for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+    key = tuple(str(k) for k in p)
+    got = next((shape for k, shape in saved_shapes.items() if k[:len(key)] == key), None)
+    if got is None or got != tuple(v.shape):
+      raise ConfigError(f'init.checkpoint={path!r} does not fit the model: {".".join(key)} is '
+                        f'{got if got is not None else "missing"} there, the model needs {tuple(v.shape)}')
+
+
+def jax_leaves_with_path(tree):
+  import jax
+  return jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape') and not isinstance(x, dict))
 
 
 def _tfds_prepared(d) -> bool:
