@@ -79,3 +79,19 @@ def test_an_export_of_another_model_is_refused_up_front(trained, tmp_path):
   c.model.embed_dim, c.model.num_heads = 64, 4
   with pytest.raises(ConfigError, match=r'init.checkpoint=.* does not fit the model: .* the model needs \(.*64'):
     validate_train_config(c, num_devices=1)
+
+
+def test_eval_py_on_timm_weights(trained):
+  """eval.py --timm_checkpoint: timm-named weights evaluated with --config's model and data."""
+  tmp, _ = trained
+  weights = tmp / 'model.safetensors'
+  if not weights.exists():
+    export.export(str(tmp / 'run'), str(tmp / 'export_timm'), safetensors=str(weights))
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
+                        '--timm_checkpoint', str(weights), f'--config.dataset.data_dir={tmp / "tfds"}',
+                        '--output', str(tmp / 'eval_timm.json'), '--batch_size', '8', '--timed_runs', '2'],
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT), capture_output=True, text=True,
+                       timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  result = json.load(open(tmp / 'eval_timm.json'))
+  assert result['source'] == 'timm' and result['examples'] == 16 and 0 <= result['top1'] <= 1
