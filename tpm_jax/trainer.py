@@ -275,7 +275,9 @@ def train_and_evaluate(config, workdir: str):
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
-
+  if jax.process_count() > 1:  # the others wait until process 0 has set the workdir up
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices('workdir ready')
 
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   stages = keep_rate_stages(config, steps_per_epoch)
