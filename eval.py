@@ -67,7 +67,7 @@ def main(argv):
       config = F.config or saved
     elif F.timm_checkpoint and F.config:
       config = F.config
-      model = trainer.build_model(config)
+      model = tpm_jax.models.model_from_config(config)
       tpm_jax.load_timm_weights(model, F.timm_checkpoint)
       source = 'timm'
     else:

@@ -76,6 +76,10 @@ def test_an_export_of_another_model_is_refused_up_front(trained, tmp_path):
   c.dataset.name = 'mnist'
   c.init.checkpoint = str(out)
   validate_train_config(c, num_devices=1)  # the same architecture: accepted
+  c.multiscale.method = 'cross'  # the export has the 'pool' fusion's parameters, not these
+  with pytest.raises(ConfigError, match=r'init.checkpoint=.* does not fit the model: multiscale\.'):
+    validate_train_config(c, num_devices=1)
+  c.multiscale.method = 'pool'
   c.model.embed_dim, c.model.num_heads = 64, 4
   with pytest.raises(ConfigError, match=r'init.checkpoint=.* does not fit the model: .* the model needs \(.*64'):
     validate_train_config(c, num_devices=1)

@@ -299,15 +299,12 @@ def _positive_int(field, value):
 def validate_train_config(config, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
   """Every check train.py needs, in one place, before it writes or compiles anything."""
   import os
-  from tpm_jax.models.registry import model_config
+  from flax import nnx
+  from tpm_jax.models.registry import model_from_config
   m = config.model
-  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
-  cfg = model_config(m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
-                     **overrides)
-  red = ReductionConfig.from_any(config.reduction, depth=cfg.depth)
-  red.schedule(cfg.num_prefix_tokens, cfg.num_patches)
-  MultiscaleConfig.from_any(config.multiscale)
   _choice('model.dtype', m.dtype, ('float32', 'bfloat16'))
+  # Building the model abstractly runs every model, reduction and multi-scale check (no allocation).
+  abstract = nnx.eval_shape(lambda: model_from_config(config))
 
   _positive_int('batch_size', config.batch_size)
   _positive_int('grad_accum_steps', config.grad_accum_steps)
@@ -348,12 +345,9 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     if path and not os.path.exists(os.path.expanduser(path)):
       _fail(f'init.{field}', path, 'an existing file or directory')
   if config.init.get('checkpoint'):  # an export: parameter names and shapes from its metadata
-    _check_export_fits(config.init.checkpoint, cfg, red)
-  if config.init.get('timm_checkpoint'):  # names and shapes checked against the model, abstractly
-    from flax import nnx
-    from tpm_jax.models.vit import VisionTransformer
+    _check_export_fits(config.init.checkpoint, abstract)
+  if config.init.get('timm_checkpoint'):  # names and shapes checked against the abstract model
     from tpm_jax.timm_weights import load_timm_weights
-    abstract = nnx.eval_shape(lambda: VisionTransformer(cfg, reduction=red, rngs=nnx.Rngs(0)))
     try:
       load_timm_weights(abstract, os.path.expanduser(config.init.timm_checkpoint))
     except (ValueError, OSError) as e:
@@ -363,21 +357,20 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     _check_workdir(config, workdir)
 
 
-def _check_export_fits(path, cfg, red) -> None:
+def _check_export_fits(path, abstract_model) -> None:
   import os
+  import jax
   import orbax.checkpoint as ocp
   from flax import nnx
-  from tpm_jax.models.vit import VisionTransformer
   try:
     saved = ocp.StandardCheckpointer().metadata(os.path.join(os.path.abspath(os.path.expanduser(path)), 'params'))
     saved = getattr(saved, 'item_metadata', saved)
     saved_shapes = {tuple(str(k.key if hasattr(k, 'key') else k) for k in p): tuple(v.shape)
-                    for p, v in jax_leaves_with_path(saved)}
+                    for p, v in jax.tree_util.tree_leaves_with_path(saved, is_leaf=_is_array_metadata)}
   except Exception as e:  # noqa: BLE001
     raise ConfigError(f'init.checkpoint={path!r} is not accepted: expected an export directory '
                       f'(python -m tpm_jax.export), could not read it ({type(e).__name__})') from e
-  abstract = nnx.eval_shape(lambda: VisionTransformer(cfg, reduction=red, rngs=nnx.Rngs(0)))
-  for p, v in nnx.to_flat_state(nnx.state(abstract, nnx.Param)):
+  for p, v in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param)):
     key = tuple(str(k) for k in p)
     got = next((shape for k, shape in saved_shapes.items() if k[:len(key)] == key), None)
     if got is None or got != tuple(v.shape):
@@ -385,9 +378,8 @@ def _check_export_fits(path, cfg, red) -> None:
                         f'{got if got is not None else "missing"} there, the model needs {tuple(v.shape)}')
 
 
-def jax_leaves_with_path(tree):
-  import jax
-  return jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, 'shape') and not isinstance(x, dict))
+def _is_array_metadata(x) -> bool:
+  return hasattr(x, 'shape') and not isinstance(x, dict)
 
 
 def _tfds_prepared(d) -> bool:

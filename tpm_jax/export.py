@@ -17,6 +17,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from tpm_jax.models.registry import model_from_config
+
 EXPORT_CONFIG = 'config.json'
 
 
@@ -74,7 +76,7 @@ def load_model(path: str):
   from tpm_jax import trainer
   if os.path.isdir(os.path.join(path, 'checkpoints')) and not os.path.isdir(os.path.join(path, 'params')):
     return restore_from_workdir(path)[0]
-  return load_params_into(trainer.build_model(read_config(os.path.join(path, EXPORT_CONFIG))), path)
+  return load_params_into(model_from_config(read_config(os.path.join(path, EXPORT_CONFIG))), path)
 
 
 def load_params_into(model, path: str):

@@ -21,6 +21,7 @@ from tpm_jax import augment, checkpoint, sharding
 from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.config import validate_train_config
 from tpm_jax.data import input_pipeline
+from tpm_jax.models.registry import model_from_config
 
 log = logging.getLogger(__name__)
 TRACES: dict[str, int] = {}  # how often each step function was traced (tests assert on it)
@@ -29,18 +30,6 @@ TRACES: dict[str, int] = {}  # how often each step function was traced (tests as
 # ------------------------------------------------------------------------------------------------
 # Model and optimizer
 # ------------------------------------------------------------------------------------------------
-def build_model(config, rngs=None, keep_rate=None):
-  m = config.model
-  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
-  reduction = config.reduction.to_dict()
-  if keep_rate is not None:
-    reduction['keep_rate'] = keep_rate
-  return tpm_jax.create_model(
-      m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
-      reduction=reduction, multiscale=config.multiscale.to_dict(),
-      dtype=jnp.dtype(m.dtype), rngs=rngs or nnx.Rngs(params=config.seed, dropout=config.seed + 1), **overrides)
-
-
 def decay_mask(params):
   """Weight decay on matmul/conv kernels only: not on norms, biases, position embeddings, tokens."""
   return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
@@ -87,7 +76,7 @@ def build_train_graph(config, schedule, *, load_weights=True, keep_rate=None):
   """(model, optimizer, teacher, ema): the teacher is the unpruned backbone with the same initial
   weights, frozen (``config.distill.alpha`` > 0); ema a copy of the model whose parameters follow
   an exponential moving average (``config.optim.ema_decay`` > 0). Either is None when off."""
-  model = build_model(config, keep_rate=keep_rate)
+  model = model_from_config(config, keep_rate=keep_rate)
   if load_weights and config.init.get('timm_checkpoint'):
     tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
   if load_weights and config.init.get('checkpoint'):  # an export of this project (python -m tpm_jax.export)
@@ -99,7 +88,7 @@ def build_train_graph(config, schedule, *, load_weights=True, keep_rate=None):
     plain = config.copy_and_resolve_references()
     with plain.unlocked():
       plain.reduction.method, plain.multiscale.method, plain.model.drop_path_rate = 'none', 'none', 0.0
-    teacher = build_model(plain)
+    teacher = model_from_config(plain)
     backbone = {p: v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if p[0] != 'multiscale'}
     nnx.update(teacher, nnx.from_flat_state(backbone))
   if config.optim.ema_decay > 0:

@@ -77,3 +77,17 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
     raise ConfigError(f'dtype={dtype!r} is not accepted: expected float32, bfloat16 or float16')
   rngs = nnx.Rngs(params=0, dropout=1) if rngs is None else rngs
   return VisionTransformer(cfg, reduction=red, multiscale=ms, dtype=dtype, rngs=rngs)
+
+
+def model_from_config(config, *, keep_rate=None, rngs=None) -> nnx.Module:
+  """The model a training config (``configs/*.py``) describes: ``config.model``, ``config.reduction``
+  and ``config.multiscale`` (``keep_rate`` overrides ``config.reduction.keep_rate``)."""
+  m = config.model
+  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
+  reduction = config.reduction.to_dict()
+  if keep_rate is not None:
+    reduction['keep_rate'] = keep_rate
+  return create_model(
+      m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
+      reduction=reduction, multiscale=config.multiscale.to_dict(), dtype=jnp.dtype(m.dtype),
+      rngs=rngs or nnx.Rngs(params=config.seed, dropout=config.seed + 1), **overrides)
