@@ -119,11 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 # The arg-string keys every recipe accepts, with their defaults.
-RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r=8, multiscale='pool', seed=0, smoke=False)
+RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r=8, multiscale='pool', seed=0, smoke=False,
+                   similarity='', weight='', prop_attn='')  # '': the reduction config's default
 
 
 def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The common arg-string keys: model, method, keep, r, multiscale, smoke."""
+  """The common arg-string keys: model, method, keep, r, multiscale, similarity, weight, prop_attn
+  (on|off), seed, smoke."""
   if 'model' in a and a.model:
     c.model.name = a.model
   if 'method' in a and a.method:
@@ -134,6 +136,14 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
     c.reduction.r = str(a.r)
   if 'multiscale' in a and a.multiscale:
     c.multiscale.method = a.multiscale
+  if a.get('similarity'):
+    c.reduction.similarity = a.similarity
+  if a.get('weight'):
+    c.reduction.weight = a.weight
+  if a.get('prop_attn'):
+    if a.prop_attn not in ('on', 'off'):
+      raise ValueError(f'config arg prop_attn={a.prop_attn!r}: accepted are on, off')
+    c.reduction.prop_attn = a.prop_attn == 'on'
   if 'seed' in a:
     c.seed = a.seed
   if a.get('smoke'):

@@ -257,7 +257,7 @@ def train_and_evaluate(config, workdir: str):
   # Only now, with everything checked and built, does the workdir get written.
   if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
     stamp = time.strftime('%Y%m%d-%H%M%S')
-    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json'):
+    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json', 'final.json'):
       if os.path.exists(os.path.join(workdir, name)):
         os.rename(os.path.join(workdir, name), os.path.join(workdir, f'{name}.replaced-{stamp}'))
   os.makedirs(workdir, exist_ok=True)
@@ -335,6 +335,11 @@ def train_and_evaluate(config, workdir: str):
   ckpt.close()
   progress.close()
   final['param_checksum'] = float(param_checksum(state, repl))
+  if is_main and not final.get('preempted') and final['step'] == total_steps:
+    # A finished run's summary: sweeps skip runs that have it and collect their results from it.
+    final_record = dict(final, total_steps=total_steps, config=json.loads(config.to_json_best_effort()))
+    with open(os.path.join(workdir, 'final.json'), 'w') as f:
+      json.dump(final_record, f, indent=2)
   return final
 
 

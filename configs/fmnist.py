@@ -1,0 +1,90 @@
+"""CPU-scale config: a small ViT on Fashion-MNIST with DeiT's 14x14 token grid.
+
+The 28x28 images with patch 2 give 196 patch tokens, like DeiT at 224 px with patch 16, so the
+token schedules, merges and pictures are those of the ImageNet configs. This is the config of the
+CPU reproduction in docs/RESULTS.md and of the quickstart (configs/quickstart.py):
+
+  stage=pretrain   the unpruned backbone from scratch (AdamW lr 2e-3 per 512 images, 1 epoch warmup,
+                   cosine, weight decay 0.05), ``epochs`` epochs.
+  stage=finetune   (default) token reduction fine-tuned from a pretrained backbone: set
+                   ``--config.init.checkpoint=<export or workdir export>``; lr 5e-4 per 512 images,
+                   cosine to 0, no warmup, ``epochs`` epochs.
+
+Arg string (all optional): stage=pretrain|finetune, method=none|tpm|evit|drop|tome, keep=<float>,
+r=<int> (ToMe; default: as many tokens per location as ``keep`` removes), multiscale=none|pool|cross, similarity=keys|tokens, weight=importance|size|uniform,
+prop_attn=on|off, epochs=<float>, width=<int>, depth=<int>, seed=<int>, smoke.
+
+  python train.py --config configs/fmnist.py:stage=pretrain --workdir workdirs/fmnist/pretrain
+  python -m tpm_jax.export --workdir workdirs/fmnist/pretrain --output workdirs/fmnist/backbone
+  python train.py --config configs/fmnist.py:method=tpm,keep=0.7 \\
+      --config.init.checkpoint=workdirs/fmnist/backbone --workdir workdirs/fmnist/tpm07
+
+Model: ``vit_custom`` at 28 px, patch 2, 1 channel, width 96, depth 6, 3 heads (0.115 GMACs
+unpruned); reductions at blocks (1, 3, 4) of 6 (DeiT's (3, 6, 9) of 12, i * depth // 4), which gives
+197 -> 139 -> 98 -> 69 tokens at keep 0.7 as DeiT-S has.
+Augmentation: random resized crop (area 0.35-1), flip, random erasing 0.25, label smoothing 0.1;
+no RandAugment (grayscale), no mixup/cutmix (short runs).
+"""
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
+
+ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
+            width=64, depth=4)
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, **ARGS)
+  c = base_config()
+  m = c.model
+  m.name, m.num_classes, m.img_size, m.patch_size, m.in_chans = 'vit_custom', 10, 28, 2, 1
+  m.embed_dim, m.depth, m.num_heads = a.width, a.depth, max(1, a.width // 32)
+  m.drop_path_rate = 0.0
+  c.reduction.locations = ','.join(str(b) for b in _locations(a.depth))
+
+  c.dataset.name = 'fashion_mnist'
+  c.dataset.eval_split = 'test'
+  c.dataset.shuffle_buffer = 60_000
+  c.aug.crop_scale = (0.6, 1.0)
+  c.aug.randaugment = ''
+  c.aug.mixup = c.aug.cutmix = 0.0
+  c.aug.eval_crop_pct = 1.0
+  c.aug.mean, c.aug.std = (0.286,), (0.353,)  # Fashion-MNIST pixel statistics
+
+  c.aug.random_erasing = 0.0
+  c.batch_size = 128
+  if a.stage == 'pretrain':
+    c.num_epochs = a.epochs or 3.0
+    c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs, c.optim.weight_decay = 4e-3, 4e-5, 0.25, 0.05
+  elif a.stage == 'finetune':
+    c.num_epochs = a.epochs or 0.2
+    c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs, c.optim.weight_decay = 1e-3, 0.0, 0.0, 0.05
+  else:
+    raise ValueError(f'config arg stage={a.stage!r}: accepted are pretrain, finetune')
+  c.optim.grad_clip = 1.0
+  c.log_every_steps = 50
+  c.eval_every_steps = 10 ** 9     # evaluate at the last step only
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 1
+  c = apply_arg(c, a)
+  if c.reduction.method == 'tome' and a.r == 0:
+    c.reduction.r = ','.join(str(r) for r in _tome_r(c.reduction.keep_rate, len(_locations(a.depth)), 196))
+  return c
+
+
+def _tome_r(keep, n_locations, m):
+  """ToMe on equal terms: merge at the same blocks as many tokens as keep rate ``keep`` removes there."""
+  out = []
+  for _ in range(n_locations):
+    k = math.ceil(float(keep) * m)
+    out.append(m - k)
+    m = k
+  return out
+
+
+def _locations(depth):
+  """DeiT's reduction blocks (3, 6, 9) of 12, scaled to ``depth``: (1, 3, 4) for 6, (1, 2, 3) for 4."""
+  return sorted({max(1, i * depth // 4) for i in (1, 2, 3)})
