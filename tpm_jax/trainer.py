@@ -138,7 +138,7 @@ def make_train_step(config, graphdef, num_classes):
     if ema is not None:
       nnx.update(ema, jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                                    nnx.state(ema, nnx.Param), nnx.state(model, nnx.Param)))
-    metrics = dict(loss=loss, train_accuracy=correct, grad_norm=optax.global_norm(grads))
+    metrics = dict(loss=loss, train_accuracy=correct, grad_norm=optax.tree.norm(grads))
     return nnx.state((model, optimizer, teacher, ema)), metrics
 
   return train_step

@@ -1,0 +1,45 @@
+"""The quickstart's two runs: configs/fmnist.py shortened to fit the 10-minute quickstart on 2 CPU cores.
+
+  stage=pretrain   the unpruned backbone from scratch, 200 steps of 64 images (about 2 minutes here)
+  stage=finetune   (default) ``method`` at ``keep`` fine-tuned from it, 80 steps of 64 images; set
+                   ``--config.init.checkpoint=<export of the pretrain run>``
+
+Both evaluate on the first 2,000 test images. Arg string (all optional): stage=pretrain|finetune,
+method=<tpm|evit|drop|tome|none>, keep=<float>, multiscale=none|pool|cross, seed=<int>,
+pretrain_steps=<int>, finetune_steps=<int>, smoke (a run of seconds, for tests).
+``python -m tpm_jax.quickstart`` runs both and writes the report; the equivalent commands are
+
+  python train.py --config configs/quickstart.py:stage=pretrain --workdir workdirs/quickstart/pretrain
+  python -m tpm_jax.export --workdir workdirs/quickstart/pretrain --output workdirs/quickstart/backbone
+  python train.py --config configs/quickstart.py:method=tpm,keep=0.7 \\
+      --config.init.checkpoint=workdirs/quickstart/backbone --workdir workdirs/quickstart/tpm
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from configs import fmnist  # noqa: E402
+from configs.common import parse_arg  # noqa: E402
+
+ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='none', seed=0, pretrain_steps=200,
+            finetune_steps=80, smoke=False)
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, **ARGS)
+  method = 'none' if a.stage == 'pretrain' else a.method
+  c = fmnist.get_config(f'stage={a.stage},method={method},keep={a.keep},multiscale={a.multiscale},seed={a.seed}'
+                        + (',smoke' if a.smoke else ''))
+  c.batch_size = 64
+  if a.stage == 'pretrain':
+    c.total_steps = a.pretrain_steps
+    c.optim.lr, c.optim.warmup_epochs = 8e-3, 20 * 64 / 60_000  # 1e-3 at batch 64, 20 warmup steps
+  else:
+    c.total_steps = a.finetune_steps
+    c.optim.lr = 2e-3                                            # 2.5e-4 at batch 64
+  c.dataset.eval_split = 'test[:2000]'
+  c.log_every_steps = 20
+  c.checkpoint_every_steps = c.total_steps
+  if a.smoke:
+    c.batch_size, c.total_steps, c.log_every_steps, c.checkpoint_every_steps = 8, 3, 3, 3
+  return c

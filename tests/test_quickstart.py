@@ -1,0 +1,107 @@
+"""The CPU configs (configs/fmnist.py, configs/quickstart.py) and the quickstart's report, run for
+real on tiny data: the unpruned run, the export, the tpm fine-tune from it, the report."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tpm_jax
+from configs import fmnist, quickstart
+from tpm_jax.models.registry import model_from_config
+
+
+def test_fmnist_config_has_deits_token_grid_and_schedule():
+  c = fmnist.get_config('method=tpm,keep=0.7')
+  assert (c.model.img_size // c.model.patch_size) ** 2 == 196 and c.model.in_chans == 1
+  assert c.reduction.locations == '1,2,3' and c.dataset.name == 'fashion_mnist'
+  # DeiT-S's schedule at keep 0.7 (3 of 12 blocks scaled to 3 of 4)
+  assert tpm_jax.token_schedule(model_from_config(c)).stages == [197, 139, 98, 69]
+  assert fmnist.get_config('depth=12').reduction.locations == '3,6,9'
+
+
+def test_fmnist_stages_and_arg_keys():
+  pre, ft = fmnist.get_config('stage=pretrain'), fmnist.get_config('method=evit,keep=0.5,seed=3')
+  assert pre.reduction.method == 'none' and pre.num_epochs > ft.num_epochs and pre.optim.warmup_epochs > 0
+  assert ft.reduction.method == 'evit' and ft.reduction.keep_rate == '0.5' and ft.seed == 3
+  c = fmnist.get_config('method=tpm,similarity=tokens,weight=size,prop_attn=on,multiscale=cross')
+  assert (c.reduction.similarity, c.reduction.weight, c.reduction.prop_attn, c.multiscale.method) == \
+      ('tokens', 'size', True, 'cross')
+  assert fmnist.get_config('method=tpm,prop_attn=off').reduction.prop_attn is False
+  with pytest.raises(ValueError, match="config arg 'keep_ratio' is not known: accepted are .*keep"):
+    fmnist.get_config('keep_ratio=0.7')
+  with pytest.raises(ValueError, match="stage='train'.*pretrain, finetune"):
+    fmnist.get_config('stage=train')
+  with pytest.raises(ValueError, match="prop_attn='yes'.*on, off"):
+    fmnist.get_config('prop_attn=yes')
+
+
+def test_tome_is_matched_to_the_keep_schedule():
+  """ToMe on equal terms: r per location removes exactly the tokens keep_rate removes there."""
+  for keep in (0.5, 0.7):
+    tome = model_from_config(fmnist.get_config(f'method=tome,keep={keep}'))
+    tpm = model_from_config(fmnist.get_config(f'method=tpm,keep={keep}'))
+    assert tpm_jax.token_schedule(tome).per_block == tpm_jax.token_schedule(tpm).per_block
+  m = 196
+  for r in map(int, fmnist.get_config('method=tome,keep=0.7').reduction.r.split(',')):
+    assert r == m - math.ceil(0.7 * m)
+    m -= r
+  assert fmnist.get_config('method=tome,r=8').reduction.r == '8'
+
+
+def test_quickstart_configs():
+  pre, ft = quickstart.get_config('stage=pretrain'), quickstart.get_config('')
+  assert pre.reduction.method == 'none' and ft.reduction.method == 'tpm' and ft.reduction.keep_rate == '0.7'
+  assert (pre.model.img_size // pre.model.patch_size) == 14 and pre.model.to_dict() == ft.model.to_dict()
+  assert pre.dataset.name == 'fashion_mnist' and pre.total_steps > ft.total_steps
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+  from imagenet_fixture import build_tiny_imagenet
+  data_dir, _ = build_tiny_imagenet(tmp_path_factory.mktemp('qs_data'), num_classes=4, train_per_class=8, num_val=12)
+  return data_dir
+
+
+def _configs(data_dir):
+  configs = {'pretrain': quickstart.get_config('stage=pretrain,smoke'),
+             'tpm': quickstart.get_config('method=tpm,keep=0.7,smoke')}
+  for c in configs.values():  # the real imagenet2012 builder on the tiny fixture, read as grayscale
+    c.dataset.name, c.dataset.data_dir, c.dataset.eval_split = 'imagenet2012', data_dir, 'validation'
+  return configs
+
+
+def test_quickstart_report_on_tiny_runs(tiny_data, tmp_path):
+  from tpm_jax import quickstart as qs_job
+  workdir = str(tmp_path / 'qs')
+  result = qs_job.run(workdir, _configs(tiny_data))
+  for name in ('pretrain', 'tpm'):
+    final = json.load(open(os.path.join(workdir, name, 'final.json')))
+    row = result['runs'][name]
+    assert row['top1'] == final['eval_top1'] and row['eval_examples'] == 12
+    assert row['images_per_sec'] > 0
+  # the fine-tune started from the export of the unpruned run
+  assert json.load(open(os.path.join(workdir, 'tpm', 'final.json')))['config']['init']['checkpoint'] == \
+      os.path.join(workdir, 'pretrain_export')
+  # GMACs of each row are those of the model its config describes, and tpm's are lower
+  cfgs = _configs(tiny_data)
+  for name in ('pretrain', 'tpm'):
+    assert result['runs'][name]['gmacs'] == pytest.approx(
+        tpm_jax.count_flops(model_from_config(cfgs[name]), compile=False)['analytic_gmacs'])
+  assert result['summary']['gmacs_ratio'] < 0.85
+  assert result['runs']['tpm']['tokens'] == '65 -> 46 -> 33'
+  # the picture: 6 test images over their token maps, at 224 px per 32 px image (scale 7)
+  png = Image.open(os.path.join(workdir, 'tokens.png'))
+  assert png.format == 'PNG' and png.size == (6 * 224 + 5 * 4, 2 * 224 + 4)
+  tokens_row = np.asarray(png)[228:, :224].astype(int)
+  assert len(np.unique(tokens_row.reshape(-1, 3), axis=0)) > 8  # tinted by destination, outlined
+  md = open(os.path.join(workdir, 'report.md')).read()
+  assert '| pretrain | none |' in md and '| tpm | tpm | 0.7 |' in md and 'tokens.png' in md
+
+  # Running it again repeats no training; only the report is rebuilt.
+  mtimes = {n: os.path.getmtime(os.path.join(workdir, n, 'final.json')) for n in ('pretrain', 'tpm')}
+  again = qs_job.run(workdir, _configs(tiny_data))
+  assert {n: os.path.getmtime(os.path.join(workdir, n, 'final.json')) for n in mtimes} == mtimes
+  assert again['runs']['tpm']['top1'] == result['runs']['tpm']['top1']
