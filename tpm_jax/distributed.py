@@ -24,9 +24,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   num_processes = num_processes or (int(os.environ['JAX_NUM_PROCESSES']) if 'JAX_NUM_PROCESSES' in os.environ else None)
   if process_id is None and 'JAX_PROCESS_ID' in os.environ:
     process_id = int(os.environ['JAX_PROCESS_ID'])
-  if coordinator_address or (num_processes or 1) > 1:
-    if os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or not _has_accelerator():
-      jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  explicit = bool(coordinator_address or (num_processes or 1) > 1)
+  if (explicit or auto) and (os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or not _has_accelerator()):
+    jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  if explicit:
     jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                                process_id=process_id)
   elif auto:
