@@ -1,0 +1,368 @@
+"""Throughput of pruned and unpruned ViTs, JAX (this library) against PyTorch (timm), on this
+machine, in one process. Not a test: a measurement.
+
+  .venv/bin/python benchmarks/throughput.py [--models deit_small_patch16_224] \\
+      [--settings none,tpm:0.7,drop:0.7,evit:0.7] [--batches 1,32,128] [--train_batch 32] \\
+      [--repeats 5] [--img_size N] [--no_torch] [--out benchmarks/results/throughput]
+
+A setting is ``method[+multiscale][:keep]`` (``tpm+pool:0.7``; for ``tome`` the number is r);
+reduction at the DeiT/EViT locations (3, 6, 9), multi-scale fusion off unless named.
+Per model and setting:
+- JAX inference: the jitted forward (nnx.split outside, nnx.merge inside jax.jit), float32,
+  images/s at every --batches size.
+- JAX train step: the project's own step (trainer.build_train_graph + make_train_step from
+  configs/deit.py: normalisation, mixup/cutmix, label smoothing, stochastic depth 0.1, AdamW, state
+  donated) on a uint8 batch, images/s at --train_batch.
+- Compile time (lower + compile) of the forward at each batch and of the train step; peak memory
+  from XLA's memory_analysis() (arguments + outputs - donated aliases + temporaries) of the forward
+  at the largest batch and of the train step; XLA GFLOPs and analytic GMACs per image
+  (tpm_jax.count_flops).
+- PyTorch (unless --no_torch): the same timm model, random init, all cores; inference under
+  torch.inference_mode(); train step = forward + cross-entropy + backward + AdamW step. Rows for
+  ``none`` and for every ``evit:k`` setting, with EViTBlock (below) patched into blocks 3, 6, 9.
+  Peak memory: the torch profiler's memory timeline of one call (parameters, optimizer state,
+  activations, temporaries), or null where the profiler cannot tell.
+Method: everything is compiled and run once first; then ``--repeats`` rounds, each making one
+timed, blocked call per quantity of every setting of both frameworks in turn (interleaved, so load
+drifts hit all alike). Reported: median images/s with min and max; speedup = median over rounds
+of (time of the unpruned model of the same framework / time), from this run only; efficiency =
+speedup / (analytic GMACs of none / of the setting); JAX/torch = median ratio of throughputs.
+Quantities are named infer@B and train@B (B the batch). Targets (DeiT-S, from this run): tpm 0.7
+inference at batch 32 >= 1.45x none and within 5% of drop 0.7; train step >= 1.35x none.
+Writes <out>.json (with machine facts and the command line) and <out>.md, and prints the table.
+The torch numbers need an idle machine: with another process on the cores, torch's threads wait
+on each other (DeiT-S at batch 1 took 1.3 s with 2 threads, 0.19 s with 1, under load).
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs import deit
+from tpm_jax import count_flops, sharding, trainer
+from tpm_jax.models.registry import model_from_config
+
+TARGET_BATCH = 32
+
+
+def parse_setting(s):
+  head, _, value = s.partition(':')
+  method, _, multiscale = head.partition('+')
+  arg = f'method={method},multiscale={multiscale or "none"}'
+  if value:
+    arg += f',r={int(value)}' if method == 'tome' else f',keep={float(value)}'
+  return dict(name=s, method=method, multiscale=multiscale or 'none', value=value, arg=arg)
+
+
+def make_config(model, setting, img_size, train_batch):
+  c = deit.get_config(f'model={model},{setting["arg"]}')
+  c.model.img_size = img_size or c.model.img_size
+  c.batch_size = train_batch
+  return c
+
+
+def memory_mb(compiled):
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  b = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
+  return round(b / 2 ** 20, 1)
+
+
+def aot(jitted, *args):
+  """(compiled, seconds to lower + compile)."""
+  t = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  return compiled, time.perf_counter() - t
+
+
+def jax_runner(c, setting, batches):
+  """Compiles the forward at every batch and the train step; returns the row and its timed calls."""
+  rs = np.random.RandomState(0)
+  size = c.model.img_size
+  model = model_from_config(c)
+  flops = count_flops(model, compile=False)  # XLA's pre-optimisation count: within 0.01% of compiled
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
+  calls, compile_s, mem = {}, {}, {}
+  for b in batches:
+    x = jnp.asarray(rs.randn(b, size, size, 3), jnp.float32)
+    fwd, compile_s[f'forward@{b}'] = aot(forward, state, x)
+    calls[f'infer@{b}'] = lambda fwd=fwd, x=x: fwd(state, x).block_until_ready()
+  mem['forward'] = memory_mb(fwd)  # the largest batch (batches are sorted)
+
+  schedule = trainer.learning_rate_schedule(c, 1000, 100)
+  graphdef, tstate = nnx.split(trainer.build_train_graph(c, schedule, load_weights=False))
+  mesh = sharding.make_mesh(c.mesh)
+  state_sh, batch_sh, repl = sharding.state_shardings(tstate, mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  box = dict(state=sharding.to_global(tstate, state_sh))
+  step = jax.jit(trainer.make_train_step(c, graphdef, c.model.num_classes), in_shardings=(state_sh, batch_sh, repl),
+                 out_shardings=(state_sh, repl), donate_argnums=0)
+  n = c.batch_size
+  batch = trainer._global_batch(dict(image=rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8),
+                                     label=rs.randint(0, c.model.num_classes, n).astype(np.int32)), mesh, batch_sh)
+  rng = jax.random.key(0)
+  compiled, compile_s[f'train@{n}'] = aot(step, box['state'], batch, rng)
+  mem['train'] = memory_mb(compiled)
+
+  def train_call():
+    box['state'], metrics = compiled(box['state'], batch, rng)
+    jax.block_until_ready((box['state'], metrics))
+  calls[f'train@{n}'] = train_call
+  row = dict(framework='jax', model=c.model.name, setting=setting['name'], analytic_gmacs=round(flops['analytic_gmacs'], 4),
+             xla_gflops=round(flops['xla_gflops'], 4), compile_s={k: round(v, 2) for k, v in compile_s.items()},
+             peak_memory_mb=mem)
+  return row, calls
+
+
+# ------------------------------------------------------------------------------------------------
+# PyTorch
+# ------------------------------------------------------------------------------------------------
+def evit_block_class(torch):
+  class EViTBlock(torch.nn.Module):
+    """A timm Block with EViT's token reorganisation between attention and MLP: attention computed
+    explicitly (its CLS row is needed), the top k = ceil(keep * M) patch tokens by CLS attention
+    (head mean) kept, the other patch tokens fused into one token weighted by that attention."""
+
+    def __init__(self, block, keep):
+      super().__init__()
+      self.block, self.keep = block, keep
+
+    def forward(self, x):
+      blk, att = self.block, self.block.attn
+      B, N, C = x.shape
+      q, k, v = att.qkv(blk.norm1(x)).reshape(B, N, 3, att.num_heads, att.head_dim).permute(2, 0, 3, 1, 4)
+      attn = ((q * att.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
+      x = x + blk.drop_path1(blk.ls1(att.proj((attn @ v).transpose(1, 2).reshape(B, N, C))))
+      cls_attn = attn[:, :, 0, 1:].mean(dim=1)  # (B, M): importance of each patch token
+      order, k = cls_attn.argsort(dim=1, descending=True), math.ceil(self.keep * (N - 1))
+      top, rest = order[:, :k], order[:, k:]
+      patches = x[:, 1:]
+      take = lambda idx: patches.gather(1, idx[..., None].expand(-1, -1, C))
+      fused = (take(rest) * cls_attn.gather(1, rest)[..., None]).sum(dim=1, keepdim=True)
+      x = torch.cat([x[:, :1], take(top), fused], dim=1)
+      return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+  return EViTBlock
+
+
+def torch_peak_mb(torch, fn):
+  """Peak of the profiler's memory timeline over one call (None if the profiler cannot tell)."""
+  from torch.profiler import ProfilerActivity, profile
+  try:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+      fn()
+    with tempfile.TemporaryDirectory() as d:
+      prof.export_memory_timeline(os.path.join(d, 'timeline.json'), device='cpu')
+      with open(os.path.join(d, 'timeline.json')) as f:
+        _, sizes = json.load(f)
+    return round(max(sum(s) for s in sizes) / 2 ** 20, 1)
+  except Exception as e:  # a private-ish, deprecated API: report nothing rather than a guess
+    print(f'torch peak memory not measured: {type(e).__name__}: {e}', file=sys.stderr)
+    return None
+
+
+def torch_runner(timm, torch, c, setting, batches, gmacs):
+  rs = np.random.RandomState(0)
+  size, n = c.model.img_size, c.batch_size
+  m = timm.create_model(c.model.name, img_size=size, num_classes=c.model.num_classes, drop_path_rate=c.model.drop_path_rate)
+  if setting['method'] == 'evit':
+    for i in (3, 6, 9):
+      m.blocks[i] = evit_block_class(torch)(m.blocks[i], float(setting['value']))
+  opt = torch.optim.AdamW(m.parameters(), lr=c.optim.lr * n / 512, weight_decay=c.optim.weight_decay)
+  calls = {}
+
+  def infer(x):
+    m.eval()
+    with torch.inference_mode():
+      m(x)
+  for b in batches:
+    x = torch.from_numpy(rs.randn(b, 3, size, size).astype(np.float32))
+    calls[f'infer@{b}'] = lambda x=x: infer(x)
+  images = torch.from_numpy(rs.randn(n, 3, size, size).astype(np.float32))
+  labels = torch.from_numpy(rs.randint(0, c.model.num_classes, n))
+
+  def train_call():
+    m.train()
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(m(images), labels).backward()
+    opt.step()
+  calls[f'train@{n}'] = train_call
+  for fn in calls.values():  # warm-up (also creates AdamW's state before the memory timeline)
+    fn()
+  mem = dict(forward=torch_peak_mb(torch, calls[f'infer@{batches[-1]}']), train=torch_peak_mb(torch, train_call))
+  row = dict(framework='torch', model=c.model.name, setting=setting['name'], analytic_gmacs=gmacs,
+             xla_gflops=None, compile_s=None, peak_memory_mb=mem)
+  return row, calls
+
+
+# ------------------------------------------------------------------------------------------------
+# Reporting
+# ------------------------------------------------------------------------------------------------
+def ratio(num_times, den_times):
+  """Median over rounds of num/den (times of the same round)."""
+  return round(statistics.median(a / b for a, b in zip(num_times, den_times)), 3)
+
+
+def summarise(rows, times):
+  by = {(r['framework'], r['model'], r['setting']): r for r in rows}
+  for r in rows:
+    key = (r['framework'], r['model'], r['setting'])
+    base = times.get((r['framework'], r['model'], 'none'))
+    torch_times = times.get(('torch', r['model'], r['setting'])) if r['framework'] == 'jax' else None
+    base_gmacs = by[(r['framework'], r['model'], 'none')]['analytic_gmacs'] if base else None
+    r['measured'] = {}
+    for q, ts in times[key].items():
+      n = int(q.split('@')[1])
+      d = dict(images_per_s=round(n / statistics.median(ts), 2), min=round(n / max(ts), 2), max=round(n / min(ts), 2),
+               times_s=[round(t, 5) for t in ts])
+      if base is not None:
+        d['speedup'] = ratio(base[q], ts)
+        d['efficiency'] = round(d['speedup'] / (base_gmacs / r['analytic_gmacs']), 3)
+      if torch_times is not None:
+        d['jax_over_torch'] = ratio(torch_times[q], ts)
+      r['measured'][q] = d
+
+
+def check_targets(rows, times, train_batch):
+  out = []
+  for model in sorted({r['model'] for r in rows}):
+    t = lambda s, q: times.get(('jax', model, s), {}).get(q)
+    inf, tr = f'infer@{TARGET_BATCH}', f'train@{train_batch}'
+    for name, num, den, goal in [
+        (f'tpm:0.7 inference speedup over none, batch {TARGET_BATCH}', t('none', inf), t('tpm:0.7', inf), 1.45),
+        (f'tpm:0.7 inference throughput / drop:0.7, batch {TARGET_BATCH}', t('drop:0.7', inf), t('tpm:0.7', inf), 0.95),
+        (f'tpm:0.7 train-step speedup over none, batch {train_batch}', t('none', tr), t('tpm:0.7', tr), 1.35)]:
+      value = ratio(num, den) if num and den else None
+      out.append(dict(model=model, target=name, goal=f'>= {goal}', measured=value,
+                      status='not measured' if value is None else 'met' if value >= goal else 'missed'))
+  return out
+
+
+def fmt(v, nd=2):
+  return '' if v is None else f'{v:.{nd}f}' if isinstance(v, float) else str(v)
+
+
+def markdown(result):
+  m = result['machine']
+  lines = [f'# Throughput ({m["date"]})', '', f'`{result["command"]}`', '',
+           f'{m["cpu"]}, {m["cores"]} cores, load average at start {m["load_average_at_start"]}; '
+           f'jax {m["jax"]}, flax {m["flax"]}, torch {m["torch"]}, timm {m["timm"]}; {result["repeats"]} rounds.', '',
+           '| framework | model | setting | quantity | images/s (median) | min - max | speedup | efficiency | JAX/torch |',
+           '|---|---|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    for q, d in r['measured'].items():
+      lines.append(f'| {r["framework"]} | {r["model"]} | {r["setting"]} | {q} | {d["images_per_s"]:.1f} | '
+                   f'{d["min"]:.1f} - {d["max"]:.1f} | {fmt(d.get("speedup"))} | {fmt(d.get("efficiency"))} | '
+                   f'{fmt(d.get("jax_over_torch"))} |')
+  lines += ['', '| framework | model | setting | GMACs | XLA GFLOPs | compile s | peak MB forward (largest batch) | peak MB train |',
+            '|---|---|---|---|---|---|---|---|']
+  for r in result['rows']:
+    comp = ', '.join(f'{k} {v:.1f}' for k, v in (r['compile_s'] or {}).items())
+    lines.append(f'| {r["framework"]} | {r["model"]} | {r["setting"]} | {fmt(r["analytic_gmacs"], 3)} | '
+                 f'{fmt(r["xla_gflops"], 3)} | {comp} | {fmt(r["peak_memory_mb"]["forward"], 1)} | '
+                 f'{fmt(r["peak_memory_mb"]["train"], 1)} |')
+  lines += ['', '| model | target | goal | measured | status |', '|---|---|---|---|---|']
+  lines += [f'| {t["model"]} | {t["target"]} | {t["goal"]} | {fmt(t["measured"], 3)} | {t["status"]} |'
+            for t in result['targets']]
+  return '\n'.join(lines) + '\n'
+
+
+def machine(torch, timm):
+  cpu = platform.processor()
+  if os.path.exists('/proc/cpuinfo'):
+    with open('/proc/cpuinfo') as f:
+      cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
+  return dict(cpu=cpu, cores=os.cpu_count(), load_average_at_start=[round(x, 2) for x in os.getloadavg()],
+              jax=jax.__version__, flax=flax.__version__, numpy=np.__version__,
+              torch=getattr(torch, '__version__', None), timm=getattr(timm, '__version__', None),
+              torch_threads=torch.get_num_threads() if torch else None,
+              date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), python=platform.python_version())
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--models', default='deit_small_patch16_224')
+  p.add_argument('--settings', default='none,tpm:0.7,drop:0.7,evit:0.7')
+  p.add_argument('--batches', default='1,32,128')
+  p.add_argument('--train_batch', type=int, default=32)
+  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--img_size', type=int, default=None, help='default: the model\'s')
+  p.add_argument('--no_torch', action='store_true')
+  p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'throughput'))
+  args = p.parse_args()
+  settings = [parse_setting(s) for s in args.settings.split(',')]
+  batches = sorted(int(b) for b in args.batches.split(','))
+  torch = timm = None
+  if not args.no_torch:
+    from tpm_jax.torch_compat import import_timm
+    timm = import_timm()
+    import torch
+  facts = machine(torch, timm)
+  if facts['load_average_at_start'][0] > 0.5 * facts['cores']:
+    print(f'warning: load average {facts["load_average_at_start"][0]} on {facts["cores"]} cores: other work will '
+          'distort the timings (torch\'s threads suffer most)', file=sys.stderr)
+
+  rows, runners = [], []  # runners: (key, calls)
+  for model in args.models.split(','):
+    for s in settings:
+      c = make_config(model, s, args.img_size, args.train_batch)
+      print(f'compiling jax {model} {s["name"]}', flush=True)
+      row, calls = jax_runner(c, s, batches)
+      rows.append(row)
+      runners.append((('jax', model, s['name']), calls))
+    if timm is None or not timm.is_model(model):
+      continue
+    for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none']:
+      print(f'preparing torch {model} {s["name"]}', flush=True)
+      gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s['name'])
+      row, calls = torch_runner(timm, torch, make_config(model, s, args.img_size, args.train_batch), s, batches, gmacs)
+      rows.append(row)
+      runners.append((('torch', model, s['name']), calls))
+
+  for _, calls in runners:  # first runs (JAX: after compilation) outside the timings
+    for fn in calls.values():
+      fn()
+  times = {key: {q: [] for q in calls} for key, calls in runners}
+  for r in range(args.repeats):
+    print(f'round {r + 1}/{args.repeats}', flush=True)
+    for key, calls in runners:
+      for q, fn in calls.items():
+        t = time.perf_counter()
+        fn()
+        times[key][q].append(time.perf_counter() - t)
+
+  summarise(rows, times)
+  result = dict(command=shlex.join([sys.executable] + sys.argv), machine=facts, repeats=args.repeats,
+                settings=args.settings, batches=batches, train_batch=args.train_batch,
+                notes=dict(peak_memory='JAX: XLA memory_analysis arguments + outputs - donated aliases + temporaries; '
+                                       'torch: profiler memory timeline peak of one call; MiB',
+                           torch_train_step='forward + cross-entropy + backward + AdamW; JAX: the project step '
+                                            '(also normalisation, mixup/cutmix, label smoothing on device)'),
+                rows=rows, targets=check_targets(rows, times, args.train_batch))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out + '.json', 'w') as f:
+    json.dump(result, f, indent=2)
+  table = markdown(result)
+  with open(args.out + '.md', 'w') as f:
+    f.write(table)
+  print(table)
+
+
+if __name__ == '__main__':
+  main()

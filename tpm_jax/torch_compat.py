@@ -1,0 +1,31 @@
+"""Importing timm beside the CPU build of torch (tests, benchmarks). torch is not a dependency of
+the library; nothing here is imported by ``tpm_jax`` itself."""
+import os
+
+_LIB = None  # keeps the torchvision schema library alive
+
+
+def define_missing_torchvision_ops():
+  """timm imports torchvision; PyPI's torchvision cannot load its C++ ops beside the CPU torch
+  build used here ("operator torchvision::nms does not exist"). Declaring the two schemas that
+  torchvision's meta registrations look up is enough for timm's model code."""
+  global _LIB
+  import torch
+  try:
+    torch.ops.torchvision.nms  # noqa: B018
+    return
+  except (AttributeError, RuntimeError):
+    pass
+  _LIB = torch.library.Library('torchvision', 'DEF')
+  for schema in ('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
+                 'qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor'):
+    _LIB.define(schema)
+
+
+def import_timm():
+  """timm, importable, with torch using every core."""
+  import torch
+  torch.set_num_threads(max(1, os.cpu_count() or 1))
+  define_missing_torchvision_ops()
+  import timm
+  return timm
