@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The CPU-scale reproduction of docs/RESULTS.md, exactly as it was run (2 CPU cores).
+# Resumable: run it again and finished runs are skipped (the sweep looks for final.json), an
+# interrupted run resumes from its last checkpoint. Results land in workdirs/repro/*/results.md.
+#   bash scripts/reproduce_fmnist.sh [main|ablation|all] [seeds, default 0,1]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PART=${1:-all}
+SEEDS=${2:-0,1}
+W=workdirs/repro
+
+# 1. The unpruned backbone from scratch (3 epochs), and its export.
+[ -f $W/pretrain/final.json ] || $PY train.py --config configs/fmnist.py:stage=pretrain --workdir $W/pretrain \
+    --config.progress=lines --config.log_every_steps=100
+[ -f $W/backbone/export.json ] || $PY -m tpm_jax.export --workdir $W/pretrain --output $W/backbone
+
+# 2. Every variant fine-tuned for the same budget (0.2 epoch) from that backbone.
+FT=(--config.init.checkpoint=$W/backbone --config.progress=off)
+if [ "$PART" = main ] || [ "$PART" = all ]; then
+  # merge (tpm) against discarding (drop), fusing into one token (evit) and ToMe at the same token schedule
+  $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep method=none --workdir $W/main "${FT[@]}"
+  $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep keep=0.7,0.5 \
+      --sweep method=tpm,drop,evit,tome --workdir $W/main "${FT[@]}"
+fi
+if [ "$PART" = ablation ] || [ "$PART" = all ]; then
+  # tpm at keep 0.5, one change at a time from (multiscale none, similarity keys, weight importance, prop_attn off)
+  for S in multiscale=pool,cross similarity=tokens weight=size,uniform prop_attn=on; do
+    $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,keep=0.5 --sweep seed=$SEEDS --sweep $S \
+        --workdir $W/ablation "${FT[@]}"
+  done
+fi

@@ -1,0 +1,143 @@
+"""python -m tpm_jax.sweep: the product of arg-string values, names, commands, skipping finished runs,
+up-front errors; collection with seed aggregation; and one real tiny sweep end to end."""
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from configs import deit
+from tpm_jax import sweep
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, 'configs/deit.py')
+
+
+def _finish_by_hand(workdir, arg, top1):
+  """The final.json a finished train.py run leaves (trainer.train_and_evaluate), written directly."""
+  os.makedirs(workdir, exist_ok=True)
+  config = json.loads(deit.get_config(arg).to_json_best_effort())
+  with open(os.path.join(workdir, 'final.json'), 'w') as f:
+    json.dump(dict(step=4, total_steps=4, eval_top1=top1, eval_top5=1.0, config=config), f)
+
+
+def test_plan_is_the_product_in_sweep_order(tmp_path):
+  runs = sweep.plan(CONFIG + ':smoke', ['method=tpm,drop', 'keep=0.5,0.7'], str(tmp_path))
+  assert [r.name for r in runs] == ['method-tpm_keep-0.5', 'method-tpm_keep-0.7', 'method-drop_keep-0.5',
+                                    'method-drop_keep-0.7']
+  assert runs[1].values == {'method': 'tpm', 'keep': '0.7'}
+  assert runs[1].config == CONFIG + ':smoke,method=tpm,keep=0.7'
+  assert runs[1].workdir == os.path.join(str(tmp_path), 'runs', 'method-tpm_keep-0.7')
+  # a mapping works as well; no base arg string; values are made filesystem safe in names only
+  runs = sweep.plan(CONFIG, {'prop_attn': ['on', 'off'], 'seed': [3]}, str(tmp_path))
+  assert [(r.name, r.config.split(':')[-1]) for r in runs] == [('prop_attn-on_seed-3', 'prop_attn=on,seed=3'),
+                                                               ('prop_attn-off_seed-3', 'prop_attn=off,seed=3')]
+  assert sweep.run_name({'model': 'a/b c'}) == 'model-a-b-c'
+
+
+def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, capsys):
+  _finish_by_hand(tmp_path / 'runs' / 'method-tpm_keep-0.7', 'smoke,method=tpm,keep=0.7', 0.5)
+  passthrough = ['--config.total_steps=4', '--config.dataset.data_dir=/data/some dir']
+  code = sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop', '--sweep', 'keep=0.5,0.7',
+                     '--workdir', str(tmp_path), '--print_commands', '--python', '/opt/py', *passthrough])
+  assert code == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 3
+  commands = [shlex.split(l) for l in lines]
+  for cmd, name, args in zip(commands, ['method-tpm_keep-0.5', 'method-drop_keep-0.5', 'method-drop_keep-0.7'],
+                             ['method=tpm,keep=0.5', 'method=drop,keep=0.5', 'method=drop,keep=0.7']):
+    assert cmd[:2] == ['/opt/py', os.path.join(ROOT, 'train.py')]
+    assert cmd[cmd.index('--config') + 1] == f'{CONFIG}:smoke,{args}'
+    assert cmd[cmd.index('--workdir') + 1] == str(tmp_path / 'runs' / name)
+    assert cmd[-2:] == passthrough
+  assert sorted(os.listdir(tmp_path / 'runs')) == ['method-tpm_keep-0.7']  # nothing ran, nothing was collected
+  assert not (tmp_path / 'results.csv').exists()
+
+
+@pytest.mark.parametrize('sweeps, named', [(['method=tpm', 'bogus=1,2'], 'bogus'),
+                                           (['method=tpm,nope'], 'method=nope'),
+                                           (['keep=0.5,abc'], 'keep=abc')])
+def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
+  argv = ['--config', CONFIG + ':smoke', '--workdir', str(tmp_path / 'sw')]
+  assert sweep.main(argv + [a for s in sweeps for a in ('--sweep', s)]) == 2
+  out = capsys.readouterr()
+  assert out.out == '' and len(out.err.strip().splitlines()) == 1
+  assert out.err.startswith('error: ') and named in out.err, out.err
+  assert not (tmp_path / 'sw').exists()
+
+
+def test_collect_aggregates_over_seeds_and_lists_the_missing(tmp_path):
+  top1 = {('tpm', '0'): 0.5, ('tpm', '1'): 0.75, ('tpm', '2'): 1.0, ('drop', '0'): 0.25, ('drop', '1'): 0.5}
+  for (method, seed), t in top1.items():  # method-drop_seed-2 is not finished
+    _finish_by_hand(tmp_path / 'runs' / f'method-{method}_seed-{seed}', f'smoke,method={method},seed={seed}', t)
+  code = sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop', '--sweep', 'seed=0,1,2',
+                     '--workdir', str(tmp_path), '--collect_only', '--throughput_batch', '4'])
+  assert code == 0
+  rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
+  assert [(r['method'], r['seed'], float(r['top1'])) for r in rows] == [(m, s, t) for (m, s), t in top1.items()]
+  assert all(float(r['images_per_sec']) > 0 for r in rows)
+  assert rows[0]['analytic_gmacs'] == rows[1]['analytic_gmacs'] != rows[3]['analytic_gmacs']  # seeds share a model
+  md = open(tmp_path / 'results.md').read()
+  assert '| tpm | 3 | 75.00 | 25.00 | 50.00–100.00 |' in md  # mean, sample std, min–max over the three seeds
+  assert '| drop | 2 | 37.50 | 17.68 | 25.00–50.00 |' in md
+  assert 'batch 4' in md and 'Missing (not finished): method-drop_seed-2' in md
+  assert open(tmp_path / 'pareto.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+  assert sweep.pareto_front([(1, 1), (2, 3), (3, 2), (4, 4)]) == [(1, 1), (2, 3), (4, 4)]
+  assert sweep.pareto_front([(1, 1), (2, 3), (3, 2), (4, 4)], minimize_x=False) == [(4, 4)]
+
+
+def test_sweeps_into_one_workdir_collect_into_one_table(tmp_path):
+  """A baseline swept on its own and the methods swept over keep rates, into the same workdir: one
+  table, '-' where a run's sweep did not set a key; a repeated sweep adds nothing twice."""
+  _finish_by_hand(tmp_path / 'runs' / 'method-none', 'smoke,method=none', 0.5)
+  _finish_by_hand(tmp_path / 'runs' / 'keep-0.5_method-tpm', 'smoke,method=tpm,keep=0.5', 0.25)
+  base = ['--config', CONFIG + ':smoke', '--workdir', str(tmp_path), '--collect_only', '--throughput_batch', '4']
+  assert sweep.main(base + ['--sweep', 'method=none']) == 0
+  assert sweep.main(base + ['--sweep', 'keep=0.5', '--sweep', 'method=tpm,drop']) == 0
+  assert sweep.main(base + ['--sweep', 'method=none']) == 0
+  rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
+  assert [(r['name'], r['method'], r['keep'], float(r['top1'])) for r in rows] == \
+      [('method-none', 'none', '-', 0.5), ('keep-0.5_method-tpm', 'tpm', '0.5', 0.25)]
+  assert 'Missing (not finished): keep-0.5_method-drop' in open(tmp_path / 'results.md').read()
+  assert len(json.load(open(tmp_path / 'sweep.json'))['runs']) == 3
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  from imagenet_fixture import build_tiny_imagenet
+  return build_tiny_imagenet(tmp_path_factory.mktemp('imagenet'), num_classes=4, train_per_class=12, num_val=16)[0]
+
+
+def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):
+  from tpm_jax.flops import count_flops
+  from tpm_jax.models.registry import model_from_config
+  cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
+         '--workdir', str(tmp_path), '--throughput_batch', '8', f'--config.dataset.data_dir={data_dir}',
+         '--config.total_steps=4', '--config.log_every_steps=4']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='')
+  res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  assert '[1/2] method-tpm: running ... finished, top-1' in res.stdout
+  rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
+  assert [r['name'] for r in rows] == ['method-tpm', 'method-drop']
+  for r in rows:
+    final = json.load(open(tmp_path / 'runs' / r['name'] / 'final.json'))
+    assert final['step'] == final['total_steps'] == 4 and int(r['steps']) == 4
+    assert float(r['top1']) == final['eval_top1'] and float(r['top5']) == final['eval_top5']
+    assert r['workdir'] == str(tmp_path / 'runs' / r['name'])
+    model = model_from_config(deit.get_config(f'smoke,method={r["method"]}'))
+    assert float(r['analytic_gmacs']) == count_flops(model, compile=False)['analytic_gmacs']
+    assert float(r['images_per_sec']) > 0
+  assert float(rows[0]['analytic_gmacs']) > float(rows[1]['analytic_gmacs'])  # tpm's merge costs a little
+  assert open(tmp_path / 'pareto.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+  logs = {r['name']: os.path.getmtime(tmp_path / 'runs' / r['name'] / 'train.log') for r in rows}
+  os.remove(tmp_path / 'results.csv')
+  again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stdout.count('skipped (finished)') == 2 and 'running' not in again.stdout
+  assert logs == {n: os.path.getmtime(tmp_path / 'runs' / n / 'train.log') for n in logs}
+  assert [r['top1'] for r in csv.DictReader(open(tmp_path / 'results.csv'))] == [r['top1'] for r in rows]

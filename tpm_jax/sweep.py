@@ -1,0 +1,365 @@
+"""Sweeps: one train.py run per point of a product of arg-string values, then a table and a Pareto
+plot of top-1 against compute and measured speed.
+
+  python -m tpm_jax.sweep --config configs/deit.py:model=deit_small_patch16_224 \\
+      --sweep keep=0.5,0.6,0.7,0.8 --sweep method=tpm,evit,drop,tome --workdir DIR \\
+      [--print_commands] [--collect_only] [--python PY] [--throughput_batch 64] [--config.<field>=<value> ...]
+
+``--sweep key=v1,v2,...`` names an arg-string key of the config file's ``get_config(arg)`` (method,
+keep, multiscale, similarity, weight, prop_attn, seed, ...); the runs are the product, first
+``--sweep`` outermost. Run ``keep-0.7_method-tpm`` trains in ``DIR/runs/keep-0.7_method-tpm``
+(output in its ``train.log``) with ``train.py --config <file>:<args>,keep=0.7,method=tpm`` and the
+trailing ``--config.*`` flags. Every run's config is built and its model checked before anything
+runs. A run whose workdir has ``final.json`` is finished and skipped; an interrupted one resumes
+from its checkpoint. ``--print_commands`` prints the unfinished runs' command lines (for a cluster
+launcher) instead of running them; ``--collect_only`` only collects.
+
+Collecting writes ``DIR/results.csv``, ``DIR/results.md`` (mean and spread over seeds when ``seed``
+is swept) and ``DIR/pareto.png``. images/s is inference throughput measured in the collecting
+process: each distinct model once (random parameters), the configs timed in interleaved rounds,
+medians, so the numbers of one table compare with each other.
+
+Python: ``runs = plan(config, sweeps, workdir)``, ``run(runs)``, ``rows = collect(workdir)``, ``main(argv)``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+
+from tpm_jax.config import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_PY = os.path.join(ROOT, 'train.py')
+PLAN = 'sweep.json'
+
+
+@dataclasses.dataclass
+class Run:
+  name: str
+  values: dict               # swept key -> value (strings), in --sweep order
+  config: str                # '<config file>:<arg string>', as train.py takes it
+  workdir: str
+  overrides: tuple = ()      # --config.<field>=<value> flags, passed on unchanged
+
+  @property
+  def finished(self) -> bool:
+    return os.path.exists(os.path.join(self.workdir, 'final.json'))
+
+  def command(self, python: str | None = None) -> list[str]:
+    return [python or sys.executable, TRAIN_PY, '--config', self.config, '--workdir', self.workdir, *self.overrides]
+
+
+def parse_sweeps(sweeps) -> dict[str, list[str]]:
+  """{key: [values]} from a mapping or from 'key=v1,v2,...' strings."""
+  items = sweeps.items() if isinstance(sweeps, dict) else [s.partition('=')[::2] for s in sweeps]
+  out = {}
+  for key, values in items:
+    key, values = key.strip(), [str(v).strip() for v in (values.split(',') if isinstance(values, str) else values)]
+    if not re.fullmatch(r'\w+', key) or not all(values):
+      raise ConfigError(f'--sweep {key}={",".join(values)}: expected key=v1,v2,... (non-empty values)')
+    if key in out:
+      raise ConfigError(f'--sweep {key} is given twice')
+    out[key] = values
+  return out
+
+
+def run_name(values: dict) -> str:
+  return '_'.join(f'{k}-{re.sub(r"[^A-Za-z0-9.+-]", "-", v)}' for k, v in values.items())
+
+
+def load_config(config: str, overrides=()):
+  """The ConfigDict train.py builds from ``--config <config>`` and the overrides (parsed as it does)."""
+  from absl import flags
+  from ml_collections import config_flags
+  from tpm_jax.cli import describe_flag_error
+  fv, argv = flags.FlagValues(), ['sweep', '--config', config, *overrides]
+  config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True, sys_argv=argv)
+  try:
+    fv(argv)
+  except Exception as e:  # noqa: BLE001 - absl, ml_collections and get_config raise many kinds
+    raise ConfigError(describe_flag_error(e, argv).split('Error whilst parsing config file: ')[-1]) from e
+  return fv.config
+
+
+def _model_key(cfg) -> str:
+  return json.dumps([cfg.model.to_dict(), cfg.reduction.to_dict(), cfg.multiscale.to_dict()], sort_keys=True, default=str)
+
+
+def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
+  """The runs of a sweep; every config is built and its model checked (abstractly), so a bad key
+  or value raises ``ConfigError`` naming it before anything runs."""
+  from flax import nnx
+  from tpm_jax.models.registry import model_from_config
+  file, _, base = config.partition(':')
+  if not os.path.isfile(file):
+    raise ConfigError(f'--config {file}: no such file')
+  file, sweeps, checked = os.path.abspath(file), parse_sweeps(sweeps), set()
+  if not sweeps:
+    raise ConfigError('--sweep key=v1,v2,... is needed (at least one)')
+
+  def build(values, what):
+    arg = ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
+    try:
+      cfg = load_config(f'{file}:{arg}', overrides)
+      if _model_key(cfg) not in checked:
+        nnx.eval_shape(lambda: model_from_config(cfg))
+        checked.add(_model_key(cfg))
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+      msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise ConfigError(f'{what}: {msg}' if what else msg) from e
+    return f'{file}:{arg}'
+
+  build({}, None)  # the base config and the passed-on flags
+  for key, values in sweeps.items():  # each value alone first, so an error names its key=value
+    for v in values:
+      build({key: v}, f'--sweep {key}={v}')
+  runs = []
+  for combo in itertools.product(*sweeps.values()):
+    values = dict(zip(sweeps, combo))
+    name = run_name(values)
+    runs.append(Run(name, values, build(values, f'run {name}'), os.path.join(os.path.abspath(workdir), 'runs', name),
+                    tuple(overrides)))
+  if len({r.name for r in runs}) < len(runs):
+    raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
+  return runs
+
+
+def run(runs: list[Run], python: str | None = None) -> list[Run]:
+  """Train the unfinished runs one after another (train.py subprocesses, output appended to each
+  run's train.log), one progress line per run; returns the runs that failed."""
+  failed = []
+  for i, r in enumerate(runs, 1):
+    head = f'[{i}/{len(runs)}] {r.name}:'
+    if r.finished:
+      print(f'{head} skipped (finished), top-1 {_final(r.workdir)["top1"]:.4f}', flush=True)
+      continue
+    os.makedirs(r.workdir, exist_ok=True)
+    log = os.path.join(r.workdir, 'train.log')
+    print(f'{head} running ...', end=' ', flush=True)
+    t = time.time()
+    with open(log, 'a') as f:
+      code = subprocess.call(r.command(python), stdout=f, stderr=subprocess.STDOUT)
+    if code == 0 and r.finished:
+      print(f'finished, top-1 {_final(r.workdir)["top1"]:.4f}, {time.time() - t:.0f}s', flush=True)
+      continue
+    failed.append(r)
+    with open(log) as f:
+      tail = f.read().splitlines()[-15:]
+    why = f'exit code {code}' if code else 'exit code 0 but no final.json (preempted?)'
+    print(f'FAILED ({why}, {time.time() - t:.0f}s); end of {log}:', *('    ' + l for l in tail), sep='\n', flush=True)
+  return failed
+
+
+def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
+  """Record the runs in ``workdir``'s sweep.json, added to those of earlier sweeps into the same
+  workdir (a baseline swept on its own, ablations one key at a time): one table collects them all,
+  with '-' where a run's sweep did not set a key."""
+  path = os.path.join(workdir, PLAN)
+  meta = dict(config=config, keys=[], runs=[])
+  if os.path.exists(path):
+    with open(path) as f:
+      meta = json.load(f)
+  known = {r['name'] for r in meta['runs']}
+  meta['keys'] += [k for k in runs[0].values if k not in meta['keys']]
+  meta['runs'] += [dict(name=r.name, values=r.values, config=r.config) for r in runs if r.name not in known]
+  meta['overrides'] = list(overrides)
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(meta, f, indent=2)
+
+
+def _final(workdir: str) -> dict:
+  """A finished run's final.json, with top1/top5 (NaN if the run never evaluated)."""
+  with open(os.path.join(workdir, 'final.json')) as f:
+    final = json.load(f)
+  return dict(final, top1=final.get('eval_top1', float('nan')), top5=final.get('eval_top5', float('nan')))
+
+
+def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
+  """name -> (analytic GMACs, images/s) for {name: training config}: each distinct model built once
+  (random parameters), its forward jitted on ``batch`` random images and warmed up, then all timed
+  in interleaved rounds; images/s from the median."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from tpm_jax.flops import count_flops
+  from tpm_jax.models.registry import model_from_config
+  models = {}
+  for cfg in configs.values():
+    if _model_key(cfg) in models:
+      continue
+    model = model_from_config(cfg)
+    graphdef, state = nnx.split(model)
+    fwd = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
+    size = model.cfg.img_size
+    x = jnp.asarray(np.random.RandomState(0).randn(batch, size, size, model.cfg.in_chans), jnp.float32)
+    models[_model_key(cfg)] = m = dict(gmacs=count_flops(model, compile=False)['analytic_gmacs'], times=[],
+                                       call=lambda f=fwd, s=state, x=x: f(s, x).block_until_ready())
+    m['call'](), m['call']()  # compile, warm up
+  for _ in range(rounds):
+    for m in models.values():
+      t = time.perf_counter()
+      m['call']()
+      m['times'].append(time.perf_counter() - t)
+  return {name: (models[_model_key(c)]['gmacs'], batch / statistics.median(models[_model_key(c)]['times']))
+          for name, c in configs.items()}
+
+
+def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
+  """Rows grouped by every swept key but seed: n, top-1 mean, std, min, max; mean GMACs and images/s."""
+  others, groups = [k for k in keys if k != 'seed'], {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in others), []).append(r)
+  mean = lambda rs, f: statistics.mean(r[f] for r in rs)
+  return [dict(zip(others, g), n=len(rs), top1=mean(rs, 'top1'),
+               std=statistics.stdev([r['top1'] for r in rs]) if len(rs) > 1 else 0.0,
+               min=min(r['top1'] for r in rs), max=max(r['top1'] for r in rs),
+               analytic_gmacs=mean(rs, 'analytic_gmacs'), images_per_sec=mean(rs, 'images_per_sec'))
+          for g, rs in groups.items()]
+
+
+def pareto_front(points, minimize_x=True) -> list[tuple]:
+  """The (x, y) points no other point beats on both x and y (higher y is better), sorted by x."""
+  best, front = float('-inf'), []
+  for x, y in sorted(points, key=lambda p: (p[0] if minimize_x else -p[0], -p[1])):
+    if y > best:
+      front.append((x, y))
+      best = y
+  return sorted(front)
+
+
+def plot(points: list[dict], keys: list[str], title: str, path: str, batch: int) -> None:
+  import matplotlib
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+  by = 'method' if 'method' in keys else next((k for k in keys if k != 'seed'), None)
+  groups = {}
+  for p in points:
+    groups.setdefault(p[by] if by else 'runs', []).append(p)
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+  for ax, x, minimize, label in ((axes[0], 'analytic_gmacs', True, 'GMACs per image (analytic)'),
+                                 (axes[1], 'images_per_sec', False, f'images/s (inference, batch {batch})')):
+    for i, (g, ps) in enumerate(groups.items()):
+      ax.errorbar([p[x] for p in ps], [100 * p['top1'] for p in ps], fmt='osD^v<>p*h'[i % 10], capsize=3,
+                  yerr=[100 * p['std'] for p in ps] if 'std' in ps[0] else None, label=f'{by}={g}' if by else g)
+      for p in ps:  # the other swept values beside each point, e.g. keep=0.7
+        note = ','.join(f'{k}={p[k]}' for k in keys if k not in (by, 'seed') and p[k] != '-')
+        ax.annotate(note, (p[x], 100 * p['top1']), xytext=(3, 3), textcoords='offset points', fontsize=7)
+    front = pareto_front([(p[x], 100 * p['top1']) for p in points], minimize_x=minimize)
+    ax.plot(*zip(*front), 'k--', lw=1, alpha=0.6, label='Pareto front')
+    ax.set(xlabel=label, ylabel='top-1 (%)')
+    ax.grid(alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _table(rows: list[dict], columns: dict) -> list[str]:
+  """Markdown table lines; columns: header -> function of a row returning its cell."""
+  return (['| ' + ' | '.join(columns) + ' |', '|' + '---|' * len(columns)]
+          + ['| ' + ' | '.join(str(f(r)) for f in columns.values()) + ' |' for r in rows])
+
+
+def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
+  """One row per finished run of the sweeps planned in ``workdir`` (its sweep.json): name, the swept
+  values, top1, top5, analytic_gmacs, images_per_sec, steps, workdir. Writes results.csv,
+  results.md and (with any finished run) pareto.png into ``workdir``."""
+  import ml_collections
+  with open(os.path.join(workdir, PLAN)) as f:
+    meta = json.load(f)
+  keys, rows, configs, missing = meta['keys'], [], {}, []
+  for r in meta['runs']:
+    rdir = os.path.join(os.path.abspath(workdir), 'runs', r['name'])
+    if not os.path.exists(os.path.join(rdir, 'final.json')):
+      missing.append(r['name'])
+      continue
+    final = _final(rdir)
+    configs[r['name']] = ml_collections.ConfigDict(final['config'])
+    rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
+                     steps=final['step'], workdir=rdir))
+  measured = measure(configs, throughput_batch) if rows else {}
+  for row in rows:
+    row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
+  columns = ['name', *keys, 'top1', 'top5', 'analytic_gmacs', 'images_per_sec', 'steps', 'workdir']
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+
+  cfg = next(iter(configs.values()), None)
+  title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.name})' if cfg else '')
+  pct = lambda f: lambda r: f'{100 * r[f]:.2f}'
+  cost = {'GMACs': lambda r: f'{r["analytic_gmacs"]:.4g}', 'images/s': lambda r: f'{r["images_per_sec"]:.1f}'}
+  import jax
+  md = [f'# Sweep: {title}', '', f'{len(rows)} of {len(meta["runs"])} runs finished. images/s: inference throughput at '
+        f'batch {throughput_batch} on {jax.devices()[0].device_kind}, all configs timed in one process in '
+        f'interleaved rounds (medians); GMACs: analytic multiply-adds per image.', '']
+  md += _table(rows, {'run': lambda r: r['name'], **{k: (lambda r, k=k: r[k]) for k in keys},
+                      'top-1 (%)': pct('top1'), 'top-5 (%)': pct('top5'), **cost, 'steps': lambda r: r['steps']})
+  points = rows
+  if 'seed' in keys and rows:
+    points = aggregate(rows, keys)
+    md += ['', '## Over seeds', '']
+    md += _table(points, {**{k: (lambda r, k=k: r[k]) for k in keys if k != 'seed'}, 'n': lambda r: r['n'],
+                          'top-1 mean (%)': pct('top1'), 'std': pct('std'),
+                          'min–max': lambda r: f'{100 * r["min"]:.2f}–{100 * r["max"]:.2f}', **cost})
+  if missing:
+    md += ['', f'Missing (not finished): {", ".join(missing)}']
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write('\n'.join(md) + '\n')
+  if rows:
+    plot(points, keys, title, os.path.join(workdir, 'pareto.png'), throughput_batch)
+  return rows
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(prog='python -m tpm_jax.sweep', description=__doc__, allow_abbrev=False,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--config', help='a configs/*.py file, optionally with :<arg string> (the base of every run)')
+  p.add_argument('--sweep', action='append', default=[], metavar='KEY=V1,V2,...', help='repeatable')
+  p.add_argument('--workdir', required=True, help='runs go to WORKDIR/runs/<name>, results to WORKDIR')
+  p.add_argument('--print_commands', action='store_true', help='print the unfinished runs\' commands and exit')
+  p.add_argument('--collect_only', action='store_true', help='collect the finished runs, run nothing')
+  p.add_argument('--python', default=sys.executable, help='the Python that runs train.py')
+  p.add_argument('--throughput_batch', type=int, default=64)
+  args, overrides = p.parse_known_args(argv)
+  try:
+    bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
+    if bad:
+      raise ConfigError(f'{bad[0]}: not a sweep flag; only --config.<field>=<value> flags are passed to train.py')
+    if args.config:
+      runs = plan(args.config, args.sweep, args.workdir, overrides)
+      save_plan(args.workdir, args.config, runs, overrides)
+    elif not (args.collect_only and os.path.exists(os.path.join(args.workdir, PLAN))):
+      raise ConfigError(f'--config is required (or --collect_only on a workdir with a {PLAN})')
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 2
+  if args.print_commands:
+    for r in runs:
+      if not r.finished:
+        print(shlex.join(r.command(args.python)))
+    return 0
+  failed = [] if args.collect_only else run(runs, args.python)
+  rows = collect(args.workdir, throughput_batch=args.throughput_batch)
+  print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)
+  if failed:
+    print(f'error: {len(failed)} runs failed: {", ".join(r.name for r in failed)}', file=sys.stderr, flush=True)
+  return 1 if failed else 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
