@@ -22,9 +22,10 @@ Per model and setting:
   ``none`` and for every ``evit:k`` setting, with EViTBlock (below) patched into blocks 3, 6, 9.
   Peak memory: the torch profiler's memory timeline of one call (parameters, optimizer state,
   activations, temporaries), or null where the profiler cannot tell.
-Method: everything is compiled and run once first; then ``--repeats`` rounds, each making one
-timed, blocked call per quantity of every setting of both frameworks in turn (interleaved, so load
-drifts hit all alike). Reported: median images/s with min and max; speedup = median over rounds
+Method: everything is compiled and run once first; then ``--repeats`` rounds; a round takes one
+quantity at a time and times it for every setting of both frameworks in turn (interleaved, so load
+drifts hit all alike); a timed block is one blocked call, or for calls shorter than ``--min_time``
+as many calls in a row as fill it, timed per call. Reported: median images/s with min and max; speedup = median over rounds
 of (time of the unpruned model of the same framework / time), from this run only; efficiency =
 speedup / (analytic GMACs of none / of the setting); JAX/torch = median ratio of throughputs.
 Quantities are named infer@B and train@B (B the batch). Targets (DeiT-S, from this run): tpm 0.7
@@ -302,6 +303,7 @@ def main():
   p.add_argument('--batches', default='1,32,128')
   p.add_argument('--train_batch', type=int, default=32)
   p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--min_time', type=float, default=1.0, help='seconds of calls per timed block (short calls repeat)')
   p.add_argument('--img_size', type=int, default=None, help='default: the model\'s')
   p.add_argument('--no_torch', action='store_true')
   p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'throughput'))
@@ -335,17 +337,27 @@ def main():
       rows.append(row)
       runners.append((('torch', model, s['name']), calls))
 
-  for _, calls in runners:  # first runs (JAX: after compilation) outside the timings
-    for fn in calls.values():
+  # First runs (JAX: after compilation) outside the timings; they also size each timed block: a
+  # quantity whose call is short is called reps times in a row (at least --min_time seconds) and
+  # timed per call, so batch-1 timings are not one noisy call.
+  reps = {}
+  for key, calls in runners:
+    for q, fn in calls.items():
       fn()
+      t = time.perf_counter()
+      fn()
+      reps[key, q] = max(1, math.ceil(args.min_time / max(time.perf_counter() - t, 1e-6)))
   times = {key: {q: [] for q in calls} for key, calls in runners}
+  quantities = list(dict.fromkeys(q for _, calls in runners for q in calls))
   for r in range(args.repeats):
     print(f'round {r + 1}/{args.repeats}', flush=True)
-    for key, calls in runners:
-      for q, fn in calls.items():
-        t = time.perf_counter()
-        fn()
-        times[key][q].append(time.perf_counter() - t)
+    for q in quantities:  # interleaved: every setting of both frameworks, one quantity at a time
+      for key, calls in runners:
+        if q in calls:
+          t = time.perf_counter()
+          for _ in range(reps[key, q]):
+            calls[q]()
+          times[key][q].append((time.perf_counter() - t) / reps[key, q])
 
   summarise(rows, times)
   result = dict(command=shlex.join([sys.executable] + sys.argv), machine=facts, repeats=args.repeats,
