@@ -99,3 +99,30 @@ def test_eval_py_on_timm_weights(trained):
   assert res.returncode == 0, res.stderr[-3000:]
   result = json.load(open(tmp / 'eval_timm.json'))
   assert result['source'] == 'timm' and result['examples'] == 16 and 0 <= result['top1'] <= 1
+
+
+def test_a_backbone_export_initialises_a_multiscale_model(tmp_path):
+  """Fine-tuning with multi-scale fusion from an unpruned backbone's export: the fusion parameters are
+  not in the export, so they start from their initialisation, which computes exactly the backbone's
+  function (zero output projections)."""
+  import jax
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  from configs import fmnist
+  from tpm_jax.config import validate_train_config
+  from tpm_jax.export import load_params_into
+  from tpm_jax.models.registry import model_from_config
+  backbone = model_from_config(fmnist.get_config('method=none,smoke'))
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(str(tmp_path / 'params'), nnx.state(backbone, nnx.Param))
+  for ms in ('pool', 'cross'):
+    c = fmnist.get_config(f'method=tpm,multiscale={ms},smoke')
+    c.dataset.name, c.init.checkpoint = 'mnist', str(tmp_path)
+    validate_train_config(c, num_devices=jax.device_count(), process_count=1)  # accepted
+    fused, plain = model_from_config(c), model_from_config(fmnist.get_config('method=tpm,smoke'))
+    load_params_into(fused, str(tmp_path))
+    load_params_into(plain, str(tmp_path))
+    x = jnp.asarray(np.random.RandomState(0).rand(2, 32, 32, 1), jnp.float32)
+    np.testing.assert_array_equal(np.asarray(fused(x)), np.asarray(plain(x)))
+    np.testing.assert_array_equal(np.asarray(fused.blocks[0].attn.qkv.kernel[...]),
+                                  np.asarray(backbone.blocks[0].attn.qkv.kernel[...]))

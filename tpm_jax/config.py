@@ -370,8 +370,11 @@ def _check_export_fits(path, abstract_model) -> None:
   except Exception as e:  # noqa: BLE001
     raise ConfigError(f'init.checkpoint={path!r} is not accepted: expected an export directory '
                       f'(python -m tpm_jax.export), could not read it ({type(e).__name__})') from e
+  has_multiscale = any(k[0] == 'multiscale' for k in saved_shapes)
   for p, v in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param)):
     key = tuple(str(k) for k in p)
+    if key[0] == 'multiscale' and not has_multiscale:
+      continue  # a backbone's export: the fusion starts from its own (zero-output) initialisation
     got = next((shape for k, shape in saved_shapes.items() if k[:len(key)] == key), None)
     if got is None or got != tuple(v.shape):
       raise ConfigError(f'init.checkpoint={path!r} does not fit the model: {".".join(key)} is '

@@ -80,8 +80,16 @@ def load_model(path: str):
 
 
 def load_params_into(model, path: str):
-  """Set ``model``'s parameters from an export directory (same architecture); returns the model."""
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), nnx.state(model, nnx.Param))
+  """Set ``model``'s parameters from an export directory (same architecture); returns the model.
+  An export without multi-scale parameters (an unpruned backbone's) leaves ``model``'s multi-scale
+  fusion at its initialisation, whose zero output projections keep the backbone's function."""
+  state = nnx.state(model, nnx.Param)
+  params_dir = os.path.join(os.path.abspath(path), 'params')
+  if 'multiscale' in state and not os.path.isdir(os.path.join(params_dir, 'multiscale')):
+    meta = ocp.StandardCheckpointer().metadata(params_dir)
+    if 'multiscale' not in getattr(meta, 'item_metadata', meta):
+      state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('multiscale'))))
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
   try:
     params = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'params'),
                                                 _replicated_on_one_device(target))
