@@ -27,6 +27,7 @@ if [ "$PART" = ablation ] || [ "$PART" = all ]; then
   # tpm at keep 0.5, one change at a time from (multiscale none, similarity keys, weight importance, prop_attn off)
   for S in multiscale=pool,cross similarity=tokens weight=size,uniform prop_attn=on; do
     $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,keep=0.5 --sweep seed=$SEEDS --sweep $S \
-        --workdir $W/ablation "${FT[@]}"
+        --workdir $W/ablation "${FT[@]}" || FAILED=1  # a failed sweep does not stop the others
   done
 fi
+exit ${FAILED:-0}
