@@ -297,7 +297,7 @@ def machine(torch, timm):
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--models', default='deit_small_patch16_224')
   p.add_argument('--settings', default='none,tpm:0.7,drop:0.7,evit:0.7')
   p.add_argument('--batches', default='1,32,128')
