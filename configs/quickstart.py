@@ -5,8 +5,10 @@
                    ``--config.init.checkpoint=<export of the pretrain run>``
 
 Both evaluate on the first 2,000 test images. Arg string (all optional): stage=pretrain|finetune,
-method=<tpm|evit|drop|tome|none>, keep=<float>, multiscale=none|pool|cross, seed=<int>,
-pretrain_steps=<int>, finetune_steps=<int>, smoke (a run of seconds, for tests).
+method=<tpm|evit|drop|tome|none>, keep=<float>, multiscale=none|pool|cross, prop_attn=on|off,
+seed=<int>, pretrain_steps=<int>, finetune_steps=<int>, smoke (a run of seconds, for tests).
+The fine-tuning run is the library's recommended tpm: multi-scale ``pool`` fusion and proportional
+attention (``prop_attn`` on for tpm and tome, off otherwise), the settings docs/RESULTS.md found best.
 ``python -m tpm_jax.quickstart`` runs both and writes the report; the equivalent commands are
 
   python train.py --config configs/quickstart.py:stage=pretrain --workdir workdirs/quickstart/pretrain
@@ -20,16 +22,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import fmnist  # noqa: E402
 from configs.common import parse_arg  # noqa: E402
+from tpm_jax.config import PROP_ATTN_METHODS  # noqa: E402
 
-ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='none', seed=0, pretrain_steps=200,
+ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=200,
             finetune_steps=80, smoke=False)
 
 
 def get_config(arg=None):
   a = parse_arg(arg, **ARGS)
-  method = 'none' if a.stage == 'pretrain' else a.method
-  c = fmnist.get_config(f'stage={a.stage},method={method},keep={a.keep},multiscale={a.multiscale},seed={a.seed}'
-                        + (',smoke' if a.smoke else ''))
+  pretrain = a.stage == 'pretrain'
+  method, multiscale = ('none', 'none') if pretrain else (a.method, a.multiscale)
+  prop_attn = a.prop_attn or ('on' if method in PROP_ATTN_METHODS else 'off')  # the library's default
+  c = fmnist.get_config(f'stage={a.stage},method={method},keep={a.keep},multiscale={multiscale},'
+                        f'prop_attn={prop_attn},seed={a.seed}' + (',smoke' if a.smoke else ''))
   c.batch_size = 64
   if a.stage == 'pretrain':
     c.total_steps = a.pretrain_steps

@@ -2,12 +2,13 @@
 # The CPU-scale reproduction of docs/RESULTS.md, exactly as it was run (2 CPU cores).
 # Resumable: run it again and finished runs are skipped (the sweep looks for final.json), an
 # interrupted run resumes from its last checkpoint. Results land in workdirs/repro/*/results.md.
-#   bash scripts/reproduce_fmnist.sh [main|ablation|all] [seeds, default 0,1]
+#   bash scripts/reproduce_fmnist.sh [main|ablation|recommended|all] [seeds, default 0,1,2]
+# Tables for docs/RESULTS.md: python scripts/repro_tables.py --main $W/main/results.csv ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PART=${1:-all}
-SEEDS=${2:-0,1}
+SEEDS=${2:-0,1,2}
 W=workdirs/repro
 
 # 1. The unpruned backbone from scratch (3 epochs), and its export.
@@ -29,5 +30,10 @@ if [ "$PART" = ablation ] || [ "$PART" = all ]; then
     $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,keep=0.5 --sweep seed=$SEEDS --sweep $S \
         --workdir $W/ablation "${FT[@]}" || FAILED=1  # a failed sweep does not stop the others
   done
+fi
+if [ "$PART" = recommended ] || [ "$PART" = all ]; then
+  # the library's defaults, set from the two parts above: tpm with multi-scale pool fusion and prop_attn on
+  $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,multiscale=pool,prop_attn=on --sweep seed=$SEEDS \
+      --sweep keep=0.7,0.5 --workdir $W/recommended "${FT[@]}" || FAILED=1
 fi
 exit ${FAILED:-0}

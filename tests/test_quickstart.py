@@ -56,6 +56,33 @@ def test_quickstart_configs():
   assert pre.reduction.method == 'none' and ft.reduction.method == 'tpm' and ft.reduction.keep_rate == '0.7'
   assert (pre.model.img_size // pre.model.patch_size) == 14 and pre.model.to_dict() == ft.model.to_dict()
   assert pre.dataset.name == 'fashion_mnist' and pre.total_steps > ft.total_steps
+  # the backbone is plain; the fine-tuned run is the library's recommended tpm (docs/RESULTS.md)
+  assert (pre.multiscale.method, ft.multiscale.method, ft.reduction.prop_attn) == ('none', 'pool', True)
+  assert quickstart.get_config('method=drop').reduction.prop_attn is False
+  assert quickstart.get_config('prop_attn=off,multiscale=none').reduction.prop_attn is False
+
+
+def test_fmnist_pins_the_reproductions_base():
+  # docs/RESULTS.md's runs had prop_attn on for tome only and no multi-scale fusion; the library's
+  # default changed after them, the reproduction config keeps them as they were run
+  base = {m: fmnist.get_config(f'method={m}') for m in ('tpm', 'drop', 'evit', 'tome')}
+  assert {m: c.reduction.prop_attn for m, c in base.items()} == dict(tpm=False, drop=False, evit=False, tome=True)
+  assert {c.multiscale.method for c in base.values()} == {'none'}
+
+
+def test_prop_attn_default_is_on_for_the_merging_methods():
+  import jax
+  from flax import nnx
+  assert {m: tpm_jax.ReductionConfig(method=m).use_prop_attn for m in ('tpm', 'tome', 'evit', 'drop', 'none')} == \
+      dict(tpm=True, tome=True, evit=False, drop=False, none=False)
+  # and the model uses it: tpm's default gives prop_attn=True's logits, not False's
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  tiny = dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=3, num_classes=10)
+  logits = {p: tpm_jax.create_model('vit_custom', reduction=dict(method='tpm', keep_rate=0.5, locations=(1, 2),
+                                                                prop_attn=p), rngs=nnx.Rngs(0), **tiny)(x)
+            for p in (None, True, False)}
+  np.testing.assert_array_equal(logits[None], logits[True])
+  assert np.abs(logits[None] - logits[False]).max() > 1e-4
 
 
 @pytest.fixture(scope='module')
@@ -98,7 +125,7 @@ def test_quickstart_report_on_tiny_runs(tiny_data, tmp_path):
   tokens_row = np.asarray(png)[228:, :224].astype(int)
   assert len(np.unique(tokens_row.reshape(-1, 3), axis=0)) > 8  # tinted by destination, outlined
   md = open(os.path.join(workdir, 'report.md')).read()
-  assert '| pretrain | none |' in md and '| tpm | tpm | 0.7 |' in md and 'tokens.png' in md
+  assert '| pretrain | none |' in md and '| tpm | tpm + multiscale pool + prop_attn | 0.7 |' in md and 'tokens.png' in md
 
   # Running it again repeats no training; only the report is rebuilt.
   mtimes = {n: os.path.getmtime(os.path.join(workdir, n, 'final.json')) for n in ('pretrain', 'tpm')}

@@ -5,7 +5,8 @@ Run by ``bash quickstart.sh`` (which sets up ``.venv/`` and the data first), or 
 
 1. trains a small ViT on the real Fashion-MNIST (TFDS ``fashion_mnist``), unpruned: 28x28 images,
    patch 2, so a 14x14 token grid like DeiT's at 224 px (configs/quickstart.py:stage=pretrain);
-2. exports it and fine-tunes it with ``tpm`` (the paper's method) at keep 0.7 (configs/quickstart.py);
+2. exports it and fine-tunes it with ``tpm`` (the paper's method) at keep 0.7, with the library's
+   recommended multi-scale ``pool`` fusion and proportional attention (configs/quickstart.py);
 3. writes ``WORKDIR/report.md`` and ``report.json``: top-1, GMACs and measured images/s of both, and
    ``WORKDIR/tokens.png``, which patches were kept and which merged into which.
 
@@ -86,6 +87,19 @@ def visualise(model, config, path: str, num_images: int = 6) -> str:
   return path
 
 
+def method_label(config) -> str:
+  """'tpm + multiscale pool + prop_attn': the method and the settings that change it."""
+  from tpm_jax.config import ReductionConfig
+  label = config.reduction.method
+  if label == 'none':
+    return label
+  if config.multiscale.method != 'none':
+    label += f' + multiscale {config.multiscale.method}'
+  if ReductionConfig(method=config.reduction.method, prop_attn=config.reduction.prop_attn).use_prop_attn:
+    label += ' + prop_attn'
+  return label
+
+
 def report(workdir: str, runs: dict, configs: dict, *, throughput_batch: int = 64) -> dict:
   """top-1, GMACs, images/s of each run's exported model; writes report.json and report.md."""
   import tpm_jax
@@ -100,7 +114,7 @@ def report(workdir: str, runs: dict, configs: dict, *, throughput_batch: int = 6
   rows = {}
   for name, final in runs.items():
     model = models[name]
-    rows[name] = dict(method=configs[name].reduction.method, keep_rate=str(configs[name].reduction.keep_rate),
+    rows[name] = dict(method=method_label(configs[name]), keep_rate=str(configs[name].reduction.keep_rate),
                       top1=final['eval_top1'], eval_examples=int(final['eval_examples']),
                       gmacs=tpm_jax.count_flops(model, compile=False)['analytic_gmacs'],
                       images_per_sec=speed[name], tokens=str(tpm_jax.token_schedule(model)),
@@ -120,9 +134,10 @@ def report(workdir: str, runs: dict, configs: dict, *, throughput_batch: int = 6
   for name, r in rows.items():
     lines.append(f'| {name} | {r["method"]} | {r["keep_rate"] if r["method"] != "none" else "-"} | {r["tokens"]} '
                  f'| {r["top1"]:.4f} | {r["gmacs"]:.4f} | {r["images_per_sec"]:.0f} |')
-  lines += ['', f'{pruned["method"]}: top-1 {100 * summary["top1_change"]:+.2f} points, '
+  lines += ['', f'{configs[pruned_name].reduction.method}: top-1 {100 * summary["top1_change"]:+.2f} points, '
             f'{100 * (1 - summary["gmacs_ratio"]):.0f}% fewer GMACs, {summary["speedup"]:.2f}x images/s.', '',
-            f'`{result["picture"]}`: test images (top) and, below, the patches {pruned["method"]} kept '
+            f'`{result["picture"]}`: test images (top) and, below, the patches '
+            f'{configs[pruned_name].reduction.method} kept '
             '(outlined in white) and the ones merged into each (same colour; darkened: discarded).', '']
   with open(os.path.join(workdir, 'report.md'), 'w') as f:
     f.write('\n'.join(lines))
