@@ -123,7 +123,7 @@ class ReductionConfig:
 
   ``locations`` None means: (3, 6, 9) for tpm/evit/drop, every block for tome.
   ``prop_attn`` None means: on for the methods that merge by size-weighted average (tpm, tome), off
-  for evit and drop. On for tpm since docs/RESULTS.md: +1.6 top-1 at keep 0.5 (2 seeds, same budget).
+  for evit and drop. On for tpm since docs/RESULTS.md: +1.4 top-1 at keep 0.5 (3 seeds, same budget).
   """
   method: str = 'none'
   keep_rate: float | tuple[float, ...] = 0.7
