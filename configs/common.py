@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
       img_size=224,
       drop_path_rate=0.1,
       dtype='float32',  # compute dtype: float32 | bfloat16 (parameters stay float32)
+      pos_embed_init='trunc_normal',  # trunc_normal (timm) | sincos2d (2-D sin-cos start; from scratch)
       # Size overrides for vit_custom and small models (None: the named model's value).
       patch_size=config_dict.placeholder(int),
       embed_dim=config_dict.placeholder(int),

@@ -14,7 +14,8 @@ CPU reproduction in docs/RESULTS.md and of the quickstart (configs/quickstart.py
 Arg string (all optional): stage=pretrain|finetune, method=none|tpm|evit|drop|tome, keep=<float>,
 r=<int> (ToMe; default: as many tokens per location as ``keep`` removes), multiscale=none|pool|cross
 (default none), similarity=keys|tokens, weight=importance|size|uniform, prop_attn=on|off (default
-on for tome, off otherwise), epochs=<float>, width=<int>, depth=<int>, seed=<int>, smoke.
+on for tome, off otherwise), epochs=<float>, width=<int>, depth=<int>, seed=<int>,
+pos_embed_init=trunc_normal|sincos2d (how the learned position embedding starts), smoke.
 The defaults are the reproduction's base as it was run, pinned here so that its runs stay what
 docs/RESULTS.md reports; the library's defaults, set from those results, are multiscale pool (in
 the training configs) and prop_attn on for tpm too.
@@ -39,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
 
 ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
-            width=64, depth=4)
+            width=64, depth=4, pos_embed_init='trunc_normal')
 
 
 def get_config(arg=None):
@@ -49,6 +50,7 @@ def get_config(arg=None):
   m.name, m.num_classes, m.img_size, m.patch_size, m.in_chans = 'vit_custom', 10, 28, 2, 1
   m.embed_dim, m.depth, m.num_heads = a.width, a.depth, max(1, a.width // 32)
   m.drop_path_rate = 0.0
+  m.pos_embed_init = a.pos_embed_init  # only the start of a run from scratch; an init checkpoint replaces it
   c.reduction.locations = ','.join(str(b) for b in _locations(a.depth))
 
   c.dataset.name = 'fashion_mnist'

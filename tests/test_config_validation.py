@@ -30,6 +30,7 @@ BAD = [
     (dict(**{'multiscale.method': 'pyramid'}), r"multiscale.method='pyramid' .*'none', 'pool', 'cross'"),
     (dict(**{'model.name': 'deit_huge'}), r"model.name='deit_huge' .*deit_small_patch16_224"),
     (dict(**{'model.img_size': 30}), r'model.img_size=30 .*multiple of model.patch_size=4'),
+    (dict(**{'model.pos_embed_init': 'learned'}), r"model.pos_embed_init='learned' .*'trunc_normal', 'sincos2d'"),
     (dict(**{'batch_size': 15, 'grad_accum_steps': 2}), r'batch_size=15 .*grad_accum_steps=2'),
     (dict(**{'mesh.data': 3, 'mesh.fsdp': 1}), r'mesh=\(data=3, fsdp=1\) .*multiply to the 1 devices'),
     (dict(**{'dataset.name': 'imagenet_9000'}), r"dataset.name='imagenet_9000' .*TFDS dataset name"),
@@ -53,6 +54,17 @@ def test_workdir_with_another_run_is_refused(tmp_path):
   with pytest.raises(ConfigError, match=r'reduction.method=.evit., not .tpm.*--config.overwrite'):
     trainer.train_and_evaluate(_smoke(), str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ['config.json']
+
+
+def test_workdir_written_before_a_field_was_added_resumes(tmp_path):
+  import json
+  from tpm_jax.config import _check_workdir
+  old = json.loads(_smoke().to_json())
+  del old['model']['pos_embed_init']  # a run from before model.pos_embed_init existed: it had the default
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  _check_workdir(_smoke(), str(tmp_path))
+  with pytest.raises(ConfigError, match=r"model.pos_embed_init='trunc_normal', not 'sincos2d'"):
+    _check_workdir(_smoke(**{'model.pos_embed_init': 'sincos2d'}), str(tmp_path))
 
 
 def test_wrong_shaped_timm_checkpoint_names_the_parameter(tmp_path):

@@ -78,3 +78,41 @@ def test_bad_config_gives_one_line_naming_the_field(kwargs, match):
   with pytest.raises(ConfigError, match=match) as e:
     tpm_jax.create_model(name, **{**TINY, **kwargs})
   assert '\n' not in str(e.value)
+
+
+def _sincos_reference(grid, width):
+  """big_vision's 2-D sin-cos table (models/vit.py posemb_sincos_2d), written out as loops in
+  float64: for token (row i, column j) and frequency w_f = 10000 ** (-f / (width/4 - 1)), the
+  features are [sin(j w_f)]_f, [cos(j w_f)]_f, [sin(i w_f)]_f, [cos(i w_f)]_f."""
+  q = width // 4
+  out = np.zeros((grid * grid, width))
+  for i in range(grid):
+    for j in range(grid):
+      for f in range(q):
+        w = 10000.0 ** (-f / (q - 1))
+        t = i * grid + j
+        out[t, f], out[t, q + f], out[t, 2 * q + f], out[t, 3 * q + f] = (
+            np.sin(j * w), np.cos(j * w), np.sin(i * w), np.cos(i * w))
+  return out
+
+
+def test_sincos2d_pos_embed_init():
+  kw = dict(TINY, num_classes=10)
+  sincos = tpm_jax.create_model('vit_custom', pos_embed_init='sincos2d', rngs=nnx.Rngs(0), **kw)
+  plain = tpm_jax.create_model('vit_custom', rngs=nnx.Rngs(0), **kw)
+  grid, width = sincos.cfg.grid_size, sincos.cfg.embed_dim
+  pos = np.asarray(sincos.pos_embed[...], np.float64)[0]
+  np.testing.assert_array_equal(pos[:1], 0.0)  # CLS gets no position
+  np.testing.assert_allclose(pos[1:], _sincos_reference(grid, width), atol=1e-6)
+  assert np.abs(np.asarray(plain.pos_embed[...])).max() < 0.05  # timm's trunc_normal(0.02) stays the default
+  # only the position embedding differs: every other parameter is drawn as before
+  a, b = nnx.to_flat_state(nnx.state(sincos, nnx.Param)), nnx.to_flat_state(nnx.state(plain, nnx.Param))
+  differ = [p for (p, x), (_, y) in zip(a, b) if not np.array_equal(np.asarray(x.get_value()), np.asarray(y.get_value()))]
+  assert differ == [('pos_embed',)]
+  # it is the same learnable timm parameter: a distilled model puts zeros under both prefix tokens
+  dist = tpm_jax.create_model('vit_custom', pos_embed_init='sincos2d', distilled=True, **kw)
+  np.testing.assert_array_equal(np.asarray(dist.pos_embed[...])[0, :2], 0.0)
+  with pytest.raises(ConfigError, match=r"model.pos_embed_init='sincos' is not accepted: expected one of 'trunc_normal', 'sincos2d'"):
+    tpm_jax.create_model('vit_custom', pos_embed_init='sincos', **kw)
+  with pytest.raises(ConfigError, match=r"model.embed_dim=54 is not accepted: expected a multiple of 4 for model.pos_embed_init='sincos2d'"):
+    tpm_jax.create_model('vit_custom', pos_embed_init='sincos2d', **dict(kw, embed_dim=54))

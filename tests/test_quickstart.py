@@ -30,6 +30,9 @@ def test_fmnist_stages_and_arg_keys():
   assert (c.reduction.similarity, c.reduction.weight, c.reduction.prop_attn, c.multiscale.method) == \
       ('tokens', 'size', True, 'cross')
   assert fmnist.get_config('method=tpm,prop_attn=off').reduction.prop_attn is False
+  assert pre.model.pos_embed_init == 'trunc_normal'  # the reproduction's backbone, as it was run
+  sincos = fmnist.get_config('stage=pretrain,pos_embed_init=sincos2d')
+  assert model_from_config(sincos).cfg.pos_embed_init == 'sincos2d'
   with pytest.raises(ValueError, match="config arg 'keep_ratio' is not known: accepted are .*keep"):
     fmnist.get_config('keep_ratio=0.7')
   with pytest.raises(ValueError, match="stage='train'.*pretrain, finetune"):

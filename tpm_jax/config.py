@@ -60,6 +60,9 @@ def _int_tuple(field: str, value: Any) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------------
 # Backbone
 # ----------------------------------------------------------------------------------------------
+POS_EMBED_INITS = ('trunc_normal', 'sincos2d')
+
+
 @dataclasses.dataclass(frozen=True)
 class ViTConfig:
   """Sizes of a ViT/DeiT backbone (timm's VisionTransformer arguments, same names)."""
@@ -74,6 +77,9 @@ class ViTConfig:
   qkv_bias: bool = True
   distilled: bool = False  # DeiT distillation token + head_dist
   drop_path_rate: float = 0.0
+  # How the learned pos_embed starts: 'trunc_normal' (timm, std 0.02) or 'sincos2d' (big_vision's
+  # 2-D sin-cos table, prefix tokens 0): from scratch on small data it learns much faster.
+  pos_embed_init: str = 'trunc_normal'
 
   @property
   def grid_size(self) -> int:
@@ -106,6 +112,9 @@ class ViTConfig:
       _fail('model.mlp_ratio', self.mlp_ratio, 'a positive float')
     if not 0.0 <= self.drop_path_rate < 1.0:
       _fail('model.drop_path_rate', self.drop_path_rate, 'a float in [0, 1)')
+    _choice('model.pos_embed_init', self.pos_embed_init, POS_EMBED_INITS)
+    if self.pos_embed_init == 'sincos2d' and self.embed_dim % 4:
+      _fail('model.embed_dim', self.embed_dim, "a multiple of 4 for model.pos_embed_init='sincos2d'")
     return self
 
 
@@ -291,6 +300,8 @@ class MultiscaleConfig:
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 # Fields whose change makes an existing workdir's checkpoints a different run.
 RUN_IDENTITY_FIELDS = ('model', 'reduction', 'multiscale', 'dataset.name', 'dataset.image_folder', 'seed')
+# Fields added after runs were written: a config.json without one had its default.
+ADDED_FIELD_DEFAULTS = {'model.pos_embed_init': 'trunc_normal'}
 
 
 def _positive_int(field, value):
@@ -413,7 +424,7 @@ def _check_workdir(config, workdir: str) -> None:
   if not os.path.exists(path) or config.get('overwrite', False):
     return
   with open(path) as f:
-    old = _flat(json.load(f))
+    old = dict(ADDED_FIELD_DEFAULTS, **_flat(json.load(f)))
   new = _flat(json.loads(config.to_json_best_effort()))
   for key in sorted(set(old) | set(new)):
     if any(key == f or key.startswith(f + '.') for f in RUN_IDENTITY_FIELDS) and old.get(key) != new.get(key):

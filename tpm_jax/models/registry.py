@@ -66,7 +66,8 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
     dtype: compute dtype (jnp.float32 or jnp.bfloat16); parameters stay float32.
     rngs: ``nnx.Rngs`` (default ``nnx.Rngs(0)``), streams ``params`` and ``dropout``.
     **overrides: any ``ViTConfig`` field: depth, embed_dim, num_heads, patch_size, in_chans,
-      mlp_ratio, qkv_bias, distilled, drop_path_rate.
+      mlp_ratio, qkv_bias, distilled, drop_path_rate, pos_embed_init ('trunc_normal' as timm, or
+      'sincos2d': the learned position embedding starts from a 2-D sin-cos table).
   """
   from tpm_jax.models.vit import VisionTransformer
   cfg = model_config(name, num_classes=num_classes, img_size=img_size, **overrides)
@@ -87,6 +88,8 @@ def model_from_config(config, *, keep_rate=None, rngs=None) -> nnx.Module:
   reduction = config.reduction.to_dict()
   if keep_rate is not None:
     reduction['keep_rate'] = keep_rate
+  if m.get('pos_embed_init'):
+    overrides['pos_embed_init'] = m.pos_embed_init
   return create_model(
       m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
       reduction=reduction, multiscale=config.multiscale.to_dict(), dtype=jnp.dtype(m.dtype),

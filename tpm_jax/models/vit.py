@@ -33,6 +33,16 @@ def _layernorm(dim, dtype, rngs):
   return nnx.LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+def posemb_sincos_2d(h, w, width, temperature=10_000.0):
+  """big_vision's 2-D sin-cos position table (1, h * w, width), rows first: [sin x, cos x, sin y,
+  cos y], each over width / 4 frequencies from 1 to 1 / temperature."""
+  y, x = np.mgrid[:h, :w]
+  omega = 1.0 / temperature ** (np.arange(width // 4) / max(1, width // 4 - 1))
+  y, x = np.outer(y.ravel(), omega), np.outer(x.ravel(), omega)
+  pe = np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1)
+  return jnp.asarray(pe, jnp.float32)[None]
+
+
 class PatchEmbed(nnx.Module):
   """Non-overlapping patches -> tokens: (B, H, W, C) -> (B, H/p * W/p, D)."""
 
@@ -138,7 +148,13 @@ class VisionTransformer(nnx.Module):
     self.patch_embed = PatchEmbed(cfg.patch_size, cfg.in_chans, D, dtype=dtype, rngs=rngs)
     self.cls_token = nnx.Param(nnx.initializers.normal(1e-6)(rngs.params(), (1, 1, D)))
     self.dist_token = nnx.Param(trunc_normal(0.02)(rngs.params(), (1, 1, D))) if cfg.distilled else None
-    self.pos_embed = nnx.Param(trunc_normal(0.02)(rngs.params(), (1, cfg.num_prefix_tokens + cfg.num_patches, D)))
+    pos_shape = (1, cfg.num_prefix_tokens + cfg.num_patches, D)
+    pos_key = rngs.params()  # drawn either way, so the other parameters do not depend on this choice
+    if cfg.pos_embed_init == 'sincos2d':
+      pos = posemb_sincos_2d(cfg.grid_size, cfg.grid_size, D)
+      self.pos_embed = nnx.Param(jnp.concatenate([jnp.zeros((1, cfg.num_prefix_tokens, D)), pos], axis=1))
+    else:
+      self.pos_embed = nnx.Param(trunc_normal(0.02)(pos_key, pos_shape))
     dpr = [float(r) for r in np.linspace(0.0, cfg.drop_path_rate, cfg.depth)]  # timm's per-block rates
     self.blocks = nnx.List([
         Block(D, cfg.num_heads, cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, drop_path=dpr[i], dtype=dtype, rngs=rngs)
