@@ -3,16 +3,25 @@
 # Resumable: run it again and finished runs are skipped (the sweep looks for final.json), an
 # interrupted run resumes from its last checkpoint. Results land in workdirs/repro/*/results.md.
 #   bash scripts/reproduce_fmnist.sh [main|ablation|recommended|all] [seeds, default 0,1,2]
+# BACKBONE=sincos2d (in the environment) pretrains the backbone with the position embedding started
+# from a 2-D sin-cos table and lr 2e-3 (8e-3 per 512 images), into workdirs/repro_sincos2d/; the
+# default (BACKBONE=trunc_normal) is the first reproduction's backbone, into workdirs/repro/.
 # Tables for docs/RESULTS.md: python scripts/repro_tables.py --main $W/main/results.csv ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PART=${1:-all}
 SEEDS=${2:-0,1,2}
-W=workdirs/repro
+BACKBONE=${BACKBONE:-trunc_normal}
+case "$BACKBONE" in
+  trunc_normal) W=workdirs/repro; PRETRAIN=(configs/fmnist.py:stage=pretrain) ;;
+  sincos2d) W=workdirs/repro_sincos2d
+            PRETRAIN=(configs/fmnist.py:stage=pretrain,pos_embed_init=sincos2d --config.optim.lr=8e-3) ;;
+  *) echo "BACKBONE=$BACKBONE: accepted are trunc_normal, sincos2d" >&2; exit 2 ;;
+esac
 
 # 1. The unpruned backbone from scratch (3 epochs), and its export.
-[ -f $W/pretrain/final.json ] || $PY train.py --config configs/fmnist.py:stage=pretrain --workdir $W/pretrain \
+[ -f $W/pretrain/final.json ] || $PY train.py --config "${PRETRAIN[@]}" --workdir $W/pretrain \
     --config.progress=lines --config.log_every_steps=100
 [ -f $W/backbone/export.json ] || $PY -m tpm_jax.export --workdir $W/pretrain --output $W/backbone
 

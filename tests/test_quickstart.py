@@ -61,6 +61,7 @@ def test_quickstart_configs():
   assert pre.dataset.name == 'fashion_mnist' and pre.total_steps > ft.total_steps
   # the backbone is plain; the fine-tuned run is the library's recommended tpm (docs/RESULTS.md)
   assert (pre.multiscale.method, ft.multiscale.method, ft.reduction.prop_attn) == ('none', 'pool', True)
+  assert pre.model.pos_embed_init == 'sincos2d'  # the short from-scratch run learns much faster with it
   assert quickstart.get_config('method=drop').reduction.prop_attn is False
   assert quickstart.get_config('prop_attn=off,multiscale=none').reduction.prop_attn is False
 
