@@ -8,6 +8,8 @@ than the methods differ, so the paired change is the quantity to compare.
   python scripts/repro_tables.py [--main docs/results/fmnist_main/results.csv]
                                  [--ablation docs/results/fmnist_ablation/results.csv]
                                  [--recommended docs/results/fmnist_recommended/results.csv]
+  (a table whose file does not exist is left out; the second backbone's runs:
+   --main docs/results/fmnist_sincos2d_core/results.csv --recommended docs/results/fmnist_sincos2d_recommended/results.csv)
 """
 import argparse
 import csv
@@ -110,8 +112,9 @@ def main():
   main_rows = _rows(args.main)
   print('Main comparison\n')
   print(main_table(main_rows))
-  print('\nAblations\n')
-  print(ablation_table(_rows(args.ablation), main_rows))
+  if os.path.exists(args.ablation):
+    print('\nAblations\n')
+    print(ablation_table(_rows(args.ablation), main_rows))
   if os.path.exists(args.recommended):
     print('\nThe library\'s defaults\n')
     print(recommended_table(_rows(args.recommended), main_rows))

@@ -2,7 +2,9 @@
 # The CPU-scale reproduction of docs/RESULTS.md, exactly as it was run (2 CPU cores).
 # Resumable: run it again and finished runs are skipped (the sweep looks for final.json), an
 # interrupted run resumes from its last checkpoint. Results land in workdirs/repro/*/results.md.
-#   bash scripts/reproduce_fmnist.sh [main|ablation|recommended|all] [seeds, default 0,1,2]
+#   bash scripts/reproduce_fmnist.sh [main|ablation|recommended|all|core] [seeds, default 0,1,2]
+# core: the claims' key runs only (none; tpm, drop, evit, tome at keep 0.5; the library's tpm at 0.7 and 0.5),
+# for checking them on another backbone.
 # BACKBONE=sincos2d (in the environment) pretrains the backbone with the position embedding started
 # from a 2-D sin-cos table and lr 2e-3 (8e-3 per 512 images), into workdirs/repro_sincos2d/; the
 # default (BACKBONE=trunc_normal) is the first reproduction's backbone, into workdirs/repro/.
@@ -32,6 +34,13 @@ if [ "$PART" = main ] || [ "$PART" = all ]; then
   $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep method=none --workdir $W/main "${FT[@]}"
   $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep keep=0.7,0.5 \
       --sweep method=tpm,drop,evit,tome --workdir $W/main "${FT[@]}"
+fi
+if [ "$PART" = core ]; then
+  $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep method=none --workdir $W/core "${FT[@]}"
+  $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep keep=0.5 --sweep method=tpm,drop,evit,tome \
+      --workdir $W/core "${FT[@]}"
+  $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,multiscale=pool,prop_attn=on --sweep seed=$SEEDS \
+      --sweep keep=0.7,0.5 --workdir $W/recommended "${FT[@]}"
 fi
 if [ "$PART" = ablation ] || [ "$PART" = all ]; then
   # tpm at keep 0.5, one change at a time from (multiscale none, similarity keys, weight importance, prop_attn off)
