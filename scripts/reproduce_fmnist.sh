@@ -39,8 +39,6 @@ if [ "$PART" = core ]; then
   $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep method=none --workdir $W/core "${FT[@]}"
   $PY -m tpm_jax.sweep --config configs/fmnist.py --sweep seed=$SEEDS --sweep keep=0.5 --sweep method=tpm,drop,evit,tome \
       --workdir $W/core "${FT[@]}"
-  $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,multiscale=pool,prop_attn=on --sweep seed=$SEEDS \
-      --sweep keep=0.7,0.5 --workdir $W/recommended "${FT[@]}"
 fi
 if [ "$PART" = ablation ] || [ "$PART" = all ]; then
   # tpm at keep 0.5, one change at a time from (multiscale none, similarity keys, weight importance, prop_attn off)
@@ -49,7 +47,7 @@ if [ "$PART" = ablation ] || [ "$PART" = all ]; then
         --workdir $W/ablation "${FT[@]}" || FAILED=1  # a failed sweep does not stop the others
   done
 fi
-if [ "$PART" = recommended ] || [ "$PART" = all ]; then
+if [ "$PART" = recommended ] || [ "$PART" = all ] || [ "$PART" = core ]; then
   # the library's defaults, set from the two parts above: tpm with multi-scale pool fusion and prop_attn on
   $PY -m tpm_jax.sweep --config configs/fmnist.py:method=tpm,multiscale=pool,prop_attn=on --sweep seed=$SEEDS \
       --sweep keep=0.7,0.5 --workdir $W/recommended "${FT[@]}" || FAILED=1

@@ -301,7 +301,7 @@ IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 # Fields whose change makes an existing workdir's checkpoints a different run.
 RUN_IDENTITY_FIELDS = ('model', 'reduction', 'multiscale', 'dataset.name', 'dataset.image_folder', 'seed')
 # Fields added after runs were written: a config.json without one had its default.
-ADDED_FIELD_DEFAULTS = {'model.pos_embed_init': 'trunc_normal'}
+ADDED_FIELD_DEFAULTS = {'model.pos_embed_init': ViTConfig.pos_embed_init}
 
 
 def _positive_int(field, value):

@@ -84,12 +84,10 @@ def model_from_config(config, *, keep_rate=None, rngs=None) -> nnx.Module:
   """The model a training config (``configs/*.py``) describes: ``config.model``, ``config.reduction``
   and ``config.multiscale`` (``keep_rate`` overrides ``config.reduction.keep_rate``)."""
   m = config.model
-  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans')}
+  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans', 'pos_embed_init')}
   reduction = config.reduction.to_dict()
   if keep_rate is not None:
     reduction['keep_rate'] = keep_rate
-  if m.get('pos_embed_init'):
-    overrides['pos_embed_init'] = m.pos_embed_init
   return create_model(
       m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
       reduction=reduction, multiscale=config.multiscale.to_dict(), dtype=jnp.dtype(m.dtype),
