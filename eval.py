@@ -15,8 +15,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -50,6 +48,7 @@ def throughput(model, config, batch_size, runs):
 
 def main(argv):
   del argv
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
   import jax
   import tpm_jax
   from tpm_jax import export, sharding, trainer

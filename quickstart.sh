@@ -12,4 +12,5 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     || echo "[setup] apt could not install dataset-fashion-mnist; TFDS will try to download the files"
 fi
 cd "$ROOT"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"  # TensorFlow's C++ log level
 exec "$PY" -m tpm_jax.quickstart "$@"

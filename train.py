@@ -9,8 +9,6 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 from absl import flags
 from ml_collections import config_flags
 
@@ -25,6 +23,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
   from tpm_jax import distributed, trainer
   F = flags.FLAGS
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)

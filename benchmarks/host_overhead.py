@@ -16,7 +16,6 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax
 from flax import nnx

@@ -47,7 +47,6 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import flax
 import jax
@@ -59,7 +58,8 @@ from configs import deit
 from tpm_jax import count_flops, sharding, trainer
 from tpm_jax.models.registry import model_from_config
 
-TARGET_BATCH = 32
+TARGET_BATCH = 32      # CPU targets
+GPU_TARGET_BATCH = 256  # GPU targets
 
 
 def parse_setting(s):
@@ -71,10 +71,11 @@ def parse_setting(s):
   return dict(name=s, method=method, multiscale=multiscale or 'none', value=value, arg=arg)
 
 
-def make_config(model, setting, img_size, train_batch):
+def make_config(model, setting, img_size, train_batch, dtype='float32'):
   c = deit.get_config(f'model={model},{setting["arg"]}')
   c.model.img_size = img_size or c.model.img_size
-  c.batch_size = train_batch
+  c.model.dtype = dtype
+  c.batch_size = max(train_batch, 1)
   return c
 
 
@@ -90,10 +91,10 @@ def aot(jitted, *args):
   """(compiled, seconds to lower + compile)."""
   t = time.perf_counter()
   compiled = jitted.lower(*args).compile()
-  return compiled, time.perf_counter() - t
+  return compiled, round(time.perf_counter() - t, 2)
 
 
-def jax_runner(c, setting, batches):
+def jax_runner(c, setting, batches, train=True):
   """Compiles the forward at every batch and the train step; returns the row and its timed calls."""
   rs = np.random.RandomState(0)
   size = c.model.img_size
@@ -107,9 +108,15 @@ def jax_runner(c, setting, batches):
     fwd, compile_s[f'forward@{b}'] = aot(forward, state, x)
     calls[f'infer@{b}'] = lambda fwd=fwd, x=x: fwd(state, x).block_until_ready()
   mem['forward'] = memory_mb(fwd)  # the largest batch (batches are sorted)
+  mem['train'] = None
+  row = dict(framework='jax', model=c.model.name, setting=setting['name'], dtype=c.model.dtype,
+             analytic_gmacs=round(flops['analytic_gmacs'], 4), xla_gflops=round(flops['xla_gflops'], 4),
+             compile_s=compile_s, peak_memory_mb=mem)
+  if not train:
+    return row, calls
 
   schedule = trainer.learning_rate_schedule(c, 1000, 100)
-  graphdef, tstate = nnx.split(trainer.build_train_graph(c, schedule, load_weights=False))
+  graphdef, tstate = nnx.split(trainer.build_train_graph(c, schedule))
   mesh = sharding.make_mesh(c.mesh)
   state_sh, batch_sh, repl = sharding.state_shardings(tstate, mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)
   box = dict(state=sharding.to_global(tstate, state_sh))
@@ -126,9 +133,6 @@ def jax_runner(c, setting, batches):
     box['state'], metrics = compiled(box['state'], batch, rng)
     jax.block_until_ready((box['state'], metrics))
   calls[f'train@{n}'] = train_call
-  row = dict(framework='jax', model=c.model.name, setting=setting['name'], analytic_gmacs=round(flops['analytic_gmacs'], 4),
-             xla_gflops=round(flops['xla_gflops'], 4), compile_s={k: round(v, 2) for k, v in compile_s.items()},
-             peak_memory_mb=mem)
   return row, calls
 
 
@@ -137,9 +141,10 @@ def jax_runner(c, setting, batches):
 # ------------------------------------------------------------------------------------------------
 def evit_block_class(torch):
   class EViTBlock(torch.nn.Module):
-    """A timm Block with EViT's token reorganisation between attention and MLP: attention computed
-    explicitly (its CLS row is needed), the top k = ceil(keep * M) patch tokens by CLS attention
-    (head mean) kept, the other patch tokens fused into one token weighted by that attention."""
+    """A timm Block with EViT's token reorganisation between attention and MLP, as this library does
+    it: attention through torch's fused SDPA, the CLS row of the probabilities computed on its own
+    from the CLS query and the keys; the top k = ceil(keep * M) patch tokens by CLS attention (head
+    mean) kept, the other patch tokens fused into one token weighted by that attention."""
 
     def __init__(self, block, keep):
       super().__init__()
@@ -149,21 +154,28 @@ def evit_block_class(torch):
       blk, att = self.block, self.block.attn
       B, N, C = x.shape
       q, k, v = att.qkv(blk.norm1(x)).reshape(B, N, 3, att.num_heads, att.head_dim).permute(2, 0, 3, 1, 4)
-      attn = ((q * att.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, heads, N, N)
-      x = x + blk.drop_path1(blk.ls1(att.proj((attn @ v).transpose(1, 2).reshape(B, N, C))))
-      cls_attn = attn[:, :, 0, 1:].mean(dim=1)  # (B, M): importance of each patch token
+      out = torch.nn.functional.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+      x = x + blk.drop_path1(blk.ls1(att.proj(out.transpose(1, 2).reshape(B, N, C))))
+      cls_row = ((q[:, :, :1].float() * att.scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)  # (B, heads, 1, N)
+      cls_attn = cls_row[:, :, 0, 1:].mean(dim=1)  # (B, M): importance of each patch token
       order, k = cls_attn.argsort(dim=1, descending=True), math.ceil(self.keep * (N - 1))
       top, rest = order[:, :k], order[:, k:]
       patches = x[:, 1:]
       take = lambda idx: patches.gather(1, idx[..., None].expand(-1, -1, C))
-      fused = (take(rest) * cls_attn.gather(1, rest)[..., None]).sum(dim=1, keepdim=True)
+      fused = (take(rest) * cls_attn.gather(1, rest)[..., None].to(x.dtype)).sum(dim=1, keepdim=True)
       x = torch.cat([x[:, :1], take(top), fused], dim=1)
       return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
   return EViTBlock
 
 
-def torch_peak_mb(torch, fn):
-  """Peak of the profiler's memory timeline over one call (None if the profiler cannot tell)."""
+def torch_peak_mb(torch, fn, device):
+  """Peak memory of one call: on a GPU torch's allocator peak (minus what was allocated before);
+  on the CPU the profiler's memory timeline (None if the profiler cannot tell)."""
+  if device == 'cuda':
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    return round(torch.cuda.max_memory_allocated() / 2 ** 20, 1)
   from torch.profiler import ProfilerActivity, profile
   try:
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
@@ -178,36 +190,47 @@ def torch_peak_mb(torch, fn):
     return None
 
 
-def torch_runner(timm, torch, c, setting, batches, gmacs):
+def torch_runner(timm, torch, c, setting, batches, gmacs, device, train=True):
+  """timm's model on ``device`` (SDPA attention, timm's default); bfloat16 rows run under
+  ``torch.autocast``. Every call ends with the device synchronised."""
   rs = np.random.RandomState(0)
   size, n = c.model.img_size, c.batch_size
   m = timm.create_model(c.model.name, img_size=size, num_classes=c.model.num_classes, drop_path_rate=c.model.drop_path_rate)
   if setting['method'] == 'evit':
     for i in (3, 6, 9):
       m.blocks[i] = evit_block_class(torch)(m.blocks[i], float(setting['value']))
+  m = m.to(device)
   opt = torch.optim.AdamW(m.parameters(), lr=c.optim.lr * n / 512, weight_decay=c.optim.weight_decay)
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=c.model.dtype == 'bfloat16')
+  sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
   calls = {}
 
   def infer(x):
     m.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast():
       m(x)
+    sync()
   for b in batches:
-    x = torch.from_numpy(rs.randn(b, 3, size, size).astype(np.float32))
+    x = torch.from_numpy(rs.randn(b, 3, size, size).astype(np.float32)).to(device)
     calls[f'infer@{b}'] = lambda x=x: infer(x)
-  images = torch.from_numpy(rs.randn(n, 3, size, size).astype(np.float32))
-  labels = torch.from_numpy(rs.randint(0, c.model.num_classes, n))
+  if train:
+    images = torch.from_numpy(rs.randn(n, 3, size, size).astype(np.float32)).to(device)
+    labels = torch.from_numpy(rs.randint(0, c.model.num_classes, n)).to(device)
 
-  def train_call():
-    m.train()
-    opt.zero_grad(set_to_none=True)
-    torch.nn.functional.cross_entropy(m(images), labels).backward()
-    opt.step()
-  calls[f'train@{n}'] = train_call
+    def train_call():
+      m.train()
+      opt.zero_grad(set_to_none=True)
+      with autocast():
+        loss = torch.nn.functional.cross_entropy(m(images), labels)
+      loss.backward()
+      opt.step()
+      sync()
+    calls[f'train@{n}'] = train_call
   for fn in calls.values():  # warm-up (also creates AdamW's state before the memory timeline)
     fn()
-  mem = dict(forward=torch_peak_mb(torch, calls[f'infer@{batches[-1]}']), train=torch_peak_mb(torch, train_call))
-  row = dict(framework='torch', model=c.model.name, setting=setting['name'], analytic_gmacs=gmacs,
+  mem = dict(forward=torch_peak_mb(torch, calls[f'infer@{batches[-1]}'], device),
+             train=torch_peak_mb(torch, calls[f'train@{n}'], device) if train else None)
+  row = dict(framework='torch', model=c.model.name, setting=setting['name'], dtype=c.model.dtype, analytic_gmacs=gmacs,
              xla_gflops=None, compile_s=None, peak_memory_mb=mem)
   return row, calls
 
@@ -221,12 +244,12 @@ def ratio(num_times, den_times):
 
 
 def summarise(rows, times):
-  by = {(r['framework'], r['model'], r['setting']): r for r in rows}
+  by = {(r['framework'], r['model'], r['dtype'], r['setting']): r for r in rows}
   for r in rows:
-    key = (r['framework'], r['model'], r['setting'])
-    base = times.get((r['framework'], r['model'], 'none'))
-    torch_times = times.get(('torch', r['model'], r['setting'])) if r['framework'] == 'jax' else None
-    base_gmacs = by[(r['framework'], r['model'], 'none')]['analytic_gmacs'] if base else None
+    fw, model, dtype, setting = key = (r['framework'], r['model'], r['dtype'], r['setting'])
+    base = times.get((fw, model, dtype, 'none'))
+    torch_times = times.get(('torch', model, dtype, setting)) if fw == 'jax' else None
+    base_gmacs = by[(fw, model, dtype, 'none')]['analytic_gmacs'] if base else None
     r['measured'] = {}
     for q, ts in times[key].items():
       n = int(q.split('@')[1])
@@ -234,24 +257,60 @@ def summarise(rows, times):
                times_s=[round(t, 5) for t in ts])
       if base is not None:
         d['speedup'] = ratio(base[q], ts)
-        d['efficiency'] = round(d['speedup'] / (base_gmacs / r['analytic_gmacs']), 3)
+        d['flops_bound'] = round(base_gmacs / r['analytic_gmacs'], 3)
+        d['efficiency'] = round(d['speedup'] / d['flops_bound'], 3)
       if torch_times is not None:
         d['jax_over_torch'] = ratio(torch_times[q], ts)
       r['measured'][q] = d
 
 
-def check_targets(rows, times, train_batch):
+def target_list(backend, train_batch):
+  """(dtype, name, numerator, denominator, goal, kind): a throughput ratio numerator-time /
+  denominator-time (so > 1 means the denominator is faster), or a memory ratio. Keys are
+  (framework, setting, quantity)."""
+  if backend == 'gpu':
+    b, dt = GPU_TARGET_BATCH, 'bfloat16'
+    inf = f'infer@{b}'
+    return [
+        (dt, f'JAX none / PyTorch timm none, inference, bf16 batch {b}', ('torch', 'none', inf), ('jax', 'none', inf), 1.0, 'speed'),
+        (dt, f'tpm:0.7 / JAX none, inference, bf16 batch {b}', ('jax', 'none', inf), ('jax', 'tpm:0.7', inf), 1.4, 'speed'),
+        (dt, f'JAX tpm:0.7 / PyTorch timm + EViT 0.7, inference, bf16 batch {b}', ('torch', 'evit:0.7', inf),
+         ('jax', 'tpm:0.7', inf), 1.2, 'speed')]
+  inf, tr = f'infer@{TARGET_BATCH}', f'train@{train_batch}'
+  dt = 'float32'
+  return [
+      (dt, f'JAX none / PyTorch timm none, inference, batch {TARGET_BATCH}', ('torch', 'none', inf), ('jax', 'none', inf), 0.95, 'speed'),
+      (dt, f'JAX none / PyTorch timm none, train step, batch {train_batch}', ('torch', 'none', tr), ('jax', 'none', tr), 0.8, 'speed'),
+      (dt, f'JAX none / PyTorch timm none, peak train memory, batch {train_batch}', ('jax', 'none', 'train'),
+       ('torch', 'none', 'train'), 1.25, 'memory'),
+      (dt, f'JAX tpm:0.7 / PyTorch timm + EViT 0.7, inference, batch {TARGET_BATCH}', ('torch', 'evit:0.7', inf),
+       ('jax', 'tpm:0.7', inf), 1.0, 'speed'),
+      (dt, f'tpm:0.7 inference speedup over none, batch {TARGET_BATCH}', ('jax', 'none', inf), ('jax', 'tpm:0.7', inf), 1.45, 'speed'),
+      (dt, f'tpm:0.7 inference throughput / drop:0.7, batch {TARGET_BATCH}', ('jax', 'drop:0.7', inf), ('jax', 'tpm:0.7', inf), 0.95, 'speed'),
+      (dt, f'tpm:0.7 train-step speedup over none, batch {train_batch}', ('jax', 'none', tr), ('jax', 'tpm:0.7', tr), 1.35, 'speed')]
+
+
+def check_targets(rows, times, train_batch, backend):
+  """Every target whose quantities were measured (DeiT-S only, as the issue states them)."""
   out = []
-  for model in sorted({r['model'] for r in rows}):
-    t = lambda s, q: times.get(('jax', model, s), {}).get(q)
-    inf, tr = f'infer@{TARGET_BATCH}', f'train@{train_batch}'
-    for name, num, den, goal in [
-        (f'tpm:0.7 inference speedup over none, batch {TARGET_BATCH}', t('none', inf), t('tpm:0.7', inf), 1.45),
-        (f'tpm:0.7 inference throughput / drop:0.7, batch {TARGET_BATCH}', t('drop:0.7', inf), t('tpm:0.7', inf), 0.95),
-        (f'tpm:0.7 train-step speedup over none, batch {train_batch}', t('none', tr), t('tpm:0.7', tr), 1.35)]:
-      value = ratio(num, den) if num and den else None
-      out.append(dict(model=model, target=name, goal=f'>= {goal}', measured=value,
-                      status='not measured' if value is None else 'met' if value >= goal else 'missed'))
+  by = {(r['framework'], r['model'], r['dtype'], r['setting']): r for r in rows}
+  model = 'deit_small_patch16_224'
+  for dtype, name, num, den, goal, kind in target_list(backend, train_batch):
+    if kind == 'memory':
+      get = lambda k: (by.get((k[0], model, dtype, k[1])) or {}).get('peak_memory_mb', {}).get(k[2])
+      a, b = get(num), get(den)
+      value = round(a / b, 3) if a and b else None
+      ok = value is not None and value <= goal
+      goal_s = f'<= {goal}'
+    else:
+      t = lambda k: times.get((k[0], model, dtype, k[1]), {}).get(k[2])
+      a, b = t(num), t(den)
+      value = ratio(a, b) if a and b else None
+      ok = value is not None and value >= goal
+      goal_s = f'>= {goal}'
+    if value is None:
+      continue
+    out.append(dict(model=model, dtype=dtype, target=name, goal=goal_s, measured=value, status='met' if ok else 'missed'))
   return out
 
 
@@ -261,36 +320,41 @@ def fmt(v, nd=2):
 
 def markdown(result):
   m = result['machine']
+  device = m.get('device') or f'{m["cpu"]}, {m["cores"]} cores'
   lines = [f'# Throughput ({m["date"]})', '', f'`{result["command"]}`', '',
-           f'{m["cpu"]}, {m["cores"]} cores, load average at start {m["load_average_at_start"]}; '
+           f'{device} ({m["backend"]}), load average at start {m["load_average_at_start"]}; '
            f'jax {m["jax"]}, flax {m["flax"]}, torch {m["torch"]}, timm {m["timm"]}; {result["repeats"]} rounds.', '',
-           '| framework | model | setting | quantity | images/s (median) | min - max | speedup | efficiency | JAX/torch |',
-           '|---|---|---|---|---|---|---|---|---|']
+           'speedup: over the same framework\'s unpruned model (same dtype); bound: the FLOPs ratio (GMACs of none / of '
+           'the setting); efficiency: speedup / bound; JAX/torch: JAX images/s over PyTorch timm\'s for the same setting.', '',
+           '| framework | model | dtype | setting | quantity | images/s (median) | min - max | speedup | bound | efficiency | JAX/torch |',
+           '|---|---|---|---|---|---|---|---|---|---|---|']
   for r in result['rows']:
     for q, d in r['measured'].items():
-      lines.append(f'| {r["framework"]} | {r["model"]} | {r["setting"]} | {q} | {d["images_per_s"]:.1f} | '
-                   f'{d["min"]:.1f} - {d["max"]:.1f} | {fmt(d.get("speedup"))} | {fmt(d.get("efficiency"))} | '
-                   f'{fmt(d.get("jax_over_torch"))} |')
-  lines += ['', '| framework | model | setting | GMACs | XLA GFLOPs | compile s | peak MB forward (largest batch) | peak MB train |',
-            '|---|---|---|---|---|---|---|---|']
+      lines.append(f'| {r["framework"]} | {r["model"]} | {r["dtype"]} | {r["setting"]} | {q} | {d["images_per_s"]:.1f} | '
+                   f'{d["min"]:.1f} - {d["max"]:.1f} | {fmt(d.get("speedup"))} | {fmt(d.get("flops_bound"))} | '
+                   f'{fmt(d.get("efficiency"))} | {fmt(d.get("jax_over_torch"))} |')
+  lines += ['', '| framework | model | dtype | setting | GMACs | XLA GFLOPs | compile s | peak MB forward (largest batch) | peak MB train |',
+            '|---|---|---|---|---|---|---|---|---|']
   for r in result['rows']:
     comp = ', '.join(f'{k} {v:.1f}' for k, v in (r['compile_s'] or {}).items())
-    lines.append(f'| {r["framework"]} | {r["model"]} | {r["setting"]} | {fmt(r["analytic_gmacs"], 3)} | '
+    lines.append(f'| {r["framework"]} | {r["model"]} | {r["dtype"]} | {r["setting"]} | {fmt(r["analytic_gmacs"], 3)} | '
                  f'{fmt(r["xla_gflops"], 3)} | {comp} | {fmt(r["peak_memory_mb"]["forward"], 1)} | '
                  f'{fmt(r["peak_memory_mb"]["train"], 1)} |')
-  lines += ['', '| model | target | goal | measured | status |', '|---|---|---|---|---|']
-  lines += [f'| {t["model"]} | {t["target"]} | {t["goal"]} | {fmt(t["measured"], 3)} | {t["status"]} |'
+  lines += ['', '| model | dtype | target | goal | measured | status |', '|---|---|---|---|---|---|']
+  lines += [f'| {t["model"]} | {t["dtype"]} | {t["target"]} | {t["goal"]} | {fmt(t["measured"], 3)} | {t["status"]} |'
             for t in result['targets']]
   return '\n'.join(lines) + '\n'
 
 
-def machine(torch, timm):
+def machine(torch, timm, device):
   cpu = platform.processor()
   if os.path.exists('/proc/cpuinfo'):
     with open('/proc/cpuinfo') as f:
       cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
+  d = jax.devices()[0]
   return dict(cpu=cpu, cores=os.cpu_count(), load_average_at_start=[round(x, 2) for x in os.getloadavg()],
-              jax=jax.__version__, flax=flax.__version__, numpy=np.__version__,
+              backend=jax.default_backend(), device=None if d.platform == 'cpu' else d.device_kind,
+              torch_device=device, jax=jax.__version__, flax=flax.__version__, numpy=np.__version__,
               torch=getattr(torch, '__version__', None), timm=getattr(timm, '__version__', None),
               torch_threads=torch.get_num_threads() if torch else None,
               date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), python=platform.python_version())
@@ -300,8 +364,9 @@ def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--models', default='deit_small_patch16_224')
   p.add_argument('--settings', default='none,tpm:0.7,drop:0.7,evit:0.7')
+  p.add_argument('--dtypes', default='float32', help='float32,bfloat16: JAX compute dtype; torch autocast for bfloat16')
   p.add_argument('--batches', default='1,32,128')
-  p.add_argument('--train_batch', type=int, default=32)
+  p.add_argument('--train_batch', type=int, default=32, help='0: no train step')
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--min_time', type=float, default=1.0, help='seconds of calls per timed block (short calls repeat)')
   p.add_argument('--img_size', type=int, default=None, help='default: the model\'s')
@@ -309,33 +374,40 @@ def main():
   p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'throughput'))
   args = p.parse_args()
   settings = [parse_setting(s) for s in args.settings.split(',')]
+  dtypes = args.dtypes.split(',')
   batches = sorted(int(b) for b in args.batches.split(','))
+  train = args.train_batch > 0
   torch = timm = None
+  device = 'cpu'
   if not args.no_torch:
     from tpm_jax.torch_compat import import_timm
     timm = import_timm()
     import torch
-  facts = machine(torch, timm)
-  if facts['load_average_at_start'][0] > 0.5 * facts['cores']:
+    if jax.default_backend() == 'gpu' and torch.cuda.is_available():
+      device = 'cuda'
+  facts = machine(torch, timm, device)
+  if facts['backend'] == 'cpu' and facts['load_average_at_start'][0] > 0.5 * facts['cores']:
     print(f'warning: load average {facts["load_average_at_start"][0]} on {facts["cores"]} cores: other work will '
           'distort the timings (torch\'s threads suffer most)', file=sys.stderr)
 
   rows, runners = [], []  # runners: (key, calls)
   for model in args.models.split(','):
-    for s in settings:
-      c = make_config(model, s, args.img_size, args.train_batch)
-      print(f'compiling jax {model} {s["name"]}', flush=True)
-      row, calls = jax_runner(c, s, batches)
-      rows.append(row)
-      runners.append((('jax', model, s['name']), calls))
-    if timm is None or not timm.is_model(model):
-      continue
-    for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none']:
-      print(f'preparing torch {model} {s["name"]}', flush=True)
-      gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s['name'])
-      row, calls = torch_runner(timm, torch, make_config(model, s, args.img_size, args.train_batch), s, batches, gmacs)
-      rows.append(row)
-      runners.append((('torch', model, s['name']), calls))
+    for dtype in dtypes:
+      for s in settings:
+        c = make_config(model, s, args.img_size, args.train_batch, dtype)
+        print(f'compiling jax {model} {dtype} {s["name"]}', flush=True)
+        row, calls = jax_runner(c, s, batches, train)
+        rows.append(row)
+        runners.append((('jax', model, dtype, s['name']), calls))
+      if timm is None or not timm.is_model(model):
+        continue
+      for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none']:
+        print(f'preparing torch {model} {dtype} {s["name"]}', flush=True)
+        gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s['name'])
+        row, calls = torch_runner(timm, torch, make_config(model, s, args.img_size, args.train_batch, dtype), s, batches,
+                                  gmacs, device, train)
+        rows.append(row)
+        runners.append((('torch', model, dtype, s['name']), calls))
 
   # First runs (JAX: after compilation) outside the timings; they also size each timed block: a
   # quantity whose call is short is called reps times in a row (at least --min_time seconds) and
@@ -361,12 +433,12 @@ def main():
 
   summarise(rows, times)
   result = dict(command=shlex.join([sys.executable] + sys.argv), machine=facts, repeats=args.repeats,
-                settings=args.settings, batches=batches, train_batch=args.train_batch,
+                settings=args.settings, dtypes=dtypes, batches=batches, train_batch=args.train_batch,
                 notes=dict(peak_memory='JAX: XLA memory_analysis arguments + outputs - donated aliases + temporaries; '
                                        'torch: profiler memory timeline peak of one call; MiB',
                            torch_train_step='forward + cross-entropy + backward + AdamW; JAX: the project step '
                                             '(also normalisation, mixup/cutmix, label smoothing on device)'),
-                rows=rows, targets=check_targets(rows, times, args.train_batch))
+                rows=rows, targets=check_targets(rows, times, args.train_batch, facts['backend']))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out + '.json', 'w') as f:
     json.dump(result, f, indent=2)

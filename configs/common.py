@@ -114,6 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_steps = 1000
   c.checkpoint_every_steps = 1000
   c.keep_checkpoints = 3
+  c.preemption_check_every_steps = 10  # several processes: agree on a SIGTERM every N steps (a collective)
   c.progress = 'auto'              # auto | bar | lines | off
   c.overwrite = False              # start over in a workdir that holds a run with another config
   return c
@@ -157,6 +158,7 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   c.model.name = 'vit_custom'
   c.model.img_size, c.model.patch_size, c.model.embed_dim, c.model.depth, c.model.num_heads = 32, 4, 48, 4, 3
   c.model.drop_path_rate = 0.0
+  c.model.dtype = 'float32'  # a CPU run
   c.reduction.locations = '1,2'
   c.batch_size = 16
   c.total_steps = 6

@@ -20,6 +20,7 @@ from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noq
 def get_config(arg=None):
   a = parse_arg(arg, **RECIPE_ARGS)
   c = base_config()
+  c.model.dtype = 'bfloat16'  # mixed precision on accelerators: bfloat16 compute, float32 parameters
   c.num_epochs = 30.0
   c.batch_size = 1024
   c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs, c.optim.weight_decay = 2e-5, 2e-6, 0.0, 1e-6

@@ -16,7 +16,8 @@ CPU reproduction in docs/RESULTS.md and of the quickstart (configs/quickstart.py
 Arg string (all optional): stage=pretrain|finetune, method=none|tpm|evit|drop|tome, keep=<float>,
 r=<int> (ToMe; default: as many tokens per location as ``keep`` removes), multiscale=none|pool|cross
 (default none), similarity=keys|tokens, weight=importance|size|uniform, prop_attn=on|off (default
-on for tome, off otherwise), epochs=<float>, width=<int>, depth=<int>, seed=<int>,
+on for tome, off otherwise), epochs=<float>, width=<int>, depth=<int>, patch=<int> (default 2: a 14x14
+grid), crop_min=<float> (random resized crop's smallest area, default 0.6), seed=<int>,
 pos_embed_init=trunc_normal|sincos2d (how the learned position embedding starts), smoke.
 The defaults are the reproduction's base as it was run, pinned here so that its runs stay what
 docs/RESULTS.md reports; the library's defaults, set from those results, are multiscale pool (in
@@ -42,14 +43,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
 
 ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
-            width=64, depth=4, pos_embed_init='trunc_normal')
+            width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
 
 
 def get_config(arg=None):
   a = parse_arg(arg, **ARGS)
   c = base_config()
   m = c.model
-  m.name, m.num_classes, m.img_size, m.patch_size, m.in_chans = 'vit_custom', 10, 28, 2, 1
+  m.name, m.num_classes, m.img_size, m.patch_size, m.in_chans = 'vit_custom', 10, 28, a.patch, 1
   m.embed_dim, m.depth, m.num_heads = a.width, a.depth, max(1, a.width // 32)
   m.drop_path_rate = 0.0
   m.pos_embed_init = a.pos_embed_init  # only the start of a run from scratch; an init checkpoint replaces it
@@ -58,7 +59,7 @@ def get_config(arg=None):
   c.dataset.name = 'fashion_mnist'
   c.dataset.eval_split = 'test'
   c.dataset.shuffle_buffer = 60_000
-  c.aug.crop_scale = (0.6, 1.0)
+  c.aug.crop_scale = (a.crop_min, 1.0)
   c.aug.randaugment = ''
   c.aug.mixup = c.aug.cutmix = 0.0
   c.aug.eval_crop_pct = 1.0
@@ -83,7 +84,7 @@ def get_config(arg=None):
   if not a.prop_attn:  # the reproduction's base (see above), not the library's default
     c.reduction.prop_attn = c.reduction.method == 'tome'
   if c.reduction.method == 'tome' and a.r == 0:
-    c.reduction.r = ','.join(str(r) for r in _tome_r(c.reduction.keep_rate, len(_locations(a.depth)), 196))
+    c.reduction.r = ','.join(str(r) for r in _tome_r(c.reduction.keep_rate, len(_locations(a.depth)), (28 // a.patch) ** 2))
   return c
 
 

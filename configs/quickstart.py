@@ -26,8 +26,8 @@ from configs import fmnist  # noqa: E402
 from configs.common import parse_arg  # noqa: E402
 from tpm_jax.config import PROP_ATTN_METHODS  # noqa: E402
 
-ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=200,
-            finetune_steps=80, smoke=False)
+ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=1400,
+            finetune_steps=150, smoke=False)
 
 
 def get_config(arg=None):
@@ -36,15 +36,16 @@ def get_config(arg=None):
   method, multiscale = ('none', 'none') if pretrain else (a.method, a.multiscale)
   prop_attn = a.prop_attn or ('on' if method in PROP_ATTN_METHODS else 'off')  # the library's default
   c = fmnist.get_config(f'stage={a.stage},method={method},keep={a.keep},multiscale={multiscale},'
-                        f'prop_attn={prop_attn},seed={a.seed},pos_embed_init=sincos2d' + (',smoke' if a.smoke else ''))
+                        f'prop_attn={prop_attn},seed={a.seed},pos_embed_init=sincos2d,width=96,patch=4,crop_min=0.9'
+                        + (',smoke' if a.smoke else ''))
   c.batch_size = 64
   if a.stage == 'pretrain':
     c.total_steps = a.pretrain_steps
-    c.optim.lr, c.optim.warmup_epochs = 1.6e-2, 20 * 64 / 60_000  # 2e-3 at batch 64, 20 warmup steps
+    c.optim.lr, c.optim.warmup_epochs = 2.4e-2, 50 * 64 / 60_000  # 3e-3 at batch 64, 50 warmup steps
   else:
     c.total_steps = a.finetune_steps
     c.optim.lr = 2e-3                                            # 2.5e-4 at batch 64
-  c.dataset.eval_split = 'test[:2000]'
+  c.dataset.eval_split = 'test'  # all 10,000 test images
   c.log_every_steps = 20
   c.checkpoint_every_steps = c.total_steps
   if a.smoke:

@@ -8,10 +8,12 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import tpm_jax
 from configs import deit
-from tpm_jax import export, trainer
+
+from tpm_jax import export, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,7 +63,11 @@ def test_init_from_an_export(trained, tmp_path):
   export.export(str(tmp / 'run'), str(out))
   c = deit.get_config('smoke')
   c.init.checkpoint = str(out)
-  model, *_ = trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 1, 1))
+  schedule = trainer.learning_rate_schedule(c, 1, 1)
+  # the trainer's jitted, sharded init, with the export's weights as its argument
+  mesh = sharding.make_mesh(c.mesh)
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(c, schedule)))
+  model, *_ = nnx.merge(graphdef, trainer.init_state(c, schedule, mesh, sharding.state_shardings(abstract, mesh)))
   x = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
   np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(tpm_jax.load_model(str(out))(x)))
 

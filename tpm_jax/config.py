@@ -334,6 +334,7 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     _fail('total_steps', config.total_steps, 'a positive number of steps, or num_epochs > 0')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _positive_int(field, config.get(field))
+  _positive_int('preemption_check_every_steps', config.get('preemption_check_every_steps', 10))
   if config.get('keep_warmup_stages', 1) < 1:
     _fail('keep_warmup_stages', config.keep_warmup_stages, 'an int >= 1')
 

@@ -39,7 +39,7 @@ def restore_from_workdir(workdir: str, step: int | None = None):
   from tpm_jax.checkpoint import Checkpointer
   config = read_config(os.path.join(workdir, 'config.json'))
   schedule = trainer.learning_rate_schedule(config, 1, 1)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(config, schedule, load_weights=False)))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(config, schedule)))
   ckpt = Checkpointer(workdir, keep=max(1, config.get('keep_checkpoints', 1)))
   abstract = _replicated_on_one_device(abstract)
   if step is None:

@@ -23,9 +23,6 @@ import statistics
 import sys
 import time
 
-os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # TF must not take a GPU from JAX
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

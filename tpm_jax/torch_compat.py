@@ -16,10 +16,29 @@ def define_missing_torchvision_ops():
     return
   except (AttributeError, RuntimeError):
     pass
+  if _load_torchvision_ops(torch):  # a torchvision built for this torch (e.g. a CUDA machine's)
+    return
   _LIB = torch.library.Library('torchvision', 'DEF')
   for schema in ('nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor',
                  'qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor'):
     _LIB.define(schema)
+
+
+def _load_torchvision_ops(torch) -> bool:
+  """Load torchvision's C++ ops library without importing torchvision; False if it does not load."""
+  import glob
+  import importlib.util
+  spec = importlib.util.find_spec('torchvision')
+  if spec is None or not spec.submodule_search_locations:
+    return False
+  for path in glob.glob(os.path.join(list(spec.submodule_search_locations)[0], '_C*.so')):
+    try:
+      torch.ops.load_library(path)
+      torch.ops.torchvision.nms  # noqa: B018
+      return True
+    except (OSError, AttributeError, RuntimeError):
+      pass
+  return False
 
 
 def import_timm():

@@ -72,16 +72,29 @@ def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]
   return [(1 + (i * warm_steps) // (n - 1), rate(i)) for i in range(n)]
 
 
-def build_train_graph(config, schedule, *, load_weights=True, keep_rate=None):
-  """(model, optimizer, teacher, ema): the teacher is the unpruned backbone with the same initial
-  weights, frozen (``config.distill.alpha`` > 0); ema a copy of the model whose parameters follow
-  an exponential moving average (``config.optim.ema_decay`` > 0). Either is None when off."""
-  model = model_from_config(config, keep_rate=keep_rate)
-  if load_weights and config.init.get('timm_checkpoint'):
+def initial_params(config):
+  """The model parameters ``config.init`` asks for (timm weights, then an export of this project),
+  as an ``nnx.State`` of the model's parameters; None when the run starts from random weights."""
+  if not (config.init.get('timm_checkpoint') or config.init.get('checkpoint')):
+    return None
+  model = model_from_config(config)
+  if config.init.get('timm_checkpoint'):
     tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
-  if load_weights and config.init.get('checkpoint'):  # an export of this project (python -m tpm_jax.export)
+  if config.init.get('checkpoint'):  # an export of this project (python -m tpm_jax.export)
     from tpm_jax.export import load_params_into
     load_params_into(model, config.init.checkpoint)
+  return nnx.state(model, nnx.Param)
+
+
+def build_train_graph(config, schedule, *, params=None, keep_rate=None):
+  """(model, optimizer, teacher, ema), the model's parameters set to ``params`` when given (see
+  ``initial_params``): the teacher is the unpruned backbone with the same initial weights, frozen
+  (``config.distill.alpha`` > 0); ema a copy of the model whose parameters follow an exponential
+  moving average (``config.optim.ema_decay`` > 0). Either is None when off. Pure given ``params``,
+  so it runs inside ``jax.jit`` (``init_state``) and under ``nnx.eval_shape``."""
+  model = model_from_config(config, keep_rate=keep_rate)
+  if params is not None:
+    nnx.update(model, params)
   optimizer = nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
   teacher = ema = None
   if config.distill.alpha > 0:
@@ -125,15 +138,25 @@ def make_train_step(config, graphdef, num_classes):
     if k == 1:
       (loss, logits), grads = grad_fn(model, images, targets, teacher_logits)
       correct = (jnp.argmax(logits, -1) == batch['label']).mean()
-    else:  # gradient accumulation: k micro-batches, unrolled, averaged
-      micro = lambda a, i: None if a is None else a.reshape(k, a.shape[0] // k, *a.shape[1:])[i]
-      loss, correct, grads = 0.0, 0.0, None
-      for i in range(k):
-        (l, logits), g = grad_fn(model, micro(images, i), micro(targets, i), micro(teacher_logits, i))
-        loss += l / k
-        correct += (jnp.argmax(logits, -1) == micro(batch['label'], i)).mean() / k
-        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-      grads = jax.tree.map(lambda g: g / k, grads)
+    else:  # gradient accumulation: a scan over k micro-batches (the graph does not grow with k), averaged
+      micro = lambda a: None if a is None else a.reshape(k, a.shape[0] // k, *a.shape[1:])
+      model_def, model_state = nnx.split(model)  # the model's rng counts advance inside the scan
+
+      def accumulate(carry, xs):
+        model_state, grads, loss, correct = carry
+        images, targets, teacher_logits, labels = xs
+        m = nnx.merge(model_def, model_state)
+        (l, logits), g = grad_fn(m, images, targets, teacher_logits)
+        grads = jax.tree.map(jnp.add, grads, g)
+        correct = correct + (jnp.argmax(logits, -1) == labels).mean()
+        return (nnx.state(m), grads, loss + l, correct), None
+
+      zeros = jax.tree.map(jnp.zeros_like, nnx.state(model, nnx.Param))
+      (model_state, grads, loss, correct), _ = jax.lax.scan(
+          accumulate, (model_state, zeros, jnp.zeros(()), jnp.zeros(())),
+          (micro(images), micro(targets), micro(teacher_logits), micro(batch['label'])))
+      nnx.update(model, model_state)
+      grads, loss, correct = jax.tree.map(lambda g: g / k, grads), loss / k, correct / k
     optimizer.update(model, grads)
     if ema is not None:
       nnx.update(ema, jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
@@ -246,13 +269,10 @@ def train_and_evaluate(config, workdir: str):
   num_classes = config.model.num_classes
   channels = config.model.get('in_chans') or 3
 
-  # Build abstractly, shard, then materialise straight into the shardings.
-  def build(load_weights, keep_rate=None):
-    return build_train_graph(config, schedule, load_weights=load_weights, keep_rate=keep_rate)
-
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build(False)))
+  # Build abstractly, shard, then materialise straight into the shardings (a jitted init).
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build_train_graph(config, schedule)))
   state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
-  state = sharding.to_global(nnx.state(build(True)), state_sh)
+  state = init_state(config, schedule, mesh, state_sh)
 
   # Only now, with everything checked and built, does the workdir get written.
   if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
@@ -276,7 +296,7 @@ def train_and_evaluate(config, workdir: str):
     i = max(j for j, (first, _) in enumerate(stages) if first <= step)
     if i not in compiled_steps:
       keep = stages[i][1]
-      g = graphdef if keep is None else nnx.graphdef(nnx.eval_shape(lambda: build(False, keep)))
+      g = graphdef if keep is None else nnx.graphdef(nnx.eval_shape(lambda: build_train_graph(config, schedule, keep_rate=keep)))
       compiled_steps[i] = jax.jit(make_train_step(config, g, num_classes), in_shardings=(state_sh, batch_sh, repl),
                                   out_shardings=(state_sh, repl), donate_argnums=0)
     return compiled_steps[i]
@@ -300,13 +320,13 @@ def train_and_evaluate(config, workdir: str):
   rng = jax.random.key(config.seed)
   final = dict(step=start)
   t_last, s_last = time.time(), start
-  with PreemptionNotice() as preemption:
+  with PreemptionNotice(config.get('preemption_check_every_steps', 10)) as preemption:
     for step in range(start + 1, total_steps + 1):
       batch = _global_batch(next(train_iter), mesh, batch_sh)
       state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
       log_now = step % config.log_every_steps == 0 or step == total_steps
       save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
-      stop_now = preemption.requested()
+      stop_now = preemption.requested(step)
       if log_now or save_now or stop_now:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(metrics['loss']):  # the last good checkpoint stays as it is
@@ -344,10 +364,14 @@ def train_and_evaluate(config, workdir: str):
 
 
 class PreemptionNotice:
-  """SIGTERM (a scheduler's preemption) sets a flag the loop checks after every step; with several
-  processes they agree on it, so all of them save the same step."""
+  """SIGTERM (a scheduler's preemption) sets a flag the loop checks after a step. One process reads
+  it after every step. Several processes must agree on the step they save, which takes a collective:
+  they compare flags every ``every_steps`` steps only (the same steps on all), so a preempted
+  multi-host run saves at most ``every_steps - 1`` steps after the signal, and the other steps run
+  no collective for it."""
 
-  def __init__(self):
+  def __init__(self, every_steps: int = 10):
+    self.every_steps = int(every_steps)
     self._flag = False
     self._previous = None
 
@@ -362,9 +386,11 @@ class PreemptionNotice:
     del signum, frame
     self._flag = True
 
-  def requested(self) -> bool:
+  def requested(self, step: int) -> bool:
     if jax.process_count() == 1:
       return self._flag
+    if step % self.every_steps:
+      return False
     from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
 
@@ -373,6 +399,18 @@ class PreemptionNotice:
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
+
+
+def init_state(config, schedule, mesh, state_sh):
+  """The train state (``build_train_graph``) materialised straight into ``state_sh`` by a jitted
+  init: no array of the optimizer, EMA or teacher passes through one device or the host. Weights
+  from ``config.init`` enter as the jitted function's argument, sharded like the parameters."""
+  params = initial_params(config)
+  init = lambda p: nnx.state(build_train_graph(config, schedule, params=p))
+  if params is None:
+    return jax.jit(lambda: init(None), out_shardings=state_sh)()
+  params_sh = sharding.state_shardings(params, mesh, fsdp_min_size=config.fsdp_min_size)
+  return jax.jit(init, in_shardings=(params_sh,), out_shardings=state_sh)(sharding.to_global(params, params_sh))
 
 
 def param_checksum(state, out_sharding):

@@ -12,9 +12,6 @@ from __future__ import annotations
 import math
 import os
 
-os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # TensorFlow must not take a GPU from JAX
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
 import numpy as np
 
 

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU checks, as run on the lent NVIDIA H100 (Python 3.12, JAX with CUDA, torch, timm; no
+# TensorFlow). From the repo root, with ml_collections' wheel in .whl/ and Fashion-MNIST's idx files
+# in .data/fashion-mnist/ (both carried there, both ignored by git):
+#   bash benchmarks/gpu_run.sh PART [OUT]
+# PART: facts | tests | train | bench_s | bench_b. Output goes to OUT (default benchmarks/results/gpu).
+set -uo pipefail
+PART=${1:?facts|tests|train|bench_s|bench_b}
+OUT=${2:-benchmarks/results/gpu}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PWD"
+fi
+case "$PART" in
+  facts)
+    { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+      python3 -c "import sys, jax, flax, optax, orbax.checkpoint as o, torch, timm; print('python', sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', o.__version__, 'torch', torch.__version__, 'timm', timm.__version__); print(jax.devices())"
+      python3 - <<'EOF'
+import jax, jax.numpy as jnp
+from tpm_jax.models import vit
+q = jnp.ones((2, 197, 6, 64), jnp.bfloat16)
+bias = jnp.zeros((2, 1, 197, 197), jnp.bfloat16)
+for b in (None, bias):
+  try:
+    jax.jit(lambda q, b: jax.nn.dot_product_attention(q, q, q, bias=b, implementation='cudnn')).lower(q, b).compile()
+    print('cudnn attention, bias', b is not None, ': compiles')
+  except Exception as e:
+    print('cudnn attention, bias', b is not None, ': refused:', type(e).__name__, str(e)[:200])
+print('attention_implementation(bf16, 64) =', vit.attention_implementation(jnp.bfloat16, 64))
+EOF
+    } 2>&1 | tee "$OUT/facts.txt" ;;
+  tests)
+    # float32 matmuls at full precision, as the tests' 1e-5 tolerances assume (TF32 is the GPU default)
+    # (tests/conftest.py hides GPUs from TensorFlow with CUDA_VISIBLE_DEVICES='' unless it is set)
+    CUDA_VISIBLE_DEVICES=0 JAX_PLATFORMS=cuda JAX_DEFAULT_MATMUL_PRECISION=highest python3 -m pytest -q -p no:cacheprovider \
+      tests/test_attention.py tests/test_models.py tests/test_reduction.py tests/test_timm_parity.py \
+      tests/test_train.py -k "not end_to_end and not imagenet and not sharded and not keep_rate_warmup" \
+      2>&1 | tee "$OUT/tests.txt" ;;
+  train)
+    python3 scripts/train_arrays.py --config configs/quickstart.py:stage=pretrain --data .data/fashion-mnist \
+      --epochs "${EPOCHS:-10}" --dtype bfloat16 2>&1 | grep -v Warning | tee "$OUT/train_quickstart_pretrain.txt" ;;
+  bench_s)
+    python3 benchmarks/throughput.py --models deit_small_patch16_224 --settings none,tpm:0.7,evit:0.7,tome:13 \
+      --dtypes float32,bfloat16 --batches 1,64,256 --train_batch 0 --repeats 3 --min_time 0.5 --out "$OUT/throughput_deit_s" \
+      2>&1 | grep -v Warning ;;
+  bench_b)
+    python3 benchmarks/throughput.py --models deit_base_patch16_224 --settings none,tpm:0.7,evit:0.7,tome:13 \
+      --dtypes float32,bfloat16 --batches 1,64,256 --train_batch 0 --repeats 3 --min_time 0.5 --out "$OUT/throughput_deit_b" \
+      2>&1 | grep -v Warning ;;
+esac

@@ -1,0 +1,35 @@
+"""No module changes the process environment when imported: a GPU user's JAX must see their
+devices (CUDA_VISIBLE_DEVICES, JAX_PLATFORMS) and their XLA flags, whatever they import."""
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = r'''
+import importlib, json, os, pkgutil, runpy, sys
+before = dict(os.environ)
+import tpm_jax
+names = ['tpm_jax'] + [m.name for m in pkgutil.walk_packages(tpm_jax.__path__, 'tpm_jax.')]
+for name in names:
+  importlib.import_module(name)
+for path in ('train.py', 'eval.py'):  # the entry points, as modules (their main does not run)
+  runpy.run_path(path, run_name='entry_point')
+after = dict(os.environ)
+changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+print(json.dumps(dict(modules=names, changed=changed)))
+'''
+
+
+def test_importing_every_module_and_entry_point_leaves_the_environment_alone():
+  # A clean environment: none of the variables the test set-up (conftest) sets for itself.
+  env = {k: v for k, v in os.environ.items()
+         if k not in ('JAX_PLATFORMS', 'CUDA_VISIBLE_DEVICES', 'TF_CPP_MIN_LOG_LEVEL', 'XLA_FLAGS')}
+  env['PYTHONPATH'] = ROOT
+  out = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.strip().splitlines()[-1])
+  assert {'tpm_jax.trainer', 'tpm_jax.data.input_pipeline', 'tpm_jax.quickstart', 'tpm_jax.export',
+          'tpm_jax.sweep', 'tpm_jax.models.vit'} <= set(result['modules'])
+  assert result['changed'] == []
