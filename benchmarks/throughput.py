@@ -2,14 +2,16 @@
 machine, in one process. Not a test: a measurement.
 
   .venv/bin/python benchmarks/throughput.py [--models deit_small_patch16_224] \\
-      [--settings none,tpm:0.7,drop:0.7,evit:0.7] [--batches 1,32,128] [--train_batch 32] \\
-      [--repeats 5] [--img_size N] [--no_torch] [--out benchmarks/results/throughput]
+      [--settings none,tpm:0.7,drop:0.7,evit:0.7] [--dtypes float32,bfloat16] [--batches 1,32,128] \\
+      [--train_batch 32 (0: none)] [--repeats 5] [--img_size N] [--no_torch] [--out benchmarks/results/throughput]
+
+Runs on whatever backend JAX has (CPU, GPU, TPU); on a GPU, PyTorch runs on the GPU too.
 
 A setting is ``method[+multiscale][:keep]`` (``tpm+pool:0.7``; for ``tome`` the number is r);
 reduction at the DeiT/EViT locations (3, 6, 9), multi-scale fusion off unless named.
 Per model and setting:
-- JAX inference: the jitted forward (nnx.split outside, nnx.merge inside jax.jit), float32,
-  images/s at every --batches size.
+- JAX inference: the jitted forward (nnx.split outside, nnx.merge inside jax.jit) at each
+  --dtypes compute dtype (parameters float32), images/s at every --batches size.
 - JAX train step: the project's own step (trainer.build_train_graph + make_train_step from
   configs/deit.py: normalisation, mixup/cutmix, label smoothing, stochastic depth 0.1, AdamW, state
   donated) on a uint8 batch, images/s at --train_batch.
@@ -17,9 +19,10 @@ Per model and setting:
   from XLA's memory_analysis() (arguments + outputs - donated aliases + temporaries) of the forward
   at the largest batch and of the train step; XLA GFLOPs and analytic GMACs per image
   (tpm_jax.count_flops).
-- PyTorch (unless --no_torch): the same timm model, random init, all cores; inference under
-  torch.inference_mode(); train step = forward + cross-entropy + backward + AdamW step. Rows for
-  ``none`` and for every ``evit:k`` setting, with EViTBlock (below) patched into blocks 3, 6, 9.
+- PyTorch (unless --no_torch): the same timm model (SDPA attention), random init, all cores or the
+  GPU; bfloat16 rows under torch.autocast; inference under torch.inference_mode(); train step =
+  forward + cross-entropy + backward + AdamW step. Rows for ``none`` and for every ``evit:k``
+  setting, with EViTBlock (below, SDPA plus the CLS row on its own) patched into blocks 3, 6, 9.
   Peak memory: the torch profiler's memory timeline of one call (parameters, optimizer state,
   activations, temporaries), or null where the profiler cannot tell.
 Method: everything is compiled and run once first; then ``--repeats`` rounds; a round takes one
@@ -28,8 +31,11 @@ drifts hit all alike); a timed block is one blocked call, or for calls shorter t
 as many calls in a row as fill it, timed per call. Reported: median images/s with min and max; speedup = median over rounds
 of (time of the unpruned model of the same framework / time), from this run only; efficiency =
 speedup / (analytic GMACs of none / of the setting); JAX/torch = median ratio of throughputs.
-Quantities are named infer@B and train@B (B the batch). Targets (DeiT-S, from this run): tpm 0.7
-inference at batch 32 >= 1.45x none and within 5% of drop 0.7; train step >= 1.35x none.
+Quantities are named infer@B and train@B (B the batch). Targets (DeiT-S, from this run; see
+``target_list``): on the CPU, float32 batch 32, JAX unpruned >= 0.95x PyTorch's inference and
+>= 0.8x its train step with <= 1.25x its peak train memory, tpm 0.7 >= 1.0x PyTorch + EViT 0.7,
+>= 1.45x JAX unpruned and within 5% of drop 0.7, train step >= 1.35x unpruned; on a GPU, bf16
+batch 256, JAX unpruned >= 1.0x PyTorch, tpm 0.7 >= 1.4x JAX unpruned and >= 1.2x PyTorch + EViT 0.7.
 Writes <out>.json (with machine facts and the command line) and <out>.md, and prints the table.
 The torch numbers need an idle machine: with another process on the cores, torch's threads wait
 on each other (DeiT-S at batch 1 took 1.3 s with 2 threads, 0.19 s with 1, under load).
