@@ -1,12 +1,16 @@
-"""The quickstart's two runs: configs/fmnist.py shortened to fit the 10-minute quickstart on 2 CPU cores.
+"""The quickstart's two runs: configs/fmnist.py shortened to fit the quickstart on 2 CPU cores.
 
-  stage=pretrain   the unpruned backbone from scratch, 200 steps of 64 images (about 3 minutes here),
-                   lr 2e-3 with the position embedding started from a 2-D sin-cos table
-                   (``model.pos_embed_init='sincos2d'``), which learns this short run much faster
-  stage=finetune   (default) ``method`` at ``keep`` fine-tuned from it, 80 steps of 64 images; set
+The model: width 96, depth 4, 3 heads, patch 4 on the 28x28 images, so a 7x7 token grid (50 tokens
+with CLS; 50 -> 36 -> 26 -> 19 at keep 0.7): small enough to see 1.5 epochs in about 2.5 minutes.
+Random resized crop keeps at least 90% of the area (short runs learn faster with light cropping).
+
+  stage=pretrain   the unpruned backbone from scratch, 1,400 steps of 64 images (about 2.5 minutes
+                   here), lr 3e-3 with 50 warmup steps, the position embedding started from a 2-D
+                   sin-cos table (``model.pos_embed_init='sincos2d'``)
+  stage=finetune   (default) ``method`` at ``keep`` fine-tuned from it, 150 steps of 64 images; set
                    ``--config.init.checkpoint=<export of the pretrain run>``
 
-Both evaluate on the first 2,000 test images. Arg string (all optional): stage=pretrain|finetune,
+Both evaluate on all 10,000 test images. Arg string (all optional): stage=pretrain|finetune,
 method=<tpm|evit|drop|tome|none>, keep=<float>, multiscale=none|pool|cross, prop_attn=on|off,
 seed=<int>, pretrain_steps=<int>, finetune_steps=<int>, smoke (a run of seconds, for tests).
 The fine-tuning run is the library's recommended tpm: multi-scale ``pool`` fusion and proportional

@@ -4,7 +4,7 @@ Run by ``bash quickstart.sh`` (which sets up ``.venv/`` and the data first), or 
 ``python -m tpm_jax.quickstart [--workdir workdirs/quickstart] [--method tpm] [--keep 0.7]``.
 
 1. trains a small ViT on the real Fashion-MNIST (TFDS ``fashion_mnist``), unpruned: 28x28 images,
-   patch 2, so a 14x14 token grid like DeiT's at 224 px (configs/quickstart.py:stage=pretrain);
+   patch 4, a 7x7 token grid (configs/quickstart.py:stage=pretrain);
 2. exports it and fine-tunes it with ``tpm`` (the paper's method) at keep 0.7, with the library's
    recommended multi-scale ``pool`` fusion and proportional attention (configs/quickstart.py);
 3. writes ``WORKDIR/report.md`` and ``report.json``: top-1, GMACs and measured images/s of both, and
