@@ -3,7 +3,8 @@ sharded init, train step and eval step, fed from the raw idx files. For a machin
 TensorFlow (the lent GPU machine), until the input pipeline needs none (issue 15); train.py remains
 the way to train.
 
-  python scripts/train_arrays.py --config configs/quickstart.py:stage=pretrain --data DIR [--epochs E]
+  python scripts/train_arrays.py --config configs/quickstart.py:stage=pretrain --data DIR [--epochs E] \\
+      [--config.<field>=<value> ...]
 
 DIR holds Fashion-MNIST's four idx .gz files (Debian's dataset-fashion-mnist installs them in
 /usr/share/datasets/fashion-mnist). Host augmentation: random horizontal flips only (train.py's
@@ -26,6 +27,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from tpm_jax import sharding, trainer  # noqa: E402
+from tpm_jax.sweep import load_config  # noqa: E402
 
 
 def read_idx(path):
@@ -50,13 +52,8 @@ def main():
   p.add_argument('--epochs', type=float, default=None, help='default: the config\'s steps')
   p.add_argument('--batch_size', type=int, default=None)
   p.add_argument('--dtype', default=None, help='float32 | bfloat16 (default: the config\'s)')
-  args = p.parse_args()
-  import importlib.util
-  path, _, arg = args.config.partition(':')
-  spec = importlib.util.spec_from_file_location('config_module', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config(arg or None)
+  args, overrides = p.parse_known_args()  # overrides: --config.<field>=<value>, as for train.py
+  c = load_config(args.config, overrides)
   if args.batch_size:
     c.batch_size = args.batch_size
   if args.dtype:
