@@ -46,12 +46,28 @@ def throughput(model, config, batch_size, runs):
   return batch_size / statistics.median(times)
 
 
+MODEL_FIELDS = ('model.', 'reduction.', 'multiscale.')
+
+
+def _check_same_model(saved, config):
+  """--config may not describe another model than the checkpoint holds (eval would label it wrongly)."""
+  from tpm_jax.checkpoint import _flat
+  from tpm_jax.config import ConfigError
+  old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+  diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(set(old) & set(new))
+          if k.startswith(MODEL_FIELDS) and old[k] != new[k] and k not in ('model.dtype', 'model.drop_path_rate')]
+  if diff:
+    raise ConfigError(f'--config describes another model than the checkpoint: {", ".join(diff)}; a checkpoint is '
+                      f'evaluated as trained, --config supplies only its dataset and preprocessing settings')
+
+
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
   import jax
   import tpm_jax
   from tpm_jax import export, sharding, trainer
+  from tpm_jax.checkpoint import CheckpointError
   from tpm_jax.config import ConfigError
   from tpm_jax.data import input_pipeline
   F = flags.FLAGS
@@ -64,16 +80,26 @@ def main(argv):
         model, saved, step = export.restore_from_workdir(F.checkpoint)
         source = f'workdir step {step}'
       config = F.config or saved
+      if F.config:  # --config brings the data and preprocessing; the model is the checkpoint's
+        _check_same_model(saved, F.config)
     elif F.timm_checkpoint and F.config:
       config = F.config
       model = tpm_jax.models.model_from_config(config)
-      tpm_jax.load_timm_weights(model, F.timm_checkpoint)
+      try:
+        tpm_jax.load_timm_weights(model, F.timm_checkpoint)
+      except (ValueError, OSError, RuntimeError, KeyError) as e:
+        raise ConfigError(f'--timm_checkpoint={F.timm_checkpoint!r} does not fit model {config.model.name}: '
+                          f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
+                          f'that model as .safetensors, or a .pth state dict)') from e
       source = 'timm'
     else:
       raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
 
   split = F.split or config.dataset.eval_split
   mesh = sharding.make_mesh(config.mesh)

@@ -37,6 +37,12 @@ def main(argv):
   except (FloatingPointError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except OSError as e:  # the file system at run time (read-only, disk full): one line, and no waiting on
+    # the checkpointer's background threads, which would hang the interpreter's shutdown
+    where = getattr(e, 'filename', None) or F.workdir
+    print(f'error: {where}: {e.strerror or e}; the last complete checkpoint is kept', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   import jax
   print(json.dumps({'process_index': jax.process_index(), 'final': final}), flush=True)
 

@@ -138,6 +138,8 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
     c.reduction.r = str(a.r)
   if 'multiscale' in a and a.multiscale:
     c.multiscale.method = a.multiscale
+  if c.reduction.method == 'none':  # the plain backbone: multi-scale fusion comes only with a reduction
+    c.multiscale.method = 'none'
   if a.get('similarity'):
     c.reduction.similarity = a.similarity
   if a.get('weight'):

@@ -1,7 +1,9 @@
 """Checkpoints and faults, with real processes and real signals: SIGTERM, kill -9 (also during an
 async save), resume determinism, NaN, corrupted checkpoints, restoring on another mesh."""
+import hashlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -53,7 +55,7 @@ def _steps(workdir):
 def _final_params(workdir):
   """The parameters of the final checkpoint, read back with Orbax (no model needed)."""
   import orbax.checkpoint as ocp
-  path = os.path.join(workdir, 'checkpoints', str(STEPS), 'state')
+  path = os.path.join(workdir, 'checkpoints', str(STEPS), 'params')
   tree = ocp.StandardCheckpointer().restore(path)
   flat = {}
 
@@ -124,19 +126,143 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
   assert os.path.getmtime(os.path.join(tmp_path, 'checkpoints', str(max(good)))) == mtime
 
 
-def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, data_dir):
-  _run(tmp_path, data_dir, '--config.total_steps=4')
-  steps = _steps(tmp_path)
-  assert steps[-2:] == [2, 4]
-  state_dir = os.path.join(tmp_path, 'checkpoints', '4', 'state')
-  for dirpath, _, files in os.walk(state_dir):
+@pytest.fixture(scope='module')
+def four_steps(tmp_path_factory, data_dir):
+  """A finished run of 4 steps with checkpoints at steps 2 and 4 (tests work on copies)."""
+  workdir = tmp_path_factory.mktemp('four_steps') / 'run'
+  _run(workdir, data_dir, '--config.total_steps=4')
+  assert _steps(workdir) == [2, 4]
+  return workdir
+
+
+def _copy(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+def _listing(workdir):
+  """Every path under workdir with its SHA-256 (directories as None)."""
+  out = {}
+  for root, dirs, files in os.walk(workdir):
+    for d in dirs:
+      out[os.path.relpath(os.path.join(root, d), workdir)] = None
     for f in files:
-      if not f.endswith(('.json', '_METADATA', 'manifest.ocdbt')):
-        with open(os.path.join(dirpath, f), 'r+b') as fh:
-          fh.truncate(max(0, os.path.getsize(os.path.join(dirpath, f)) // 3))
-  res = _run(tmp_path, data_dir, '--config.total_steps=6')
-  assert 'checkpoint step 4' in res.stdout and 'falling back' in res.stdout, res.stdout[-2000:]
+      with open(os.path.join(root, f), 'rb') as fh:
+        out[os.path.relpath(os.path.join(root, f), workdir)] = hashlib.sha256(fh.read()).hexdigest()
+  return out
+
+
+def _data_files(step_dir):
+  return sorted(os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, 'params')) for f in fs
+                if os.sep + 'd' + os.sep in os.path.join(r, f) + os.sep and os.path.getsize(os.path.join(r, f)) > 0)
+
+
+def _truncate(step_dir):
+  for f in _data_files(step_dir):
+    with open(f, 'r+b') as fh:
+      fh.truncate(os.path.getsize(f) // 3)
+
+
+def _flip_one_byte(step_dir):
+  f = _data_files(step_dir)[0]
+  with open(f, 'r+b') as fh:
+    fh.seek(os.path.getsize(f) // 2)
+    b = fh.read(1)
+    fh.seek(-1, 1)
+    fh.write(bytes([b[0] ^ 0xFF]))
+  return f
+
+
+def _one_line_error(res):
+  lines = [l for l in res.stderr.splitlines() if l.startswith('error:')]
+  assert len(lines) == 1 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+  return lines[0]
+
+
+def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, data_dir, four_steps):
+  workdir = _copy(four_steps, tmp_path / 'run')
+  _truncate(os.path.join(workdir, 'checkpoints', '4'))
+  res = _run(workdir, data_dir, '--config.total_steps=6')
+  assert 'checkpoint step 4' in res.stdout and '4.unreadable' in res.stdout, res.stdout[-2000:]
+  assert 'resuming from the older good step 2' in res.stdout and 'resuming from step 2' in res.stdout
+
+
+def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, data_dir, four_steps):
+  workdir = _copy(four_steps, tmp_path / 'run')
+  bad = _flip_one_byte(os.path.join(workdir, 'checkpoints', '4'))
+  from tpm_jax import export
+  out = tmp_path / 'export'
+  export.main(['--workdir', str(workdir), '--output', str(out)])  # read-only: uses step 2, says so
+  assert json.load(open(out / 'export.json'))['step'] == 2
+  res = _run(workdir, data_dir, '--config.total_steps=6')
+  assert f'checkpoint step 4: {bad} fails its SHA-256 check' in res.stdout, res.stdout[-2000:]
   assert 'resuming from step 2' in res.stdout
+  assert np.isfinite(json.loads(res.stdout.strip().splitlines()[-1])['final']['loss'])
+
+
+def test_case1_a_field_that_changes_the_state_is_refused_and_nothing_is_renamed(tmp_path, data_dir, four_steps):
+  workdir = _copy(four_steps, tmp_path / 'run')
+  before = _listing(workdir)
+  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.optim.ema_decay=0.9', check=False)
+  assert res.returncode == 2
+  line = _one_line_error(res)
+  assert 'optim.ema_decay=0.0 there, 0.9 now' in line and '--config.overwrite=true' in line, line
+  assert _listing(workdir) == before
+
+
+def test_case1_fields_that_keep_the_state_resume_where_the_run_stopped(tmp_path, data_dir, four_steps):
+  """Clipping off (its optimizer state is empty) and distillation on (the teacher is rebuilt from
+  the run's initial weights, not saved): the same items, so the run continues from step 4."""
+  workdir = _copy(four_steps, tmp_path / 'run')
+  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.optim.grad_clip=0.0', '--config.distill.alpha=0.5')
+  assert 'resuming from step 4' in res.stdout and _steps(workdir)[-1] == 6
+
+
+def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_path, data_dir, four_steps):
+  workdir = _copy(four_steps, tmp_path / 'run')
+  shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # keep_checkpoints=1: only the newest step
+  _truncate(os.path.join(workdir, 'checkpoints', '4'))
+  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.keep_checkpoints=1', check=False)
+  assert res.returncode == 1
+  line = _one_line_error(res)
+  assert 'no good checkpoint left' in line and '--config.overwrite=true' in line
+  assert not _steps(workdir) and 'step 2/6' not in res.stdout  # nothing trained from step 0
+
+
+def test_case2_read_only_tools_leave_the_workdir_unchanged(tmp_path, data_dir, four_steps):
+  workdir = _copy(four_steps, tmp_path / 'run')
+  _truncate(os.path.join(workdir, 'checkpoints', '4'))
+  before = _listing(workdir)
+  from tpm_jax import export
+  export.main(['--workdir', str(workdir), '--output', str(tmp_path / 'export')])
+  assert json.load(open(tmp_path / 'export' / 'export.json'))['step'] == 2
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(workdir),
+                        '--batch_size', '4', '--timed_runs', '1', '--output', str(tmp_path / 'eval.json')],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert json.load(open(tmp_path / 'eval.json'))['source'] == 'workdir step 2'
+  assert 'checkpoint step 4' in res.stderr
+  assert _listing(workdir) == before
+
+
+def test_case8_eval_refuses_a_config_describing_another_model(tmp_path, four_steps):
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(four_steps),
+                        '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke,method=none'],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+  assert res.returncode == 2
+  line = _one_line_error(res)
+  assert "reduction.method='none' (the checkpoint's: 'tpm')" in line, line
+
+
+def test_case9_method_none_is_the_plain_backbone():
+  from configs import deit
+  c = deit.get_config('method=none')
+  assert c.multiscale.method == 'none'
+  from tpm_jax.config import ConfigError, validate_train_config
+  with c.unlocked():
+    c.multiscale.method = 'pool'
+  with pytest.raises(ConfigError, match="multiscale.method='pool'"):
+    validate_train_config(c, num_devices=1)
 
 
 def test_saved_on_8_devices_restores_on_1(tmp_path, data_dir):

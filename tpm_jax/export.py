@@ -33,25 +33,19 @@ def read_config(path: str) -> ml_collections.ConfigDict:
 
 
 def restore_from_workdir(workdir: str, step: int | None = None):
-  """(model, config, step) from a training workdir's checkpoint (latest complete, or ``step``);
-  the model carries the EMA parameters when the run kept them."""
-  from tpm_jax import trainer
-  from tpm_jax.checkpoint import Checkpointer
-  config = read_config(os.path.join(workdir, 'config.json'))
-  schedule = trainer.learning_rate_schedule(config, 1, 1)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(config, schedule)))
-  ckpt = Checkpointer(workdir, keep=max(1, config.get('keep_checkpoints', 1)))
-  abstract = _replicated_on_one_device(abstract)
-  if step is None:
-    restored = ckpt.restore_latest(abstract)
-    if restored is None:
-      raise FileNotFoundError(f'no checkpoint in {ckpt.directory}')
-    step, state, _ = restored
-  else:
-    state, _ = ckpt.restore(step, abstract)
-  ckpt.close()
-  model, _, _, ema = nnx.merge(graphdef, state)
-  return (ema if ema is not None else model), config, step
+  """(model, config, step) from a training workdir's checkpoint, read-only: the ``ema`` item when
+  the run kept one, else ``params``, restored alone (no optimizer, schedule or training graph);
+  the newest step that passes its checks, or ``step``. Nothing in the workdir is changed."""
+  from tpm_jax import checkpoint
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{workdir} is not a training workdir: {path} does not exist')
+  config = read_config(path)
+  model = model_from_config(config)
+  params, step, _ = checkpoint.restore_params(workdir, checkpoint.abstract_params(model, jax.local_devices()[0]),
+                                              step=step)
+  checkpoint.params_into_model(model, params)
+  return model, config, step
 
 
 def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None) -> str:
@@ -73,7 +67,6 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
 
 def load_model(path: str):
   """A ready model from an export directory (``python -m tpm_jax.export``) or a training workdir."""
-  from tpm_jax import trainer
   if os.path.isdir(os.path.join(path, 'checkpoints')) and not os.path.isdir(os.path.join(path, 'params')):
     return restore_from_workdir(path)[0]
   return load_params_into(model_from_config(read_config(os.path.join(path, EXPORT_CONFIG))), path)
@@ -109,7 +102,8 @@ def main(argv=None):
   p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
   args = p.parse_args(argv)
   out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors)
-  print(f'exported {args.workdir} to {out}')
+  with open(os.path.join(out, 'export.json')) as f:
+    print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
 
 
 if __name__ == '__main__':

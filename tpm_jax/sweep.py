@@ -345,6 +345,8 @@ def main(argv=None) -> int:
       save_plan(args.workdir, args.config, runs, overrides)
     elif not (args.collect_only and os.path.exists(os.path.join(args.workdir, PLAN))):
       raise ConfigError(f'--config is required (or --collect_only on a workdir with a {PLAN})')
+    elif args.print_commands:
+      raise ConfigError('--print_commands needs --config (the runs\' commands come from the config and --sweep)')
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 2

@@ -274,6 +274,15 @@ def train_and_evaluate(config, workdir: str):
   state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
   state = init_state(config, schedule, mesh, state_sh)
 
+  # Resume is all or nothing: checkpoints that do not fit this config are refused here (ResumeMismatch,
+  # exit 2), before the workdir is written; a step failing its integrity check is set aside.
+  start, restored = 0, None
+  if not config.get('overwrite'):
+    restored = checkpoint.restore_for_resume(workdir, checkpoint.with_shardings(abstract_state, state_sh), config)
+  if restored is not None:
+    start, items, _ = restored
+    state = checkpoint.items_into_state(state, items)
+
   # Only now, with everything checked and built, does the workdir get written.
   if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
     stamp = time.strftime('%Y%m%d-%H%M%S')
@@ -302,14 +311,9 @@ def train_and_evaluate(config, workdir: str):
     return compiled_steps[i]
   eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl)
 
-  # Resume from the newest complete checkpoint of this workdir.
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  start = 0
-  restored = ckpt.restore_latest(checkpoint.abstract_with_shardings(abstract_state, state_sh))
-  if restored is not None:
-    start, state, meta = restored
-    if is_main:
-      print(f'resuming from step {start} ({ckpt.directory})', flush=True)
+  if restored is not None and is_main:
+    print(f'resuming from step {start} ({ckpt.directory})', flush=True)
 
   local_batch = config.batch_size // jax.process_count()
   train_iter = input_pipeline.train_iterator(config, builder, local_batch=local_batch,
@@ -344,8 +348,9 @@ def train_and_evaluate(config, workdir: str):
           writer.write(step, row)
         final = dict(step=step, **row)
         if save_now or stop_now:
-          meta = dict(step=step, data_position=step, config=json.loads(config.to_json_best_effort()))
-          ckpt.save(step, state, meta, metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
+          meta = dict(step=step, data_position=step, config=json.loads(config.to_json_best_effort()),
+                      version=tpm_jax.__version__)
+          ckpt.save(step, checkpoint.state_items(state), meta, metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
         if stop_now:
           ckpt.wait()
           if is_main:
