@@ -270,3 +270,25 @@ def test_saved_on_8_devices_restores_on_1(tmp_path, data_dir):
        '--config.fsdp_min_size=64', devices=8)
   res = _run(tmp_path, data_dir, '--config.total_steps=6', devices=1)
   assert 'resuming from step 4' in res.stdout
+
+
+LEGACY = os.path.join(ROOT, 'tests', 'data', 'legacy_workdir')  # written by 1cc6e7e (one "state" item), smoke run
+
+
+def test_workdir_of_the_earlier_layout_exports_and_refuses_resume(tmp_path):
+  import orbax.checkpoint as ocp
+  from flax import nnx
+  from tpm_jax import checkpoint, export, trainer
+  workdir = _copy(LEGACY, tmp_path / 'legacy')
+  before = _listing(workdir)
+  model, config, step = export.restore_from_workdir(str(workdir))
+  assert step == 2
+  with ocp.StandardCheckpointer() as c:
+    raw = c.restore(os.path.join(workdir, 'checkpoints', '2', 'state'))
+  np.testing.assert_array_equal(np.asarray(model.blocks[1].attn.qkv.kernel.get_value()),
+                                np.asarray(raw['0']['blocks']['1']['attn']['qkv']['kernel']['value']))
+  schedule = trainer.learning_rate_schedule(config, 10, 1)
+  abstract = nnx.state(nnx.eval_shape(lambda: trainer.build_train_graph(config, schedule)))
+  with pytest.raises(checkpoint.ResumeMismatch, match='earlier tpm_jax.*python -m tpm_jax.export'):
+    checkpoint.restore_for_resume(str(workdir), abstract, config)
+  assert _listing(workdir) == before

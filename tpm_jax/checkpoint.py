@@ -294,6 +294,8 @@ def restore_params(workdir: str, abstract_params, *, step: int | None = None, pr
         model_params = {k: v for k, v in tree['0'].items()}
         item = 'ema' if prefer_ema and tree.get('3') else 'params'
         params = _params_only(tree['3'] if item == 'ema' else model_params, abstract_params, s, step_dir)
+        print(f'note: {step_dir} is in the earlier one-item layout; read its {item} for export or eval '
+              f'(resuming it is not supported)', file=sys.stderr, flush=True)
       else:
         item = 'ema' if prefer_ema and 'ema' in names else 'params'
         params = restore_items(step_dir, s, {item: abstract_params}, [item])[item]
@@ -322,6 +324,8 @@ def _params_only(tree, abstract_params, step, step_dir):
   def pick(t, a, path):
     if isinstance(a, dict):
       return {k: pick(t[k], v, path + (k,)) for k, v in a.items()}
+    if isinstance(t, dict) and set(t) == {'value'}:  # how the earlier layout stored an nnx Variable
+      t = t['value']
     x = np.asarray(t)
     if x.shape != a.shape:
       raise CheckpointError(f'checkpoint step {step}: {".".join(path)} is {x.shape} in {step_dir}, the model '
