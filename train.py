@@ -24,8 +24,17 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
-  from tpm_jax import distributed, trainer
   F = flags.FLAGS
+  if not F['verbosity'].present:  # libraries' log lines only when asked for (-v 0 shows INFO); ours are printed
+    from absl import logging
+    logging.set_verbosity(logging.FATAL)
+  default_hook = sys.unraisablehook
+
+  def quiet_closed_loop(u):  # TensorStore's callbacks into Orbax's event loop after a failed save has closed it
+    if not (isinstance(u.exc_value, RuntimeError) and 'Event loop is closed' in str(u.exc_value)):
+      default_hook(u)
+  sys.unraisablehook = quiet_closed_loop
+  from tpm_jax import distributed, trainer
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   from tpm_jax.checkpoint import CheckpointError
   from tpm_jax.config import ConfigError

@@ -292,3 +292,27 @@ def test_workdir_of_the_earlier_layout_exports_and_refuses_resume(tmp_path):
   with pytest.raises(checkpoint.ResumeMismatch, match='earlier tpm_jax.*python -m tpm_jax.export'):
     checkpoint.restore_for_resume(str(workdir), abstract, config)
   assert _listing(workdir) == before
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 3 MB file system (tmpfs): room for one checkpoint of the smoke model, not two."""
+  mnt = tmp_path / 'disk'
+  mnt.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mnt)], capture_output=True).returncode:
+    pytest.skip('cannot mount a small tmpfs here (needs root); the disk-full path is untested on this machine')
+  try:
+    yield mnt
+  finally:
+    subprocess.run(['umount', '-l', str(mnt)], capture_output=True)
+
+
+def test_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_does_not_hang(small_disk, data_dir):
+  workdir = small_disk / 'run'
+  res = subprocess.run(_cmd(workdir, data_dir), env=_env(), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1
+  line = _one_line_error(res)
+  assert 'No space left on device' in line and str(workdir) in line, line
+  from tpm_jax import checkpoint
+  good = _steps(workdir)
+  assert good and checkpoint.verify_checksums(os.path.join(workdir, 'checkpoints', str(good[-1])), good[-1])

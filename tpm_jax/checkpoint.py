@@ -50,6 +50,26 @@ class CheckpointError(RuntimeError):
   """A checkpoint could not be used; the message names the step, the file or directory, and why."""
 
 
+class CheckpointWriteError(OSError):
+  """The file system refused a checkpoint (disk full, read-only, permissions): the run stops."""
+
+
+_FS_ERRORS = (('No space left on device', 28), ('Read-only file system', 30), ('Permission denied', 13),
+              ('Disk quota exceeded', 122))
+
+
+def _write_error(directory, step, e):
+  """A CheckpointWriteError for a file-system failure reported by Orbax (often wrapped as ValueError
+  or RuntimeError from TensorStore), None for anything else."""
+  text = f'{type(e).__name__}: {e}'
+  if isinstance(e, OSError) and e.errno:
+    return CheckpointWriteError(e.errno, f'checkpoint step {step} could not be written ({e.strerror})', directory)
+  for reason, errno in _FS_ERRORS:
+    if reason in text:
+      return CheckpointWriteError(errno, f'checkpoint step {step} could not be written ({reason})', directory)
+  return None
+
+
 class ResumeMismatch(ConfigError):
   """The workdir's checkpoints hold a different state than the current config builds (exit 2)."""
 
@@ -248,8 +268,8 @@ def restore_items(step_dir: str, step: int, abstract: dict, names, *, checksums_
   checksums first and refuses non-finite parameters. Raises CheckpointError naming what failed."""
   verified = checksums_checked or verify_checksums(step_dir, step)
   if not verified:
-    log.warning('checkpoint step %d has no %s (saved by an older version, or killed right after the save); '
-                'restoring it unverified', step, CHECKSUMS)
+    print(f'note: checkpoint step {step} has no {CHECKSUMS} (saved by an older version, or killed right after '
+          f'the save): restoring it unverified', file=sys.stderr, flush=True)
   out = {}
   for name in names:
     try:
@@ -459,20 +479,28 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def save(self, step: int, items: dict, meta: dict, metrics: dict | None = None) -> None:
-    """Start an asynchronous save of ``items`` (``state_items``) and ``meta`` (JSON) at ``step``."""
+    """Start an asynchronous save of ``items`` (``state_items``) and ``meta`` (JSON) at ``step``.
+    File-system failures (of this save or the one before) raise CheckpointWriteError."""
     self._finish()
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
-    self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), metrics=metrics, force=True)
+    try:
+      self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), metrics=metrics,
+                        force=True)
+    except Exception as e:  # noqa: BLE001 - Orbax reports file-system errors in several types
+      raise _write_error(self.directory, step, e) or e
     self._unsummed.append(step)
 
   def _finish(self) -> None:
     """Wait for the save in flight, then write the checksums of every step committed since."""
-    self.manager.wait_until_finished()
-    if jax.process_index() == 0:
-      for step in self._unsummed:
-        step_dir = os.path.join(self.directory, str(step))
-        if os.path.isdir(step_dir):  # not already removed by the keep policy
-          write_checksums(step_dir)
+    try:
+      self.manager.wait_until_finished()
+      if jax.process_index() == 0:
+        for step in self._unsummed:
+          step_dir = os.path.join(self.directory, str(step))
+          if os.path.isdir(step_dir):  # not already removed by the keep policy
+            write_checksums(step_dir)
+    except Exception as e:  # noqa: BLE001
+      raise _write_error(self.directory, self._unsummed[-1] if self._unsummed else '?', e) or e
     self._unsummed = []
 
   def wait(self) -> None:
