@@ -18,7 +18,12 @@ def parse_flags_or_exit(argv=None) -> list[str]:
   from absl import flags
   argv = list(sys.argv if argv is None else argv)
   try:
-    return flags.FLAGS(argv)
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      config = flags.FLAGS.config  # a file that failed to load is an error object that raises when read
+      if type(config).__name__ == '_ErrorConfig':
+        config.to_dict()
+    return remaining
   except Exception as e:  # noqa: BLE001 - absl, ml_collections and our get_config raise many kinds
     print(f'error: {describe_flag_error(e, argv)}', file=sys.stderr, flush=True)
     sys.exit(2)
@@ -35,6 +40,10 @@ def describe_flag_error(e: Exception, argv) -> str:
     hint = f' (did you mean {suggestion.group(1)}?)' if suggestion else ''
     return f'{arg[2:]} is not a known config field{hint}'
   lines = [l.strip() for l in text.splitlines() if l.strip()]
+  if 'Failed loading config file' in text:  # name the file and the innermost reason
+    i = next((j for j, a in enumerate(argv) if a == '--config' or a.startswith('--config=')), None)
+    path = None if i is None else (argv[i].split('=', 1)[1] if '=' in argv[i] else argv[i + 1] if i + 1 < len(argv) else None)
+    return f'--config {path}: cannot be loaded ({lines[-1] if lines else type(e).__name__})'
   first = lines[0] if lines else type(e).__name__
   if first.endswith(':'):  # "Error whilst parsing config file:" -> add the innermost cause
     cause = e

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 import jax
 import ml_collections
@@ -101,7 +102,12 @@ def main(argv=None):
   p.add_argument('--step', type=int, default=None, help='default: the latest complete checkpoint')
   p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
   args = p.parse_args(argv)
-  out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors)
+  from tpm_jax.checkpoint import CheckpointError
+  try:
+    out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors)
+  except (FileNotFoundError, CheckpointError, OSError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1 if isinstance(e, CheckpointError) else 2)
   with open(os.path.join(out, 'export.json')) as f:
     print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
 

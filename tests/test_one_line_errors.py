@@ -1,0 +1,48 @@
+"""Issue 13's traceback list: each bad start is one line on stderr (`error: ...`, naming the file or
+field), the documented exit code, and nothing written. Real processes, real files."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, cwd=ROOT):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  return subprocess.run([sys.executable, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _one_line(res):
+  errors = [l for l in res.stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1 and 'Traceback' not in res.stderr, res.stderr[-3000:]
+  return errors[0]
+
+
+def test_missing_config_file_is_one_line_naming_it(tmp_path):
+  res = _run('train.py', '--config', 'configs/nope.py:smoke', '--workdir', str(tmp_path / 'run'))
+  assert res.returncode == 2
+  line = _one_line(res)
+  assert 'configs/nope.py' in line and 'No such file' in line
+  assert not (tmp_path / 'run').exists()
+
+
+def test_workdir_that_is_a_file_is_refused_before_anything_is_written(tmp_path):
+  f = tmp_path / 'run'
+  f.write_text('not a directory')
+  res = _run('train.py', '--config', 'configs/quickstart.py:smoke', '--workdir', str(f))
+  assert res.returncode == 2
+  assert f'workdir {f} is a file' in _one_line(res)
+  assert f.read_text() == 'not a directory'
+
+
+def test_export_errors_are_one_line(tmp_path):
+  res = _run('-m', 'tpm_jax.export', '--workdir', str(tmp_path / 'nope'), '--output', str(tmp_path / 'out'))
+  assert res.returncode == 2
+  assert 'is not a training workdir' in _one_line(res)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_sweep_collect_only_with_print_commands_is_one_line(tmp_path):
+  res = _run('-m', 'tpm_jax.sweep', '--workdir', str(tmp_path), '--collect_only', '--print_commands')
+  assert res.returncode == 2
+  assert '--config' in _one_line(res)
