@@ -1,6 +1,7 @@
 """python -m tpm_jax.sweep: the product of arg-string values, names, commands, skipping finished runs,
 up-front errors; collection with seed aggregation; and one real tiny sweep end to end."""
 import csv
+import hashlib
 import json
 import os
 import shlex
@@ -133,6 +134,13 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):
     assert float(r['images_per_sec']) > 0
   assert float(rows[0]['analytic_gmacs']) > float(rows[1]['analytic_gmacs'])  # tpm's merge costs a little
   assert open(tmp_path / 'pareto.png', 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+  def listing():  # every file of the runs' workdirs with its content hash
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / 'runs').rglob('*')) if p.is_file()}
+  before = listing()
+  collect_only = subprocess.run(cmd + ['--collect_only'], env=env, capture_output=True, text=True, timeout=600)
+  assert collect_only.returncode == 0, collect_only.stderr[-3000:]
+  assert listing() == before  # the collection reads the runs and writes only the sweep's own tables
 
   logs = {r['name']: os.path.getmtime(tmp_path / 'runs' / r['name'] / 'train.log') for r in rows}
   os.remove(tmp_path / 'results.csv')
