@@ -70,6 +70,7 @@ def main(argv):
   from tpm_jax.checkpoint import CheckpointError
   from tpm_jax.config import ConfigError
   from tpm_jax.data import input_pipeline
+  from tpm_jax.data.checks import check_splits
   F = flags.FLAGS
   try:
     if F.checkpoint:
@@ -103,12 +104,22 @@ def main(argv):
 
   split = F.split or config.dataset.eval_split
   mesh = sharding.make_mesh(config.mesh)
-  builder = input_pipeline.get_builder(config.dataset)
+  try:
+    builder = input_pipeline.get_builder(config.dataset)
+    where = config.dataset.get('image_folder') or config.dataset.name
+    check_splits(builder, {'eval_split': split}, where, fields=('eval_split',))
+  except ConfigError as e:
+    print(f'error: {str(e).replace("dataset.eval_split=", "--split=") if F.split else e}', file=sys.stderr)
+    sys.exit(2)
   from flax import nnx
   graphdef, state = nnx.split((model, None, None, None))
   eval_step = jax.jit(trainer.make_eval_step(config, graphdef))
-  metrics = trainer.evaluate(config, builder, state, eval_step, mesh, sharding.batch_sharding(mesh),
-                             model.cfg.in_chans, split=split)
+  try:
+    metrics = trainer.evaluate(config, builder, state, eval_step, mesh, sharding.batch_sharding(mesh),
+                               model.cfg.in_chans, split=split)
+  except input_pipeline.DataError as e:  # an image that cannot be decoded: one line naming its file
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    os._exit(1)
   flops = tpm_jax.count_flops(model)
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, method=config.reduction.method, keep_rate=str(config.reduction.keep_rate),

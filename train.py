@@ -38,6 +38,7 @@ def main(argv):
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   from tpm_jax.checkpoint import CheckpointError
   from tpm_jax.config import ConfigError
+  from tpm_jax.data.input_pipeline import DataError
   try:
     final = trainer.train_and_evaluate(F.config, F.workdir)
   except ConfigError as e:  # bad input: one line, nothing written, exit code 2
@@ -46,6 +47,11 @@ def main(argv):
   except (FloatingPointError, CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
+  except DataError as e:  # an image that cannot be decoded at run time: one line naming its file; no waiting
+    # on tf.data's or the checkpointer's threads
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   except OSError as e:  # the file system at run time (read-only, disk full): one line, and no waiting on
     # the checkpointer's background threads, which would hang the interpreter's shutdown
     where = getattr(e, 'filename', None) or F.workdir

@@ -318,6 +318,9 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
   _choice('model.dtype', m.dtype, ('float32', 'bfloat16'))
   # Building the model abstractly runs every model, reduction and multi-scale check (no allocation).
   abstract = nnx.eval_shape(lambda: model_from_config(config))
+  if config.reduction.method == 'none' and config.multiscale.method != 'none':
+    _fail('multiscale.method', config.multiscale.method,
+          "'none' when reduction.method='none' (the plain backbone; multi-scale fusion comes only with a reduction)")
 
   _positive_int('batch_size', config.batch_size)
   _positive_int('grad_accum_steps', config.grad_accum_steps)
@@ -330,8 +333,64 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     _fail('eval_batch_size', config.eval_batch_size, f'a multiple of the {num_devices} devices (or 0: batch_size)')
   from tpm_jax.sharding import mesh_shape
   mesh_shape(config.mesh, num_devices)
+
+  def number(field, ok, accepted):  # a numeric field (absent: nothing to check) that ok() accepts
+    section, _, name = field.rpartition('.')
+    holder = config.get(section) if section else config
+    if holder is None or name not in holder:
+      return
+    v = holder[name]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not ok(v):
+      _fail(field, v, accepted)
+
+  number('total_steps', lambda v: v >= 0 and v == int(v), 'an int >= 0 (0: from num_epochs)')
+  number('num_epochs', lambda v: v >= 0, 'a number >= 0 (used when total_steps=0)')
   if not (config.total_steps > 0 or config.num_epochs > 0):
     _fail('total_steps', config.total_steps, 'a positive number of steps, or num_epochs > 0')
+  number('eval_batch_size', lambda v: v >= 0 and v == int(v), 'an int >= 0 (0: batch_size)')
+  number('eval_every_steps', lambda v: v >= 0 and v == int(v), 'an int >= 0 (0: no evaluation)')
+  number('num_train_examples', lambda v: v >= 0 and v == int(v), 'an int >= 0 (0: read from the dataset)')
+  number('keep_warmup_epochs', lambda v: v >= 0, 'a number >= 0 (0: no keep-rate warmup)')
+  number('optim.lr', lambda v: v > 0, 'a float > 0 (per 512 images)')
+  number('optim.min_lr', lambda v: v >= 0, 'a float >= 0')
+  number('optim.warmup_epochs', lambda v: v >= 0, 'a number >= 0 (0: no warmup)')
+  number('optim.weight_decay', lambda v: v >= 0, 'a float >= 0')
+  number('optim.grad_clip', lambda v: v >= 0, 'a float >= 0 (0: no clipping)')
+  number('optim.ema_decay', lambda v: 0 <= v < 1, 'a float in [0, 1) (0: no EMA)')
+  for field in ('optim.b1', 'optim.b2'):
+    number(field, lambda v: 0 <= v < 1, 'a float in [0, 1)')
+  number('distill.alpha', lambda v: 0 <= v <= 1, 'a float in [0, 1] (0: no self-distillation)')
+  number('aug.label_smoothing', lambda v: 0 <= v < 1, 'a float in [0, 1)')
+  for field in ('aug.mixup', 'aug.cutmix'):
+    number(field, lambda v: v >= 0, 'a float >= 0 (the Beta distribution\'s alpha; 0: off)')
+  number('aug.random_erasing', lambda v: 0 <= v <= 1, 'a probability in [0, 1]')
+  number('aug.eval_crop_pct', lambda v: 0 < v <= 1, 'a float in (0, 1]')
+  a = config.get('aug')
+  if a is not None:
+    scale = a.get('crop_scale', (0.08, 1.0))
+    try:
+      lo, hi = (float(v) for v in scale)
+    except (TypeError, ValueError):
+      lo = hi = float('nan')
+    if not 0 < lo <= hi <= 1:
+      _fail('aug.crop_scale', scale, 'two area fractions (min, max) with 0 < min <= max <= 1')
+    from tpm_jax.data.input_pipeline import parse_randaugment
+    try:
+      parse_randaugment(a.get('randaugment', ''))
+    except ValueError as e:
+      raise ConfigError(str(e)) from None
+    chans = abstract.cfg.in_chans
+    for field in ('mean', 'std'):
+      v = a.get(field)
+      if v is None:
+        continue
+      vals = tuple(v) if isinstance(v, (list, tuple)) else ()
+      if (len(vals) != 1 and len(vals) < chans
+          or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in vals)
+          or field == 'std' and any(not x > 0 for x in vals)):
+        _fail(f'aug.{field}', v, f'one number per image channel ({chans}), or one for all'
+              + (', each > 0' if field == 'std' else ''))
+  _positive_int('dataset.shuffle_buffer', config.dataset.get('shuffle_buffer', 1))
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _positive_int(field, config.get(field))
   _positive_int('preemption_check_every_steps', config.get('preemption_check_every_steps', 10))
@@ -339,12 +398,7 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
     _fail('keep_warmup_stages', config.keep_warmup_stages, 'an int >= 1')
 
   d = config.dataset
-  if d.get('image_folder'):
-    root = os.path.expanduser(d.image_folder)
-    for split in (d.train_split, d.eval_split):
-      if not os.path.isdir(os.path.join(root, split.split('[')[0])):
-        _fail('dataset.image_folder', d.image_folder, f'a folder with {split}/<class>/*.jpg inside')
-  else:
+  if not d.get('image_folder'):
     import tensorflow_datasets as tfds
     if d.name not in tfds.list_builders():
       _fail('dataset.name', d.name, 'a TFDS dataset name (tfds.list_builders()), or set dataset.image_folder')
@@ -354,6 +408,9 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
       if missing:
         _fail('dataset.manual_dir', d.get('manual_dir'),
               f'a folder holding {" and ".join(IMAGENET_MANUAL_FILES)} (missing: {", ".join(missing)})')
+  # Splits and slices against the real split sizes; an image folder's classes, one image of each decoded.
+  from tpm_jax.data.checks import check_dataset
+  check_dataset(d, num_classes=m.num_classes)
   for field in ('timm_checkpoint', 'checkpoint'):
     path = config.init.get(field)
     if path and not os.path.exists(os.path.expanduser(path)):
@@ -421,6 +478,13 @@ def _check_workdir(config, workdir: str) -> None:
   """Refuse a workdir that holds a run with another model, method or data (unless config.overwrite)."""
   import json
   import os
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ConfigError(f'workdir {workdir} is a file: expected a directory (existing or to be created)')
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.access(existing, os.W_OK):
+    raise ConfigError(f'workdir {workdir}: {existing} is not writable (read-only file system or permissions)')
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path) or config.get('overwrite', False):
     return

@@ -6,6 +6,9 @@ Any TFDS image-classification dataset by name (``imagenet2012`` with ``manual_di
 (root/split/class/*.jpg). Each process reads its own shard (``tfds.split_for_jax_process``).
 Every random choice is a stateless op seeded by (seed, example position), so a pipeline is
 deterministic given its seed and can be resumed by position.
+
+An image that cannot be decoded at run time stops the iterators with ``DataError``, one line
+naming the file (found by decoding the failing batch's examples again, one by one).
 """
 from __future__ import annotations
 
@@ -13,6 +16,12 @@ import math
 import os
 
 import numpy as np
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # what tfds.ImageFolder reads (case-insensitive)
+
+
+class DataError(ValueError):
+  """An example cannot be read at run time. The message is one line naming the file."""
 
 
 def _tf():
@@ -29,6 +38,7 @@ def get_builder(dcfg):
   import tensorflow_datasets as tfds
   if dcfg.get('image_folder'):
     return tfds.ImageFolder(os.path.expanduser(dcfg.image_folder))
+  was_prepared = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir')).is_prepared()
   if dcfg.name == 'fashion_mnist':
     from tpm_jax.data.local_sources import prepare_fashion_mnist
     prepare_fashion_mnist(dcfg.get('data_dir'))
@@ -37,6 +47,9 @@ def get_builder(dcfg):
     manual = dcfg.get('manual_dir')
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual) if manual else None))
+  if not was_prepared:  # its split sizes are known only now: the start-up checks could not see them
+    from tpm_jax.data.checks import check_splits
+    check_splits(builder, dcfg, dcfg.name)
   return builder
 
 
@@ -59,6 +72,21 @@ def num_classes(builder) -> int:
   return int(builder.info.features['label'].num_classes)
 
 
+def _folder_split(builder, split: str):
+  """An ImageFolder split with TFDS's slicing ('test[:100]', 'train[:50%]+test'), which
+  tfds.ImageFolder itself does not do: each named split read whole, then skip/take."""
+  import tensorflow_datasets as tfds
+  out = None
+  for part in tfds.core.ReadInstruction.from_spec(split).to_absolute(builder.info.splits):
+    ds = builder.as_dataset(split=part.splitname, shuffle_files=False, decoders={'image': tfds_skip()})
+    n = int(builder.info.splits[part.splitname].num_examples)
+    start, stop = part.from_ or 0, n if part.to is None else part.to
+    if (start, stop) != (0, n):
+      ds = ds.skip(start).take(max(0, stop - start))
+    out = ds if out is None else out.concatenate(ds)
+  return out
+
+
 def _process_split(builder, split: str, process_index: int, process_count: int):
   """(dataset of this process's examples, their count). TFDS builders read their shard of the
   files (``tfds.split_for_jax_process``); an ImageFolder, which has no sub-splits, is sharded by
@@ -66,7 +94,7 @@ def _process_split(builder, split: str, process_index: int, process_count: int):
   import tensorflow_datasets as tfds
   if isinstance(builder, tfds.ImageFolder):
     n = num_examples(builder, split)
-    ds = builder.as_dataset(split=split, shuffle_files=False, decoders={'image': tfds_skip()})
+    ds = _folder_split(builder, split)
     return ds.shard(process_count, process_index), n // process_count + int(process_index < n % process_count)
   sub = tfds.split_for_jax_process(split, process_index=process_index, process_count=process_count)
   ds = builder.as_dataset(split=sub, shuffle_files=False, decoders={'image': tfds_skip()})
@@ -78,12 +106,13 @@ def _decode(tf, data, channels):
   if image.dtype == tf.string:
     image = tf.io.decode_image(image, channels=0, expand_animations=False)
   image.set_shape([None, None, None])
-  have = tf.shape(image)[-1]
+  # 1 channel: grayscale, 2: grayscale + alpha, 3: RGB, 4: RGBA; alpha is dropped.
+  gray = tf.shape(image)[-1] < 3
   if channels == 3:
-    image = tf.cond(have == 1, lambda: tf.image.grayscale_to_rgb(image), lambda: image[..., :3])
+    image = tf.cond(gray, lambda: tf.image.grayscale_to_rgb(image[..., :1]), lambda: image[..., :3])
     image.set_shape([None, None, 3])
   else:
-    image = tf.cond(have == 3, lambda: tf.image.rgb_to_grayscale(image), lambda: image[..., :1])
+    image = tf.cond(gray, lambda: image[..., :1], lambda: tf.image.rgb_to_grayscale(image[..., :3]))
     image.set_shape([None, None, 1])
   return image
 
@@ -176,15 +205,21 @@ def train_iterator(config, builder, *, local_batch: int, process_index: int = 0,
   """Endless iterator of {'image': uint8 (local_batch, H, W, C), 'label': int32} for this process.
   ``start_batch`` skips that many batches (resume at the same position of the same sequence)."""
   tf = _tf()
-  ds, _ = _process_split(builder, config.dataset.train_split, process_index, process_count)
-  ds = ds.repeat().shuffle(config.dataset.shuffle_buffer, seed=config.seed * 1009 + process_index,
-                           reshuffle_each_iteration=True)
-  ds = ds.enumerate().map(train_preprocess(config, channels), num_parallel_calls=tf.data.AUTOTUNE)
+  split = config.dataset.train_split
+
+  def source():  # (position, encoded example), endless and shuffled: the same sequence every time
+    ds, _ = _process_split(builder, split, process_index, process_count)
+    ds = ds.repeat().shuffle(config.dataset.shuffle_buffer, seed=config.seed * 1009 + process_index,
+                             reshuffle_each_iteration=True)
+    return ds.enumerate()
+
+  ds = source().map(train_preprocess(config, channels), num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True)
   if start_batch:
     ds = ds.skip(start_batch)
   ds = ds.prefetch(2).with_options(_options(tf))
-  return ds.as_numpy_iterator()
+  examples_of = lambda i: source().skip((start_batch + i) * local_batch).take(local_batch)
+  return _naming_bad_files(ds.as_numpy_iterator(), examples_of, channels, _where(config, split))
 
 
 def eval_batches(config, builder, split: str, *, local_batch: int, process_index: int = 0, process_count: int = 1,
@@ -202,4 +237,87 @@ def eval_batches(config, builder, split: str, *, local_batch: int, process_index
                                       'label': tf.constant(0, tf.int32), 'mask': tf.constant(0, tf.int32)})
   ds = ds.concatenate(pad.repeat()).take(n_batches * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True).prefetch(2).with_options(_options(tf))
-  return ds.as_numpy_iterator()
+  examples_of = lambda i: _process_split(builder, split, process_index, process_count)[0].enumerate().skip(
+      i * local_batch).take(local_batch)
+  return _naming_bad_files(ds.as_numpy_iterator(), examples_of, channels, _where(config, split))
+
+
+# ----------------------------------------------------------------------------------------------
+# Run-time read errors -> DataError naming the file
+# ----------------------------------------------------------------------------------------------
+def _where(config, split: str) -> str:
+  d = config.dataset
+  return f'{d.image_folder if d.get("image_folder") else d.name} split {split!r}'
+
+
+def _tf_reason(e) -> str:
+  """TensorFlow's error message, first line, without its op and node decorations."""
+  import re
+  text = (getattr(e, 'message', None) or str(e)).strip()
+  msg = text.splitlines()[0] if text else ''
+  msg = re.sub(r'\{\{[^}]*\}\}\s*', '', msg)
+  return re.sub(r'\s*(\[Op:|\[\[).*$', '', msg).strip() or type(e).__name__
+
+
+def undecodable_reason(encoded: bytes, channels: int = 3) -> str | None:
+  """Why ``encoded`` cannot be an image of the pipeline, or None. PIL looks first and its plain
+  verdicts (no known format, truncated) are taken, quietly; anything else is decoded as the
+  pipeline decodes (TensorFlow), which has the last word."""
+  import io
+  from PIL import Image, UnidentifiedImageError
+  if not encoded:
+    return 'an empty file'
+  try:
+    with Image.open(io.BytesIO(encoded)) as im:
+      im.load()
+  except UnidentifiedImageError:
+    return 'not JPEG, PNG, GIF or BMP data'
+  except OSError as e:
+    if 'truncated' in str(e).lower():  # 'image file is truncated (n bytes not processed)', 'Truncated File Read'
+      return 'the file is truncated'
+  except Exception:  # noqa: BLE001 (PIL is only a first look; TensorFlow decides below)
+    pass
+  tf = _tf()
+  try:
+    _decode(tf, {'image': tf.constant(encoded)}, channels)
+  except tf.errors.OpError as e:
+    return _tf_reason(e)
+  return None
+
+
+def _example_name(position: int, example: dict, where: str) -> str:
+  """An ImageFolder example's path; else the file name TFDS recorded, or its position."""
+  text = lambda v: v.decode('utf-8', 'replace') if isinstance(v, bytes) else str(v)
+  if 'image/filename' in example:
+    return text(example['image/filename'])
+  if 'file_name' in example:
+    return f'{where} file {text(example["file_name"])}'
+  return f'{where} example {position}'
+
+
+def _naming_bad_files(it, examples_of, channels: int, where: str):
+  """Yield ``it``'s batches; an example that cannot be read or decoded becomes one ``DataError``
+  naming its file. ``examples_of(i)``: batch i's (position, encoded example) pairs, re-read (no
+  decoding) to find the culprit, only after a failure."""
+  tf = _tf()
+  i = 0
+  while True:
+    try:
+      batch = next(it)
+    except StopIteration:
+      return
+    except tf.errors.NotFoundError as e:  # a file gone since the start (the message names it)
+      raise DataError(_tf_reason(e)) from None
+    except tf.errors.InvalidArgumentError as e:
+      bad = None
+      try:
+        for position, example in examples_of(i).as_numpy_iterator():
+          reason = undecodable_reason(example['image'], channels)
+          if reason:
+            bad = f'{_example_name(position, example, where)}: not a decodable image ({reason})'
+            break
+      except tf.errors.OpError:
+        pass
+      raise DataError(bad or f'{where}: an example could not be read ({_tf_reason(e)})') from None
+    yield batch
+    i += 1

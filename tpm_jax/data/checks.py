@@ -1,0 +1,113 @@
+"""Start-up checks of ``config.dataset`` against the data itself (``validate_train_config`` runs them
+before anything is written or compiled): split names and slices against the real split sizes, an
+image folder's layout, and one image per class decoded as the pipeline decodes it.
+
+Each failure is one ``ConfigError`` line naming the field or file and what is accepted. A TFDS
+dataset not prepared yet has no recorded splits: ``input_pipeline.get_builder`` checks its splits
+right after preparing it (still before the workdir is written).
+"""
+from __future__ import annotations
+
+import os
+
+from tpm_jax.config import ConfigError, _fail
+from tpm_jax.data.input_pipeline import IMAGE_EXTENSIONS, undecodable_reason
+
+SPLIT_FIELDS = ('train_split', 'eval_split')
+
+
+def check_dataset(dcfg, *, num_classes: int | None = None) -> None:
+  """``config.dataset`` against its data. ``num_classes``: the model's; an image folder must not have more classes."""
+  if dcfg.get('image_folder'):
+    builder = _check_image_folder(dcfg)
+    where = f'image folder {os.path.expanduser(dcfg.image_folder)}'
+  else:
+    import tensorflow_datasets as tfds
+    builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+    where = dcfg.name
+    features = builder.info.features
+    if 'image' not in features or 'label' not in features:
+      _fail('dataset.name', dcfg.name, "an image classification dataset (features 'image' and 'label')")
+  check_splits(builder, dcfg, where)
+  if num_classes is not None and dcfg.get('image_folder'):
+    # (An image folder's classes are its class folders. A TFDS dataset declares its label space, which
+    # a run on part of it may exceed (the tiny imagenet2012 of the tests: 4 of 1000 classes), so it is not checked.)
+    names = builder.info.features['label'].names
+    if len(names) > num_classes:
+      _fail('model.num_classes', num_classes, f'at least the {len(names)} classes of {where} '
+            f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})')
+
+
+def check_splits(builder, dcfg, where: str, fields=SPLIT_FIELDS) -> None:
+  """dataset.train_split and dataset.eval_split (or ``fields``): existing split names, slices within
+  them, and at least one example each. Skipped where the sizes are not known (a TFDS dataset not
+  prepared yet)."""
+  splits = builder.info.splits
+  sizes = {name: int(info.num_examples) for name, info in splits.items()}
+  if not sizes:
+    return
+  for field in fields:
+    spec = dcfg.get(field)
+    listing = ', '.join(f'{k} ({v} examples)' for k, v in sorted(sizes.items()))
+    accepted = f'a split of {where}: {listing}; or a slice of one, like {sorted(sizes)[0]}[:50%]'
+    if not isinstance(spec, str) or not spec.strip():
+      _fail(f'dataset.{field}', spec, accepted)
+    try:
+      n = int(splits[spec].num_examples)
+    except (KeyError, ValueError, TypeError, AssertionError) as e:
+      reason = str(e).strip().splitlines()[0].strip('"') if str(e).strip() else type(e).__name__
+      if reason.startswith('Unknown split'):
+        reason = ''
+      _fail(f'dataset.{field}', spec, accepted + (f' ({reason})' if reason else ''))
+    if n < 1:
+      _fail(f'dataset.{field}', spec, accepted + f' ({spec} selects {max(n, 0)} examples)')
+
+
+def _check_image_folder(dcfg):
+  """root/split/class/image: the splits the config uses have class folders, each with at least one
+  image that decodes. Returns the ``tfds.ImageFolder``."""
+  import tensorflow_datasets as tfds
+  root = os.path.expanduser(dcfg.image_folder)
+  layout = f'a folder of <split>/<class>/ folders holding {", ".join(IMAGE_EXTENSIONS)} images'
+  if not os.path.isdir(root):
+    _fail('dataset.image_folder', dcfg.image_folder, f'{layout} (no such folder)')
+  split_dirs = _subdirs(root)
+  if not split_dirs:
+    _fail('dataset.image_folder', dcfg.image_folder, f'{layout} ({root} has no split folders)')
+  checked = set()
+  for field in SPLIT_FIELDS:
+    spec = dcfg.get(field)
+    names = [part.split('[')[0].strip() for part in str(spec).split('+')]
+    for name in names:
+      if name in split_dirs and name not in checked:
+        checked.add(name)
+        _check_folder_split(dcfg.image_folder, os.path.join(root, name), layout)
+  return tfds.ImageFolder(root)
+
+
+def _check_folder_split(field_value, split_dir: str, layout: str) -> None:
+  classes = _subdirs(split_dir)
+  if not classes:
+    _fail('dataset.image_folder', field_value, f'{layout} ({split_dir} has no class folders)')
+  for cls in classes:
+    class_dir = os.path.join(split_dir, cls)
+    images = sorted(f for f in os.listdir(class_dir)
+                    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(class_dir, f)))
+    if not images:
+      _fail('dataset.image_folder', field_value, f'{layout} ({class_dir} has no images)')
+    path = os.path.join(class_dir, images[0])
+    try:
+      with open(path, 'rb') as f:
+        encoded = f.read()
+    except OSError as e:
+      raise ConfigError(f'dataset.image_folder={field_value!r} is not accepted: {path} cannot be read '
+                        f'({e.strerror or e})') from None
+    reason = undecodable_reason(encoded)
+    if reason:
+      _fail('dataset.image_folder', field_value,
+            f'decodable {", ".join(IMAGE_EXTENSIONS)} images ({path}: not a decodable image ({reason}))')
+
+
+def _subdirs(path: str) -> list[str]:
+  """Sub-folders, as tfds.ImageFolder lists them (hidden ones included: they become splits or classes)."""
+  return sorted(e.name for e in os.scandir(path) if e.is_dir())
