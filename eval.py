@@ -51,9 +51,8 @@ MODEL_FIELDS = ('model.', 'reduction.', 'multiscale.')
 
 def _check_same_model(saved, config):
   """--config may not describe another model than the checkpoint holds (eval would label it wrongly)."""
-  from tpm_jax.checkpoint import _flat
-  from tpm_jax.config import ConfigError
-  old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+  from tpm_jax.config import ConfigError, flat_dict
+  old, new = flat_dict(saved.to_dict()), flat_dict(config.to_dict())
   diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(set(old) & set(new))
           if k.startswith(MODEL_FIELDS) and old[k] != new[k] and k not in ('model.dtype', 'model.drop_path_rate')]
   if diff:
@@ -65,6 +64,7 @@ def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
   import jax
+
   import tpm_jax
   from tpm_jax import export, sharding, trainer
   from tpm_jax.checkpoint import CheckpointError
@@ -115,7 +115,7 @@ def main(argv):
   graphdef, state = nnx.split((model, None, None, None))
   eval_step = jax.jit(trainer.make_eval_step(config, graphdef))
   try:
-    metrics = trainer.evaluate(config, builder, state, eval_step, mesh, sharding.batch_sharding(mesh),
+    metrics = trainer.evaluate(config, builder, state, eval_step, sharding.batch_sharding(mesh),
                                model.cfg.in_chans, split=split)
   except input_pipeline.DataError as e:  # an image that cannot be decoded: one line naming its file
     print(f'error: {e}', file=sys.stderr, flush=True)

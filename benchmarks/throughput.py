@@ -386,7 +386,7 @@ def main():
   torch = timm = None
   device = 'cpu'
   if not args.no_torch:
-    from tpm_jax.torch_compat import import_timm
+    from benchmarks.torch_compat import import_timm
     timm = import_timm()
     import torch
     if jax.default_backend() == 'gpu' and torch.cuda.is_available():

@@ -70,7 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
       train_split='train',
       eval_split='validation',
       shuffle_buffer=10_000,
-      cache_eval=False,
   ))
   c.aug = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0),      # random resized crop area range

@@ -10,11 +10,8 @@ r=<int>, multiscale=none|pool|cross, seed=<int>, smoke (a run of seconds on a CP
   python train.py --config configs/deit.py:model=deit_small_patch16_224,method=tpm,keep=0.7 \\
       --config.dataset.manual_dir=/data/imagenet --workdir /ckpt/deit_s_tpm07
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
+from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
 
 
 def get_config(arg=None):

@@ -6,11 +6,8 @@ the target, quantised into ``keep_warmup_stages`` compiled steps).
 
 Arg string: as configs/deit.py.
 """
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
+from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
 
 
 def get_config(arg=None):

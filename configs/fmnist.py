@@ -36,11 +36,8 @@ Augmentation: random resized crop (area 0.6-1), horizontal flip, label smoothing
 RandAugment (grayscale), no random erasing, no mixup/cutmix (short runs).
 """
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg  # noqa: E402
+from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
 
 ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
             width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')

@@ -22,13 +22,9 @@ attention (``prop_attn`` on for tpm and tome, off otherwise), the settings docs/
   python train.py --config configs/quickstart.py:method=tpm,keep=0.7 \\
       --config.init.checkpoint=workdirs/quickstart/backbone --workdir workdirs/quickstart/tpm
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import fmnist  # noqa: E402
-from configs.common import parse_arg  # noqa: E402
-from tpm_jax.config import PROP_ATTN_METHODS  # noqa: E402
+from configs import fmnist
+from configs.common import parse_arg
+from tpm_jax.config import PROP_ATTN_METHODS
 
 ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=1400,
             finetune_steps=150, smoke=False)

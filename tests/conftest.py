@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture(scope='session')
 def timm():
   pytest.importorskip('torch')
-  from tpm_jax.torch_compat import import_timm
+  from benchmarks.torch_compat import import_timm
   return import_timm()
 
 

@@ -47,8 +47,8 @@ _PHOTOS = ('chelsea', 'coffee', 'astronaut', 'rocket', 'hubble_deep_field', 'imm
 
 def _imagenet_files():
   """(ordered synset list as TFDS labels them, validation ground truth synset per image index-1)."""
-  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
   import tensorflow_datasets as tfds
+  from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
   with open(os.fspath(imagenet_common.label_names_file())) as f:
     synsets = f.read().split()
   with open(os.fspath(tfds.core.tfds_path(imagenet_common._VALIDATION_LABELS_FNAME))) as f:

@@ -258,7 +258,8 @@ def test_case9_method_none_is_the_plain_backbone():
   from configs import deit
   c = deit.get_config('method=none')
   assert c.multiscale.method == 'none'
-  from tpm_jax.config import ConfigError, validate_train_config
+  from tpm_jax.config import ConfigError
+  from tpm_jax.train_checks import validate_train_config
   with c.unlocked():
     c.multiscale.method = 'pool'
   with pytest.raises(ConfigError, match="multiscale.method='pool'"):
@@ -278,6 +279,7 @@ LEGACY = os.path.join(ROOT, 'tests', 'data', 'legacy_workdir')  # written by 1cc
 def test_workdir_of_the_earlier_layout_exports_and_refuses_resume(tmp_path):
   import orbax.checkpoint as ocp
   from flax import nnx
+
   from tpm_jax import checkpoint, export, trainer
   workdir = _copy(LEGACY, tmp_path / 'legacy')
   before = _listing(workdir)

@@ -58,7 +58,8 @@ def test_workdir_with_another_run_is_refused(tmp_path):
 
 def test_workdir_written_before_a_field_was_added_resumes(tmp_path):
   import json
-  from tpm_jax.config import _check_workdir
+
+  from tpm_jax.train_checks import _check_workdir
   old = json.loads(_smoke().to_json())
   del old['model']['pos_embed_init']  # a run from before model.pos_embed_init existed: it had the default
   (tmp_path / 'config.json').write_text(json.dumps(old))

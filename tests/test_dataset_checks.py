@@ -15,9 +15,10 @@ from PIL import Image
 
 from configs import deit
 from tpm_jax import trainer
-from tpm_jax.config import ConfigError, validate_train_config
+from tpm_jax.config import ConfigError
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.input_pipeline import DataError
+from tpm_jax.train_checks import validate_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {'train': 4, 'validation': 3}  # images per class

@@ -12,7 +12,6 @@ from flax import nnx
 
 import tpm_jax
 from configs import deit
-
 from tpm_jax import export, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +72,8 @@ def test_init_from_an_export(trained, tmp_path):
 
 
 def test_an_export_of_another_model_is_refused_up_front(trained, tmp_path):
-  from tpm_jax.config import ConfigError, validate_train_config
+  from tpm_jax.config import ConfigError
+  from tpm_jax.train_checks import validate_train_config
   tmp, _ = trained
   out = tmp / 'export_for_init'
   if not out.exists():
@@ -114,10 +114,11 @@ def test_a_backbone_export_initialises_a_multiscale_model(tmp_path):
   import jax
   import orbax.checkpoint as ocp
   from flax import nnx
+
   from configs import fmnist
-  from tpm_jax.config import validate_train_config
   from tpm_jax.export import load_params_into
   from tpm_jax.models.registry import model_from_config
+  from tpm_jax.train_checks import validate_train_config
   backbone = model_from_config(fmnist.get_config('method=none,smoke'))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(str(tmp_path / 'params'), nnx.state(backbone, nnx.Param))

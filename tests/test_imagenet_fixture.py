@@ -3,7 +3,6 @@ import collections
 import socket
 
 import pytest
-
 from imagenet_fixture import build_tiny_imagenet
 
 

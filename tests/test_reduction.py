@@ -5,11 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from reference_reduction import ref_drop, ref_evit, ref_mass, ref_tome, ref_tpm
 
 import tpm_jax
 from tpm_jax import reduction
 from tpm_jax.config import ReductionConfig
-from reference_reduction import ref_drop, ref_evit, ref_mass, ref_tome, ref_tpm
 
 TINY = dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=3, num_classes=10)
 

@@ -1,7 +1,7 @@
 """The backbone against timm itself: same weights, same logits; and the weight converter."""
+import jax.numpy as jnp
 import numpy as np
 import pytest
-import jax.numpy as jnp
 
 import tpm_jax
 
@@ -79,6 +79,7 @@ def test_every_registered_timm_model_has_timm_shapes(timm):
   """Key names and shapes of every registered model equal timm's (timm built on the meta device)."""
   import torch
   from flax import nnx
+
   from tpm_jax.timm_weights import timm_key, to_timm_layout
   for name in tpm_jax.list_models():
     if name == 'vit_custom':

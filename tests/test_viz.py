@@ -1,6 +1,6 @@
 """Visualisation on a real photograph (scikit-image's astronaut)."""
-import numpy as np
 import jax.numpy as jnp
+import numpy as np
 from PIL import Image
 
 import tpm_jax

@@ -5,7 +5,7 @@
   <step>/ema        the EMA parameters (only when ``optim.ema_decay`` > 0)
   <step>/rng        the model's rng streams (dropout / stochastic depth keys and counts)
   <step>/step       the optimizer's step counter
-  <step>/meta       JSON: step, data position, the config, the library version
+  <step>/meta       JSON: step (also the data position: resume skips step x batch examples), the config, the library version
   <step>/checksums.json  SHA-256 of every file above, written once the save has committed
 
 Each item restores on its own: export and eval read ``params`` (or ``ema``) alone, with no
@@ -35,9 +35,10 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
 
-from tpm_jax.config import ConfigError
+from tpm_jax.config import ConfigError, flat_dict
 
 log = logging.getLogger(__name__)
 
@@ -380,21 +381,11 @@ def params_into_model(model, params: dict) -> None:
 # ------------------------------------------------------------------------------------------------
 # Training: resume and save
 # ------------------------------------------------------------------------------------------------
-def _flat(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
-
-
 STATE_FIELDS = ('model.', 'reduction.', 'multiscale.', 'optim.', 'distill.')
 
 
 def _mismatch_message(directory, step, diffs, saved_config, config):
-  old, new = _flat(saved_config or {}), _flat(json.loads(config.to_json_best_effort()))
+  old, new = flat_dict(saved_config or {}), flat_dict(json.loads(config.to_json_best_effort()))
   fields = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k.startswith(STATE_FIELDS)]
   what = ', '.join(f'{k}={old.get(k)!r} there, {new.get(k)!r} now' for k in fields) or '; '.join(diffs[:3])
   return (f'{directory}/{step} holds a different train state than this config builds ({what}): resume with '
@@ -452,7 +443,6 @@ def _set_aside(directory: str, step: int) -> None:
       dst, n = f'{src}.unreadable{n}', n + 1
     os.rename(src, dst)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
 
 
@@ -511,3 +501,32 @@ class Checkpointer:
       self._finish()
     finally:
       self.manager.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Exports (python -m tpm_jax.export): parameters alone
+# ------------------------------------------------------------------------------------------------
+def _replicated_on_one_device(abstract):
+  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
+
+
+def load_params_into(model, path: str):
+  """Set ``model``'s parameters from an export directory (same architecture); returns the model.
+  An export without multi-scale parameters (an unpruned backbone's) leaves ``model``'s multi-scale
+  fusion at its initialisation, whose zero output projections keep the backbone's function."""
+  state = nnx.state(model, nnx.Param)
+  params_dir = os.path.join(os.path.abspath(path), 'params')
+  if 'multiscale' in state and not os.path.isdir(os.path.join(params_dir, 'multiscale')):
+    meta = ocp.StandardCheckpointer().metadata(params_dir)
+    if 'multiscale' not in getattr(meta, 'item_metadata', meta):
+      state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('multiscale'))))
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
+  try:
+    params = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'params'),
+                                                _replicated_on_one_device(target))
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f'{path}: not an export of this model ({type(e).__name__}: '
+                          f'{str(e).splitlines()[0][:200] if str(e) else ""})') from e
+  nnx.update(model, params)
+  return model

@@ -4,10 +4,11 @@ from __future__ import annotations
 import re
 import sys
 
+from absl import app, flags
+
 
 def run(main) -> None:
   """``absl.app.run(main)`` with the flags parsed by ``parse_flags_or_exit`` (once)."""
-  from absl import app
   remaining = parse_flags_or_exit()
   app.run(main, flags_parser=lambda _: remaining)
 
@@ -15,7 +16,6 @@ def run(main) -> None:
 def parse_flags_or_exit(argv=None) -> list[str]:
   """Parse absl flags (and ml_collections ``--config.*`` overrides) up front, so that a bad flag, an
   unknown config field or a bad arg string is one line on stderr and exit code 2, not a traceback."""
-  from absl import flags
   argv = list(sys.argv if argv is None else argv)
   try:
     remaining = flags.FLAGS(argv)

@@ -10,6 +10,7 @@ processes on one machine (MaxText's habit).
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 
@@ -39,5 +40,4 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 
 
 def _has_accelerator() -> bool:
-  import importlib.util
   return any(importlib.util.find_spec(m) is not None for m in ('jax_cuda12_plugin', 'jax_cuda13_plugin', 'libtpu'))

@@ -18,14 +18,12 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from tpm_jax import checkpoint
+from tpm_jax.checkpoint import CheckpointError, load_params_into
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.timm_weights import export_timm_weights
 
 EXPORT_CONFIG = 'config.json'
-
-
-def _replicated_on_one_device(abstract):
-  sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), abstract)
 
 
 def read_config(path: str) -> ml_collections.ConfigDict:
@@ -37,7 +35,6 @@ def restore_from_workdir(workdir: str, step: int | None = None):
   """(model, config, step) from a training workdir's checkpoint, read-only: the ``ema`` item when
   the run kept one, else ``params``, restored alone (no optimizer, schedule or training graph);
   the newest step that passes its checks, or ``step``. Nothing in the workdir is changed."""
-  from tpm_jax import checkpoint
   path = os.path.join(workdir, 'config.json')
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{workdir} is not a training workdir: {path} does not exist')
@@ -61,7 +58,6 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   with open(os.path.join(output, 'export.json'), 'w') as f:
     json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
   if safetensors:
-    from tpm_jax.timm_weights import export_timm_weights
     export_timm_weights(model, safetensors)
   return output
 
@@ -73,28 +69,6 @@ def load_model(path: str):
   return load_params_into(model_from_config(read_config(os.path.join(path, EXPORT_CONFIG))), path)
 
 
-def load_params_into(model, path: str):
-  """Set ``model``'s parameters from an export directory (same architecture); returns the model.
-  An export without multi-scale parameters (an unpruned backbone's) leaves ``model``'s multi-scale
-  fusion at its initialisation, whose zero output projections keep the backbone's function."""
-  state = nnx.state(model, nnx.Param)
-  params_dir = os.path.join(os.path.abspath(path), 'params')
-  if 'multiscale' in state and not os.path.isdir(os.path.join(params_dir, 'multiscale')):
-    meta = ocp.StandardCheckpointer().metadata(params_dir)
-    if 'multiscale' not in getattr(meta, 'item_metadata', meta):
-      state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('multiscale'))))
-  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-  try:
-    params = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), 'params'),
-                                                _replicated_on_one_device(target))
-  except Exception as e:  # noqa: BLE001
-    from tpm_jax.checkpoint import CheckpointError
-    raise CheckpointError(f'{path}: not an export of this model ({type(e).__name__}: '
-                          f'{str(e).splitlines()[0][:200] if str(e) else ""})') from e
-  nnx.update(model, params)
-  return model
-
-
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', required=True)
@@ -102,7 +76,6 @@ def main(argv=None):
   p.add_argument('--step', type=int, default=None, help='default: the latest complete checkpoint')
   p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
   args = p.parse_args(argv)
-  from tpm_jax.checkpoint import CheckpointError
   try:
     out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors)
   except (FileNotFoundError, CheckpointError, OSError, ValueError) as e:

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tpm_jax.config import MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.models.registry import model_config
+from tpm_jax.models.vit import VisionTransformer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +31,6 @@ class TokenSchedule:
 
 def _resolve(config, **kw) -> tuple[ViTConfig, ReductionConfig, MultiscaleConfig]:
   """A model, a timm name (+ create_model kwargs) or an ml_collections training config."""
-  from tpm_jax.models.registry import model_config
   if hasattr(config, 'cfg') and hasattr(config, 'reduction'):  # a VisionTransformer
     return config.cfg, config.reduction, config.multiscale_cfg
   if hasattr(config, 'model') and hasattr(config.model, 'name'):  # a training ConfigDict
@@ -68,7 +69,6 @@ def analytic_macs(config, **kwargs) -> int:
   hidden = int(D * cfg.mlp_ratio)
   sched = token_schedule(config, **kwargs)
   keep = {loc: k for loc, k, _ in red.schedule(P, cfg.num_patches)}
-  g = cfg.grid_size
   macs = cfg.num_patches * cfg.patch_size ** 2 * cfg.in_chans * D    # patch embedding
   macs += D * cfg.num_classes * (2 if cfg.distilled else 1)           # head(s)
   first = min(keep) if keep else 0
@@ -179,7 +179,6 @@ def count_flops(model, img_size: int | None = None, *, compile: bool = True) -> 
   evaluates the same architecture at another resolution (a model with the same config at that
   size, built abstractly, no parameters allocated)."""
   if img_size and img_size != model.cfg.img_size:
-    from tpm_jax.models.vit import VisionTransformer
     cfg = model.cfg.replace(img_size=img_size)
     model = nnx.eval_shape(lambda: VisionTransformer(cfg, reduction=model.reduction, multiscale=model.multiscale_cfg,
                                                      dtype=model.dtype, rngs=nnx.Rngs(0)))

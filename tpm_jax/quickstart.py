@@ -20,15 +20,22 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import jax
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from configs import quickstart as qs
+from tpm_jax import augment, export, trainer, viz
+from tpm_jax.config import ReductionConfig
+from tpm_jax.data import input_pipeline
+from tpm_jax.flops import count_flops, token_schedule
 
 
 def run_stage(config, workdir: str) -> dict:
   """Train ``config`` into ``workdir`` unless a finished run is there; returns its final metrics."""
-  from tpm_jax import trainer
   done = os.path.join(workdir, 'final.json')
   if not os.path.exists(done):
     trainer.train_and_evaluate(config, workdir)
@@ -39,9 +46,6 @@ def run_stage(config, workdir: str) -> dict:
 def measure_images_per_sec(models: dict, batch_size: int, rounds: int = 5) -> dict:
   """Inference images/s of each model, in one process: warm up all, then interleave timed calls
   round by round and take medians, so the numbers compare."""
-  import jax
-  import numpy as np
-  from flax import nnx
   fns = {}
   for name, model in models.items():
     graphdef, state = nnx.split(model)
@@ -62,10 +66,6 @@ def measure_images_per_sec(models: dict, batch_size: int, rounds: int = 5) -> di
 def visualise(model, config, path: str, num_images: int = 6) -> str:
   """One PNG: the first eval images (top row) and, below, which patches the pruned model kept
   (outlined) and which it merged into which (same colour)."""
-  import numpy as np
-  from PIL import Image
-  from tpm_jax import augment, viz
-  from tpm_jax.data import input_pipeline
   builder = input_pipeline.get_builder(config.dataset)
   batch = next(iter(input_pipeline.eval_batches(config, builder, config.dataset.eval_split, local_batch=num_images,
                                                 channels=model.cfg.in_chans)))
@@ -86,7 +86,6 @@ def visualise(model, config, path: str, num_images: int = 6) -> str:
 
 def method_label(config) -> str:
   """'tpm + multiscale pool + prop_attn': the method and the settings that change it."""
-  from tpm_jax.config import ReductionConfig
   label = config.reduction.method
   if label == 'none':
     return label
@@ -99,8 +98,6 @@ def method_label(config) -> str:
 
 def report(workdir: str, runs: dict, configs: dict, *, throughput_batch: int = 64) -> dict:
   """top-1, GMACs, images/s of each run's exported model; writes report.json and report.md."""
-  import tpm_jax
-  from tpm_jax import export
   models = {}
   for name in runs:
     out = os.path.join(workdir, f'{name}_export')
@@ -113,8 +110,8 @@ def report(workdir: str, runs: dict, configs: dict, *, throughput_batch: int = 6
     model = models[name]
     rows[name] = dict(method=method_label(configs[name]), keep_rate=str(configs[name].reduction.keep_rate),
                       top1=final['eval_top1'], eval_examples=int(final['eval_examples']),
-                      gmacs=tpm_jax.count_flops(model, compile=False)['analytic_gmacs'],
-                      images_per_sec=speed[name], tokens=str(tpm_jax.token_schedule(model)),
+                      gmacs=count_flops(model, compile=False)['analytic_gmacs'],
+                      images_per_sec=speed[name], tokens=str(token_schedule(model)),
                       train_steps=final['step'], workdir=os.path.join(workdir, name))
   pruned_name = next(n for n in runs if n != 'pretrain')
   base, pruned = rows['pretrain'], rows[pruned_name]
@@ -149,8 +146,6 @@ def main(argv=None):
   p.add_argument('--keep', type=float, default=0.7)
   p.add_argument('--config_arg', default='', help='extra configs/quickstart.py arg string, e.g. "smoke"')
   args = p.parse_args(argv)
-  sys.path.insert(0, ROOT)
-  from configs import quickstart as qs
   extra = f',{args.config_arg}' if args.config_arg else ''
   configs = {'pretrain': qs.get_config('stage=pretrain' + extra),
              args.method: qs.get_config(f'stage=finetune,method={args.method},keep={args.keep}' + extra)}
@@ -167,7 +162,6 @@ def run(workdir: str, configs: dict) -> dict:
   print(f'[quickstart] 1/3 training the unpruned backbone ({configs["pretrain"].total_steps} steps) '
         f'into {workdir}/pretrain', flush=True)
   runs = {'pretrain': run_stage(configs['pretrain'], os.path.join(workdir, 'pretrain'))}
-  from tpm_jax import export
   backbone = os.path.join(workdir, 'pretrain_export')
   if not os.path.exists(os.path.join(backbone, export.EXPORT_CONFIG)):
     export.export(os.path.join(workdir, 'pretrain'), backbone)

@@ -36,7 +36,18 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import flags
+from flax import nnx
+from ml_collections import config_flags
+
+from tpm_jax.cli import describe_flag_error
 from tpm_jax.config import ConfigError
+from tpm_jax.flops import count_flops
+from tpm_jax.models.registry import model_from_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, 'train.py')
@@ -79,9 +90,6 @@ def run_name(values: dict) -> str:
 
 def load_config(config: str, overrides=()):
   """The ConfigDict train.py builds from ``--config <config>`` and the overrides (parsed as it does)."""
-  from absl import flags
-  from ml_collections import config_flags
-  from tpm_jax.cli import describe_flag_error
   fv, argv = flags.FlagValues(), ['sweep', '--config', config, *overrides]
   config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True, sys_argv=argv)
   try:
@@ -98,8 +106,6 @@ def _model_key(cfg) -> str:
 def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   """The runs of a sweep; every config is built and its model checked (abstractly), so a bad key
   or value raises ``ConfigError`` naming it before anything runs."""
-  from flax import nnx
-  from tpm_jax.models.registry import model_from_config
   file, _, base = config.partition(':')
   if not os.path.isfile(file):
     raise ConfigError(f'--config {file}: no such file')
@@ -189,12 +195,6 @@ def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
   """name -> (analytic GMACs, images/s) for {name: training config}: each distinct model built once
   (random parameters), its forward jitted on ``batch`` random images and warmed up, then all timed
   in interleaved rounds; images/s from the median."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from flax import nnx
-  from tpm_jax.flops import count_flops
-  from tpm_jax.models.registry import model_from_config
   models = {}
   for cfg in configs.values():
     if _model_key(cfg) in models:
@@ -277,7 +277,6 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   """One row per finished run of the sweeps planned in ``workdir`` (its sweep.json): name, the swept
   values, top1, top5, analytic_gmacs, images_per_sec, steps, workdir. Writes results.csv,
   results.md and (with any finished run) pareto.png into ``workdir``."""
-  import ml_collections
   with open(os.path.join(workdir, PLAN)) as f:
     meta = json.load(f)
   keys, rows, configs, missing = meta['keys'], [], {}, []
@@ -303,7 +302,6 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.name})' if cfg else '')
   pct = lambda f: lambda r: f'{100 * r[f]:.2f}'
   cost = {'GMACs': lambda r: f'{r["analytic_gmacs"]:.4g}', 'images/s': lambda r: f'{r["images_per_sec"]:.1f}'}
-  import jax
   md = [f'# Sweep: {title}', '', f'{len(rows)} of {len(meta["runs"])} runs finished. images/s: inference throughput at '
         f'batch {throughput_batch} on {jax.devices()[0].device_kind}, all configs timed in one process in '
         f'interleaved rounds (medians); GMACs: analytic multiply-adds per image.', '']

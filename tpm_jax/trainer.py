@@ -7,7 +7,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -15,16 +17,19 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.experimental import multihost_utils
+from tqdm import tqdm
 
-import tpm_jax
 from tpm_jax import augment, checkpoint, sharding
 from tpm_jax.checkpoint import Checkpointer
-from tpm_jax.config import validate_train_config
 from tpm_jax.data import input_pipeline
+from tpm_jax.data.checks import check_splits
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.timm_weights import load_timm_weights
+from tpm_jax.train_checks import validate_train_config
+from tpm_jax.version import __version__
 
 log = logging.getLogger(__name__)
-TRACES: dict[str, int] = {}  # how often each step function was traced (tests assert on it)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -79,10 +84,9 @@ def initial_params(config):
     return None
   model = model_from_config(config)
   if config.init.get('timm_checkpoint'):
-    tpm_jax.load_timm_weights(model, config.init.timm_checkpoint)
+    load_timm_weights(model, config.init.timm_checkpoint)
   if config.init.get('checkpoint'):  # an export of this project (python -m tpm_jax.export)
-    from tpm_jax.export import load_params_into
-    load_params_into(model, config.init.checkpoint)
+    checkpoint.load_params_into(model, config.init.checkpoint)
   return nnx.state(model, nnx.Param)
 
 
@@ -128,7 +132,6 @@ def make_train_step(config, graphdef, num_classes):
     return loss, logits
 
   def train_step(state, batch, rng):
-    TRACES['train_step'] = TRACES.get('train_step', 0) + 1  # Python side effect: runs once per trace
     model, optimizer, teacher, ema = nnx.merge(graphdef, state)
     images = augment.normalize(batch['image'], aug.mean, aug.std)
     targets = augment.smooth_targets(batch['label'], num_classes, aug.label_smoothing)
@@ -229,7 +232,6 @@ class Progress:
     self.active = active
     interactive = sys.stderr.isatty()
     if active and (mode == 'bar' or (mode == 'auto' and interactive)):
-      from tqdm import tqdm
       self.bar = tqdm(total=total, initial=start, unit='step', dynamic_ncols=True)
     self.lines = active and mode != 'off' and self.bar is None
     self.t0, self.s0, self.total = time.time(), start, total
@@ -251,7 +253,7 @@ class Progress:
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-def _global_batch(batch, mesh, batch_sharding):
+def _global_batch(batch, batch_sharding):
   return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
 
 
@@ -262,6 +264,9 @@ def train_and_evaluate(config, workdir: str):
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
   builder = input_pipeline.get_builder(config.dataset)
+  # A TFDS dataset prepared just now had no split sizes for the start-up checks: its splits are checked here,
+  # still before the workdir is written.
+  check_splits(builder, config.dataset, config.dataset.get('image_folder') or config.dataset.name)
   n_train = config.num_train_examples or input_pipeline.num_examples(builder, config.dataset.train_split)
   steps_per_epoch = n_train / config.batch_size
   total_steps = int(config.total_steps or math.ceil(config.num_epochs * steps_per_epoch))
@@ -294,7 +299,6 @@ def train_and_evaluate(config, workdir: str):
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
   if jax.process_count() > 1:  # the others wait until process 0 has set the workdir up
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices('workdir ready')
 
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
@@ -326,7 +330,7 @@ def train_and_evaluate(config, workdir: str):
   t_last, s_last = time.time(), start
   with PreemptionNotice(config.get('preemption_check_every_steps', 10)) as preemption:
     for step in range(start + 1, total_steps + 1):
-      batch = _global_batch(next(train_iter), mesh, batch_sh)
+      batch = _global_batch(next(train_iter), batch_sh)
       state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
       log_now = step % config.log_every_steps == 0 or step == total_steps
       save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
@@ -344,12 +348,12 @@ def train_and_evaluate(config, workdir: str):
           t_last, s_last = now, step
           progress.update(step, row['loss'], row['images_per_sec'])
           if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
-            row.update(evaluate(config, builder, state, eval_step, mesh, batch_sh, channels))
+            row.update(evaluate(config, builder, state, eval_step, batch_sh, channels))
           writer.write(step, row)
         final = dict(step=step, **row)
         if save_now or stop_now:
-          meta = dict(step=step, data_position=step, config=json.loads(config.to_json_best_effort()),
-                      version=tpm_jax.__version__)
+          meta = dict(step=step, config=json.loads(config.to_json_best_effort()),
+                      version=__version__)
           ckpt.save(step, checkpoint.state_items(state), meta, metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
         if stop_now:
           ckpt.wait()
@@ -359,7 +363,6 @@ def train_and_evaluate(config, workdir: str):
           break
   ckpt.close()
   progress.close()
-  final['param_checksum'] = float(param_checksum(state, repl))
   if is_main and not final.get('preempted') and final['step'] == total_steps:
     # A finished run's summary: sweeps skip runs that have it and collect their results from it.
     final_record = dict(final, total_steps=total_steps, config=json.loads(config.to_json_best_effort()))
@@ -381,8 +384,6 @@ class PreemptionNotice:
     self._previous = None
 
   def __enter__(self):
-    import signal
-    import threading
     if threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
     return self
@@ -396,11 +397,9 @@ class PreemptionNotice:
       return self._flag
     if step % self.every_steps:
       return False
-    from jax.experimental import multihost_utils
     return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
 
   def __exit__(self, *exc):
-    import signal
     if self._previous is not None:
       signal.signal(signal.SIGTERM, self._previous)
     return False
@@ -418,20 +417,14 @@ def init_state(config, schedule, mesh, state_sh):
   return jax.jit(init, in_shardings=(params_sh,), out_shardings=state_sh)(sharding.to_global(params, params_sh))
 
 
-def param_checksum(state, out_sharding):
-  """Sum of |parameters|, replicated on every process (whatever the parameters' sharding)."""
-  params = jax.tree.leaves(nnx.filter_state(state, nnx.Param))
-  return jax.jit(lambda ps: sum(jnp.sum(jnp.abs(p.astype(jnp.float32))) for p in ps), out_shardings=out_sharding)(params)
-
-
-def evaluate(config, builder, state, eval_step, mesh, batch_sh, channels=3, split=None):
+def evaluate(config, builder, state, eval_step, batch_sh, channels=3, split=None):
   eval_batch = config.eval_batch_size or config.batch_size
   totals = None
   for batch in input_pipeline.eval_batches(config, builder, split or config.dataset.eval_split,
                                            local_batch=eval_batch // jax.process_count(),
                                            process_index=jax.process_index(), process_count=jax.process_count(),
                                            channels=channels):
-    out = jax.device_get(eval_step(state, _global_batch(batch, mesh, batch_sh)))
+    out = jax.device_get(eval_step(state, _global_batch(batch, batch_sh)))
     totals = out if totals is None else {k: totals[k] + out[k] for k in out}
   n = max(float(totals['count']), 1.0)
   return dict(eval_top1=float(totals['correct1']) / n, eval_top5=float(totals['correct5']) / n,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 
 def patch_destinations(aux, index: int, num_patches: int, num_prefix_tokens: int):
@@ -33,7 +34,6 @@ def render(image, aux, index: int = 0, *, patch_size: int, num_prefix_tokens: in
            scale: int = 1):
   """An RGB uint8 array: ``image`` (H, W, 3|1, uint8 or float in [0, 1]) with each patch tinted by
   the token it was merged into and kept patches outlined in white; discarded patches darkened."""
-  from PIL import Image, ImageDraw
   img = np.asarray(image)
   if img.dtype != np.uint8:
     img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
@@ -65,7 +65,6 @@ def render(image, aux, index: int = 0, *, patch_size: int, num_prefix_tokens: in
 
 
 def save_png(path, image, aux, index: int = 0, **kwargs) -> str:
-  from PIL import Image
   Image.fromarray(render(image, aux, index, **kwargs)).save(path)
   return path
 

@@ -12,10 +12,14 @@ naming the file (found by decoding the failing batch's examples again, one by on
 """
 from __future__ import annotations
 
+import io
 import math
 import os
+import re
 
-import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tpm_jax.data.local_sources import prepare_fashion_mnist
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # what tfds.ImageFolder reads (case-insensitive)
 
@@ -38,18 +42,13 @@ def get_builder(dcfg):
   import tensorflow_datasets as tfds
   if dcfg.get('image_folder'):
     return tfds.ImageFolder(os.path.expanduser(dcfg.image_folder))
-  was_prepared = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir')).is_prepared()
   if dcfg.name == 'fashion_mnist':
-    from tpm_jax.data.local_sources import prepare_fashion_mnist
     prepare_fashion_mnist(dcfg.get('data_dir'))
   builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
   if not builder.is_prepared():
     manual = dcfg.get('manual_dir')
     builder.download_and_prepare(
         download_config=tfds.download.DownloadConfig(manual_dir=os.path.expanduser(manual) if manual else None))
-  if not was_prepared:  # its split sizes are known only now: the start-up checks could not see them
-    from tpm_jax.data.checks import check_splits
-    check_splits(builder, dcfg, dcfg.name)
   return builder
 
 
@@ -57,7 +56,7 @@ def num_examples(builder, split: str) -> int:
   try:
     return int(builder.info.splits[split].num_examples)
   except KeyError:  # no recorded split sizes (e.g. tfds.testing.mock_data): count
-    tf = _tf()
+    _tf()  # TensorFlow kept off the accelerators before it runs
     ds = builder.as_dataset(split=split, decoders={'image': tfds_skip()})
     n = int(ds.cardinality())
     return n if n >= 0 else int(ds.reduce(0, lambda c, _: c + 1))
@@ -66,10 +65,6 @@ def num_examples(builder, split: str) -> int:
 def tfds_skip():
   import tensorflow_datasets as tfds
   return tfds.decode.SkipDecoding()
-
-
-def num_classes(builder) -> int:
-  return int(builder.info.features['label'].num_classes)
 
 
 def _folder_split(builder, split: str):
@@ -252,7 +247,6 @@ def _where(config, split: str) -> str:
 
 def _tf_reason(e) -> str:
   """TensorFlow's error message, first line, without its op and node decorations."""
-  import re
   text = (getattr(e, 'message', None) or str(e)).strip()
   msg = text.splitlines()[0] if text else ''
   msg = re.sub(r'\{\{[^}]*\}\}\s*', '', msg)
@@ -263,8 +257,6 @@ def undecodable_reason(encoded: bytes, channels: int = 3) -> str | None:
   """Why ``encoded`` cannot be an image of the pipeline, or None. PIL looks first and its plain
   verdicts (no known format, truncated) are taken, quietly; anything else is decoded as the
   pipeline decodes (TensorFlow), which has the last word."""
-  import io
-  from PIL import Image, UnidentifiedImageError
   if not encoded:
     return 'an empty file'
   try:

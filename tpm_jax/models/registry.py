@@ -1,12 +1,11 @@
 """Models by timm name, and ``create_model``."""
 from __future__ import annotations
 
-import dataclasses
-
 import jax.numpy as jnp
 from flax import nnx
 
 from tpm_jax.config import ConfigError, MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.models.vit import VisionTransformer
 
 _TI = dict(embed_dim=192, depth=12, num_heads=3)
 _S = dict(embed_dim=384, depth=12, num_heads=6)
@@ -69,7 +68,6 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
       mlp_ratio, qkv_bias, distilled, drop_path_rate, pos_embed_init ('trunc_normal' as timm, or
       'sincos2d': the learned position embedding starts from a 2-D sin-cos table).
   """
-  from tpm_jax.models.vit import VisionTransformer
   cfg = model_config(name, num_classes=num_classes, img_size=img_size, **overrides)
   red = ReductionConfig.from_any(reduction, depth=cfg.depth)
   red.schedule(cfg.num_prefix_tokens, cfg.num_patches)  # validates token counts

@@ -2,6 +2,8 @@
 from tpm_jax.reduction import drop, evit, tome, tpm
 from tpm_jax.reduction.common import Reduction
 
+__all__ = ['METHODS', 'Reduction', 'drop', 'evit', 'get', 'tome', 'tpm']
+
 METHODS = {'tpm': tpm.reduce, 'evit': evit.reduce, 'drop': drop.reduce, 'tome': tome.reduce}
 
 

@@ -1,5 +1,7 @@
-"""Importing timm beside the CPU build of torch (tests, benchmarks). torch is not a dependency of
-the library; nothing here is imported by ``tpm_jax`` itself."""
+"""Importing timm beside the CPU build of torch, for the tests and the benchmarks (torch is not a
+dependency of the library, and nothing in ``tpm_jax`` imports this)."""
+import glob
+import importlib.util
 import os
 
 _LIB = None  # keeps the torchvision schema library alive
@@ -26,8 +28,6 @@ def define_missing_torchvision_ops():
 
 def _load_torchvision_ops(torch) -> bool:
   """Load torchvision's C++ ops library without importing torchvision; False if it does not load."""
-  import glob
-  import importlib.util
   spec = importlib.util.find_spec('torchvision')
   if spec is None or not spec.submodule_search_locations:
     return False
