@@ -11,9 +11,7 @@ settings apply). Throughput: images/s at --batch_size after warm-up, median of -
 """
 import json
 import os
-import statistics
 import sys
-import time
 
 from absl import flags
 from ml_collections import config_flags
@@ -25,25 +23,6 @@ flags.DEFINE_string('split', None, 'TFDS split (default: the config\'s dataset.e
 flags.DEFINE_integer('batch_size', 64, 'Batch size for the throughput measurement.')
 flags.DEFINE_integer('timed_runs', 5, 'Timed runs for the throughput median.')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
-
-
-def throughput(model, config, batch_size, runs):
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-  from flax import nnx
-  graphdef, state = nnx.split(model)
-  fwd = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
-  x = jnp.asarray(np.random.RandomState(0).randn(batch_size, config.model.img_size, config.model.img_size,
-                                                 model.cfg.in_chans), jnp.float32)
-  for _ in range(2):
-    fwd(state, x).block_until_ready()
-  times = []
-  for _ in range(runs):
-    t = time.perf_counter()
-    fwd(state, x).block_until_ready()
-    times.append(time.perf_counter() - t)
-  return batch_size / statistics.median(times)
 
 
 MODEL_FIELDS = ('model.', 'reduction.', 'multiscale.')
@@ -71,6 +50,7 @@ def main(argv):
   from tpm_jax.config import ConfigError
   from tpm_jax.data import input_pipeline
   from tpm_jax.data.checks import check_splits
+  from tpm_jax.throughput import images_per_sec
   F = flags.FLAGS
   try:
     if F.checkpoint:
@@ -125,7 +105,8 @@ def main(argv):
                 model=config.model.name, method=config.reduction.method, keep_rate=str(config.reduction.keep_rate),
                 top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
                 analytic_gmacs=flops['analytic_gmacs'], xla_gflops=flops['xla_gflops'],
-                images_per_sec=throughput(model, config, F.batch_size, F.timed_runs), throughput_batch=F.batch_size)
+                images_per_sec=images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model'],
+                throughput_batch=F.batch_size)
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')

@@ -47,7 +47,7 @@ def main():
   it = input_pipeline.train_iterator(c, builder, local_batch=args.batch)
   rng = jax.random.key(0)
 
-  fixed = trainer._global_batch(next(it), mesh, batch_sh)
+  fixed = trainer._global_batch(next(it), batch_sh)
   for i in range(5):  # compile and warm up
     state, m = step(state, fixed, jax.random.fold_in(rng, i))
   jax.block_until_ready(m)
@@ -59,7 +59,7 @@ def main():
     jax.block_until_ready(m)
     compute.append(time.perf_counter() - t)
     t = time.perf_counter()
-    batch = trainer._global_batch(next(it), mesh, batch_sh)
+    batch = trainer._global_batch(next(it), batch_sh)
     state, m = step(state, batch, jax.random.fold_in(rng, i))
     jax.block_until_ready(m)
     loop.append(time.perf_counter() - t)

@@ -10,8 +10,9 @@ Runs on whatever backend JAX has (CPU, GPU, TPU); on a GPU, PyTorch runs on the 
 A setting is ``method[+multiscale][:keep]`` (``tpm+pool:0.7``; for ``tome`` the number is r);
 reduction at the DeiT/EViT locations (3, 6, 9), multi-scale fusion off unless named.
 Per model and setting:
-- JAX inference: the jitted forward (nnx.split outside, nnx.merge inside jax.jit) at each
-  --dtypes compute dtype (parameters float32), images/s at every --batches size.
+- JAX inference: the jitted forward of tpm_jax.throughput.forward_fn (nnx.split outside, nnx.merge
+  inside jax.jit, train=False, compiled ahead of time) at each --dtypes compute dtype (parameters
+  float32), images/s at every --batches size.
 - JAX train step: the project's own step (trainer.build_train_graph + make_train_step from
   configs/deit.py: normalisation, mixup/cutmix, label smoothing, stochastic depth 0.1, AdamW, state
   donated) on a uint8 batch, images/s at --train_batch.
@@ -25,7 +26,8 @@ Per model and setting:
   setting, with EViTBlock (below, SDPA plus the CLS row on its own) patched into blocks 3, 6, 9.
   Peak memory: the torch profiler's memory timeline of one call (parameters, optimizer state,
   activations, temporaries), or null where the profiler cannot tell.
-Method: everything is compiled and run once first; then ``--repeats`` rounds; a round takes one
+Method (tpm_jax.throughput.time_interleaved, as for eval.py, the sweep and the quickstart):
+everything is compiled and run once first; then ``--repeats`` rounds; a round takes one
 quantity at a time and times it for every setting of both frameworks in turn (interleaved, so load
 drifts hit all alike); a timed block is one blocked call, or for calls shorter than ``--min_time``
 as many calls in a row as fill it, timed per call. Reported: median images/s with min and max; speedup = median over rounds
@@ -61,7 +63,7 @@ import numpy as np
 from flax import nnx
 
 from configs import deit
-from tpm_jax import count_flops, sharding, trainer
+from tpm_jax import count_flops, sharding, throughput, trainer
 from tpm_jax.models.registry import model_from_config
 
 TARGET_BATCH = 32      # CPU targets
@@ -106,14 +108,11 @@ def jax_runner(c, setting, batches, train=True):
   size = c.model.img_size
   model = model_from_config(c)
   flops = count_flops(model, compile=False)  # XLA's pre-optimisation count: within 0.01% of compiled
-  graphdef, state = nnx.split(model)
-  forward = jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))
   calls, compile_s, mem = {}, {}, {}
-  for b in batches:
-    x = jnp.asarray(rs.randn(b, size, size, 3), jnp.float32)
-    fwd, compile_s[f'forward@{b}'] = aot(forward, state, x)
-    calls[f'infer@{b}'] = lambda fwd=fwd, x=x: fwd(state, x).block_until_ready()
-  mem['forward'] = memory_mb(fwd)  # the largest batch (batches are sorted)
+  for b in batches:  # tpm_jax.throughput's forward, compiled ahead of time; calling it blocks
+    fwd = calls[f'infer@{b}'] = throughput.forward_fn(model, jnp.asarray(rs.randn(b, size, size, 3), jnp.float32))
+    compile_s[f'forward@{b}'] = round(fwd.compile_s, 2)
+  mem['forward'] = memory_mb(fwd.compiled)  # the largest batch (batches are sorted)
   mem['train'] = None
   row = dict(framework='jax', model=c.model.name, setting=setting['name'], dtype=c.model.dtype,
              analytic_gmacs=round(flops['analytic_gmacs'], 4), xla_gflops=round(flops['xla_gflops'], 4),
@@ -130,7 +129,7 @@ def jax_runner(c, setting, batches, train=True):
                  out_shardings=(state_sh, repl), donate_argnums=0)
   n = c.batch_size
   batch = trainer._global_batch(dict(image=rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8),
-                                     label=rs.randint(0, c.model.num_classes, n).astype(np.int32)), mesh, batch_sh)
+                                     label=rs.randint(0, c.model.num_classes, n).astype(np.int32)), batch_sh)
   rng = jax.random.key(0)
   compiled, compile_s[f'train@{n}'] = aot(step, box['state'], batch, rng)
   mem['train'] = memory_mb(compiled)
@@ -418,24 +417,18 @@ def main():
   # First runs (JAX: after compilation) outside the timings; they also size each timed block: a
   # quantity whose call is short is called reps times in a row (at least --min_time seconds) and
   # timed per call, so batch-1 timings are not one noisy call.
+  # Timing: tpm_jax.throughput.time_interleaved over every (setting, quantity), quantity-major.
   reps = {}
   for key, calls in runners:
     for q, fn in calls.items():
       fn()
-      t = time.perf_counter()
-      fn()
-      reps[key, q] = max(1, math.ceil(args.min_time / max(time.perf_counter() - t, 1e-6)))
-  times = {key: {q: [] for q in calls} for key, calls in runners}
+      reps[key, q] = throughput.reps_for(fn, args.min_time)
   quantities = list(dict.fromkeys(q for _, calls in runners for q in calls))
-  for r in range(args.repeats):
-    print(f'round {r + 1}/{args.repeats}', flush=True)
-    for q in quantities:  # interleaved: every setting of both frameworks, one quantity at a time
-      for key, calls in runners:
-        if q in calls:
-          t = time.perf_counter()
-          for _ in range(reps[key, q]):
-            calls[q]()
-          times[key][q].append((time.perf_counter() - t) / reps[key, q])
+  # interleaved: every setting of both frameworks, one quantity at a time
+  order = {(key, q): calls[q] for q in quantities for key, calls in runners if q in calls}
+  timed = throughput.time_interleaved(order, rounds=args.repeats, reps=reps,
+                                      on_round=lambda r: print(f'round {r + 1}/{args.repeats}', flush=True))
+  times = {key: {q: timed[key, q] for q in calls} for key, calls in runners}
 
   summarise(rows, times)
   result = dict(command=shlex.join([sys.executable] + sys.argv), machine=facts, repeats=args.repeats,

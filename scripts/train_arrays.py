@@ -77,7 +77,7 @@ def main():
     for i in range(0, len(x_test), eval_batch):
       batch = dict(image=x_test[i:i + eval_batch], label=y_test[i:i + eval_batch],
                    mask=np.ones(len(y_test[i:i + eval_batch]), np.int32))
-      out = jax.device_get(eval_fn(state, trainer._global_batch(batch, mesh, batch_sh)))
+      out = jax.device_get(eval_fn(state, trainer._global_batch(batch, batch_sh)))
       tot = out if tot is None else {k: tot[k] + out[k] for k in out}
     return float(tot['correct1'] / tot['count'])
 
@@ -98,7 +98,7 @@ def main():
       flip = rs.rand(len(idx)) < 0.5
       images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
       step += 1
-      state, metrics = step_fn(state, trainer._global_batch(dict(image=images, label=y_train[idx]), mesh, batch_sh),
+      state, metrics = step_fn(state, trainer._global_batch(dict(image=images, label=y_train[idx]), batch_sh),
                                jax.random.fold_in(rng, step))
     epoch += 1
     loss = float(metrics['loss'])

@@ -19,12 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
-import jax
 import numpy as np
-from flax import nnx
 from PIL import Image
 
 from configs import quickstart as qs
@@ -32,6 +29,7 @@ from tpm_jax import augment, export, trainer, viz
 from tpm_jax.config import ReductionConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.flops import count_flops, token_schedule
+from tpm_jax.throughput import images_per_sec
 
 
 def run_stage(config, workdir: str) -> dict:
@@ -45,22 +43,8 @@ def run_stage(config, workdir: str) -> dict:
 
 def measure_images_per_sec(models: dict, batch_size: int, rounds: int = 5) -> dict:
   """Inference images/s of each model, in one process: warm up all, then interleave timed calls
-  round by round and take medians, so the numbers compare."""
-  fns = {}
-  for name, model in models.items():
-    graphdef, state = nnx.split(model)
-    fwd = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
-    c = model.cfg
-    x = jax.numpy.asarray(np.random.RandomState(0).randn(batch_size, c.img_size, c.img_size, c.in_chans), 'float32')
-    fwd(state, x).block_until_ready()
-    fns[name] = (fwd, state, x)
-  times = {name: [] for name in models}
-  for _ in range(rounds):
-    for name, (fwd, state, x) in fns.items():
-      t = time.perf_counter()
-      fwd(state, x).block_until_ready()
-      times[name].append(time.perf_counter() - t)
-  return {name: batch_size / statistics.median(t) for name, t in times.items()}
+  round by round and take medians, so the numbers compare (``tpm_jax.throughput.images_per_sec``)."""
+  return images_per_sec(models, batch_size, rounds=rounds)
 
 
 def visualise(model, config, path: str, num_images: int = 6) -> str:

@@ -37,9 +37,7 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
@@ -48,6 +46,7 @@ from tpm_jax.cli import describe_flag_error
 from tpm_jax.config import ConfigError
 from tpm_jax.flops import count_flops
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.throughput import images_per_sec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, 'train.py')
@@ -193,27 +192,15 @@ def _final(workdir: str) -> dict:
 
 def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
   """name -> (analytic GMACs, images/s) for {name: training config}: each distinct model built once
-  (random parameters), its forward jitted on ``batch`` random images and warmed up, then all timed
-  in interleaved rounds; images/s from the median."""
+  (random parameters) and timed with ``tpm_jax.throughput.images_per_sec`` (its forward compiled
+  for ``batch`` random images and warmed up, then all timed in interleaved rounds; the median)."""
   models = {}
   for cfg in configs.values():
-    if _model_key(cfg) in models:
-      continue
-    model = model_from_config(cfg)
-    graphdef, state = nnx.split(model)
-    fwd = jax.jit(lambda s, x, g=graphdef: nnx.merge(g, s)(x))
-    size = model.cfg.img_size
-    x = jnp.asarray(np.random.RandomState(0).randn(batch, size, size, model.cfg.in_chans), jnp.float32)
-    models[_model_key(cfg)] = m = dict(gmacs=count_flops(model, compile=False)['analytic_gmacs'], times=[],
-                                       call=lambda f=fwd, s=state, x=x: f(s, x).block_until_ready())
-    m['call'](), m['call']()  # compile, warm up
-  for _ in range(rounds):
-    for m in models.values():
-      t = time.perf_counter()
-      m['call']()
-      m['times'].append(time.perf_counter() - t)
-  return {name: (models[_model_key(c)]['gmacs'], batch / statistics.median(models[_model_key(c)]['times']))
-          for name, c in configs.items()}
+    if _model_key(cfg) not in models:
+      models[_model_key(cfg)] = model_from_config(cfg)
+  gmacs = {key: count_flops(model, compile=False)['analytic_gmacs'] for key, model in models.items()}
+  speed = images_per_sec(models, batch, rounds=rounds)
+  return {name: (gmacs[_model_key(c)], speed[_model_key(c)]) for name, c in configs.items()}
 
 
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:

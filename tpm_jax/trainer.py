@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from tpm_jax import augment, checkpoint, sharding
 from tpm_jax.checkpoint import Checkpointer
+from tpm_jax.config import ReductionConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.checks import check_splits
 from tpm_jax.models.registry import model_from_config
@@ -66,14 +67,11 @@ def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]
   n = int(config.get('keep_warmup_stages', 4))
   if warm_steps <= 0 or n <= 1 or config.reduction.method in ('none', 'tome'):
     return [(1, None)]
-  target = config.reduction.keep_rate
-  if isinstance(target, str):
-    target = tuple(float(t) for t in target.split(',') if t.strip())
-  if isinstance(target, (tuple, list)) and len(target) == 1:
-    target = target[0]
+  target = ReductionConfig.from_any(config.reduction).keep_rate  # a float, or a tuple of one per location
+
   def rate(i):
     f = i / (n - 1)
-    return tuple(1 - (1 - t) * f for t in target) if isinstance(target, (tuple, list)) else 1 - (1 - target) * f
+    return tuple(1 - (1 - t) * f for t in target) if isinstance(target, tuple) else 1 - (1 - target) * f
   return [(1 + (i * warm_steps) // (n - 1), rate(i)) for i in range(n)]
 
 
