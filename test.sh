@@ -6,4 +6,4 @@ source "$(dirname "$0")/scripts/venv.sh"
 pip_install test -r "$ROOT/requirements-test.txt"
 cd "$ROOT"
 "$PY" -m ruff check --quiet .
-exec "$PY" -m pytest -q -n 2 tests "$@"
+exec "$PY" -m pytest -q -n 2 --dist loadgroup tests "$@"

@@ -11,20 +11,18 @@ import time
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
 
 
+# One worker runs this file's tests (test.sh: --dist loadgroup), so its trained fixtures are built once.
+pytestmark = pytest.mark.xdist_group('checkpoint')
+
+
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  from imagenet_fixture import make_imagenet_manual_dir
-  tmp = tmp_path_factory.mktemp('imagenet')
-  make_imagenet_manual_dir(str(tmp / 'manual'), num_classes=4, train_per_class=12, num_val=16)
-  tfds.builder('imagenet2012', data_dir=str(tmp / 'tfds')).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(tmp / 'manual')))
-  return str(tmp / 'tfds')
+def data_dir(tiny_imagenet):
+  return tiny_imagenet
 
 
 def _cmd(workdir, data_dir, *extra):
@@ -36,7 +34,7 @@ def _cmd(workdir, data_dir, *extra):
 
 def _env(devices=1):
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='')
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} --xla_force_host_platform_device_count={devices}'.strip()
   return env
 
 
@@ -93,6 +91,32 @@ def _assert_same_params(a, b):
     np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
+@pytest.fixture(scope='module')
+def four_steps(tmp_path_factory, data_dir):
+  """A finished run of 4 steps with checkpoints at steps 2 and 4 (tests work on copies)."""
+  workdir = tmp_path_factory.mktemp('four_steps') / 'run'
+  _run(workdir, data_dir, '--config.total_steps=4')
+  assert _steps(workdir) == [2, 4]
+  return workdir
+
+
+def _copy(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, four_steps):
+  workdir = _copy(four_steps, tmp_path / 'run')
+  good = _steps(workdir)
+  mtime = os.path.getmtime(os.path.join(workdir, 'checkpoints', str(max(good))))
+  res = _run(workdir, data_dir, '--config.total_steps=8', '--config.optim.lr=1e30', check=False)
+  assert res.returncode == 1
+  assert 'loss is nan at step' in res.stderr.lower() or 'loss is inf at step' in res.stderr.lower(), res.stderr[-2000:]
+  assert 'Traceback' not in res.stderr
+  assert max(_steps(workdir)) == max(good)
+  assert os.path.getmtime(os.path.join(workdir, 'checkpoints', str(max(good)))) == mtime
+
+
 def test_sigterm_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path, data_dir, uninterrupted):
   code, out, err = _start_and_signal(tmp_path, data_dir, signal.SIGTERM, after_step=4)
   assert code == 0, err[-2000:]
@@ -112,32 +136,6 @@ def test_kill_9_during_async_saves_resumes_from_the_last_complete_step(tmp_path,
   if complete:
     assert f'resuming from step {max(complete)}' in res.stdout
   _assert_same_params(_final_params(tmp_path), uninterrupted)
-
-
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
-  _run(tmp_path, data_dir, '--config.total_steps=4')
-  good = _steps(tmp_path)
-  mtime = os.path.getmtime(os.path.join(tmp_path, 'checkpoints', str(max(good))))
-  res = _run(tmp_path, data_dir, '--config.total_steps=8', '--config.optim.lr=1e30', check=False)
-  assert res.returncode == 1
-  assert 'loss is nan at step' in res.stderr.lower() or 'loss is inf at step' in res.stderr.lower(), res.stderr[-2000:]
-  assert 'Traceback' not in res.stderr
-  assert max(_steps(tmp_path)) == max(good)
-  assert os.path.getmtime(os.path.join(tmp_path, 'checkpoints', str(max(good)))) == mtime
-
-
-@pytest.fixture(scope='module')
-def four_steps(tmp_path_factory, data_dir):
-  """A finished run of 4 steps with checkpoints at steps 2 and 4 (tests work on copies)."""
-  workdir = tmp_path_factory.mktemp('four_steps') / 'run'
-  _run(workdir, data_dir, '--config.total_steps=4')
-  assert _steps(workdir) == [2, 4]
-  return workdir
-
-
-def _copy(src, dst):
-  shutil.copytree(src, dst)
-  return dst
 
 
 def _listing(workdir):

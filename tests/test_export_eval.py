@@ -13,6 +13,7 @@ from flax import nnx
 import tpm_jax
 from configs import deit
 from tpm_jax import export, sharding, trainer
+from tpm_jax.checkpoint import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -133,3 +134,27 @@ def test_a_backbone_export_initialises_a_multiscale_model(tmp_path):
     np.testing.assert_array_equal(np.asarray(fused(x)), np.asarray(plain(x)))
     np.testing.assert_array_equal(np.asarray(fused.blocks[0].attn.qkv.kernel[...]),
                                   np.asarray(backbone.blocks[0].attn.qkv.kernel[...]))
+
+
+def test_a_changed_byte_in_an_export_is_refused_by_load_model_and_init(trained, tmp_path):
+  """An export carries SHA-256 checksums of its files; a byte changed afterwards (sizes kept) is
+  named by load_model and by a run that starts from the export, which writes nothing."""
+  tmp, _ = trained
+  out = tmp_path / 'export'
+  export.main(['--workdir', str(tmp / 'run'), '--output', str(out)])
+  assert set(json.load(open(out / 'checksums.json'))['files']) >= {'config.json', 'export.json'}
+  tpm_jax.load_model(str(out))  # intact: loads
+  data = max((p for p in (out / 'params').rglob('*') if p.is_file()), key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 0xFF
+  data.write_bytes(bytes(raw))
+  with pytest.raises(CheckpointError, match=rf'^export {out}: {data} fails its SHA-256 check'):
+    tpm_jax.load_model(str(out))
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--config',
+                        os.path.join(ROOT, 'configs/deit.py') + ':smoke', '--workdir', str(tmp_path / 'run'),
+                        f'--config.init.checkpoint={out}', f'--config.dataset.data_dir={tmp / "tfds"}'],
+                       env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 1, res.stderr[-2000:]
+  assert [l for l in res.stderr.splitlines() if l.startswith('error:')] == [
+      f'error: export {out}: {data} fails its SHA-256 check (changed since the save)'], res.stderr[-2000:]
+  assert not (tmp_path / 'run').exists()

@@ -36,16 +36,18 @@ def test_deit_small_reference_numbers():
     assert 0 < extra <= 0.1
 
 
-@pytest.mark.parametrize('name, tol', [('deit_tiny_patch16_224', 0.06), ('deit_small_patch16_224', 0.03),
-                                       ('deit_base_patch16_224', 0.03)])
-def test_analytic_agrees_with_xla(name, tol):
+@pytest.mark.parametrize('name, tol, keeps', [('deit_tiny_patch16_224', 0.06, (0.5, 0.8)),
+                                              ('deit_small_patch16_224', 0.03, (0.5, 0.6, 0.7, 0.8)),
+                                              ('deit_base_patch16_224', 0.03, (0.5, 0.8))])
+def test_analytic_agrees_with_xla(name, tol, keeps):
   """The matmuls of the program XLA compiles match the analytic count within 3% (in fact 0.01%).
   XLA's cost_analysis total adds the elementwise ops the papers' convention leaves out (exact GELU
   alone is 64 XLA flops per element): within 3% for DeiT-S/B, 6% for DeiT-T (width 192).
-  The compute *saved* by each method must agree within 1% between the counts."""
+  The compute *saved* by each method must agree within 1% between the counts. Every keep rate of
+  the grid on DeiT-S; its ends on DeiT-T and DeiT-B (the same formulas at other widths)."""
   base = _flops(name, dict(method='none'), 1.0)
   for red in METHODS[1:]:
-    for keep in (0.5, 0.6, 0.7, 0.8):
+    for keep in keeps:
       f = _flops(name, red, keep)
       assert f['xla_matmul_gflops'] / (2 * f['analytic_gmacs']) == pytest.approx(1.0, abs=0.03), (red, keep, f)
       assert f['xla_gflops'] / (2 * f['analytic_gmacs']) == pytest.approx(1.0, abs=tol), (red, keep, f)

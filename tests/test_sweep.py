@@ -107,9 +107,8 @@ def test_sweeps_into_one_workdir_collect_into_one_table(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-  from imagenet_fixture import build_tiny_imagenet
-  return build_tiny_imagenet(tmp_path_factory.mktemp('imagenet'), num_classes=4, train_per_class=12, num_val=16)[0]
+def data_dir(tiny_imagenet):
+  return tiny_imagenet
 
 
 def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):

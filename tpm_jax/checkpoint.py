@@ -185,9 +185,11 @@ def write_checksums(step_dir: str) -> None:
   os.replace(tmp, os.path.join(step_dir, CHECKSUMS))
 
 
-def verify_checksums(step_dir: str, step: int) -> bool:
+def verify_checksums(step_dir: str, step: int | None, *, label: str | None = None) -> bool:
   """True when the step's files match its checksums; False when it has none (a step committed just
-  before a kill, or an older workdir); raises CheckpointError naming the file otherwise."""
+  before a kill, or an older workdir or export); raises CheckpointError naming the file otherwise.
+  ``label`` names the directory in messages (default: 'checkpoint step <step>')."""
+  what = label or f'checkpoint step {step}'
   path = os.path.join(step_dir, CHECKSUMS)
   if not os.path.exists(path):
     return False
@@ -195,16 +197,16 @@ def verify_checksums(step_dir: str, step: int) -> bool:
     with open(path) as f:
       sums = json.load(f)['files']
   except (OSError, ValueError, KeyError) as e:
-    raise CheckpointError(f'checkpoint step {step}: {path} is unreadable ({type(e).__name__})') from e
+    raise CheckpointError(f'{what}: {path} is unreadable ({type(e).__name__})') from e
   for rel, digest in sums.items():
     f = os.path.join(step_dir, rel)
     if not os.path.exists(f):
-      raise CheckpointError(f'checkpoint step {step}: {f} is missing (checksums.json lists it)')
+      raise CheckpointError(f'{what}: {f} is missing (checksums.json lists it)')
     if _sha256(f) != digest:
-      raise CheckpointError(f'checkpoint step {step}: {f} fails its SHA-256 check (changed since the save)')
+      raise CheckpointError(f'{what}: {f} fails its SHA-256 check (changed since the save)')
   extra = sorted(set(_files(step_dir)) - set(sums))
   if extra:
-    raise CheckpointError(f'checkpoint step {step}: {os.path.join(step_dir, extra[0])} is not in checksums.json')
+    raise CheckpointError(f'{what}: {os.path.join(step_dir, extra[0])} is not in checksums.json')
   return True
 
 
@@ -514,7 +516,10 @@ def _replicated_on_one_device(abstract):
 def load_params_into(model, path: str):
   """Set ``model``'s parameters from an export directory (same architecture); returns the model.
   An export without multi-scale parameters (an unpruned backbone's) leaves ``model``'s multi-scale
-  fusion at its initialisation, whose zero output projections keep the backbone's function."""
+  fusion at its initialisation, whose zero output projections keep the backbone's function. The
+  export's checksums are verified first and non-finite parameters refused (``CheckpointError``)."""
+  # first: nothing is read from an export that fails its checksums (exports written before them have none)
+  verify_checksums(os.path.abspath(path), None, label=f'export {path}')
   state = nnx.state(model, nnx.Param)
   params_dir = os.path.join(os.path.abspath(path), 'params')
   if 'multiscale' in state and not os.path.isdir(os.path.join(params_dir, 'multiscale')):
@@ -528,5 +533,8 @@ def load_params_into(model, path: str):
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f'{path}: not an export of this model ({type(e).__name__}: '
                           f'{str(e).splitlines()[0][:200] if str(e) else ""})') from e
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params) if not np.isfinite(np.asarray(v)).all()]
+  if bad:
+    raise CheckpointError(f'export {path}: non-finite parameters at {bad[0]}')
   nnx.update(model, params)
   return model

@@ -37,6 +37,20 @@ def _check_keys(d: Mapping, allowed: Sequence[str], prefix: str):
     raise ConfigError(f'{prefix}.{unknown[0]} is not a known field: accepted fields are {", ".join(sorted(allowed))}')
 
 
+def _from_any(cls, value: Any, section: str):
+  """None (the defaults) | a method name | a mapping, ConfigDict or dataclass of ``cls.FIELDS`` |
+  an instance of ``cls`` -> an instance, not yet validated."""
+  if value is None:
+    return cls()
+  if isinstance(value, cls):
+    return value
+  if isinstance(value, str):
+    return cls(method=value)
+  d = _as_dict(value, section)
+  _check_keys(d, cls.FIELDS, section)
+  return cls(**d)
+
+
 def _choice(field: str, value: Any, choices: Sequence[str]) -> str:
   if value not in choices:
     _fail(field, value, 'one of ' + ', '.join(repr(c) for c in choices))
@@ -149,17 +163,7 @@ class ReductionConfig:
   @classmethod
   def from_any(cls, value: Any, depth: int | None = None) -> 'ReductionConfig':
     """None | method name | mapping | ConfigDict | ReductionConfig -> validated ReductionConfig."""
-    if value is None:
-      cfg = cls()
-    elif isinstance(value, ReductionConfig):
-      cfg = value
-    elif isinstance(value, str):
-      cfg = cls(method=value)
-    else:
-      d = _as_dict(value, 'reduction')
-      _check_keys(d, cls.FIELDS, 'reduction')
-      cfg = cls(**d)
-    return cfg.validated(depth)
+    return _from_any(cls, value, 'reduction').validated(depth)
 
   @property
   def enabled(self) -> bool:
@@ -269,17 +273,8 @@ class MultiscaleConfig:
 
   @classmethod
   def from_any(cls, value: Any) -> 'MultiscaleConfig':
-    if value is None:
-      cfg = cls()
-    elif isinstance(value, MultiscaleConfig):
-      cfg = value
-    elif isinstance(value, str):
-      cfg = cls(method=value)
-    else:
-      d = _as_dict(value, 'multiscale')
-      _check_keys(d, cls.FIELDS, 'multiscale')
-      cfg = cls(**d)
-    return cfg.validated()
+    """None | method name | mapping | ConfigDict | MultiscaleConfig -> validated MultiscaleConfig."""
+    return _from_any(cls, value, 'multiscale').validated()
 
   @property
   def enabled(self) -> bool:

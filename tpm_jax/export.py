@@ -3,8 +3,9 @@
   python -m tpm_jax.export --workdir DIR --output OUT [--step N] [--safetensors OUT.safetensors]
 
 OUT is a standalone Orbax directory: ``OUT/params`` (EMA parameters if the run kept them,
-otherwise the live ones) and ``OUT/config.json`` (the full training config, which holds the model
-config). ``tpm_jax.load_model(OUT)`` returns a ready model.
+otherwise the live ones), ``OUT/config.json`` (the full training config, which holds the model
+config) and ``OUT/checksums.json`` (SHA-256 of every file, written last). ``tpm_jax.load_model(OUT)``
+returns a ready model, after verifying the checksums (as ``init.checkpoint`` does).
 """
 from __future__ import annotations
 
@@ -50,6 +51,8 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   model, config, step = restore_from_workdir(workdir, step)
   output = os.path.abspath(output)
   os.makedirs(output, exist_ok=True)
+  if os.path.exists(os.path.join(output, checkpoint.CHECKSUMS)):  # a previous export's: rewritten at the end
+    os.remove(os.path.join(output, checkpoint.CHECKSUMS))
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(output, 'params'), nnx.state(model, nnx.Param), force=True)
   checkpointer.wait_until_finished()
@@ -59,6 +62,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
   if safetensors:
     export_timm_weights(model, safetensors)
+  checkpoint.write_checksums(output)  # last: SHA-256 of every file of the export, verified by load_model / init
   return output
 
 
