@@ -69,9 +69,9 @@ def main(argv):
       try:
         tpm_jax.load_timm_weights(model, F.timm_checkpoint)
       except (ValueError, OSError, RuntimeError, KeyError) as e:
-        raise ConfigError(f'--timm_checkpoint={F.timm_checkpoint!r} does not fit model {config.model.name}: '
+        raise ConfigError(f'--timm_checkpoint={F.timm_checkpoint!r} is not accepted: '
                           f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
-                          f'that model as .safetensors, or a .pth state dict)') from e
+                          f'model {config.model.name} as .safetensors, or a .pth state dict)') from e
       source = 'timm'
     else:
       raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')

@@ -46,3 +46,21 @@ def test_sweep_collect_only_with_print_commands_is_one_line(tmp_path):
   res = _run('-m', 'tpm_jax.sweep', '--workdir', str(tmp_path), '--collect_only', '--print_commands')
   assert res.returncode == 2
   assert '--config' in _one_line(res)
+
+
+def test_eval_py_with_a_timm_file_of_the_wrong_shapes_or_a_pickled_model_is_one_line(tmp_path):
+  import pytest
+  torch = pytest.importorskip('torch')
+  import tpm_jax
+  wide = tpm_jax.create_model('vit_custom', img_size=32, patch_size=4, embed_dim=96, depth=4, num_heads=3)
+  wrong = tmp_path / 'wide.safetensors'
+  tpm_jax.export_timm_weights(wide, str(wrong))  # real timm-named weights, of another width than the smoke model
+  pickled = tmp_path / 'model.pth'
+  torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module, not a state dict
+  for path, says in ((wrong, 'shape'), (pickled, 'is not a state dict of tensors (torch.load(weights_only=True) refuses it')):
+    res = _run('eval.py', '--config', 'configs/deit.py:smoke', '--timm_checkpoint', str(path),
+               '--output', str(tmp_path / 'eval.json'))
+    assert res.returncode == 2, res.stderr[-3000:]
+    line = _one_line(res)
+    assert line.startswith(f"error: --timm_checkpoint='{path}'") and says in line, line
+  assert not (tmp_path / 'eval.json').exists()

@@ -103,7 +103,15 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
         import torch
       except ImportError as e:
         raise ImportError(f'reading {path} needs PyTorch (pip install torch); .safetensors files do not') from e
-      sd = torch.load(path, map_location='cpu', weights_only=True)  # never unpickle arbitrary objects
+      try:
+        sd = torch.load(path, map_location='cpu', weights_only=True)  # never unpickle arbitrary objects
+      except Exception as e:  # noqa: BLE001 (a pickled model object, or not a torch file at all)
+        reason = ('torch.load(weights_only=True) refuses it: it pickles objects, not only tensors'
+                  if 'weights only' in str(e).lower() else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
+        raise ValueError(f'{path} is not a state dict of tensors ({reason}); save model.state_dict(), '
+                         f'or a .safetensors file') from e
+      if not isinstance(sd, Mapping):
+        raise ValueError(f'{path} holds a {type(sd).__name__}, not a state dict of tensors')
     else:
       raise ValueError(f'{path}: expected a .safetensors, .pth or .pt file')
   for wrapper in ('model', 'state_dict', 'model_ema'):  # DeiT/timm training checkpoints
