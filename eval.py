@@ -13,8 +13,19 @@ import json
 import os
 import sys
 
+import jax
 from absl import flags
+from flax import nnx
 from ml_collections import config_flags
+
+import tpm_jax
+from tpm_jax import export, sharding, trainer
+from tpm_jax.checkpoint import CheckpointError
+from tpm_jax.cli import run
+from tpm_jax.config import ConfigError, flat_dict
+from tpm_jax.data import input_pipeline
+from tpm_jax.data.checks import check_splits
+from tpm_jax.throughput import images_per_sec
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('checkpoint', None, 'A training workdir (latest checkpoint) or an export directory.')
@@ -30,7 +41,6 @@ MODEL_FIELDS = ('model.', 'reduction.', 'multiscale.')
 
 def _check_same_model(saved, config):
   """--config may not describe another model than the checkpoint holds (eval would label it wrongly)."""
-  from tpm_jax.config import ConfigError, flat_dict
   old, new = flat_dict(saved.to_dict()), flat_dict(config.to_dict())
   diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(set(old) & set(new))
           if k.startswith(MODEL_FIELDS) and old[k] != new[k] and k not in ('model.dtype', 'model.drop_path_rate')]
@@ -42,15 +52,7 @@ def _check_same_model(saved, config):
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
-  import jax
 
-  import tpm_jax
-  from tpm_jax import export, sharding, trainer
-  from tpm_jax.checkpoint import CheckpointError
-  from tpm_jax.config import ConfigError
-  from tpm_jax.data import input_pipeline
-  from tpm_jax.data.checks import check_splits
-  from tpm_jax.throughput import images_per_sec
   F = flags.FLAGS
   try:
     if F.checkpoint:
@@ -91,7 +93,6 @@ def main(argv):
   except ConfigError as e:
     print(f'error: {str(e).replace("dataset.eval_split=", "--split=") if F.split else e}', file=sys.stderr)
     sys.exit(2)
-  from flax import nnx
   graphdef, state = nnx.split((model, None, None, None))
   eval_step = jax.jit(trainer.make_eval_step(config, graphdef))
   try:
@@ -116,5 +117,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  from tpm_jax.cli import run
   run(main)

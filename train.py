@@ -9,8 +9,15 @@ import json
 import os
 import sys
 
-from absl import flags
+import jax
+from absl import flags, logging
 from ml_collections import config_flags
+
+from tpm_jax import distributed, trainer
+from tpm_jax.checkpoint import CheckpointError
+from tpm_jax.cli import run
+from tpm_jax.config import ConfigError
+from tpm_jax.data.input_pipeline import DataError
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where config.json, metrics.jsonl and checkpoints go.')
@@ -26,7 +33,6 @@ def main(argv):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
   F = flags.FLAGS
   if not F['verbosity'].present:  # libraries' log lines only when asked for (-v 0 shows INFO); ours are printed
-    from absl import logging
     logging.set_verbosity(logging.FATAL)
   default_hook = sys.unraisablehook
 
@@ -34,11 +40,7 @@ def main(argv):
     if not (isinstance(u.exc_value, RuntimeError) and 'Event loop is closed' in str(u.exc_value)):
       default_hook(u)
   sys.unraisablehook = quiet_closed_loop
-  from tpm_jax import distributed, trainer
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
-  from tpm_jax.checkpoint import CheckpointError
-  from tpm_jax.config import ConfigError
-  from tpm_jax.data.input_pipeline import DataError
   try:
     final = trainer.train_and_evaluate(F.config, F.workdir)
   except ConfigError as e:  # bad input: one line, nothing written, exit code 2
@@ -58,10 +60,8 @@ def main(argv):
     print(f'error: {where}: {e.strerror or e}; the last complete checkpoint is kept', file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)
-  import jax
   print(json.dumps({'process_index': jax.process_index(), 'final': final}), flush=True)
 
 
 if __name__ == '__main__':
-  from tpm_jax.cli import run
   run(main)

@@ -316,3 +316,22 @@ def test_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_does_not_ha
   from tpm_jax import checkpoint
   good = _steps(workdir)
   assert good and checkpoint.verify_checksums(os.path.join(workdir, 'checkpoints', str(good[-1])), good[-1])
+
+
+def test_case4_read_only_checkpoints_directory_stops_with_one_line_and_does_not_hang(tmp_path, data_dir):
+  """A read-only file system mounted at WORKDIR/checkpoints (the workdir itself writable): the
+  first save fails; one line naming the directory and the error, exit code 1, within the timeout."""
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints').mkdir(parents=True)
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(workdir / 'checkpoints')],
+                    capture_output=True).returncode:
+    pytest.skip('cannot mount a read-only tmpfs here (needs root); the read-only path is untested on this machine')
+  try:
+    res = subprocess.run(_cmd(workdir, data_dir, '--config.total_steps=4'), env=_env(), capture_output=True, text=True,
+                         timeout=300)  # a hang fails here (subprocess.TimeoutExpired)
+  finally:
+    subprocess.run(['umount', '-l', str(workdir / 'checkpoints')], capture_output=True)
+  assert res.returncode == 1, res.stderr[-3000:]
+  line = _one_line_error(res)
+  assert 'Read-only file system' in line and str(workdir / 'checkpoints') in line, line
+  assert _steps(workdir) == []
