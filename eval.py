@@ -41,7 +41,9 @@ MODEL_FIELDS = ('model.', 'reduction.', 'multiscale.')
 
 def _check_same_model(saved, config):
   """--config may not describe another model than the checkpoint holds (eval would label it wrongly)."""
-  old, new = flat_dict(saved.to_dict()), flat_dict(config.to_dict())
+  # as JSON values: the saved config came back from JSON, so its tuples are lists
+  as_json = lambda c: {k: json.loads(json.dumps(v)) for k, v in flat_dict(c.to_dict()).items()}
+  old, new = as_json(saved), as_json(config)
   diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(set(old) & set(new))
           if k.startswith(MODEL_FIELDS) and old[k] != new[k] and k not in ('model.dtype', 'model.drop_path_rate')]
   if diff:
@@ -51,7 +53,7 @@ def _check_same_model(saved, config):
 
 def main(argv):
   del argv
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
 
   F = flags.FLAGS
   try:
@@ -87,16 +89,16 @@ def main(argv):
   split = F.split or config.dataset.eval_split
   mesh = sharding.make_mesh(config.mesh)
   try:
-    builder = input_pipeline.get_builder(config.dataset)
+    dataset = input_pipeline.get_dataset(config.dataset)
     where = config.dataset.get('image_folder') or config.dataset.name
-    check_splits(builder, {'eval_split': split}, where, fields=('eval_split',))
+    check_splits(dataset, {'eval_split': split}, where, fields=('eval_split',))
   except ConfigError as e:
     print(f'error: {str(e).replace("dataset.eval_split=", "--split=") if F.split else e}', file=sys.stderr)
     sys.exit(2)
   graphdef, state = nnx.split((model, None, None, None))
   eval_step = jax.jit(trainer.make_eval_step(config, graphdef))
   try:
-    metrics = trainer.evaluate(config, builder, state, eval_step, sharding.batch_sharding(mesh),
+    metrics = trainer.evaluate(config, dataset, state, eval_step, sharding.batch_sharding(mesh),
                                model.cfg.in_chans, split=split)
   except input_pipeline.DataError as e:  # an image that cannot be decoded: one line naming its file
     print(f'error: {e}', file=sys.stderr, flush=True)

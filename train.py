@@ -30,7 +30,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 def main(argv):
   del argv
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (it reads tf.data files)
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
   F = flags.FLAGS
   if not F['verbosity'].present:  # libraries' log lines only when asked for (-v 0 shows INFO); ours are printed
     logging.set_verbosity(logging.FATAL)
@@ -50,7 +50,7 @@ def main(argv):
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
   except DataError as e:  # an image that cannot be decoded at run time: one line naming its file; no waiting
-    # on tf.data's or the checkpointer's threads
+    # on the pipeline's or the checkpointer's threads
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(1)

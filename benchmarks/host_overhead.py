@@ -36,7 +36,7 @@ def main():
   c.dataset.name, c.dataset.eval_split, c.model.num_classes = 'fashion_mnist', 'test', 10
   c.batch_size = args.batch
   mesh = sharding.make_mesh(c.mesh)
-  builder = input_pipeline.get_builder(c.dataset)
+  dataset = input_pipeline.get_dataset(c.dataset)
   schedule = trainer.learning_rate_schedule(c, 1000, 100)
   graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
   state_sh = sharding.state_shardings(state, mesh)
@@ -44,7 +44,7 @@ def main():
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, repl),
                  out_shardings=(state_sh, repl), donate_argnums=0)
-  it = input_pipeline.train_iterator(c, builder, local_batch=args.batch)
+  it = input_pipeline.train_iterator(c, dataset, local_batch=args.batch)
   rng = jax.random.key(0)
 
   fixed = trainer._global_batch(next(it), batch_sh)

@@ -69,7 +69,8 @@ def base_config() -> ml_collections.ConfigDict:
       image_folder=config_dict.placeholder(str),  # a local root/split/class/*.jpg tree instead of a TFDS name
       train_split='train',
       eval_split='validation',
-      shuffle_buffer=10_000,
+      workers=2,                   # Grain worker processes that decode and augment (0: threads of the trainer)
+      threads=8,                   # reading and prefetching threads per process
   ))
   c.aug = ml_collections.ConfigDict(dict(
       crop_scale=(0.08, 1.0),      # random resized crop area range
@@ -161,11 +162,11 @@ def smoke(c: ml_collections.ConfigDict) -> None:
   c.model.drop_path_rate = 0.0
   c.model.dtype = 'float32'  # a CPU run
   c.reduction.locations = '1,2'
+  c.dataset.workers = 0  # 16-image batches: threads suffice, no worker processes to start
   c.batch_size = 16
   c.total_steps = 6
   c.log_every_steps = 2
   c.eval_every_steps = 6
   c.checkpoint_every_steps = 6
-  c.dataset.shuffle_buffer = 256
   c.optim.lr = 1e-3 * 512 / 16 / 10
   c.optim.min_lr = 0.0

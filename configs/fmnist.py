@@ -55,7 +55,6 @@ def get_config(arg=None):
 
   c.dataset.name = 'fashion_mnist'
   c.dataset.eval_split = 'test'
-  c.dataset.shuffle_buffer = 60_000
   c.aug.crop_scale = (a.crop_min, 1.0)
   c.aug.randaugment = ''
   c.aug.mixup = c.aug.cutmix = 0.0

@@ -60,3 +60,29 @@ SLOW_FIRST = ('test_checkpoint.py', 'test_sweep.py', 'test_multiprocess.py', 'te
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(SLOW_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: file order kept within
+
+
+SITECUSTOMIZE = '''import atexit, os, sys
+def _report():
+  with open(os.environ['TPM_TESTS_TF_REPORT'], 'a') as f:
+    f.write(f"{' '.join(sys.argv[:2])}\\t{'tensorflow' in sys.modules}\\n")
+atexit.register(_report)
+'''
+
+
+@pytest.fixture
+def tensorflow_report(tmp_path):
+  """(env, read): ``env`` makes every Python process started with it (and their children) append one
+  line at exit: its argv and whether TensorFlow was imported (a real ``sitecustomize`` on
+  PYTHONPATH); ``read()`` -> [(argv, imported)]."""
+  hook = tmp_path / 'tf_report_hook'
+  hook.mkdir()
+  (hook / 'sitecustomize.py').write_text(SITECUSTOMIZE)
+  report = tmp_path / 'tf_report.tsv'
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=f'{hook}{os.pathsep}{root}', TPM_TESTS_TF_REPORT=str(report))
+
+  def read():
+    lines = report.read_text().splitlines() if report.exists() else []
+    return [(argv, imported == 'True') for argv, imported in (l.rsplit('\t', 1) for l in lines)]
+  return env, read

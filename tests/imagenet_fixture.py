@@ -174,7 +174,7 @@ def build_tiny_imagenet(tmp_dir, **kw):
   """Make `<tmp_dir>/manual` and prepare `imagenet2012` into `<tmp_dir>/tfds` with the real builder.
 
   Keyword arguments go to `make_imagenet_manual_dir`. Returns `(data_dir, manual_dir)`; afterwards
-  `tfds.load('imagenet2012', data_dir=data_dir, split='train'|'validation')` works offline.
+  `tfds.data_source('imagenet2012', data_dir=data_dir, split='train'|'validation')` works offline (ArrayRecord).
   """
   import tensorflow_datasets as tfds
   tmp_dir = os.fspath(tmp_dir)
@@ -183,5 +183,5 @@ def build_tiny_imagenet(tmp_dir, **kw):
   make_imagenet_manual_dir(manual_dir, **kw)
   builder = tfds.builder('imagenet2012', data_dir=data_dir, try_gcs=False)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False))
+      manual_dir=manual_dir, try_download_gcs=False), file_format='array_record')
   return data_dir, manual_dir

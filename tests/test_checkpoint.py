@@ -67,8 +67,8 @@ def _final_params(workdir):
   return flat
 
 
-def _start_and_signal(workdir, data_dir, sig, *, after_step, extra_delay=0.0):
-  p = subprocess.Popen(_cmd(workdir, data_dir), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _start_and_signal(workdir, data_dir, sig, *extra, after_step, extra_delay=0.0):
+  p = subprocess.Popen(_cmd(workdir, data_dir, *extra), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and not any(s >= after_step for s in _steps(workdir)):
     time.sleep(0.05)
@@ -118,12 +118,19 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_p
 
 
 def test_sigterm_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path, data_dir, uninterrupted):
-  code, out, err = _start_and_signal(tmp_path, data_dir, signal.SIGTERM, after_step=4)
+  """Read by 2 Grain worker processes here (the uninterrupted run reads in-process): the same batches,
+  and the saved input position (per worker) brings the resumed run to the same parameters."""
+  workers = '--config.dataset.workers=2'
+  code, out, err = _start_and_signal(tmp_path, data_dir, signal.SIGTERM, workers, after_step=4)
   assert code == 0, err[-2000:]
   assert 'preempted: saved step' in out
   stopped = json.loads([l for l in out.splitlines() if l.startswith('{"process_index"')][-1])['final']['step']
   assert stopped < STEPS and stopped in _steps(tmp_path)
-  res = _run(tmp_path, data_dir)
+  position = json.load(open(tmp_path / 'checkpoints' / str(stopped) / 'data' / 'process_0-of-1.json'))
+  assert len(position['iterators_in_use_states']) == 2  # Grain's state, one entry per worker
+  refused = _run(tmp_path, data_dir, check=False)  # the position was saved with 2 workers: all or nothing
+  assert refused.returncode == 2 and 'dataset.workers=0' in refused.stderr and 'Traceback' not in refused.stderr
+  res = _run(tmp_path, data_dir, workers)
   assert f'resuming from step {stopped}' in res.stdout
   _assert_same_params(_final_params(tmp_path), uninterrupted)
 

@@ -1,28 +1,50 @@
-"""The input pipeline on real photos: a local ImageFolder tree, determinism, resumption by position,
-eval padding, and grayscale handling."""
+"""The Grain input pipeline on real photos: an image folder and a TFDS data source, determinism,
+per-process sharding (no example lost or repeated), resumption from Grain's state, worker
+processes, eval padding, grayscale, and that training, eval and export import no TensorFlow."""
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import deit
-from tpm_jax.data import input_pipeline
+from tpm_jax.data import input_pipeline, sources
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _photos():
+  from skimage import data
+  return [data.astronaut(), data.coffee(), data.chelsea()]
 
 
 @pytest.fixture(scope='module')
 def image_folder(tmp_path_factory):
   """root/split/class/*.jpg from scikit-image's photos (3 classes, 8 train + 3 validation each)."""
-  from skimage import data
   root = tmp_path_factory.mktemp('folder')
   rs = np.random.RandomState(0)
-  for label, photo in enumerate([data.astronaut(), data.coffee(), data.chelsea()]):
+  for label, photo in enumerate(_photos()):
     for split, n in (('train', 8), ('validation', 3)):
       os.makedirs(root / split / f'class{label}', exist_ok=True)
       for i in range(n):
         y, x = rs.randint(0, photo.shape[0] - 200), rs.randint(0, photo.shape[1] - 200)
         Image.fromarray(photo[y:y + 200, x:x + 200]).save(root / split / f'class{label}' / f'{i}.jpg')
+  return str(root)
+
+
+@pytest.fixture(scope='module')
+def one_per_class(tmp_path_factory):
+  """12 classes of one photo crop each: a batch's labels name its examples."""
+  root = tmp_path_factory.mktemp('ids')
+  photos = _photos()
+  for label in range(12):
+    photo = photos[label % 3]
+    os.makedirs(root / 'train' / f'c{label:02d}')
+    y = 20 * label
+    Image.fromarray(photo[y:y + 96, y:y + 96]).save(root / 'train' / f'c{label:02d}' / 'x.jpg')
   return str(root)
 
 
@@ -34,33 +56,83 @@ def _config(root, seed=0):
 
 
 def _first(it, n):
-  return [next(it) for _ in range(n)]
+  out = [next(it) for _ in range(n)]
+  input_pipeline.close(it)
+  return out
 
 
-def test_image_folder_batches_are_deterministic_and_resumable(image_folder):
+def _assert_same(a, b):
+  for x, y in zip(a, b, strict=True):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+
+
+def test_batches_are_a_function_of_the_seed(image_folder):
   c = _config(image_folder)
-  builder = input_pipeline.get_builder(c.dataset)
-  assert input_pipeline.num_examples(builder, 'train') == 24
-  a = _first(input_pipeline.train_iterator(c, builder, local_batch=8), 4)
-  b = _first(input_pipeline.train_iterator(c, builder, local_batch=8), 4)
+  dataset = input_pipeline.get_dataset(c.dataset)
+  assert dataset.num_examples('train') == 24 and dataset.num_examples('train[:10]') == 10
+  a = _first(input_pipeline.train_iterator(c, dataset, local_batch=8), 4)
+  b = _first(input_pipeline.train_iterator(c, dataset, local_batch=8), 4)
   assert a[0]['image'].shape == (8, 32, 32, 3) and a[0]['image'].dtype == np.uint8
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x['image'], y['image'])
-    np.testing.assert_array_equal(x['label'], y['label'])
-  resumed = _first(input_pipeline.train_iterator(c, builder, local_batch=8, start_batch=2), 2)
-  for x, y in zip(a[2:], resumed):
-    np.testing.assert_array_equal(x['image'], y['image'])
-  other = _first(input_pipeline.train_iterator(_config(image_folder, seed=1), builder, local_batch=8), 1)
+  assert a[0]['erase'].shape == (8, 4) and a[0]['label'].dtype == np.int32
+  _assert_same(a, b)
+  other = _first(input_pipeline.train_iterator(_config(image_folder, seed=1), dataset, local_batch=8), 1)
   assert not np.array_equal(other[0]['image'], a[0]['image'])
+
+
+def test_resume_from_grain_state_continues_at_the_same_example(image_folder):
+  c = _config(image_folder)
+  dataset = input_pipeline.get_dataset(c.dataset)
+  whole = _first(input_pipeline.train_iterator(c, dataset, local_batch=8), 6)
+  it = input_pipeline.train_iterator(c, dataset, local_batch=8)
+  next(it), next(it)
+  state = json.loads(json.dumps(it.get_state()))  # what the checkpoint holds: JSON
+  resumed = input_pipeline.train_iterator(c, dataset, local_batch=8)
+  resumed.set_state(state)
+  _assert_same(whole[2:], _first(resumed, 4))
+  # a step saved before the position was checkpointed resumes by batch count
+  _assert_same(whole[3:], _first(input_pipeline.train_iterator(c, dataset, local_batch=8, start_batch=3), 3))
+
+
+def test_worker_processes_give_the_same_batches_and_resume(image_folder):
+  c = _config(image_folder)
+  dataset = input_pipeline.get_dataset(c.dataset)
+  threads = _first(input_pipeline.train_iterator(c, dataset, local_batch=4), 5)
+  c.dataset.workers = 2
+  it = input_pipeline.train_iterator(c, dataset, local_batch=4)
+  _assert_same(threads[:3], [next(it) for _ in range(3)])
+  state = json.loads(json.dumps(it.get_state()))
+  input_pipeline.close(it)
+  resumed = input_pipeline.train_iterator(c, dataset, local_batch=4)
+  resumed.set_state(state)
+  _assert_same(threads[3:], _first(resumed, 2))
+
+
+def test_processes_share_each_epoch_with_no_example_lost_or_repeated(one_per_class):
+  c = _config(one_per_class)
+  c.model.num_classes = 12
+  dataset = input_pipeline.get_dataset(c.dataset)
+  epochs = {}
+  for count in (1, 2, 3):
+    per_process = [np.concatenate([b['label'] for b in _first(
+        input_pipeline.train_iterator(c, dataset, local_batch=12 // count, process_index=i, process_count=count), 2)])
+        for i in range(count)]
+    n = 12 // count
+    first = np.concatenate([p[:n] for p in per_process])
+    second = np.concatenate([p[n:] for p in per_process])
+    assert sorted(first) == list(range(12)) and sorted(second) == list(range(12)), (count, per_process)
+    epochs[count] = per_process
+  assert not np.array_equal(epochs[1][0][:12], epochs[1][0][12:])  # each epoch shuffled anew
+  assert not np.array_equal(epochs[1][0][:12], np.arange(12))
 
 
 def test_eval_batches_pad_with_a_mask_and_shard_by_process(image_folder):
   c = _config(image_folder)
-  builder = input_pipeline.get_builder(c.dataset)
+  dataset = input_pipeline.get_dataset(c.dataset)
   for count in (1, 2):
     labels = []
     for i in range(count):
-      batches = list(input_pipeline.eval_batches(c, builder, 'validation', local_batch=4, process_index=i,
+      batches = list(input_pipeline.eval_batches(c, dataset, 'validation', local_batch=4, process_index=i,
                                                   process_count=count))
       assert all(b['image'].shape == (4, 32, 32, 3) for b in batches)
       assert len(batches) == (3 if count == 1 else 2)  # 9 examples; every process the same number of batches
@@ -68,13 +140,34 @@ def test_eval_batches_pad_with_a_mask_and_shard_by_process(image_folder):
     assert sorted(labels) == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # each example exactly once
 
 
-def test_grayscale_becomes_three_channels_and_back():
-  with tfds.testing.mock_data(num_examples=8):
-    c = deit.get_config('smoke')
-    c.dataset.name = 'mnist'
-    c.aug.randaugment, c.aug.random_erasing = '', 0.0  # (their fill and noise colour the channels)
-    builder = input_pipeline.get_builder(c.dataset)
-    rgb = next(input_pipeline.train_iterator(c, builder, local_batch=4, channels=3))
-    gray = next(input_pipeline.eval_batches(c, builder, 'test', local_batch=4, channels=1))
-  assert rgb['image'].shape == (4, 32, 32, 3) and gray['image'].shape == (4, 32, 32, 1)
+def test_a_tfds_data_source_reads_without_tensorflow(tiny_imagenet):
+  """imagenet2012 prepared (ArrayRecord) by the real builder; read in a clean process: no TensorFlow."""
+  code = f"""
+import sys
+from configs import deit
+from tpm_jax.data import input_pipeline
+c = deit.get_config('smoke'); c.dataset.data_dir = {tiny_imagenet!r}
+d = input_pipeline.get_dataset(c.dataset)
+b = next(input_pipeline.train_iterator(c, d, local_batch=8))
+e = list(input_pipeline.eval_batches(c, d, 'validation', local_batch=8))
+print(d.num_examples('train'), b['image'].shape, sum(int(x['mask'].sum()) for x in e), 'tensorflow' in sys.modules)
+"""
+  out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert out.returncode == 0, out.stderr[-2000:]
+  n, *_, examples, tf_loaded = out.stdout.split()
+  assert (n, examples, tf_loaded) == ('48', '16', 'False'), out.stdout
+
+
+def test_grayscale_becomes_three_channels_and_back(tmp_path):
+  from skimage import data
+  for split in ('train', 'test'):
+    os.makedirs(tmp_path / split / 'a')
+    Image.fromarray(data.camera()[:128, :128]).save(tmp_path / split / 'a' / 'x.png')
+  c = _config(str(tmp_path))
+  c.aug.randaugment, c.aug.random_erasing = '', 0.0
+  dataset = sources.image_folder(str(tmp_path))
+  rgb = _first(input_pipeline.train_iterator(c, dataset, local_batch=2, channels=3), 1)[0]
+  gray = next(input_pipeline.eval_batches(c, dataset, 'test', local_batch=2, channels=1))
+  assert rgb['image'].shape == (2, 32, 32, 3) and gray['image'].shape == (2, 32, 32, 1)
   np.testing.assert_array_equal(rgb['image'][..., 0], rgb['image'][..., 1])

@@ -1,4 +1,4 @@
-"""Device-side augmentation: normalisation, mixup / cutmix (timm's batch mode) and label smoothing."""
+"""Device-side augmentation: normalisation, random erasing, mixup / cutmix (timm's batch mode) and label smoothing."""
 from __future__ import annotations
 
 import jax
@@ -41,3 +41,17 @@ def mixup_cutmix(rng, images, targets, *, mixup_alpha, cutmix_alpha, switch_prob
   mixed = jnp.where(use_cutmix, jnp.where(box, flipped, images), lam_mix * images + (1 - lam_mix) * flipped)
   lam = jnp.where(use_cutmix, lam_box, lam_mix)
   return mixed.astype(images.dtype), lam * targets + (1 - lam) * targets[::-1]
+
+
+def random_erasing(rng, images, boxes, noise=None):
+  """timm's RandomErasing, mode 'pixel', on normalised images (B, H, W, C): inside each image's box [top, left,
+  height, width] (int32 (B, 4), drawn on the host by ``tpm_jax.data.transforms.erasing_box``; height or width 0:
+  no box) the pixels become standard normal noise. ``noise`` (the images' shape) replaces the draw from ``rng``."""
+  _, H, W, _ = images.shape
+  if noise is None:
+    noise = jax.random.normal(rng, images.shape, images.dtype)
+  top, left, h, w = (boxes[:, i, None, None, None] for i in range(4))
+  ys = jax.lax.broadcasted_iota(jnp.int32, (1, H, W, 1), 1)
+  xs = jax.lax.broadcasted_iota(jnp.int32, (1, H, W, 1), 2)
+  inside = (ys >= top) & (ys < top + h) & (xs >= left) & (xs < left + w)
+  return jnp.where(inside, noise.astype(images.dtype), images)

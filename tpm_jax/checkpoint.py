@@ -5,7 +5,8 @@
   <step>/ema        the EMA parameters (only when ``optim.ema_decay`` > 0)
   <step>/rng        the model's rng streams (dropout / stochastic depth keys and counts)
   <step>/step       the optimizer's step counter
-  <step>/meta       JSON: step (also the data position: resume skips step x batch examples), the config, the library version
+  <step>/meta       JSON: step, the config, the library version
+  <step>/data       the train iterator's Grain state, one JSON file per process: resume continues at the same example
   <step>/checksums.json  SHA-256 of every file above, written once the save has committed
 
 Each item restores on its own: export and eval read ``params`` (or ``ema``) alone, with no
@@ -31,9 +32,11 @@ import logging
 import os
 import sys
 
+import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as cm
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 
 ARRAY_ITEMS = ('params', 'opt_state', 'ema', 'rng', 'step')
 CHECKSUMS = 'checksums.json'
+DATA_ITEM = 'data'  # the train iterator's Grain state, process_<i>-of-<n>.json
 LEGACY_ITEM = 'state'  # workdirs written before the named items: the whole train state as one item
 
 
@@ -437,6 +441,41 @@ def restore_for_resume(workdir: str, abstract_state, config):
                         f'its checks and was set aside): nothing was trained; --config.overwrite=true starts over')
 
 
+def check_data_position(workdir: str, step: int, workers: int) -> None:
+  """Refuse (``ResumeMismatch`` naming ``dataset.workers``) a step whose input position was saved
+  with another number of Grain worker processes: Grain's state is per worker. Checked before the
+  workdir is written; a step without a ``data`` item passes."""
+  item_dir = os.path.join(checkpoint_dir(workdir), str(step), DATA_ITEM)
+  if not os.path.isdir(item_dir):
+    return
+  path = os.path.join(item_dir, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
+  try:
+    with open(path) as f:
+      state = json.load(f)
+    saved = len(state['iterators_in_use_states']) if 'iterators_in_use_states' in state else 0
+  except (OSError, ValueError, TypeError, KeyError) as e:
+    raise CheckpointError(f'checkpoint step {step}: {path} is unreadable ({type(e).__name__})') from e
+  if saved != workers:
+    raise ResumeMismatch(f'dataset.workers={workers} does not match checkpoint step {step} of {checkpoint_dir(workdir)}'
+                         f', whose input position was saved with {saved} workers: resume with '
+                         f'--config.dataset.workers={saved}')
+
+
+def restore_data(workdir: str, step: int, iterator) -> bool:
+  """Set ``iterator`` (the train iterator) to the position saved with ``step`` (Grain's state);
+  False when the step has no ``data`` item (saved by an earlier version). The step's checksums
+  were verified when its arrays were restored."""
+  item_dir = os.path.join(checkpoint_dir(workdir), str(step), DATA_ITEM)
+  if not os.path.isdir(item_dir):
+    return False
+  try:
+    grain.checkpoint.CheckpointHandler().restore(epath.Path(item_dir), args=grain.checkpoint.CheckpointRestore(iterator))
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f'checkpoint step {step}: the input pipeline position in {item_dir} cannot be restored '
+                          f'({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""})') from e
+  return True
+
+
 def _set_aside(directory: str, step: int) -> None:
   if jax.process_index() == 0:
     src = os.path.join(directory, str(step))
@@ -459,8 +498,11 @@ class Checkpointer:
         cm.LatestN(n=keep),
         cm.BestN(get_metric_fn=lambda m: m['eval_top1'], n=1, keep_checkpoints_without_metrics=False),
     ])
+    # The step's directories are created before the save returns: a file system that refuses them (read-only,
+    # full) fails the save at once, instead of leaving the Grain item's synchronous writer waiting for them.
     options = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=async_save,
-                                           create=True)
+                                           create=True, async_options=ocp.AsyncOptions(
+                                               create_directories_asynchronously=False))
     self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._unsummed = []
 
@@ -470,11 +512,14 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def save(self, step: int, items: dict, meta: dict, metrics: dict | None = None) -> None:
-    """Start an asynchronous save of ``items`` (``state_items``) and ``meta`` (JSON) at ``step``.
-    File-system failures (of this save or the one before) raise CheckpointWriteError."""
+  def save(self, step: int, items: dict, meta: dict, metrics: dict | None = None, data=None) -> None:
+    """Start an asynchronous save of ``items`` (``state_items``) and ``meta`` (JSON) at ``step``;
+    ``data``: the train iterator, whose Grain state (one small JSON file per process) is saved as
+    item ``data``. File-system failures (of this save or the one before) raise CheckpointWriteError."""
     self._finish()
     args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+    if data is not None:
+      args[DATA_ITEM] = grain.checkpoint.CheckpointSave(data)
     try:
       self.manager.save(step, args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **args), metrics=metrics,
                         force=True)

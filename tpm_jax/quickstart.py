@@ -50,8 +50,8 @@ def measure_images_per_sec(models: dict, batch_size: int, rounds: int = 5) -> di
 def visualise(model, config, path: str, num_images: int = 6) -> str:
   """One PNG: the first eval images (top row) and, below, which patches the pruned model kept
   (outlined) and which it merged into which (same colour)."""
-  builder = input_pipeline.get_builder(config.dataset)
-  batch = next(iter(input_pipeline.eval_batches(config, builder, config.dataset.eval_split, local_batch=num_images,
+  dataset = input_pipeline.get_dataset(config.dataset)
+  batch = next(iter(input_pipeline.eval_batches(config, dataset, config.dataset.eval_split, local_batch=num_images,
                                                 channels=model.cfg.in_chans)))
   _, aux = model(augment.normalize(batch['image'], config.aug.mean, config.aug.std), return_aux=True)
   aux = [{k: np.asarray(v) for k, v in step.items()} for step in aux]

@@ -16,7 +16,7 @@ from flax import nnx
 
 from tpm_jax.config import ADDED_FIELD_DEFAULTS, RUN_IDENTITY_FIELDS, ConfigError, _choice, _fail, flat_dict
 from tpm_jax.data.checks import check_dataset
-from tpm_jax.data.input_pipeline import parse_randaugment
+from tpm_jax.data.randaugment import parse_randaugment
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.sharding import mesh_shape
 from tpm_jax.timm_weights import load_timm_weights
@@ -105,7 +105,10 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
           or field == 'std' and any(not x > 0 for x in vals)):
         _fail(f'aug.{field}', v, f'one number per image channel ({chans}), or one for all'
               + (', each > 0' if field == 'std' else ''))
-  _positive_int('dataset.shuffle_buffer', config.dataset.get('shuffle_buffer', 1))
+  _positive_int('dataset.threads', config.dataset.get('threads', 1))
+  workers = config.dataset.get('workers', 0)
+  if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+    _fail('dataset.workers', workers, 'a non-negative int (worker processes; 0 reads in the training process)')
   for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints'):
     _positive_int(field, config.get(field))
   _positive_int('preemption_check_every_steps', config.get('preemption_check_every_steps', 10))
@@ -115,7 +118,9 @@ def validate_train_config(config, *, num_devices: int, process_count: int = 1, w
   d = config.dataset
   if not d.get('image_folder'):
     import tensorflow_datasets as tfds
-    if d.name not in tfds.list_builders():
+    try:  # (tfds.list_builders() would also list community datasets, reading their registry with TensorFlow)
+      tfds.builder_cls(d.name)
+    except tfds.core.registered.DatasetNotFoundError:
       _fail('dataset.name', d.name, 'a TFDS dataset name (tfds.list_builders()), or set dataset.image_folder')
     if d.name == 'imagenet2012' and not _tfds_prepared(d):
       manual = os.path.expanduser(d.get('manual_dir') or '')

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -132,6 +133,8 @@ def make_train_step(config, graphdef, num_classes):
   def train_step(state, batch, rng):
     model, optimizer, teacher, ema = nnx.merge(graphdef, state)
     images = augment.normalize(batch['image'], aug.mean, aug.std)
+    if aug.random_erasing > 0 and 'erase' in batch:  # boxes from the host pipeline; their noise is drawn here
+      images = augment.random_erasing(jax.random.fold_in(rng, 1), images, batch['erase'])
     targets = augment.smooth_targets(batch['label'], num_classes, aug.label_smoothing)
     images, targets = augment.mixup_cutmix(rng, images, targets, mixup_alpha=aug.mixup, cutmix_alpha=aug.cutmix)
     teacher_logits = None if teacher is None else jax.lax.stop_gradient(teacher(images, train=False))
@@ -190,7 +193,8 @@ def make_eval_step(config, graphdef):
 # Logging
 # ------------------------------------------------------------------------------------------------
 class MetricWriter:
-  """metrics.jsonl (one JSON object per logged step) + TensorBoard events, on process 0 only."""
+  """metrics.jsonl (one JSON object per logged step) + TensorBoard event files, on process 0 only.
+  The events are written with TensorBoard's own record writer and protos (no TensorFlow)."""
 
   def __init__(self, workdir, active: bool):
     self.active = active
@@ -198,9 +202,8 @@ class MetricWriter:
     self.tb = None
     if active:
       try:
-        import tensorflow as tf
-        self.tb = tf.summary.create_file_writer(os.path.join(workdir, 'tensorboard'))
-      except Exception as e:  # TensorBoard is a convenience; never fail a run for it
+        self.tb = _EventWriter(os.path.join(workdir, 'tensorboard'))
+      except Exception as e:  # noqa: BLE001 (TensorBoard is a convenience; never fail a run for it)
         log.warning('no TensorBoard events: %s', e)
 
   def write(self, step, metrics):
@@ -210,16 +213,33 @@ class MetricWriter:
     with open(self.path, 'a') as f:
       f.write(json.dumps(row) + '\n')
     if self.tb is not None:
-      import tensorflow as tf
       try:
-        with self.tb.as_default(step=int(step)):
-          for k, v in row.items():
-            if k != 'step' and isinstance(v, float):
-              tf.summary.scalar(k, v)
-        self.tb.flush()
-      except Exception as e:  # e.g. tensorboard not installed: keep training, drop the events
+        self.tb.scalars(int(step), {k: v for k, v in row.items() if k != 'step' and isinstance(v, float)})
+      except Exception as e:  # noqa: BLE001 (e.g. a full disk: keep training, drop the events)
         log.warning('TensorBoard events disabled: %s', e)
         self.tb = None
+
+
+class _EventWriter:
+  """A TensorBoard event file (events.out.tfevents.*) of scalar summaries."""
+
+  def __init__(self, logdir):
+    from tensorboard.compat.proto import event_pb2, summary_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    self.event_pb2, self.summary_pb2 = event_pb2, summary_pb2
+    os.makedirs(logdir, exist_ok=True)
+    name = f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}'
+    self.writer = RecordWriter(open(os.path.join(logdir, name), 'ab'))
+    self._write(self.event_pb2.Event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _write(self, event):
+    self.writer.write(event.SerializeToString())
+    self.writer.flush()
+
+  def scalars(self, step, values):
+    summary = self.summary_pb2.Summary(value=[self.summary_pb2.Summary.Value(tag=k, simple_value=v)
+                                              for k, v in values.items()])
+    self._write(self.event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
 
 class Progress:
@@ -261,11 +281,11 @@ def train_and_evaluate(config, workdir: str):
   validate_train_config(config, num_devices=jax.device_count(), process_count=jax.process_count(), workdir=workdir)
   is_main = jax.process_index() == 0
   mesh = sharding.make_mesh(config.mesh)
-  builder = input_pipeline.get_builder(config.dataset)
+  dataset = input_pipeline.get_dataset(config.dataset)
   # A TFDS dataset prepared just now had no split sizes for the start-up checks: its splits are checked here,
   # still before the workdir is written.
-  check_splits(builder, config.dataset, config.dataset.get('image_folder') or config.dataset.name)
-  n_train = config.num_train_examples or input_pipeline.num_examples(builder, config.dataset.train_split)
+  check_splits(dataset, config.dataset, dataset.where)
+  n_train = config.num_train_examples or dataset.num_examples(config.dataset.train_split)
   steps_per_epoch = n_train / config.batch_size
   total_steps = int(config.total_steps or math.ceil(config.num_epochs * steps_per_epoch))
   schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
@@ -284,6 +304,7 @@ def train_and_evaluate(config, workdir: str):
     restored = checkpoint.restore_for_resume(workdir, checkpoint.with_shardings(abstract_state, state_sh), config)
   if restored is not None:
     start, items, _ = restored
+    checkpoint.check_data_position(workdir, start, config.dataset.get('workers', 0))
     state = checkpoint.items_into_state(state, items)
 
   # Only now, with everything checked and built, does the workdir get written.
@@ -318,9 +339,14 @@ def train_and_evaluate(config, workdir: str):
     print(f'resuming from step {start} ({ckpt.directory})', flush=True)
 
   local_batch = config.batch_size // jax.process_count()
-  train_iter = input_pipeline.train_iterator(config, builder, local_batch=local_batch,
+  train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
                                              process_index=jax.process_index(), process_count=jax.process_count(),
-                                             start_batch=start, channels=channels)
+                                             channels=channels)
+  if restored is not None and not checkpoint.restore_data(workdir, start, train_iter):
+    # a step saved before the pipeline's position was checkpointed: continue at the same batch count
+    train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
+                                               process_index=jax.process_index(), process_count=jax.process_count(),
+                                               channels=channels, start_batch=start)
   writer = MetricWriter(workdir, is_main)
   progress = Progress(config.progress, total_steps, start, is_main)
   rng = jax.random.key(config.seed)
@@ -337,6 +363,7 @@ def train_and_evaluate(config, workdir: str):
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(metrics['loss']):  # the last good checkpoint stays as it is
           ckpt.close()
+          input_pipeline.close(train_iter)
           raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint '
                                    f'is step {ckpt.latest_step()} in {ckpt.directory}')
         row = dict(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)), **metrics)
@@ -346,13 +373,14 @@ def train_and_evaluate(config, workdir: str):
           t_last, s_last = now, step
           progress.update(step, row['loss'], row['images_per_sec'])
           if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
-            row.update(evaluate(config, builder, state, eval_step, batch_sh, channels))
+            row.update(evaluate(config, dataset, state, eval_step, batch_sh, channels))
           writer.write(step, row)
         final = dict(step=step, **row)
         if save_now or stop_now:
           meta = dict(step=step, config=json.loads(config.to_json_best_effort()),
                       version=__version__)
-          ckpt.save(step, checkpoint.state_items(state), meta, metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
+          ckpt.save(step, checkpoint.state_items(state), meta, data=train_iter,
+                    metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
         if stop_now:
           ckpt.wait()
           if is_main:
@@ -360,6 +388,7 @@ def train_and_evaluate(config, workdir: str):
           final['preempted'] = True
           break
   ckpt.close()
+  input_pipeline.close(train_iter)
   progress.close()
   if is_main and not final.get('preempted') and final['step'] == total_steps:
     # A finished run's summary: sweeps skip runs that have it and collect their results from it.
@@ -415,10 +444,10 @@ def init_state(config, schedule, mesh, state_sh):
   return jax.jit(init, in_shardings=(params_sh,), out_shardings=state_sh)(sharding.to_global(params, params_sh))
 
 
-def evaluate(config, builder, state, eval_step, batch_sh, channels=3, split=None):
+def evaluate(config, dataset, state, eval_step, batch_sh, channels=3, split=None):
   eval_batch = config.eval_batch_size or config.batch_size
   totals = None
-  for batch in input_pipeline.eval_batches(config, builder, split or config.dataset.eval_split,
+  for batch in input_pipeline.eval_batches(config, dataset, split or config.dataset.eval_split,
                                            local_batch=eval_batch // jax.process_count(),
                                            process_index=jax.process_index(), process_count=jax.process_count(),
                                            channels=channels):

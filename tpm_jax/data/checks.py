@@ -3,15 +3,18 @@ before anything is written or compiled): split names and slices against the real
 image folder's layout, and one image per class decoded as the pipeline decodes it.
 
 Each failure is one ``ConfigError`` line naming the field or file and what is accepted. A TFDS
-dataset not prepared yet has no recorded splits: ``input_pipeline.get_builder`` checks its splits
-right after preparing it (still before the workdir is written).
+dataset not prepared yet has no recorded splits: the trainer checks its splits right after
+preparing it (still before the workdir is written).
 """
 from __future__ import annotations
 
 import os
 
+import tensorflow_datasets as tfds
+
 from tpm_jax.config import ConfigError, _fail
-from tpm_jax.data.input_pipeline import IMAGE_EXTENSIONS, undecodable_reason
+from tpm_jax.data.input_pipeline import undecodable_reason
+from tpm_jax.data.sources import IMAGE_EXTENSIONS, image_folder
 
 SPLIT_FIELDS = ('train_split', 'eval_split')
 
@@ -22,7 +25,6 @@ def check_dataset(dcfg, *, num_classes: int | None = None) -> None:
     builder = _check_image_folder(dcfg)
     where = f'image folder {os.path.expanduser(dcfg.image_folder)}'
   else:
-    import tensorflow_datasets as tfds
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
     where = dcfg.name
     features = builder.info.features
@@ -32,7 +34,7 @@ def check_dataset(dcfg, *, num_classes: int | None = None) -> None:
   if num_classes is not None and dcfg.get('image_folder'):
     # (An image folder's classes are its class folders. A TFDS dataset declares its label space, which
     # a run on part of it may exceed (the tiny imagenet2012 of the tests: 4 of 1000 classes), so it is not checked.)
-    names = builder.info.features['label'].names
+    names = builder.label_names
     if len(names) > num_classes:
       _fail('model.num_classes', num_classes, f'at least the {len(names)} classes of {where} '
             f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})')
@@ -65,8 +67,7 @@ def check_splits(builder, dcfg, where: str, fields=SPLIT_FIELDS) -> None:
 
 def _check_image_folder(dcfg):
   """root/split/class/image: the splits the config uses have class folders, each with at least one
-  image that decodes. Returns the ``tfds.ImageFolder``."""
-  import tensorflow_datasets as tfds
+  image that decodes. Returns its ``sources.Dataset``."""
   root = os.path.expanduser(dcfg.image_folder)
   layout = f'a folder of <split>/<class>/ folders holding {", ".join(IMAGE_EXTENSIONS)} images'
   if not os.path.isdir(root):
@@ -82,7 +83,7 @@ def _check_image_folder(dcfg):
       if name in split_dirs and name not in checked:
         checked.add(name)
         _check_folder_split(dcfg.image_folder, os.path.join(root, name), layout)
-  return tfds.ImageFolder(root)
+  return image_folder(root)
 
 
 def _check_folder_split(field_value, split_dir: str, layout: str) -> None:
@@ -109,5 +110,5 @@ def _check_folder_split(field_value, split_dir: str, layout: str) -> None:
 
 
 def _subdirs(path: str) -> list[str]:
-  """Sub-folders, as tfds.ImageFolder lists them (hidden ones included: they become splits or classes)."""
+  """Sub-folders, as sources.image_folder lists them (hidden ones included: they become splits or classes)."""
   return sorted(e.name for e in os.scandir(path) if e.is_dir())

@@ -1,0 +1,72 @@
+"""Preparing a TFDS dataset once, in ArrayRecord (the random-access format Grain reads): the one
+step that needs TensorFlow, which TFDS writes its files with (``pip install -e .[prepare]``).
+
+Training prepares ``config.dataset`` on first use; to prepare ahead of time (e.g. on one machine,
+then copy ``data_dir`` to a bucket the pod reads)::
+
+  python -m tpm_jax.data.prepare --name imagenet2012 --manual_dir /data/imagenet --data_dir /data/tfds
+
+``imagenet2012`` reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from ``manual_dir``;
+``fashion_mnist`` Debian's dataset-fashion-mnist files (``local_sources``). A dataset prepared
+earlier in TFRecord only (tf.data's format) is generated again in ArrayRecord from the same
+downloads or manual dir.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import ml_collections
+import tensorflow_datasets as tfds
+
+from tpm_jax.config import ConfigError
+from tpm_jax.data.local_sources import prepare_fashion_mnist
+
+ARRAY_RECORD = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
+
+
+def is_prepared(builder) -> bool:
+  """Prepared, with ArrayRecord files."""
+  return builder.is_prepared() and ARRAY_RECORD in builder.info.available_file_formats()
+
+
+def prepare(dcfg):
+  """The TFDS builder of ``config.dataset`` (name, data_dir, manual_dir), prepared in ArrayRecord."""
+  builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+  if is_prepared(builder):
+    return builder
+  try:
+    import tensorflow  # noqa: F401 (TFDS writes with it)
+  except ImportError:
+    where = builder.data_dir if builder.is_prepared() else dcfg.get('data_dir') or '~/tensorflow_datasets'
+    raise ConfigError(f'dataset.name={dcfg.name!r} is not prepared in ArrayRecord in {where}; preparing it needs '
+                      f'TensorFlow: pip install -e .[prepare] (or bash quickstart.sh), then run again') from None
+  if dcfg.name == 'fashion_mnist':
+    prepare_fashion_mnist(dcfg.get('data_dir'))
+  else:
+    manual = dcfg.get('manual_dir')
+    regenerate = dict(download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS) if builder.is_prepared() else {}
+    builder.download_and_prepare(file_format=ARRAY_RECORD, download_config=tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual) if manual else None, **regenerate))
+  return tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p.add_argument('--name', required=True, help='a TFDS dataset name, e.g. imagenet2012, fashion_mnist')
+  p.add_argument('--data_dir', default=None, help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)')
+  p.add_argument('--manual_dir', default=None, help='where the dataset\'s manual downloads are (imagenet2012: the tars)')
+  a = p.parse_args(argv)
+  try:
+    builder = prepare(ml_collections.ConfigDict(dict(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir)))
+  except (ConfigError, tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as e:
+    print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
+    return 2
+  splits = ', '.join(f'{k} ({v.num_examples} examples)' for k, v in sorted(builder.info.splits.items()))
+  print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
