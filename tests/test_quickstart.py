@@ -3,6 +3,8 @@ real on tiny data: the unpruned run, the export, the tpm fine-tune from it, the 
 import json
 import math
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,10 +108,19 @@ def _configs(data_dir):
   return configs
 
 
-def test_quickstart_report_on_tiny_runs(tiny_data, tmp_path):
+def test_quickstart_report_on_tiny_runs(tiny_data, tmp_path, tensorflow_report):
   from tpm_jax import quickstart as qs_job
   workdir = str(tmp_path / 'qs')
-  result = qs_job.run(workdir, _configs(tiny_data))
+  # the job in its own process, which must import no TensorFlow (the data is prepared beforehand, as
+  # quickstart.sh does)
+  env, read = tensorflow_report
+  code = (f'import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_quickstart as t; '
+          f'from tpm_jax import quickstart as q; json.dump(q.run({workdir!r}, t._configs({tiny_data!r})), '
+          f'open({str(tmp_path / "result.json")!r}, "w"))')
+  res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert [imported for _, imported in read()] == [False], read()
+  result = json.load(open(tmp_path / 'result.json'))
   for name in ('pretrain', 'tpm'):
     final = json.load(open(os.path.join(workdir, name, 'final.json')))
     row = result['runs'][name]
