@@ -89,13 +89,11 @@ class _EvalExample:
             'mask': np.int32(1)}
 
 
-def _read_options(config):
-  return grain.ReadOptions(num_threads=int(config.dataset.get('threads', 8)), prefetch_buffer_size=
-                           2 * max(1, int(config.dataset.get('threads', 8))))
-
-
 def _prefetched(ds, config):
-  it = ds.to_iter_dataset(_read_options(config))
+  """``ds`` (a MapDataset of whole batches) read by ``dataset.threads`` threads, ``2 x threads``
+  batches ahead, in each of ``dataset.workers`` worker processes (or in this one)."""
+  threads = int(config.dataset.get('threads', 8))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
   workers = int(config.dataset.get('workers', 0))
   if workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a caller without absl.app has not parsed them
