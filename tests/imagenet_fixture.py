@@ -170,7 +170,7 @@ def make_imagenet_manual_dir(manual_dir, *, num_classes=4, train_per_class=12, n
   }
 
 
-def build_tiny_imagenet(tmp_dir, **kw):
+def build_tiny_imagenet(tmp_dir, file_format='array_record', **kw):
   """Make `<tmp_dir>/manual` and prepare `imagenet2012` into `<tmp_dir>/tfds` with the real builder.
 
   Keyword arguments go to `make_imagenet_manual_dir`. Returns `(data_dir, manual_dir)`; afterwards
@@ -183,5 +183,5 @@ def build_tiny_imagenet(tmp_dir, **kw):
   make_imagenet_manual_dir(manual_dir, **kw)
   builder = tfds.builder('imagenet2012', data_dir=data_dir, try_gcs=False)
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False), file_format='array_record')
+      manual_dir=manual_dir, try_download_gcs=False), file_format=file_format)
   return data_dir, manual_dir

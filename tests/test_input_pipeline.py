@@ -171,3 +171,24 @@ def test_grayscale_becomes_three_channels_and_back(tmp_path):
   gray = next(input_pipeline.eval_batches(c, dataset, 'test', local_batch=2, channels=1))
   assert rgb['image'].shape == (2, 32, 32, 3) and gray['image'].shape == (2, 32, 32, 1)
   np.testing.assert_array_equal(rgb['image'][..., 0], rgb['image'][..., 1])
+
+
+def test_a_tfrecord_preparation_is_moved_aside_and_prepared_in_array_record(tmp_path):
+  """A dataset prepared by tf.data-era versions (TFRecord only) is kept, moved aside, and prepared
+  again in ArrayRecord from the same manual dir; then it trains through the pipeline."""
+  import tensorflow_datasets as tfds
+  from imagenet_fixture import build_tiny_imagenet
+
+  from tpm_jax.data import prepare
+  data_dir, manual_dir = build_tiny_imagenet(tmp_path, file_format='tfrecord', num_classes=2, train_per_class=4,
+                                             num_val=4, size=48)
+  old = tfds.builder('imagenet2012', data_dir=data_dir)
+  assert old.is_prepared() and not prepare.is_prepared(old)
+  old_files = sorted(os.listdir(old.data_dir))
+  c = deit.get_config('smoke')
+  c.dataset.data_dir, c.dataset.manual_dir = data_dir, manual_dir
+  dataset = input_pipeline.get_dataset(c.dataset)
+  assert prepare.is_prepared(tfds.builder('imagenet2012', data_dir=data_dir))
+  assert sorted(os.listdir(f'{old.data_dir}.tfrecord')) == old_files  # nothing deleted
+  assert dataset.num_examples('train') == 8
+  assert next(input_pipeline.train_iterator(c, dataset, local_batch=4))['image'].shape == (4, 32, 32, 3)

@@ -34,7 +34,8 @@ def _sha256(path: str) -> str:
 
 def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_FASHION_MNIST_DIR) -> str:
   """Prepare TFDS's ``fashion_mnist`` in ``data_dir`` in ArrayRecord (what ``tfds.data_source`` and
-  Grain read); returns the TFDS data dir. A copy prepared earlier in TFRecord only is generated again.
+  Grain read); returns the TFDS data dir. (A copy prepared earlier in TFRecord only is moved aside
+  by ``tpm_jax.data.prepare`` first.)
 
   Uses the files in ``source_dir`` (Debian's package, or the original downloads) when present,
   otherwise lets TFDS download them.
@@ -47,11 +48,12 @@ def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_
   array_record = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
   if real.is_prepared() and array_record in real.info.available_file_formats():
     return data_dir
-  config = dict(download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS) if real.is_prepared() else {}
+  if real.is_prepared():
+    raise ValueError(f'{real.data_dir} holds fashion_mnist in TFRecord only: tpm_jax.data.prepare moves it aside first')
   have_local = all(os.path.exists(os.path.join(source_dir, f)) for f in DEBIAN_FASHION_MNIST)
   if not have_local:
     log.info('fashion_mnist: %s not found, downloading with TFDS', source_dir)
-    real.download_and_prepare(download_config=tfds.download.DownloadConfig(**config), file_format=array_record)
+    real.download_and_prepare(file_format=array_record)
     return data_dir
 
   registered = dict(real.url_infos)
@@ -72,6 +74,6 @@ def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_
     url_infos = accepted  # the registered checksums, extended by the verified local copies
 
   builder = _LocalFashionMNIST(data_dir=data_dir)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source_dir, **config),
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=source_dir),
                                file_format=array_record)
   return data_dir

@@ -8,8 +8,8 @@ then copy ``data_dir`` to a bucket the pod reads)::
 
 ``imagenet2012`` reads ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from ``manual_dir``;
 ``fashion_mnist`` Debian's dataset-fashion-mnist files (``local_sources``). A dataset prepared
-earlier in TFRecord only (tf.data's format) is generated again in ArrayRecord from the same
-downloads or manual dir.
+earlier in TFRecord only (tf.data's format) is moved aside (``<version>.tfrecord``, nothing
+deleted) and prepared again in ArrayRecord from the same downloads or manual dir.
 """
 from __future__ import annotations
 
@@ -42,13 +42,21 @@ def prepare(dcfg):
     where = builder.data_dir if builder.is_prepared() else dcfg.get('data_dir') or '~/tensorflow_datasets'
     raise ConfigError(f'dataset.name={dcfg.name!r} is not prepared in ArrayRecord in {where}; preparing it needs '
                       f'TensorFlow: pip install -e .[prepare] (or bash quickstart.sh), then run again') from None
+  if builder.is_prepared():  # TFRecord only (TFDS cannot add a format in place): kept aside, prepared anew
+    old = str(builder.data_dir)
+    aside, n = f'{old}.tfrecord', 1
+    while os.path.exists(aside):
+      aside, n = f'{old}.tfrecord{n}', n + 1
+    os.rename(old, aside)
+    print(f'{dcfg.name}: {old} holds TFRecord files only; moved to {aside} (delete it when done) and preparing '
+          f'ArrayRecord files from the same sources', file=sys.stderr, flush=True)
+    builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
   if dcfg.name == 'fashion_mnist':
     prepare_fashion_mnist(dcfg.get('data_dir'))
   else:
     manual = dcfg.get('manual_dir')
-    regenerate = dict(download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS) if builder.is_prepared() else {}
     builder.download_and_prepare(file_format=ARRAY_RECORD, download_config=tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(manual) if manual else None, **regenerate))
+        manual_dir=os.path.expanduser(manual) if manual else None))
   return tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
 
 
