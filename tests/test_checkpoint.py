@@ -79,10 +79,15 @@ def _start_and_signal(workdir, data_dir, sig, *extra, after_step, extra_delay=0.
 
 
 @pytest.fixture(scope='module')
-def uninterrupted(tmp_path_factory, data_dir):
+def uninterrupted_workdir(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   _run(workdir, data_dir)
-  return _final_params(workdir)
+  return workdir
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(uninterrupted_workdir):
+  return _final_params(uninterrupted_workdir)
 
 
 def _assert_same_params(a, b):
@@ -133,6 +138,30 @@ def test_sigterm_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path
   res = _run(tmp_path, data_dir, workers)
   assert f'resuming from step {stopped}' in res.stdout
   _assert_same_params(_final_params(tmp_path), uninterrupted)
+
+
+def test_steps_saved_without_the_pipeline_state_resume_by_batch_count_and_stay_consistent(
+    tmp_path, data_dir, uninterrupted_workdir, uninterrupted):
+  """A step saved before the pipeline's position was checkpointed (no ``data`` item) resumes at the same
+  batch count; the steps saved after it hold Grain states relative to that start (``data_offset`` in
+  meta), so resuming from one of those lands on the same example too."""
+  workdir = _copy(uninterrupted_workdir, tmp_path / 'run')
+  ckpts = workdir / 'checkpoints'
+  for s in _steps(workdir):
+    if s > 4:
+      shutil.rmtree(ckpts / str(s))
+  shutil.rmtree(ckpts / '4' / 'data')  # as an earlier version saved it
+  sums = json.load(open(ckpts / '4' / 'checksums.json'))
+  sums['files'] = {k: v for k, v in sums['files'].items() if not k.startswith('data/')}
+  json.dump(sums, open(ckpts / '4' / 'checksums.json', 'w'))
+  res = _run(workdir, data_dir)
+  assert 'resuming from step 4' in res.stdout
+  _assert_same_params(_final_params(workdir), uninterrupted)
+  assert json.load(open(ckpts / '6' / 'meta' / 'metadata'))['data_offset'] == 4
+  shutil.rmtree(ckpts / '8')
+  res = _run(workdir, data_dir)
+  assert 'resuming from step 6' in res.stdout
+  _assert_same_params(_final_params(workdir), uninterrupted)
 
 
 def test_kill_9_during_async_saves_resumes_from_the_last_complete_step(tmp_path, data_dir, uninterrupted):

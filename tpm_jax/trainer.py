@@ -303,7 +303,7 @@ def train_and_evaluate(config, workdir: str):
   if not config.get('overwrite'):
     restored = checkpoint.restore_for_resume(workdir, checkpoint.with_shardings(abstract_state, state_sh), config)
   if restored is not None:
-    start, items, _ = restored
+    start, items, restored_meta = restored
     checkpoint.check_data_position(workdir, start, config.dataset.get('workers', 0))
     state = checkpoint.items_into_state(state, items)
 
@@ -339,14 +339,19 @@ def train_and_evaluate(config, workdir: str):
     print(f'resuming from step {start} ({ckpt.directory})', flush=True)
 
   local_batch = config.batch_size // jax.process_count()
+  # The stream starts ``data_offset`` batches in: 0, unless the run resumed once from a step saved without
+  # the pipeline's state (an earlier version), where it continued at the same batch count; Grain's state
+  # is relative to that start, so the offset is saved with it.
+  data_offset = 0 if restored is None else int(restored_meta.get('data_offset', 0))
   train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
                                              process_index=jax.process_index(), process_count=jax.process_count(),
-                                             channels=channels)
+                                             channels=channels, start_batch=data_offset)
   if restored is not None and not checkpoint.restore_data(workdir, start, train_iter):
-    # a step saved before the pipeline's position was checkpointed: continue at the same batch count
+    input_pipeline.close(train_iter)
+    data_offset = start
     train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
                                                process_index=jax.process_index(), process_count=jax.process_count(),
-                                               channels=channels, start_batch=start)
+                                               channels=channels, start_batch=data_offset)
   writer = MetricWriter(workdir, is_main)
   progress = Progress(config.progress, total_steps, start, is_main)
   rng = jax.random.key(config.seed)
@@ -378,7 +383,7 @@ def train_and_evaluate(config, workdir: str):
         final = dict(step=step, **row)
         if save_now or stop_now:
           meta = dict(step=step, config=json.loads(config.to_json_best_effort()),
-                      version=__version__)
+                      version=__version__, data_offset=data_offset)
           ckpt.save(step, checkpoint.state_items(state), meta, data=train_iter,
                     metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
         if stop_now:
