@@ -164,6 +164,42 @@ def test_steps_saved_without_the_pipeline_state_resume_by_batch_count_and_stay_c
   _assert_same_params(_final_params(workdir), uninterrupted)
 
 
+def test_an_unreadable_input_position_sets_the_step_aside_and_resumes_from_the_older_one(
+    tmp_path, data_dir, uninterrupted_workdir, uninterrupted):
+  """The newest step unverified (no checksums.json, as after a kill -9) with a garbled data JSON: set aside,
+  the older good step used, and the run ends as the uninterrupted one did."""
+  workdir = _copy(uninterrupted_workdir, tmp_path / 'run')
+  newest = max(_steps(workdir))
+  step_dir = workdir / 'checkpoints' / str(newest)
+  os.remove(step_dir / 'checksums.json')
+  (step_dir / 'data' / 'process_0-of-1.json').write_text('{"next_index": ')
+  res = _run(workdir, data_dir)
+  assert f'setting it aside as {newest}.unreadable' in res.stdout, res.stdout[-2000:]
+  assert (workdir / 'checkpoints' / f'{newest}.unreadable').is_dir()
+  _assert_same_params(_final_params(workdir), uninterrupted)
+
+
+def test_a_train_split_of_another_size_is_refused_on_resume(tmp_path, data_dir, uninterrupted_workdir):
+  """The saved input position indexes the split as it was: a split that changed size under the same
+  name is refused (exit 2, one line), nothing written."""
+  from tpm_jax import checkpoint
+  workdir = _copy(uninterrupted_workdir, tmp_path / 'run')
+  newest = max(_steps(workdir))
+  step_dir = workdir / 'checkpoints' / str(newest)
+  meta_path = step_dir / 'meta' / 'metadata'
+  meta = json.load(open(meta_path))
+  assert meta['train_examples'] == 48
+  meta['train_examples'] = 50  # as if two images had been deleted since
+  json.dump(meta, open(meta_path, 'w'))
+  checkpoint.write_checksums(str(step_dir))
+  before = sorted(os.listdir(workdir))
+  res = _run(workdir, data_dir, '--config.total_steps=10', check=False)
+  assert res.returncode == 2, res.stderr[-2000:]
+  line = _one_line_error(res)
+  assert "dataset.train_split='train' has 48 examples now and had 50" in line, line
+  assert sorted(os.listdir(workdir)) == before and max(_steps(workdir)) == newest
+
+
 def test_kill_9_during_async_saves_resumes_from_the_last_complete_step(tmp_path, data_dir, uninterrupted):
   code, _, _ = _start_and_signal(tmp_path, data_dir, signal.SIGKILL, after_step=2, extra_delay=0.3)
   assert code == -signal.SIGKILL

@@ -192,3 +192,50 @@ def test_a_tfrecord_preparation_is_moved_aside_and_prepared_in_array_record(tmp_
   assert sorted(os.listdir(f'{old.data_dir}.tfrecord')) == old_files  # nothing deleted
   assert dataset.num_examples('train') == 8
   assert next(input_pipeline.train_iterator(c, dataset, local_batch=4))['image'].shape == (4, 32, 32, 3)
+
+
+def test_folder_entries_that_are_not_files_are_not_examples(tmp_path):
+  """A dangling symlink or a directory named like an image is not listed (the start-up checks skip them too)."""
+  from skimage import data
+  cls = tmp_path / 'train' / 'a'
+  os.makedirs(cls)
+  Image.fromarray(data.astronaut()[:64, :64]).save(cls / 'x.jpg')
+  os.symlink(tmp_path / 'gone.jpg', cls / 'dangling.jpg')
+  os.makedirs(cls / 'folder.jpg')
+  dataset = sources.image_folder(str(tmp_path))
+  assert dataset.num_examples('train') == 1 and dataset.source('train')[0]['name'] == str(cls / 'x.jpg')
+  os.remove(cls / 'x.jpg')  # gone while a run reads: one line naming it
+  with pytest.raises(input_pipeline.DataError, match=r'x.jpg: cannot be read \(No such file or directory\)'):
+    dataset.source('train')[0]
+
+
+def test_worker_processes_exit_when_the_trainer_is_killed(image_folder):
+  """kill -9 of the process that reads with workers: its Grain workers do not live on as orphans."""
+  import signal
+  import time
+  code = f"""
+import os, time
+from configs import deit
+from tpm_jax.data import input_pipeline
+if __name__ == '__main__':
+  c = deit.get_config('smoke'); c.dataset.image_folder = {image_folder!r}; c.dataset.workers = 2
+  it = input_pipeline.train_iterator(c, input_pipeline.get_dataset(c.dataset), local_batch=4)
+  next(it)
+  print('READY', flush=True)
+  time.sleep(600)
+"""
+  p = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                       env=dict(os.environ, PYTHONPATH=ROOT))
+  assert p.stdout.readline().strip() == 'READY'
+  children = lambda pid: [int(c) for t in os.listdir(f'/proc/{pid}/task')
+                          for c in open(f'/proc/{pid}/task/{t}/children').read().split()]
+  workers = children(p.pid)
+  assert len(workers) >= 2
+  os.kill(p.pid, signal.SIGKILL)
+  p.wait()
+  deadline = time.time() + 60
+  alive = lambda: [w for w in workers if os.path.exists(f'/proc/{w}') and
+                   open(f'/proc/{w}/stat').read().split(')')[-1].split()[0] != 'Z']
+  while alive() and time.time() < deadline:
+    time.sleep(0.2)
+  assert not alive(), alive()

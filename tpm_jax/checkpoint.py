@@ -426,6 +426,8 @@ def restore_for_resume(workdir: str, abstract_state, config):
         except CheckpointError:
           pass
         raise ResumeMismatch(_mismatch_message(directory, s, diffs, saved_config, config))
+      # the input position: refused (ResumeMismatch) when saved with other workers, set aside when unreadable
+      check_data_position(workdir, s, config.get('dataset', {}).get('workers', 0))
       items = restore_items(step_dir, s, abstract, sorted(abstract), checksums_checked=checked)
       meta = read_meta(step_dir)
     except CheckpointError as e:
@@ -539,6 +541,13 @@ class Checkpointer:
     except Exception as e:  # noqa: BLE001
       raise _write_error(self.directory, self._unsummed[-1] if self._unsummed else '?', e) or e
     self._unsummed = []
+
+  def poll(self) -> None:
+    """Write the checksums of the steps committed since the last call, if no save is in flight (cheap:
+    called after every train step, so a step is verified from soon after its commit, not only once
+    the next save starts)."""
+    if self._unsummed and not self.manager.is_saving_in_progress():
+      self._finish()
 
   def wait(self) -> None:
     self._finish()

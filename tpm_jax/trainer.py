@@ -285,7 +285,8 @@ def train_and_evaluate(config, workdir: str):
   # A TFDS dataset prepared just now had no split sizes for the start-up checks: its splits are checked here,
   # still before the workdir is written.
   check_splits(dataset, config.dataset, dataset.where)
-  n_train = config.num_train_examples or dataset.num_examples(config.dataset.train_split)
+  split_examples = dataset.num_examples(config.dataset.train_split)
+  n_train = config.num_train_examples or split_examples
   steps_per_epoch = n_train / config.batch_size
   total_steps = int(config.total_steps or math.ceil(config.num_epochs * steps_per_epoch))
   schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
@@ -304,7 +305,12 @@ def train_and_evaluate(config, workdir: str):
     restored = checkpoint.restore_for_resume(workdir, checkpoint.with_shardings(abstract_state, state_sh), config)
   if restored is not None:
     start, items, restored_meta = restored
-    checkpoint.check_data_position(workdir, start, config.dataset.get('workers', 0))
+    saved_n = restored_meta.get('train_examples')
+    if saved_n is not None and int(saved_n) != split_examples:  # the input position indexes the same examples
+      raise checkpoint.ResumeMismatch(
+          f'dataset.train_split={config.dataset.train_split!r} has {split_examples} examples now and had {saved_n} when '
+          f'checkpoint step {start} was saved ({dataset.where}): the saved input position would point into '
+          f'another sequence; restore the data, or --config.overwrite=true to start over')
     state = checkpoint.items_into_state(state, items)
 
   # Only now, with everything checked and built, does the workdir get written.
@@ -360,6 +366,7 @@ def train_and_evaluate(config, workdir: str):
   with PreemptionNotice(config.get('preemption_check_every_steps', 10)) as preemption:
     for step in range(start + 1, total_steps + 1):
       batch = _global_batch(next(train_iter), batch_sh)
+      ckpt.poll()
       state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
       log_now = step % config.log_every_steps == 0 or step == total_steps
       save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
@@ -383,7 +390,7 @@ def train_and_evaluate(config, workdir: str):
         final = dict(step=step, **row)
         if save_now or stop_now:
           meta = dict(step=step, config=json.loads(config.to_json_best_effort()),
-                      version=__version__, data_offset=data_offset)
+                      version=__version__, data_offset=data_offset, train_examples=split_examples)
           ckpt.save(step, checkpoint.state_items(state), meta, data=train_iter,
                     metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
         if stop_now:

@@ -13,8 +13,12 @@ An image that cannot be decoded stops the iterators with ``DataError``, one line
 """
 from __future__ import annotations
 
+import functools
 import io
 import math
+import os
+import threading
+import time
 
 import grain
 import numpy as np
@@ -22,11 +26,7 @@ from absl import flags
 from PIL import Image, UnidentifiedImageError
 
 from tpm_jax.data import transforms
-from tpm_jax.data.sources import IMAGE_EXTENSIONS, get_dataset  # noqa: F401 (re-exported)
-
-
-class DataError(ValueError):
-  """An example cannot be read at run time. The message is one line naming the file."""
+from tpm_jax.data.sources import IMAGE_EXTENSIONS, DataError, get_dataset  # noqa: F401 (re-exported)
 
 
 def undecodable_reason(encoded: bytes, channels: int = 3) -> str | None:
@@ -98,8 +98,21 @@ def _prefetched(ds, config):
   if workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a caller without absl.app has not parsed them
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+                        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return it
+
+
+def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
+  """In each worker process: exit when ``parent``, the process that started it, is gone (killed with
+  -9, say), instead of living on as an orphan (Grain's workers do not watch their parent)."""
+  del worker_index, worker_count
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(1.0)
+    os._exit(0)
+  threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
 
 
 def train_dataset(config, dataset, *, local_batch: int, process_index: int = 0, process_count: int = 1,

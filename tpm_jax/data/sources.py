@@ -24,6 +24,10 @@ from tpm_jax.data.prepare import prepare
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')  # what an image folder holds (case-insensitive)
 
 
+class DataError(ValueError):
+  """An example cannot be read at run time. The message is one line naming the file."""
+
+
 def _absolute(splits, spec: str):
   """[(split name, start, stop)] for a TFDS split spec ('train', 'test[:100]', 'a[:50%]+b')."""
   out = []
@@ -63,8 +67,11 @@ class _FolderSplit:
 
   def __getitem__(self, i: int):
     path, label = self.files[i]
-    with open(path, 'rb') as f:
-      return {'image': f.read(), 'label': label, 'name': path}
+    try:
+      with open(path, 'rb') as f:
+        return {'image': f.read(), 'label': label, 'name': path}
+    except OSError as e:  # gone, or no longer a file, since the run started
+      raise DataError(f'{path}: cannot be read ({e.strerror or e})') from None
 
 
 class _Named:
@@ -126,7 +133,8 @@ def image_folder(root: str) -> Dataset:
   files = {}
   for split in split_names:
     files[split] = {cls: sorted(os.path.join(root, split, cls, f) for f in os.listdir(os.path.join(root, split, cls))
-                                if f.lower().endswith(IMAGE_EXTENSIONS))
+                                if f.lower().endswith(IMAGE_EXTENSIONS)
+                                and os.path.isfile(os.path.join(root, split, cls, f)))
                     for cls in sorted(e.name for e in os.scandir(os.path.join(root, split)) if e.is_dir())}
   classes = sorted({cls for per_split in files.values() for cls in per_split})
   label = {cls: i for i, cls in enumerate(classes)}
