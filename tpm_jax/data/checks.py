@@ -72,31 +72,28 @@ def _check_image_folder(dcfg):
   layout = f'a folder of <split>/<class>/ folders holding {", ".join(IMAGE_EXTENSIONS)} images'
   if not os.path.isdir(root):
     _fail('dataset.image_folder', dcfg.image_folder, f'{layout} (no such folder)')
-  split_dirs = _subdirs(root)
-  if not split_dirs:
+  dataset = image_folder(root)  # the listing the pipeline reads
+  if not dataset.files:
     _fail('dataset.image_folder', dcfg.image_folder, f'{layout} ({root} has no split folders)')
   checked = set()
   for field in SPLIT_FIELDS:
     spec = dcfg.get(field)
     names = [part.split('[')[0].strip() for part in str(spec).split('+')]
     for name in names:
-      if name in split_dirs and name not in checked:
+      if name in dataset.files and name not in checked:
         checked.add(name)
-        _check_folder_split(dcfg.image_folder, os.path.join(root, name), layout)
-  return image_folder(root)
+        _check_folder_split(dcfg.image_folder, os.path.join(root, name), dataset.files[name], layout)
+  return dataset
 
 
-def _check_folder_split(field_value, split_dir: str, layout: str) -> None:
-  classes = _subdirs(split_dir)
+def _check_folder_split(field_value, split_dir: str, classes: dict, layout: str) -> None:
+  """``classes``: the split's {class: [image paths]}; each class's first image is decoded."""
   if not classes:
     _fail('dataset.image_folder', field_value, f'{layout} ({split_dir} has no class folders)')
-  for cls in classes:
-    class_dir = os.path.join(split_dir, cls)
-    images = sorted(f for f in os.listdir(class_dir)
-                    if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(class_dir, f)))
+  for cls, images in classes.items():
     if not images:
-      _fail('dataset.image_folder', field_value, f'{layout} ({class_dir} has no images)')
-    path = os.path.join(class_dir, images[0])
+      _fail('dataset.image_folder', field_value, f'{layout} ({os.path.join(split_dir, cls)} has no images)')
+    path = images[0]
     try:
       with open(path, 'rb') as f:
         encoded = f.read()
@@ -107,8 +104,3 @@ def _check_folder_split(field_value, split_dir: str, layout: str) -> None:
     if reason:
       _fail('dataset.image_folder', field_value,
             f'decodable {", ".join(IMAGE_EXTENSIONS)} images ({path}: not a decodable image ({reason}))')
-
-
-def _subdirs(path: str) -> list[str]:
-  """Sub-folders, as sources.image_folder lists them (hidden ones included: they become splits or classes)."""
-  return sorted(e.name for e in os.scandir(path) if e.is_dir())

@@ -100,6 +100,7 @@ class Dataset:
   splits: object                  # tfds.core.SplitDict (empty for TFDS's mock data)
   label_names: list
   source: object                  # split spec -> sequence of examples
+  files: dict | None = None       # an image folder's {split: {class: [image paths]}}
 
   @property
   def info(self):
@@ -126,16 +127,19 @@ class _TfdsSource:
     return _Named(data_source, self.builder.name)
 
 
+def _subdirs(path: str) -> list[str]:
+  """Sub-folders, sorted (hidden ones included: they are splits or classes, as in tfds.ImageFolder)."""
+  return sorted(e.name for e in os.scandir(path) if e.is_dir())
+
+
 def image_folder(root: str) -> Dataset:
-  """root/split/class/image; labels numbered over the sorted class names of all splits."""
+  """root/split/class/image; labels numbered over the sorted class names of all splits. Images are
+  the files (symlinks followed) named like images; dangling links and folders so named are not."""
   root = os.path.expanduser(root)
-  split_names = sorted(e.name for e in os.scandir(root) if e.is_dir())
-  files = {}
-  for split in split_names:
-    files[split] = {cls: sorted(os.path.join(root, split, cls, f) for f in os.listdir(os.path.join(root, split, cls))
-                                if f.lower().endswith(IMAGE_EXTENSIONS)
-                                and os.path.isfile(os.path.join(root, split, cls, f)))
-                    for cls in sorted(e.name for e in os.scandir(os.path.join(root, split)) if e.is_dir())}
+  files = {split: {cls: sorted(e.path for e in os.scandir(os.path.join(root, split, cls))
+                               if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file())
+                   for cls in _subdirs(os.path.join(root, split))}
+           for split in _subdirs(root)}
   classes = sorted({cls for per_split in files.values() for cls in per_split})
   label = {cls: i for i, cls in enumerate(classes)}
   examples = {split: [(path, label[cls]) for cls, paths in per_split.items() for path in paths]
@@ -144,7 +148,7 @@ def image_folder(root: str) -> Dataset:
       data_dir=root, dataset_name='image_folder', split=split, filetype_suffix='image')
   splits = tfds.core.SplitDict([tfds.core.SplitInfo(name=s, shard_lengths=[len(e)], num_bytes=0,
                                                     filename_template=template(s)) for s, e in examples.items()])
-  return Dataset(f'image folder {root}', splits, classes, _FolderSource(splits, examples))
+  return Dataset(f'image folder {root}', splits, classes, _FolderSource(splits, examples), files)
 
 
 def tfds_dataset(builder) -> Dataset:
