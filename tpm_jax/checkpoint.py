@@ -447,9 +447,9 @@ def check_data_position(workdir: str, step: int, workers: int) -> None:
   """Refuse (``ResumeMismatch`` naming ``dataset.workers``) a step whose input position was saved
   with another number of Grain worker processes: Grain's state is per worker. Checked before the
   workdir is written; a step without a ``data`` item passes."""
-  item_dir = os.path.join(checkpoint_dir(workdir), str(step), DATA_ITEM)
-  if not os.path.isdir(item_dir):
+  if not has_data_position(workdir, step):
     return
+  item_dir = os.path.join(checkpoint_dir(workdir), str(step), DATA_ITEM)
   path = os.path.join(item_dir, f'process_{jax.process_index()}-of-{jax.process_count()}.json')
   try:
     with open(path) as f:
@@ -463,19 +463,20 @@ def check_data_position(workdir: str, step: int, workers: int) -> None:
                          f'--config.dataset.workers={saved}')
 
 
-def restore_data(workdir: str, step: int, iterator) -> bool:
-  """Set ``iterator`` (the train iterator) to the position saved with ``step`` (Grain's state);
-  False when the step has no ``data`` item (saved by an earlier version). The step's checksums
-  were verified when its arrays were restored."""
+def has_data_position(workdir: str, step: int) -> bool:
+  """Whether ``step`` holds the train iterator's state (steps saved by earlier versions do not)."""
+  return os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step), DATA_ITEM))
+
+
+def restore_data(workdir: str, step: int, iterator) -> None:
+  """Set ``iterator`` (the train iterator) to the position saved with ``step`` (Grain's state).
+  The step's checksums were verified when its arrays were restored."""
   item_dir = os.path.join(checkpoint_dir(workdir), str(step), DATA_ITEM)
-  if not os.path.isdir(item_dir):
-    return False
   try:
     grain.checkpoint.CheckpointHandler().restore(epath.Path(item_dir), args=grain.checkpoint.CheckpointRestore(iterator))
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f'checkpoint step {step}: the input pipeline position in {item_dir} cannot be restored '
                           f'({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ""})') from e
-  return True
 
 
 def _set_aside(directory: str, step: int) -> None:

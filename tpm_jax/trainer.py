@@ -348,16 +348,13 @@ def train_and_evaluate(config, workdir: str):
   # The stream starts ``data_offset`` batches in: 0, unless the run resumed once from a step saved without
   # the pipeline's state (an earlier version), where it continued at the same batch count; Grain's state
   # is relative to that start, so the offset is saved with it.
-  data_offset = 0 if restored is None else int(restored_meta.get('data_offset', 0))
+  saved_position = restored is not None and checkpoint.has_data_position(workdir, start)
+  data_offset = int(restored_meta.get('data_offset', 0)) if saved_position else (0 if restored is None else start)
   train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
                                              process_index=jax.process_index(), process_count=jax.process_count(),
                                              channels=channels, start_batch=data_offset)
-  if restored is not None and not checkpoint.restore_data(workdir, start, train_iter):
-    input_pipeline.close(train_iter)
-    data_offset = start
-    train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
-                                               process_index=jax.process_index(), process_count=jax.process_count(),
-                                               channels=channels, start_batch=data_offset)
+  if saved_position:
+    checkpoint.restore_data(workdir, start, train_iter)
   writer = MetricWriter(workdir, is_main)
   progress = Progress(config.progress, total_steps, start, is_main)
   rng = jax.random.key(config.seed)
