@@ -38,7 +38,7 @@ if framework == 'jax':
   with c.unlocked():
     c.model.dtype, c.batch_size = 'float32', 32
   gd, st = nnx.split(trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 1000, 100)))
-  fn = jax.jit(trainer.make_train_step(c, gd, 1000), donate_argnums=0)
+  fn = jax.jit(trainer.make_train_step(c, gd, 1000), donate_argnums=0, compiler_options=trainer.train_step_compiler_options())
   rs = np.random.RandomState(0)
   batch = dict(image=jax.numpy.asarray(rs.randint(0, 256, (32, 224, 224, 3), dtype=np.uint8)),
                label=jax.numpy.asarray(rs.randint(0, 1000, 32).astype(np.int32)))

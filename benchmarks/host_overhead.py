@@ -43,7 +43,7 @@ def main():
   state = sharding.to_global(state, state_sh)
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0)
+                 out_shardings=(state_sh, repl), donate_argnums=0, compiler_options=trainer.train_step_compiler_options())
   it = input_pipeline.train_iterator(c, dataset, local_batch=args.batch)
   rng = jax.random.key(0)
 

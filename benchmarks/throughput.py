@@ -126,7 +126,7 @@ def jax_runner(c, setting, batches, train=True):
   state_sh, batch_sh, repl = sharding.state_shardings(tstate, mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)
   box = dict(state=sharding.to_global(tstate, state_sh))
   step = jax.jit(trainer.make_train_step(c, graphdef, c.model.num_classes), in_shardings=(state_sh, batch_sh, repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0)
+                 out_shardings=(state_sh, repl), donate_argnums=0, compiler_options=trainer.train_step_compiler_options())
   n = c.batch_size
   batch = trainer._global_batch(dict(image=rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8),
                                      label=rs.randint(0, c.model.num_classes, n).astype(np.int32)), batch_sh)
