@@ -91,3 +91,77 @@ def test_gelu_and_its_gradient_match_float64():
   np.testing.assert_allclose(np.asarray(jax.grad(lambda v: vit.gelu(v).sum())(jnp.asarray(x))), grad, rtol=1e-6, atol=1e-6)
   # the same values as JAX's exact GELU, so timm parity is untouched
   np.testing.assert_array_equal(np.asarray(jax.jit(vit.gelu)(x)), np.asarray(jax.jit(lambda v: jax.nn.gelu(v, approximate=False))(x)))
+
+
+def _torch_attention(torch, x, w_qkv, b_qkv, w_proj, b_proj, heads, bias):
+  """timm's attention in torch float64 (independent of ours): (output, CLS row, keys)."""
+  B, N, C = x.shape
+  hd = C // heads
+  q, k, v = (x @ w_qkv + b_qkv).reshape(B, N, 3, heads, hd).unbind(2)
+  logits = torch.einsum('bqhd,bkhd->bhqk', q, k) / math.sqrt(hd)
+  if bias is not None:
+    logits = logits + bias[:, None, None, :]
+  p = torch.softmax(logits, -1)
+  return torch.einsum('bhqk,bkhd->bqhd', p, v).reshape(B, N, C) @ w_proj + b_proj, p[:, :, 0, :], k
+
+
+@pytest.mark.parametrize('extras', [False, True])
+@pytest.mark.parametrize('with_bias', [False, True])
+def test_attention_gradients_match_float64_torch(with_bias, extras):
+  """The gradient of the attention (recomputed in the backward pass, ``recompute_in_backward``)
+  with respect to the tokens, the size bias and the weights, against torch float64 autograd; at a
+  reduction location through the CLS row and the keys too."""
+  torch = pytest.importorskip('torch')
+  rs = np.random.RandomState(3)
+  B, N, C, H = 2, 13, 48, 3
+  attn = vit.Attention(C, H, dtype=jnp.float32, rngs=nnx.Rngs(3))
+  x = rs.randn(B, N, C).astype(np.float32)
+  bias = np.log(rs.randint(1, 6, (B, N)).astype(np.float32)) if with_bias else None
+  ws = [rs.randn(B, N, C), rs.randn(B, H, N), rs.randn(B, N, H, C // H)]
+
+  def loss(attn, x, bias):
+    out = attn(x, size_bias=bias, return_extras=extras)
+    outs = out if extras else (out,)
+    return sum((o * w).sum() for o, w in zip(outs, ws))
+
+  argnums = (0, 1, 2) if with_bias else (0, 1)
+  grads = jax.jit(nnx.grad(loss, argnums=argnums))(attn, jnp.asarray(x), None if bias is None else jnp.asarray(bias))
+
+  t = lambda a: torch.tensor(np.asarray(a, np.float64), requires_grad=True)
+  tx, tb = t(x), (None if bias is None else t(bias))
+  params = [t(attn.qkv.kernel[...]), t(attn.qkv.bias[...]), t(attn.proj.kernel[...]), t(attn.proj.bias[...])]
+  outs = _torch_attention(torch, tx, *params, H, tb)[:3 if extras else 1]
+  sum((o * torch.tensor(w)).sum() for o, w in zip(outs, ws)).backward()
+  _close(grads[1], tx.grad.numpy())
+  if with_bias:
+    _close(grads[2], tb.grad.numpy())
+  g = grads[0]
+  for got, ref in zip([g['qkv']['kernel'], g['qkv']['bias'], g['proj']['kernel'], g['proj']['bias']], params):
+    _close(got[...], ref.grad.numpy())
+
+
+def test_layer_norm_and_its_gradient_match_float64_torch():
+  """``vit.LayerNorm`` (its own gradient, keeping the normalised tokens) against torch float64
+  layer_norm: values and the gradients of the tokens, the scale and the bias; the same values as
+  Flax's ``nnx.LayerNorm``, so checkpoints and timm parity are untouched."""
+  torch = pytest.importorskip('torch')
+  rs = np.random.RandomState(4)
+  D = 40
+  norm = vit.LayerNorm(D, epsilon=1e-6, dtype=jnp.float32, param_dtype=jnp.float32, rngs=nnx.Rngs(0))
+  norm.scale[...] = jnp.asarray(rs.randn(D).astype(np.float32))
+  norm.bias[...] = jnp.asarray(rs.randn(D).astype(np.float32))
+  x = (rs.randn(3, 7, D) * 3 + 1).astype(np.float32)
+  w = rs.randn(3, 7, D)
+  value = jax.jit(lambda m, x: m(x))(norm, jnp.asarray(x))
+  gmod, gx = jax.jit(nnx.grad(lambda m, x: (m(x) * w).sum(), argnums=(0, 1)))(norm, jnp.asarray(x))
+  t = lambda a: torch.tensor(np.asarray(a, np.float64), requires_grad=True)
+  tx, ts, tb = t(x), t(norm.scale[...]), t(norm.bias[...])
+  ref = torch.nn.functional.layer_norm(tx, (D,), ts, tb, eps=1e-6)
+  (ref * torch.tensor(w)).sum().backward()
+  _close(value, ref.detach().numpy(), 1e-6)
+  _close(gx, tx.grad.numpy())
+  _close(gmod['scale'][...], ts.grad.numpy())
+  _close(gmod['bias'][...], tb.grad.numpy())
+  flax_norm = nnx.LayerNorm(D, epsilon=1e-6, rngs=nnx.Rngs(0))
+  flax_norm.scale[...], flax_norm.bias[...] = norm.scale[...], norm.bias[...]
+  np.testing.assert_allclose(np.asarray(value), np.asarray(flax_norm(jnp.asarray(x))), rtol=1e-5, atol=1e-5)

@@ -33,6 +33,31 @@ def _layernorm(dim, dtype, rngs):
   return LayerNorm(dim, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+def recompute_in_backward(f):
+  """``f`` (arrays -> array) differentiated by running it again in the backward pass from its
+  inputs, which are all it keeps (what ``jax.checkpoint`` does). The inputs of the recomputation
+  are made to depend on the incoming cotangent (plus min(|ct|, 0) of one of its elements: a zero
+  that XLA cannot fold away, NaN only where the cotangent is), so XLA cannot schedule the
+  recomputation back into the forward pass. Its CPU scheduler did so with ``jax.checkpoint`` (whose
+  optimisation barriers XLA drops before scheduling) and kept every block's attention
+  probabilities alive at once, as if nothing were recomputed."""
+
+  @jax.custom_vjp
+  def g(*args):
+    return f(*args)
+
+  def fwd(*args):
+    return f(*args), args
+
+  def bwd(args, ct):
+    zero = jnp.minimum(jnp.abs(ct.reshape(-1)[0]), 0)
+    args = jax.tree.map(lambda a: a + zero.astype(a.dtype), args)
+    return jax.vjp(f, *args)[1](ct)
+
+  g.defvjp(fwd, bwd)
+  return g
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def layer_norm(x, scale, bias, epsilon, out_dtype):
   """LayerNorm over the last axis, statistics in float32 (Flax's ``nnx.LayerNorm`` values). Its
@@ -126,8 +151,9 @@ class Attention(nnx.Module):
         out = jax.nn.dot_product_attention(q, k, v, bias=cudnn_bias, scale=self.scale, implementation='cudnn')
       except (ValueError, NotImplementedError, RuntimeError, TypeError):  # a shape or version cuDNN refuses
         out = None
-    if out is None:
-      out = jax.nn.dot_product_attention(q, k, v, bias=bias, scale=self.scale)
+    if out is None:  # XLA's attention keeps its probabilities for the backward (twice on the CPU): recomputed there
+      attend = functools.partial(jax.nn.dot_product_attention, scale=self.scale)
+      out = recompute_in_backward(lambda q, k, v, bias: attend(q, k, v, bias=bias))(q, k, v, bias)
     out = self.proj(out.reshape(B, N, C))
     if return_extras:
       return out, cls_attention(q[:, 0], k, self.scale, size_bias), k
