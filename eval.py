@@ -22,6 +22,7 @@ import tpm_jax
 from tpm_jax import export, sharding, trainer
 from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.cli import run
+from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import ConfigError, flat_dict
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.checks import check_splits
@@ -96,7 +97,7 @@ def main(argv):
     print(f'error: {str(e).replace("dataset.eval_split=", "--split=") if F.split else e}', file=sys.stderr)
     sys.exit(2)
   graphdef, state = nnx.split((model, None, None, None))
-  eval_step = jax.jit(trainer.make_eval_step(config, graphdef))
+  eval_step = jax.jit(trainer.make_eval_step(config, graphdef), compiler_options=compiler_options())
   try:
     metrics = trainer.evaluate(config, dataset, state, eval_step, sharding.batch_sharding(mesh),
                                model.cfg.in_chans, split=split)

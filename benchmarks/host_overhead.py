@@ -22,6 +22,7 @@ from flax import nnx
 
 from configs import deit
 from tpm_jax import sharding, trainer
+from tpm_jax.compile_options import compiler_options
 from tpm_jax.data import input_pipeline
 
 
@@ -43,7 +44,7 @@ def main():
   state = sharding.to_global(state, state_sh)
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
   step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0, compiler_options=trainer.train_step_compiler_options())
+                 out_shardings=(state_sh, repl), donate_argnums=0, compiler_options=compiler_options())
   it = input_pipeline.train_iterator(c, dataset, local_batch=args.batch)
   rng = jax.random.key(0)
 

@@ -11,6 +11,7 @@ from flax import nnx
 
 from configs import deit
 from tpm_jax import trainer
+from tpm_jax.compile_options import compiler_options
 
 HERE = os.path.dirname(__file__)
 
@@ -174,7 +175,7 @@ def test_deit_s_train_step_keeps_what_pytorch_keeps():
   graphdef, state = nnx.split(graph)
   batch = dict(image=jax.ShapeDtypeStruct((32, 224, 224, 3), np.uint8), label=jax.ShapeDtypeStruct((32,), np.int32))
   step = jax.jit(trainer.make_train_step(c, graphdef, c.model.num_classes), donate_argnums=0,
-                 compiler_options=trainer.train_step_compiler_options())
+                 compiler_options=compiler_options())
   m = step.lower(state, batch, jax.random.key(0)).compile().memory_analysis()
   peak = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
   B, N, D, depth = 32, 197, 384, 12

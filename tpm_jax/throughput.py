@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tpm_jax.compile_options import compiler_options
+
 K = TypeVar('K', bound=Hashable)
 
 
@@ -44,7 +46,7 @@ def jit_forward(model: nnx.Module) -> tuple[Callable, nnx.State]:
   """(forward, state): ``forward(state, images)`` is the jitted inference forward (``train=False``)
   of the model whose ``nnx.split`` state is ``state``; the graph definition is closed over."""
   graphdef, state = nnx.split(model)
-  return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False)), state
+  return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False), compiler_options=compiler_options()), state
 
 
 @dataclasses.dataclass

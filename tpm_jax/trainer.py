@@ -3,7 +3,6 @@ donated state; NNX modules cross the jit boundary as split state (``nnx.split`` 
 ``nnx.merge`` inside). Writes ``config.json`` and ``metrics.jsonl`` (process 0 only)."""
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
@@ -24,6 +23,7 @@ from tqdm import tqdm
 
 from tpm_jax import augment, checkpoint, sharding
 from tpm_jax.checkpoint import Checkpointer
+from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import ReductionConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.checks import check_splits
@@ -116,31 +116,6 @@ def build_train_graph(config, schedule, *, params=None, keep_rate=None):
 # ------------------------------------------------------------------------------------------------
 # Steps
 # ------------------------------------------------------------------------------------------------
-# XLA's CPU backend hands element-wise ops and reductions to YNNPACK fusions by default, which take
-# every broadcast operand (a LayerNorm scale, a softmax denominator) as a materialised token-sized
-# array and keep those alive from the forward to the backward: the DeiT-S train step at batch 32
-# needed 3.6 GB instead of 2.8 GB. YNNPACK for the matrix products only leaves the rest to XLA's
-# own loop fusion (same speed, measured in benchmarks/results/throughput.md). A compile option of
-# the train step, never the process environment; ignored where this XLA lacks it, and off the CPU.
-_CPU_TRAIN_STEP_OPTIONS = (('xla_cpu_experimental_ynn_fusion_type', ''),)
-
-
-@functools.cache
-def _cpu_options_known() -> bool:
-  try:
-    jax.jit(lambda x: x + 1, compiler_options=dict(_CPU_TRAIN_STEP_OPTIONS)).lower(np.float32(0)).compile()
-  except Exception:  # an XLA without these options compiles the step with its defaults
-    return False
-  return True
-
-
-def train_step_compiler_options() -> dict | None:
-  """``compiler_options`` for ``jax.jit`` of the train step (see above); None off the CPU."""
-  if jax.default_backend() != 'cpu' or not _cpu_options_known():
-    return None
-  return dict(_CPU_TRAIN_STEP_OPTIONS)
-
-
 def make_train_step(config, graphdef, num_classes):
   """state: nnx state of (model, optimizer, teacher | None, ema | None); see ``build_train_graph``."""
   aug = config.aug
@@ -363,9 +338,10 @@ def train_and_evaluate(config, workdir: str):
       g = graphdef if keep is None else nnx.graphdef(nnx.eval_shape(lambda: build_train_graph(config, schedule, keep_rate=keep)))
       compiled_steps[i] = jax.jit(make_train_step(config, g, num_classes), in_shardings=(state_sh, batch_sh, repl),
                                   out_shardings=(state_sh, repl), donate_argnums=0,
-                                  compiler_options=train_step_compiler_options())
+                                  compiler_options=compiler_options())
     return compiled_steps[i]
-  eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl)
+  eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl,
+                    compiler_options=compiler_options())
 
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   if restored is not None and is_main:
