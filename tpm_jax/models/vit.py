@@ -69,8 +69,9 @@ def layer_norm(x, scale, bias, epsilon, out_dtype):
 
 def _layer_norm_fwd(x, scale, bias, epsilon, out_dtype):
   xf = x.astype(jnp.float32)
-  mean = xf.mean(-1, keepdims=True)
-  rstd = jax.lax.rsqrt(jnp.square(xf - mean).mean(-1, keepdims=True) + epsilon)
+  mean = xf.mean(-1, keepdims=True)  # Flax's statistics (its default use_fast_variance)
+  var = jnp.maximum(0.0, jnp.square(xf).mean(-1, keepdims=True) - jnp.square(mean))
+  rstd = jax.lax.rsqrt(var + epsilon)
   xhat = (xf - mean) * rstd
   y = xhat * scale.astype(jnp.float32) + bias.astype(jnp.float32)
   return y.astype(out_dtype), (xhat.astype(x.dtype), rstd, scale, bias)
