@@ -4,8 +4,8 @@ freed memory mapped in huge pages.
 
 Why: XLA's CPU runtime allocates each step's temporaries (about 2 GB for this step; 5 GB before
 the memory changes of README "Performance") and returns them to the kernel when the step ends, so
-every step faults them in again page by page: about 0.6 million minor page faults and 1 s of
-kernel time per 4.3 s step on the 2-core machine (1.6 million and 3.1 s of a 6.1 s step before). The glibc
+every step faults them in again page by page: about 0.55 million minor page faults and 0.8 s of
+kernel time per 3.9 s step on the 2-core machine (1.6 million and 3.1 s of a 6.1 s step before). The glibc
 tunables below (set for the child processes only, never by the library) keep that memory mapped:
 
   GLIBC_TUNABLES=glibc.malloc.hugetlb=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=100000000000
