@@ -1,6 +1,9 @@
 """Run in a subprocess with 8 simulated CPU devices (tests/test_train.py): the same train steps on
-1 device, data-parallel (8, 1) and FSDP (2, 4) meshes give the same loss trajectory."""
+1 device, data-parallel (8, 1) and FSDP (2, 4) meshes give the same loss trajectory, and the
+data-parallel step's cross-device reductions do not grow with depth (no block communicates on its
+own: the attention's recomputation once waited on one device's gradient element in every block)."""
 import os
+import re
 import sys
 
 os.environ['XLA_FLAGS'] = os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8'
@@ -16,8 +19,9 @@ from configs import deit
 from tpm_jax import sharding, trainer
 
 
-def run(mesh_shape, devices):
+def run(mesh_shape, devices, depth=None, collectives=False):
   c = deit.get_config('smoke')
+  c.model.depth = depth or c.model.depth
   c.aug.mixup = c.aug.cutmix = 0.0
   c.model.num_classes = 10
   c.fsdp_min_size = 64
@@ -30,6 +34,10 @@ def run(mesh_shape, devices):
   batch_sh = sharding.batch_sharding(mesh)
   step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)),
                  out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  if collectives:  # all-reduce instructions in the compiled step
+    abstract = dict(image=jax.ShapeDtypeStruct((16, 32, 32, 3), np.uint8), label=jax.ShapeDtypeStruct((16,), np.int32))
+    text = step.lower(state, abstract, jax.random.key(0)).compile().as_text()
+    return sum(1 for line in text.splitlines() if re.search(r' all-reduce(-start)?\(', line))
   losses = []
   rs = np.random.RandomState(0)
   batch = dict(image=rs.randint(0, 256, (16, 32, 32, 3)).astype(np.uint8), label=rs.randint(0, 10, 16).astype(np.int32))
@@ -49,4 +57,7 @@ assert n_sharded > 0
 np.testing.assert_allclose(dp, one, rtol=2e-5, atol=2e-5)
 np.testing.assert_allclose(fsdp, one, rtol=2e-5, atol=2e-5)
 assert one[-1] < one[0]
+shallow, deep = (run((8, 1), jax.devices(), depth=d, collectives=True) for d in (4, 8))
+print('all-reduce instructions at depth 4 and 8:', shallow, deep, file=sys.stderr)
+assert 0 < shallow == deep, (shallow, deep)
 print('TRAIN_SHARDED_OK')

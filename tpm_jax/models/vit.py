@@ -34,13 +34,14 @@ def _layernorm(dim, dtype, rngs):
 
 
 def recompute_in_backward(f):
-  """``f`` (arrays -> array) differentiated by running it again in the backward pass from its
-  inputs, which are all it keeps (what ``jax.checkpoint`` does). The inputs of the recomputation
-  are made to depend on the incoming cotangent (plus min(|ct|, 0) of one of its elements: a zero
-  that XLA cannot fold away, NaN only where the cotangent is), so XLA cannot schedule the
-  recomputation back into the forward pass. Its CPU scheduler did so with ``jax.checkpoint`` (whose
-  optimisation barriers XLA drops before scheduling) and kept every block's attention
-  probabilities alive at once, as if nothing were recomputed."""
+  """``f`` (arrays sharing a leading batch axis -> array with it) differentiated by running it
+  again in the backward pass from its inputs, which are all it keeps (what ``jax.checkpoint``
+  does). Each example's inputs to the recomputation are made to depend on that example's incoming
+  cotangent (plus min(|ct|, 0) of one of its elements: a zero that XLA cannot fold away, NaN only
+  where the cotangent is), so XLA cannot schedule the recomputation back into the forward pass;
+  per example, so a batch sharded over devices needs no communication for it. XLA's CPU scheduler
+  did that with ``jax.checkpoint`` (whose optimisation barriers XLA drops before scheduling) and
+  kept every block's attention probabilities alive at once, as if nothing were recomputed."""
 
   @jax.custom_vjp
   def g(*args):
@@ -50,8 +51,8 @@ def recompute_in_backward(f):
     return f(*args), args
 
   def bwd(args, ct):
-    zero = jnp.minimum(jnp.abs(ct.reshape(-1)[0]), 0)
-    args = jax.tree.map(lambda a: a + zero.astype(a.dtype), args)
+    zero = jnp.minimum(jnp.abs(ct[(slice(None),) + (0,) * (ct.ndim - 1)]), 0)  # (batch,)
+    args = jax.tree.map(lambda a: a + zero.reshape(zero.shape + (1,) * (a.ndim - 1)).astype(a.dtype), args)
     return jax.vjp(f, *args)[1](ct)
 
   g.defvjp(fwd, bwd)
