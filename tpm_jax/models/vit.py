@@ -62,9 +62,9 @@ def recompute_in_backward(f):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
 def layer_norm(x, scale, bias, epsilon, out_dtype):
   """LayerNorm over the last axis, statistics in float32 (Flax's ``nnx.LayerNorm`` values). Its
-  gradient keeps only the input and the per-token mean and 1/std, as PyTorch's does: the automatic
-  one kept the normalised tokens and two token-sized broadcasts of the statistics per norm (about
-  60 MB per DeiT-S block at batch 32)."""
+  gradient keeps one token-sized array, the normalised tokens, and the per-token 1/std, as
+  PyTorch's keeps one (its input); the automatic one also kept token-sized broadcasts of the
+  statistics and of the scale (about 60 MB per DeiT-S block at batch 32)."""
   return _layer_norm_fwd(x, scale, bias, epsilon, out_dtype)[0]
 
 
@@ -154,8 +154,8 @@ class Attention(nnx.Module):
       except (ValueError, NotImplementedError, RuntimeError, TypeError):  # a shape or version cuDNN refuses
         out = None
     if out is None:  # XLA's attention keeps its probabilities for the backward (twice on the CPU): recomputed there
-      attend = functools.partial(jax.nn.dot_product_attention, scale=self.scale)
-      out = recompute_in_backward(lambda q, k, v, bias: attend(q, k, v, bias=bias))(q, k, v, bias)
+      attend = lambda q, k, v, bias: jax.nn.dot_product_attention(q, k, v, bias=bias, scale=self.scale)
+      out = recompute_in_backward(attend)(q, k, v, bias)
     out = self.proj(out.reshape(B, N, C))
     if return_extras:
       return out, cls_attention(q[:, 0], k, self.scale, size_bias), k
