@@ -89,11 +89,8 @@ def make_config(model, setting, img_size, train_batch, dtype='float32'):
 
 
 def memory_mb(compiled):
-  m = compiled.memory_analysis()
-  if m is None:
-    return None
-  b = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
-  return round(b / 2 ** 20, 1)
+  b = throughput.peak_memory_bytes(compiled)
+  return None if b is None else round(b / 2 ** 20, 1)
 
 
 def aot(jitted, *args):

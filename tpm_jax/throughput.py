@@ -14,7 +14,7 @@ Pieces, for callers that time other things in the same rounds (benchmarks/throug
 PyTorch and train steps beside the JAX forward): ``random_images``, ``jit_forward``,
 ``forward_fn`` (a ready-to-call ``Forward``, with its compiled executable and compile time),
 ``reps_for`` (calls per timed block for a minimum block time), ``time_interleaved`` (per-round
-seconds per call of any blocking callables), ``per_sec``.
+seconds per call of any blocking callables), ``per_sec``, ``peak_memory_bytes`` (of a compiled step).
 """
 from __future__ import annotations
 
@@ -47,6 +47,16 @@ def jit_forward(model: nnx.Module) -> tuple[Callable, nnx.State]:
   of the model whose ``nnx.split`` state is ``state``; the graph definition is closed over."""
   graphdef, state = nnx.split(model)
   return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False), compiler_options=compiler_options()), state
+
+
+def peak_memory_bytes(compiled) -> int | None:
+  """What a compiled executable (``jax.stages.Compiled``) needs at its peak, from XLA's
+  ``memory_analysis()``: arguments + outputs - donated aliases + temporaries; None where the
+  backend does not tell."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return None
+  return m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes
 
 
 @dataclasses.dataclass
