@@ -3,9 +3,9 @@
 # TensorFlow). From the repo root, with ml_collections' wheel in .whl/ and Fashion-MNIST's idx files
 # in .data/fashion-mnist/ (both carried there, both ignored by git):
 #   bash benchmarks/gpu_run.sh PART [OUT]
-# PART: facts | tests | train | bench_s | bench_b. Output goes to OUT (default benchmarks/results/gpu).
+# PART: facts | tests | train | bench_s | bench_b | profile. Output goes to OUT (default benchmarks/results/gpu).
 set -uo pipefail
-PART=${1:?facts|tests|train|bench_s|bench_b}
+PART=${1:?facts|tests|train|bench_s|bench_b|profile}
 OUT=${2:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
@@ -49,4 +49,13 @@ EOF
     python3 benchmarks/throughput.py --models deit_base_patch16_224 --settings none,tpm:0.7,evit:0.7,tome:13 \
       --dtypes float32,bfloat16 --batches 1,64,256 --train_batch 0 --repeats 3 --min_time 0.5 --out "$OUT/throughput_deit_b" \
       2>&1 | grep -v Warning ;;
+  profile)
+    # where tpm's time goes in bf16 at batch 256 (device time by part of the model and by op), with the
+    # variants that isolate its parts: without proportional attention (no attention bias after the first
+    # reduction), with the tokens as the similarity metric; then the same variants' images/s, interleaved
+    V=none,evit:0.7,tpm:0.7,tpm:0.7@prop_attn=off,tpm:0.7@similarity=tokens,tome:13
+    python3 benchmarks/profile_ops.py --model deit_small_patch16_224 --settings "$V" --dtype bfloat16 --batch 256 \
+      --steps 10 --out "$OUT/profile_deit_s_bf16" 2>&1 | grep -v Warning
+    python3 benchmarks/throughput.py --models deit_small_patch16_224 --settings "$V" --dtypes bfloat16 --batches 256 \
+      --train_batch 0 --repeats 3 --min_time 0.5 --no_torch --out "$OUT/throughput_deit_s_variants" 2>&1 | grep -v Warning ;;
 esac

@@ -7,7 +7,8 @@ machine, in one process. Not a test: a measurement.
 
 Runs on whatever backend JAX has (CPU, GPU, TPU); on a GPU, PyTorch runs on the GPU too.
 
-A setting is ``method[+multiscale][:keep]`` (``tpm+pool:0.7``; for ``tome`` the number is r);
+A setting is ``method[+multiscale][:keep][@key=value...]`` (``tpm+pool:0.7``; for ``tome`` the number
+is r; ``@`` adds a key of configs/deit.py's arg string: ``tpm:0.7@prop_attn=off@similarity=tokens``);
 reduction at the DeiT/EViT locations (3, 6, 9), multi-scale fusion off unless named.
 Per model and setting:
 - JAX inference: the jitted forward of tpm_jax.throughput.forward_fn (nnx.split outside, nnx.merge
@@ -72,11 +73,16 @@ GPU_TARGET_BATCH = 256  # GPU targets
 
 
 def parse_setting(s):
-  head, _, value = s.partition(':')
+  """``method[+multiscale][:value][@key=value...]`` -> dict(name, method, multiscale, value, arg): arg is
+  configs/deit.py's arg string; each ``@key=value`` is one more of its keys (similarity, weight,
+  prop_attn=on|off), for variants of a method (``tpm:0.7@prop_attn=off``)."""
+  base, *extras = s.split('@')
+  head, _, value = base.partition(':')
   method, _, multiscale = head.partition('+')
   arg = f'method={method},multiscale={multiscale or "none"}'
   if value:
     arg += f',r={int(value)}' if method == 'tome' else f',keep={float(value)}'
+  arg += ''.join(f',{e}' for e in extras)
   return dict(name=s, method=method, multiscale=multiscale or 'none', value=value, arg=arg)
 
 
@@ -404,7 +410,7 @@ def main():
         runners.append((('jax', model, dtype, s['name']), calls))
       if timm is None or not timm.is_model(model):
         continue
-      for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none']:
+      for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none' and '@' not in s['name']]:
         print(f'preparing torch {model} {dtype} {s["name"]}', flush=True)
         gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s['name'])
         row, calls = torch_runner(timm, torch, make_config(model, s, args.img_size, args.train_batch, dtype), s, batches,

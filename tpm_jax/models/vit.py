@@ -158,7 +158,8 @@ class Attention(nnx.Module):
       out = recompute_in_backward(attend)(q, k, v, bias)
     out = self.proj(out.reshape(B, N, C))
     if return_extras:
-      return out, cls_attention(q[:, 0], k, self.scale, size_bias), k
+      with jax.named_scope('cls_attn'):
+        return out, cls_attention(q[:, 0], k, self.scale, size_bias), k
     return out
 
 
@@ -243,13 +244,16 @@ class Block(nnx.Module):
     """``reduce(x, cls_attn, keys) -> (x, aux)`` runs between attention and MLP when given;
     returns (x, aux), aux None without reduction."""
     aux = None
-    if reduce is None:
-      x = x + self.drop_path1(self.attn(self.norm1(x), size_bias=size_bias), train=train)
-    else:
-      y, cls_attn, keys = self.attn(self.norm1(x), size_bias=size_bias, return_extras=True)
+    with jax.named_scope('attn'):  # named scopes: the ops' names in profiles (benchmarks/profile_ops.py)
+      y = self.attn(self.norm1(x), size_bias=size_bias, return_extras=reduce is not None)
+      if reduce is not None:
+        y, cls_attn, keys = y
       x = x + self.drop_path1(y, train=train)
-      x, aux = reduce(x, cls_attn, keys)
-    x = x + self.drop_path2(self.mlp(self.norm2(x)), train=train)
+    if reduce is not None:
+      with jax.named_scope('reduce'):
+        x, aux = reduce(x, cls_attn, keys)
+    with jax.named_scope('mlp'):
+      x = x + self.drop_path2(self.mlp(self.norm2(x)), train=train)
     return x, aux
 
 
@@ -314,29 +318,34 @@ class VisionTransformer(nnx.Module):
     return out.tokens, (scores, out)
 
   def forward_features(self, images, train=False, aux=None):
-    x = self.embed(images)
+    with jax.named_scope('embed'):
+      x = self.embed(images)
     sizes = jnp.ones(x.shape[:2], jnp.float32)
     size_bias = None  # proportional attention's log(size): zero until the first reduction, so left out
     prop_attn = self.reduction.enabled and self.reduction.use_prop_attn
     for i, blk in enumerate(self.blocks):
       if self.multiscale is not None and i == self.fusion_block:
-        x = self.multiscale(x, images, self.num_prefix_tokens)
+        with jax.named_scope('multiscale'):
+          x = self.multiscale(x, images, self.num_prefix_tokens)
       reduce = functools.partial(self._reduce, i, sizes) if i in self.keep else None
-      x, out = blk(x, train=train, size_bias=size_bias, reduce=reduce)
+      with jax.named_scope(f'blocks.{i}'):
+        x, out = blk(x, train=train, size_bias=size_bias, reduce=reduce)
       if out is not None:
         scores, red = out
         sizes = red.sizes
         size_bias = jnp.log(sizes) if prop_attn else None
         if aux is not None:
           aux.append(dict(block=i, scores=scores, kept=red.kept, assignment=red.assignment, sizes=red.sizes))
-    return self.norm(x)
+    with jax.named_scope('norm'):
+      return self.norm(x)
 
   def forward_head(self, x):
     """Final-norm tokens -> logits. Distilled: mean of both heads (timm at inference)."""
-    logits = self.head(x[:, 0])
-    if self.head_dist is not None:
-      logits = (logits + self.head_dist(x[:, 1])) / 2
-    return logits.astype(jnp.float32)
+    with jax.named_scope('head'):
+      logits = self.head(x[:, 0])
+      if self.head_dist is not None:
+        logits = (logits + self.head_dist(x[:, 1])) / 2
+      return logits.astype(jnp.float32)
 
   def __call__(self, images, train: bool = False, return_aux: bool = False):
     """Logits (B, num_classes); with ``return_aux`` also a list with one dict per reduction
