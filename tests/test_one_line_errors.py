@@ -39,6 +39,7 @@ def test_export_errors_are_one_line(tmp_path):
   res = _run('-m', 'tpm_jax.export', '--workdir', str(tmp_path / 'nope'), '--output', str(tmp_path / 'out'))
   assert res.returncode == 2
   assert 'is not a training workdir' in _one_line(res)
+  assert 'RuntimeWarning' not in res.stderr, res.stderr  # runpy's, when the module ran twice (imported, then as __main__)
   assert not (tmp_path / 'out').exists()
 
 

@@ -74,7 +74,8 @@ def load_model(path: str):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = argparse.ArgumentParser(prog='python -m tpm_jax.export', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', required=True)
   p.add_argument('--output', required=True)
   p.add_argument('--step', type=int, default=None, help='default: the latest complete checkpoint')
@@ -88,6 +89,3 @@ def main(argv=None):
   with open(os.path.join(out, 'export.json')) as f:
     print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
 
-
-if __name__ == '__main__':
-  main()
