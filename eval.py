@@ -21,7 +21,7 @@ from ml_collections import config_flags
 import tpm_jax
 from tpm_jax import export, sharding, trainer
 from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import run
+from tpm_jax.cli import quiet_library_logs, run
 from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import ConfigError, flat_dict
 from tpm_jax.data import input_pipeline
@@ -55,7 +55,7 @@ def _check_same_model(saved, config):
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
-
+  quiet_library_logs()
   F = flags.FLAGS
   try:
     if F.checkpoint:

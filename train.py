@@ -10,12 +10,12 @@ import os
 import sys
 
 import jax
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from tpm_jax import distributed, trainer
 from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import run
+from tpm_jax.cli import quiet_library_logs, run
 from tpm_jax.config import ConfigError
 from tpm_jax.data.input_pipeline import DataError
 
@@ -32,8 +32,7 @@ def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
   F = flags.FLAGS
-  if not F['verbosity'].present:  # libraries' log lines only when asked for (-v 0 shows INFO); ours are printed
-    logging.set_verbosity(logging.FATAL)
+  quiet_library_logs()
   default_hook = sys.unraisablehook
 
   def quiet_closed_loop(u):  # TensorStore's callbacks into Orbax's event loop after a failed save has closed it

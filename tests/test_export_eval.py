@@ -2,6 +2,7 @@
 what the training run logged for that step."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -55,6 +56,8 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained):
   assert result['top1'] == final['eval_top1'] and result['top5'] == final['eval_top5']
   assert result['analytic_gmacs'] > 0 and result['xla_gflops'] > 0 and result['images_per_sec'] > 0
   assert 'top1' in res.stdout  # the table
+  absl_lines = [l for l in res.stderr.splitlines() if re.match(r'[IWE]\d{4} ', l)]
+  assert not absl_lines, absl_lines[:5]  # libraries' log lines only with -v (cli.quiet_library_logs)
 
 
 def test_init_from_an_export(trained, tmp_path):

@@ -4,13 +4,20 @@ from __future__ import annotations
 import re
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 
 def run(main) -> None:
   """``absl.app.run(main)`` with the flags parsed by ``parse_flags_or_exit`` (once)."""
   remaining = parse_flags_or_exit()
   app.run(main, flags_parser=lambda _: remaining)
+
+
+def quiet_library_logs() -> None:
+  """Libraries' absl log lines (JAX's backends, Orbax, TFDS) only when asked for with ``-v``/
+  ``--verbosity`` (``-v 0`` shows INFO); the entry point's own output is printed, not logged."""
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.FATAL)
 
 
 def parse_flags_or_exit(argv=None) -> list[str]:
