@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tpm_jax.config import MultiscaleConfig
+from tpm_jax.models.layers import LayerNorm
 
 
 def pool_grid(grid, s):
@@ -45,7 +46,7 @@ class MultiScale(nnx.Module):
     self.grid_size = grid_size
     self.num_heads = num_heads
     D = embed_dim
-    self.norm = nnx.LayerNorm(D, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    self.norm = LayerNorm(D, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     if self.method == 'pool':
       self.proj = nnx.List([_zero_linear(D, D, dtype, rngs) for _ in self.scales])
     else:  # cross
@@ -55,7 +56,7 @@ class MultiScale(nnx.Module):
                                     padding='VALID', dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
         coarse = grid_size // 2
       self.pos_embed = nnx.Param(nnx.initializers.truncated_normal(0.02)(rngs.params(), (1, coarse * coarse, D)))
-      self.norm_kv = nnx.LayerNorm(D, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+      self.norm_kv = LayerNorm(D, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
       self.q = nnx.Linear(D, D, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
       self.kv = nnx.Linear(D, 2 * D, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
       self.proj = _zero_linear(D, D, dtype, rngs)
@@ -83,7 +84,6 @@ class MultiScale(nnx.Module):
       H, hd = self.num_heads, C // self.num_heads
       q = self.q(grid.reshape(B, M, C)).reshape(B, M, H, hd)
       k, v = jnp.split(self.kv(kv_in).reshape(B, -1, 2, H, hd), 2, axis=2)
-      logits = jnp.einsum('bqhd,bkhd->bhqk', q * hd ** -0.5, k[:, :, 0]).astype(jnp.float32)
-      attn = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-      update = self.proj(jnp.einsum('bhqk,bkhd->bqhd', attn, v[:, :, 0]).reshape(B, M, C))
+      out = jax.nn.dot_product_attention(q, k[:, :, 0], v[:, :, 0], scale=hd ** -0.5)  # (B, M, H, hd)
+      update = self.proj(out.reshape(B, M, C))
     return jnp.concatenate([prefix, patches + update.astype(patches.dtype)], axis=1)
