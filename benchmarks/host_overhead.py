@@ -22,7 +22,6 @@ from flax import nnx
 
 from configs import deit
 from tpm_jax import sharding, trainer
-from tpm_jax.compile_options import compiler_options
 from tpm_jax.data import input_pipeline
 
 
@@ -42,9 +41,8 @@ def main():
   graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
   state_sh = sharding.state_shardings(state, mesh)
   state = sharding.to_global(state, state_sh)
-  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0, compiler_options=compiler_options())
+  batch_sh = sharding.batch_sharding(mesh)
+  step = trainer.jit_train_step(c, graphdef, 10, mesh, state_sh)
   it = input_pipeline.train_iterator(c, dataset, local_batch=args.batch)
   rng = jax.random.key(0)
 

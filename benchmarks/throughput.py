@@ -65,7 +65,6 @@ from flax import nnx
 
 from configs import deit
 from tpm_jax import count_flops, sharding, throughput, trainer
-from tpm_jax.compile_options import compiler_options
 from tpm_jax.models.registry import model_from_config
 
 TARGET_BATCH = 32      # CPU targets
@@ -127,10 +126,9 @@ def jax_runner(c, setting, batches, train=True):
   schedule = trainer.learning_rate_schedule(c, 1000, 100)
   graphdef, tstate = nnx.split(trainer.build_train_graph(c, schedule))
   mesh = sharding.make_mesh(c.mesh)
-  state_sh, batch_sh, repl = sharding.state_shardings(tstate, mesh), sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  state_sh, batch_sh = sharding.state_shardings(tstate, mesh), sharding.batch_sharding(mesh)
   box = dict(state=sharding.to_global(tstate, state_sh))
-  step = jax.jit(trainer.make_train_step(c, graphdef, c.model.num_classes), in_shardings=(state_sh, batch_sh, repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0, compiler_options=compiler_options())
+  step = trainer.jit_train_step(c, graphdef, c.model.num_classes, mesh, state_sh)
   n = c.batch_size
   batch = trainer._global_batch(dict(image=rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8),
                                      label=rs.randint(0, c.model.num_classes, n).astype(np.int32)), batch_sh)

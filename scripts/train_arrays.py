@@ -66,11 +66,10 @@ def main():
   mesh = sharding.make_mesh(c.mesh)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(c, schedule)))
   state_sh = sharding.state_shardings(abstract, mesh, fsdp_min_size=c.fsdp_min_size)
-  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  batch_sh = sharding.batch_sharding(mesh)
   state = trainer.init_state(c, schedule, mesh, state_sh)
-  step_fn = jax.jit(trainer.make_train_step(c, graphdef, c.model.num_classes), in_shardings=(state_sh, batch_sh, repl),
-                    out_shardings=(state_sh, repl), donate_argnums=0)
-  eval_fn = jax.jit(trainer.make_eval_step(c, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl)
+  step_fn = trainer.jit_train_step(c, graphdef, c.model.num_classes, mesh, state_sh)
+  eval_fn = trainer.jit_eval_step(c, graphdef, mesh, state_sh)
 
   def evaluate(state, eval_batch=1000):
     tot = None

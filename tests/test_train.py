@@ -10,8 +10,7 @@ import numpy as np
 from flax import nnx
 
 from configs import deit
-from tpm_jax import trainer
-from tpm_jax.compile_options import compiler_options
+from tpm_jax import sharding, trainer
 from tpm_jax.throughput import peak_memory_bytes
 
 HERE = os.path.dirname(__file__)
@@ -175,8 +174,8 @@ def test_deit_s_train_step_keeps_what_pytorch_keeps():
   params = sum(x.size for x in jax.tree.leaves(nnx.state(graph[0], nnx.Param)))
   graphdef, state = nnx.split(graph)
   batch = dict(image=jax.ShapeDtypeStruct((32, 224, 224, 3), np.uint8), label=jax.ShapeDtypeStruct((32,), np.int32))
-  step = jax.jit(trainer.make_train_step(c, graphdef, c.model.num_classes), donate_argnums=0,
-                 compiler_options=compiler_options())
+  mesh = sharding.make_mesh(c.mesh)  # one CPU device in this process
+  step = trainer.jit_train_step(c, graphdef, c.model.num_classes, mesh, sharding.state_shardings(state, mesh))
   peak = peak_memory_bytes(step.lower(state, batch, jax.random.key(0)).compile())
   B, N, D, depth = 32, 197, 384, 12
   kept = 4 * (4 * params + depth * 16 * B * N * D)

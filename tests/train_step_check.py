@@ -32,8 +32,7 @@ def run(mesh_shape, devices, depth=None, collectives=False):
   state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=c.fsdp_min_size)
   state = jax.device_put(state, state_sh)
   batch_sh = sharding.batch_sharding(mesh)
-  step = jax.jit(trainer.make_train_step(c, graphdef, 10), in_shardings=(state_sh, batch_sh, sharding.replicated(mesh)),
-                 out_shardings=(state_sh, sharding.replicated(mesh)), donate_argnums=0)
+  step = trainer.jit_train_step(c, graphdef, 10, mesh, state_sh)  # as the trainer compiles it
   if collectives:  # all-reduce instructions in the compiled step
     abstract = dict(image=jax.ShapeDtypeStruct((16, 32, 32, 3), np.uint8), label=jax.ShapeDtypeStruct((16,), np.int32))
     text = step.lower(state, abstract, jax.random.key(0)).compile().as_text()

@@ -190,6 +190,22 @@ def make_eval_step(config, graphdef):
   return eval_step
 
 
+def jit_train_step(config, graphdef, num_classes, mesh, state_shardings):
+  """``make_train_step`` as the trainer compiles it: ``jax.jit`` with the state's shardings in and
+  out, the batch sharded over the mesh's devices, the rng and metrics replicated, the state donated,
+  and the backend's compile options (``compiler_options()``)."""
+  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  return jax.jit(make_train_step(config, graphdef, num_classes), in_shardings=(state_shardings, batch_sh, repl),
+                 out_shardings=(state_shardings, repl), donate_argnums=0, compiler_options=compiler_options())
+
+
+def jit_eval_step(config, graphdef, mesh, state_shardings):
+  """``make_eval_step`` as the trainer compiles it (the state's shardings, the batch sharded, the
+  sums replicated, the backend's compile options)."""
+  return jax.jit(make_eval_step(config, graphdef), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=sharding.replicated(mesh), compiler_options=compiler_options())
+
+
 # ------------------------------------------------------------------------------------------------
 # Logging
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +343,7 @@ def train_and_evaluate(config, workdir: str):
   if jax.process_count() > 1:  # the others wait until process 0 has set the workdir up
     multihost_utils.sync_global_devices('workdir ready')
 
-  batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+  batch_sh = sharding.batch_sharding(mesh)
   stages = keep_rate_stages(config, steps_per_epoch)
   compiled_steps = {}
 
@@ -336,12 +352,9 @@ def train_and_evaluate(config, workdir: str):
     if i not in compiled_steps:
       keep = stages[i][1]
       g = graphdef if keep is None else nnx.graphdef(nnx.eval_shape(lambda: build_train_graph(config, schedule, keep_rate=keep)))
-      compiled_steps[i] = jax.jit(make_train_step(config, g, num_classes), in_shardings=(state_sh, batch_sh, repl),
-                                  out_shardings=(state_sh, repl), donate_argnums=0,
-                                  compiler_options=compiler_options())
+      compiled_steps[i] = jit_train_step(config, g, num_classes, mesh, state_sh)
     return compiled_steps[i]
-  eval_step = jax.jit(make_eval_step(config, graphdef), in_shardings=(state_sh, batch_sh), out_shardings=repl,
-                    compiler_options=compiler_options())
+  eval_step = jit_eval_step(config, graphdef, mesh, state_sh)
 
   ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
   if restored is not None and is_main:
