@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import flax  # noqa: E402
 import jax  # noqa: E402
 
-from benchmarks.throughput import make_config, parse_setting  # noqa: E402
+from benchmarks.throughput import checked_config, parse_settings  # noqa: E402
 from tpm_jax import throughput  # noqa: E402
 from tpm_jax.models.registry import model_from_config  # noqa: E402
 
@@ -193,8 +193,8 @@ def main():
   args = p.parse_args()
   if args.batch < 1 or args.steps < 1:
     raise SystemExit(f'profile_ops: --batch and --steps must be >= 1, got {args.batch} and {args.steps}')
-  settings = [parse_setting(s) for s in args.settings.split(',')]
-  configs = [make_config(args.model, s, args.img_size, 0, args.dtype) for s in settings]  # bad settings fail here
+  settings = parse_settings(args.settings)
+  configs = [checked_config(args.model, s, args.img_size, 0, args.dtype) for s in settings]  # bad ones stop here
   result = dict(command=shlex.join([sys.executable] + sys.argv), device=str(jax.devices()[0].device_kind),
                 backend=jax.default_backend(), jax=jax.__version__, flax=flax.__version__, python=platform.python_version(),
                 date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), model=args.model,

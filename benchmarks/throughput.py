@@ -85,11 +85,32 @@ def parse_setting(s):
   return dict(name=s, method=method, multiscale=multiscale or 'none', value=value, arg=arg)
 
 
+def parse_settings(text):
+  """--settings (comma-separated ``parse_setting`` strings); a malformed one is one line and exit 2."""
+  try:
+    return [parse_setting(s) for s in text.split(',')]
+  except ValueError as e:
+    print(f'error: --settings {text!r}: {e} (expected method[+multiscale][:value][@key=value...])', file=sys.stderr)
+    sys.exit(2)
+
+
 def make_config(model, setting, img_size, train_batch, dtype='float32'):
   c = deit.get_config(f'model={model},{setting["arg"]}')
   c.model.img_size = img_size or c.model.img_size
   c.model.dtype = dtype
   c.batch_size = max(train_batch, 1)
+  return c
+
+
+def checked_config(model, setting, img_size, train_batch, dtype='float32'):
+  """``make_config``, with the model it describes built abstractly (``nnx.eval_shape``, nothing
+  compiled): a bad model name, setting or key is one line on stderr and exit 2, before any work."""
+  try:
+    c = make_config(model, setting, img_size, train_batch, dtype)
+    nnx.eval_shape(lambda: model_from_config(c))
+  except ValueError as e:  # ConfigError is one
+    print(f'error: setting {setting["name"]!r} of {model} ({dtype}): {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
   return c
 
 
@@ -380,10 +401,12 @@ def main():
   p.add_argument('--no_torch', action='store_true')
   p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'throughput'))
   args = p.parse_args()
-  settings = [parse_setting(s) for s in args.settings.split(',')]
+  settings = parse_settings(args.settings)
   dtypes = args.dtypes.split(',')
   batches = sorted(int(b) for b in args.batches.split(','))
   train = args.train_batch > 0
+  configs = {(model, dtype, s['name']): checked_config(model, s, args.img_size, args.train_batch, dtype)
+             for model in args.models.split(',') for dtype in dtypes for s in settings}
   torch = timm = None
   device = 'cpu'
   if not args.no_torch:
@@ -401,7 +424,7 @@ def main():
   for model in args.models.split(','):
     for dtype in dtypes:
       for s in settings:
-        c = make_config(model, s, args.img_size, args.train_batch, dtype)
+        c = configs[model, dtype, s['name']]
         print(f'compiling jax {model} {dtype} {s["name"]}', flush=True)
         row, calls = jax_runner(c, s, batches, train)
         rows.append(row)
