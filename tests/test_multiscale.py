@@ -70,3 +70,24 @@ def test_multiscale_matches_reference(ms, g, P):
                              num_heads=HEADS, grid_size=g, patch_size=PATCH)
   assert np.abs(ref[:, P:] - x[:, P:]).max() > 0.1  # the update is not trivially zero
   np.testing.assert_allclose(out.astype(np.float64), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('ms', [dict(method='pool', scales=(2, 4)), dict(method='cross', source='pool')],
+                         ids=['pool', 'cross'])
+def test_multiscale_in_bfloat16_stays_near_the_reference(ms):
+  """model.dtype=bfloat16 (parameters float32): the same function within bfloat16's rounding."""
+  g, P = 7, 1
+  cfg = MultiscaleConfig.from_any(ms)
+  module = MultiScale(cfg, embed_dim=C, num_heads=HEADS, grid_size=g, patch_size=PATCH, in_chans=CIN,
+                      dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+  params = _randomise(module, seed=3)
+  rs = np.random.RandomState(4)
+  x = jnp.asarray(rs.randn(B, P + g * g, C), jnp.bfloat16)
+  images = rs.randn(B, g * PATCH, g * PATCH, CIN).astype(np.float32)
+  out = nnx.jit(lambda m, a, b: m(a, b, P))(module, x, jnp.asarray(images))
+  assert out.dtype == jnp.bfloat16
+  x64 = np.asarray(x.astype(jnp.float32), np.float64)
+  ref = multiscale_reference(params, x64, images, P, method=cfg.method, source=cfg.source, scales=cfg.scales,
+                             num_heads=HEADS, grid_size=g, patch_size=PATCH)
+  err = np.abs(np.asarray(out.astype(jnp.float32), np.float64) - ref)
+  assert err.max() <= 0.02 * np.abs(ref).max(), (err.max(), np.abs(ref).max())

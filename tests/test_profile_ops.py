@@ -19,7 +19,8 @@ def test_named_scopes_reach_the_compiled_ops_and_the_profile(tmp_path):
     assert r['ops'] and r['op_ms'] > 0, name
     assert all(o['op_name'] for o in r['ops']), [o['hlo_op'] for o in r['ops'] if not o['op_name']]
     assert r['by_part']['attn'] > 0 and r['by_part']['mlp'] > 0 and r['by_part']['embed'] > 0
-    assert all(o['events'] > 0 for o in r['ops'])
+    assert all(o['events'] == 1 for o in r['ops']), [o for o in r['ops'] if o['events'] != 1][:3]  # once per call
+    assert r['wall_ms'] > 0 and abs(r['op_ms'] - sum(r['by_part'].values())) < 1e-2
   assert out['none']['by_part']['reduce'] == 0 and out['none']['by_part']['cls_attn'] == 0
   reduce_ops = [o for o in out['tpm']['ops'] if o['part'] == 'reduce']
   # the reduction (block 1 only) ranks by argsort and gathers by take_along_axis
@@ -29,6 +30,12 @@ def test_named_scopes_reach_the_compiled_ops_and_the_profile(tmp_path):
   # every op of a block is named after that block: blocks 0..2 each own attention and MLP ops
   for i in range(TINY['depth']):
     assert any(f'/blocks.{i}/mlp/' in o['op_name'] for o in out['tpm']['ops']), i
+  # proportional attention's log(size) belongs to the reduction that made the sizes
+  assert any(o['op_name'].endswith('/blocks.1/reduce/log') for o in out['tpm']['ops'])
+  assert out['tpm']['by_part']['other'] == 0
+  table = profile_ops.markdown(dict(date='d', command='c', device='cpu', backend='cpu', jax='j', flax='f', model='m',
+                                    dtype='float32', batch=2, steps=2, top=5, settings=out))
+  assert '| reduce | 0.000 | ' in table and '## tpm: the costliest ops of reduce and cls_attn' in table
 
 
 def test_hlo_op_names_fall_back_to_the_called_computation_and_operands():

@@ -289,12 +289,13 @@ class VisionTransformer(nnx.Module):
       reduce = functools.partial(self._reduce, i, sizes) if i in self.keep else None
       with jax.named_scope(f'blocks.{i}'):
         x, out = blk(x, train=train, size_bias=size_bias, reduce=reduce)
-      if out is not None:
-        scores, red = out
-        sizes = red.sizes
-        size_bias = jnp.log(sizes) if prop_attn else None
-        if aux is not None:
-          aux.append(dict(block=i, scores=scores, kept=red.kept, assignment=red.assignment, sizes=red.sizes))
+        if out is not None:
+          scores, red = out
+          sizes = red.sizes
+          with jax.named_scope('reduce'):  # the next blocks' attention bias, part of this reduction's cost
+            size_bias = jnp.log(sizes) if prop_attn else None
+      if out is not None and aux is not None:
+        aux.append(dict(block=i, scores=scores, kept=red.kept, assignment=red.assignment, sizes=red.sizes))
     with jax.named_scope('norm'):
       return self.norm(x)
 
