@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-import jax
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
@@ -22,7 +21,6 @@ import tpm_jax
 from tpm_jax import export, sharding, trainer
 from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.cli import quiet_library_logs, run
-from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import ConfigError, flat_dict
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.checks import check_splits
@@ -97,7 +95,11 @@ def main(argv):
     print(f'error: {str(e).replace("dataset.eval_split=", "--split=") if F.split else e}', file=sys.stderr)
     sys.exit(2)
   graphdef, state = nnx.split((model, None, None, None))
-  eval_step = jax.jit(trainer.make_eval_step(config, graphdef), compiler_options=compiler_options())
+  # the state on the mesh the batches are sharded over (restored or loaded onto one device), and the
+  # eval step as the trainer compiles it: on a machine with several devices they must match
+  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=config.get('fsdp_min_size', 2 ** 14))
+  state = sharding.to_global(state, state_sh)
+  eval_step = trainer.jit_eval_step(config, graphdef, mesh, state_sh)
   try:
     metrics = trainer.evaluate(config, dataset, state, eval_step, sharding.batch_sharding(mesh),
                                model.cfg.in_chans, split=split)

@@ -46,10 +46,11 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained):
   from tpm_jax.timm_weights import read_state_dict
   assert 'blocks.0.attn.qkv.weight' in read_state_dict(str(tmp / 'model.safetensors'))
 
+  # on 8 devices (as a GPU or TPU host has several): the loaded state must be put on the batches' mesh
   res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out),
                         '--output', str(tmp / 'eval.json'), '--batch_size', '8', '--timed_runs', '2'],
-                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT), capture_output=True, text=True,
-                       timeout=600)
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES='8'),
+                       capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   result = json.load(open(tmp / 'eval.json'))
   assert result['examples'] == 16
