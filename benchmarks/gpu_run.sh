@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU checks, as run on the lent NVIDIA H100 (Python 3.12, JAX with CUDA, torch, timm; no
-# TensorFlow). From the repo root, with ml_collections' wheel in .whl/ and Fashion-MNIST's idx files
-# in .data/fashion-mnist/ (both carried there, both ignored by git):
+# TensorFlow, Grain, TFDS or ml_collections). First, here: `bash benchmarks/gpu_wheels.sh` puts the
+# wheels the image lacks in .whl/ and Fashion-MNIST's idx files in .data/fashion-mnist/ (both ignored
+# by git; carry: [".whl", ".data"]; checked in a Python with only the image's packages and these).
+# Then, from the repo root there:
 #   bash benchmarks/gpu_run.sh PART [OUT]
 # PART: facts | tests | train | bench_s | bench_b | profile. Output goes to OUT (default benchmarks/results/gpu).
 set -uo pipefail
