@@ -5,9 +5,9 @@
 # by git; carry: [".whl", ".data"]; checked in a Python with only the image's packages and these).
 # Then, from the repo root there:
 #   bash benchmarks/gpu_run.sh PART [OUT]
-# PART: facts | tests | train | bench_s | bench_b | profile. Output goes to OUT (default benchmarks/results/gpu).
+# PART: facts | tests | train | bench_s | bench_b | bench_train | profile. Output goes to OUT (default benchmarks/results/gpu).
 set -uo pipefail
-PART=${1:?facts|tests|train|bench_s|bench_b|profile}
+PART=${1:?facts|tests|train|bench_s|bench_b|bench_train|profile}
 OUT=${2:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
@@ -51,6 +51,11 @@ EOF
     python3 benchmarks/throughput.py --models deit_base_patch16_224 --settings none,tpm:0.7,evit:0.7,tome:13 \
       --dtypes float32,bfloat16 --batches 1,64,256 --train_batch 0 --repeats 3 --min_time 0.5 --out "$OUT/throughput_deit_b" \
       2>&1 | grep -v Warning ;;
+  bench_train)
+    # the train step (the project's, as the trainer compiles it) against PyTorch timm's, DeiT-S batch 256
+    python3 benchmarks/throughput.py --models deit_small_patch16_224 --settings none,tpm:0.7,evit:0.7 \
+      --dtypes bfloat16,float32 --batches 256 --train_batch 256 --repeats 3 --min_time 0.5 \
+      --out "$OUT/throughput_deit_s_train" 2>&1 | grep -v Warning ;;
   profile)
     # where tpm's time goes in bf16 at batch 256 (device time by part of the model and by op), with the
     # variants that isolate its parts: without proportional attention (no attention bias after the first
