@@ -13,9 +13,10 @@ import json
 import os
 import sys
 
+import jax
 from absl import flags
 from flax import nnx
-from ml_collections import config_flags
+from ml_collections import ConfigDict, config_flags
 
 import tpm_jax
 from tpm_jax import export, sharding, trainer
@@ -86,8 +87,14 @@ def main(argv):
     sys.exit(1)
 
   split = F.split or config.dataset.eval_split
-  mesh = sharding.make_mesh(config.mesh)
   try:
+    # This host's devices, not the training run's: data parallel with the parameters replicated (the
+    # saved mesh may not fit here), or --config's mesh when given; the eval batch rounded up to a
+    # multiple of the devices (the padding is masked out, so the metrics do not change).
+    mesh = sharding.make_mesh(F.config.mesh if F.config else ConfigDict(dict(data=-1, fsdp=1)))
+    devices = jax.device_count()
+    with config.unlocked():
+      config.eval_batch_size = -(-(config.eval_batch_size or config.batch_size) // devices) * devices
     dataset = input_pipeline.get_dataset(config.dataset)
     where = config.dataset.get('image_folder') or config.dataset.name
     check_splits(dataset, {'eval_split': split}, where, fields=('eval_split',))
