@@ -79,8 +79,10 @@ def get_config(arg=None):
   c = apply_arg(c, a)
   if not a.prop_attn:  # the reproduction's base (see above), not the library's default
     c.reduction.prop_attn = c.reduction.method == 'tome'
-  if c.reduction.method == 'tome' and a.r == 0:
-    c.reduction.r = ','.join(str(r) for r in _tome_r(c.reduction.keep_rate, len(_locations(a.depth)), (28 // a.patch) ** 2))
+  if c.reduction.method == 'tome' and a.r == 0:  # from the final model and locations (``smoke`` changes both)
+    n_locations = len(str(c.reduction.locations).split(','))
+    c.reduction.r = ','.join(str(r) for r in _tome_r(c.reduction.keep_rate, n_locations,
+                                                     (c.model.img_size // c.model.patch_size) ** 2))
   return c
 
 

@@ -90,3 +90,22 @@ def test_cli_exit_code_2_and_one_line(tmp_path, args, line):
   assert res.returncode == 2
   assert [l for l in res.stderr.splitlines() if l.startswith('error:')] == [line]
   assert 'Traceback' not in res.stderr and not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize('arg', ['method=tome', 'method=tome,smoke', 'method=tome,keep=0.5,depth=6,patch=4'])
+def test_fmnist_tome_merges_what_the_keep_rate_removes_at_each_location(arg):
+  """configs/fmnist.py sets ToMe's r per location from the model it describes (``smoke`` shrinks the
+  model and drops a location): r_i = tokens before - ceil(keep * tokens before)."""
+  import math
+
+  from configs import fmnist
+  from tpm_jax.train_checks import validate_train_config
+  c = fmnist.get_config(arg)
+  validate_train_config(c, num_devices=1)  # refused before: r had 3 entries for smoke's 2 locations
+  locations = str(c.reduction.locations).split(',')
+  r = [int(v) for v in str(c.reduction.r).split(',')]
+  m, keep = (c.model.img_size // c.model.patch_size) ** 2, float(c.reduction.keep_rate)
+  assert len(r) == len(locations)
+  for r_i in r:
+    assert r_i == m - math.ceil(keep * m)
+    m -= r_i
