@@ -60,6 +60,27 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained):
   absl_lines = [l for l in res.stderr.splitlines() if re.match(r'[IWE]\d{4} ', l)]
   assert not absl_lines, absl_lines[:5]  # libraries' log lines only with -v (cli.quiet_library_logs)
 
+  # a loaded model takes a batch sharded over 8 devices, as a freshly built one does (its restored
+  # parameters are not committed to device 0)
+  res = subprocess.run([sys.executable, '-c', SHARDED_BATCH, str(out), str(tmp / 'run')],
+                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES='8'),
+                       capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.split() == ['8', 'ok', 'ok'], res.stdout
+
+
+SHARDED_BATCH = """
+import sys, jax, jax.numpy as jnp, numpy as np, tpm_jax
+from jax.sharding import NamedSharding, PartitionSpec as P
+from tpm_jax import export
+print(jax.device_count())
+x = jnp.asarray(np.random.RandomState(0).randn(8, 32, 32, 3), jnp.float32)
+sharded = jax.device_put(x, NamedSharding(jax.make_mesh((8,), ('d',)), P('d')))
+for model in (tpm_jax.load_model(sys.argv[1]), export.restore_from_workdir(sys.argv[2])[0]):
+  np.testing.assert_allclose(np.asarray(model(sharded)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+  print('ok')
+"""
+
 
 def test_init_from_an_export(trained, tmp_path):
   tmp, _ = trained

@@ -378,10 +378,18 @@ def abstract_params(model, device=None) -> dict:
   return tree
 
 
+def _uncommitted(x):
+  """A restored parameter as a freshly built model holds it: on the default device but not committed
+  to it, so that a jitted call places it with its other inputs (a batch sharded over several devices:
+  restored onto device 0, it made such a call fail with 'incompatible devices')."""
+  return jax.numpy.asarray(np.asarray(x))
+
+
 def params_into_model(model, params: dict) -> None:
   """Set ``model``'s parameters from a nested dict shaped like ``abstract_params(model)``."""
   state = nnx.state(model, nnx.Param)
-  nnx.update(model, nnx.from_flat_state([(p, v.replace(_get(params, p))) for p, v in nnx.to_flat_state(state)]))
+  nnx.update(model, nnx.from_flat_state([(p, v.replace(_uncommitted(_get(params, p))))
+                                         for p, v in nnx.to_flat_state(state)]))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -591,5 +599,5 @@ def load_params_into(model, path: str):
   bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params) if not np.isfinite(np.asarray(v)).all()]
   if bad:
     raise CheckpointError(f'export {path}: non-finite parameters at {bad[0]}')
-  nnx.update(model, params)
+  nnx.update(model, jax.tree.map(_uncommitted, params))
   return model
