@@ -22,11 +22,8 @@ directory that is removed.
 """
 import argparse
 import collections
-import datetime
 import glob
-import json
 import os
-import platform
 import re
 import shlex
 import sys
@@ -35,10 +32,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax  # noqa: E402
 import jax  # noqa: E402
 
-from benchmarks.throughput import checked_config, parse_settings  # noqa: E402
+from benchmarks.throughput import checked_config, machine, parse_settings, write_results  # noqa: E402
 from tpm_jax import throughput  # noqa: E402
 from tpm_jax.models.registry import model_from_config  # noqa: E402
 
@@ -159,13 +155,14 @@ def short(op_name):
 
 
 def markdown(result):
-  lines = [f'# Device time by part of the model ({result["date"]})', '', f'`{result["command"]}`', '',
-           f'{result["device"]}; jax {result["jax"]}, flax {result["flax"]}; {result["model"]}, {result["dtype"]}, '
+  m = result['machine']  # benchmarks/throughput.py's machine facts
+  lines = [f'# Device time by part of the model ({m["date"]})', '', f'`{result["command"]}`', '',
+           f'{m["device"] or m["cpu"]} ({m["backend"]}); jax {m["jax"]}, flax {m["flax"]}; {result["model"]}, {result["dtype"]}, '
            f'batch {result["batch"]}, {result["steps"]} profiled calls per setting.', '',
            'ms per forward: XLA ops tagged with the forward\'s module in jax.profiler\'s trace (GPU: kernels; CPU: '
            'thunks summed over threads), by the named scope of their op_name. wall: the profiled calls\' own '
            'wall time (the profiler slows them a little).', '']
-  if result['backend'] == 'cpu':
+  if m['backend'] == 'cpu':
     cover = ', '.join(f'{n} {r["op_ms"] / r["wall_ms"]:.0%}' for n, r in result['settings'].items())
     lines += [f'On the CPU the tagged events do not cover all of the ops\' work (ops total / wall: {cover}; the MLP\'s '
               'matmuls, two thirds of the FLOPs, show less time than the attention): indicative only. The tool is '
@@ -205,22 +202,14 @@ def main():
     raise SystemExit(f'profile_ops: --batch and --steps must be >= 1, got {args.batch} and {args.steps}')
   settings = parse_settings(args.settings)
   configs = [checked_config(args.model, s, args.img_size, 0, args.dtype) for s in settings]  # bad ones stop here
-  result = dict(command=shlex.join([sys.executable] + sys.argv), device=str(jax.devices()[0].device_kind),
-                backend=jax.default_backend(), jax=jax.__version__, flax=flax.__version__, python=platform.python_version(),
-                date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), model=args.model,
+  result = dict(command=shlex.join([sys.executable] + sys.argv), machine=machine(None, None, None), model=args.model,
                 dtype=args.dtype, batch=args.batch, steps=args.steps, top=args.top, settings={})
   with tempfile.TemporaryDirectory() as tmp:
     for s, c in zip(settings, configs):
       print(f'profiling {args.model} {args.dtype} {s["name"]} at batch {args.batch}', flush=True)
       result['settings'][s['name']] = profile_forward(model_from_config(c), args.batch, args.steps,
                                                       os.path.join(args.trace_dir or tmp, s['name'].replace(':', '_')))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + '.json', 'w') as f:
-    json.dump(result, f, indent=1)
-  table = markdown(result)
-  with open(args.out + '.md', 'w') as f:
-    f.write(table)
-  print(table)
+  write_results(args.out, result, markdown(result))
 
 
 if __name__ == '__main__':

@@ -388,6 +388,16 @@ def machine(torch, timm, device):
               date=datetime.datetime.now().astimezone().isoformat(timespec='seconds'), python=platform.python_version())
 
 
+def write_results(out, result, table):
+  """``out``.json (``result``) and ``out``.md (``table``), and the table printed."""
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out + '.json', 'w') as f:
+    json.dump(result, f, indent=2)
+  with open(out + '.md', 'w') as f:
+    f.write(table)
+  print(table)
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--models', default='deit_small_patch16_224')
@@ -463,13 +473,7 @@ def main():
                            torch_train_step='forward + cross-entropy + backward + AdamW; JAX: the project step '
                                             '(also normalisation, mixup/cutmix, label smoothing on device)'),
                 rows=rows, targets=check_targets(rows, times, args.train_batch, facts['backend']))
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out + '.json', 'w') as f:
-    json.dump(result, f, indent=2)
-  table = markdown(result)
-  with open(args.out + '.md', 'w') as f:
-    f.write(table)
-  print(table)
+  write_results(args.out, result, markdown(result))
 
 
 if __name__ == '__main__':

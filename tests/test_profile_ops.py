@@ -33,8 +33,9 @@ def test_named_scopes_reach_the_compiled_ops_and_the_profile(tmp_path):
   # proportional attention's log(size) belongs to the reduction that made the sizes
   assert any(o['op_name'].endswith('/blocks.1/reduce/log') for o in out['tpm']['ops'])
   assert out['tpm']['by_part']['other'] == 0
-  table = profile_ops.markdown(dict(date='d', command='c', device='cpu', backend='cpu', jax='j', flax='f', model='m',
-                                    dtype='float32', batch=2, steps=2, top=5, settings=out))
+  machine = dict(date='d', device=None, cpu='cpu', backend='cpu', jax='j', flax='f')
+  table = profile_ops.markdown(dict(command='c', machine=machine, model='m', dtype='float32', batch=2, steps=2, top=5,
+                                    settings=out))
   assert '| reduce | 0.000 | ' in table and '## tpm: the costliest ops of reduce and cls_attn' in table
 
 
