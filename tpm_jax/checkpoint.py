@@ -596,7 +596,8 @@ def load_params_into(model, path: str):
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f'{path}: not an export of this model ({type(e).__name__}: '
                           f'{str(e).splitlines()[0][:200] if str(e) else ""})') from e
-  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params) if not np.isfinite(np.asarray(v)).all()]
+  params = jax.tree.map(np.asarray, params)  # on the host once: checked, then set uncommitted
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(params) if not np.isfinite(v).all()]
   if bad:
     raise CheckpointError(f'export {path}: non-finite parameters at {bad[0]}')
   nnx.update(model, jax.tree.map(_uncommitted, params))
