@@ -4,17 +4,21 @@ image folder's layout, and one image per class decoded as the pipeline decodes i
 
 Each failure is one ``ConfigError`` line naming the field or file and what is accepted. A TFDS
 dataset not prepared yet has no recorded splits: the trainer checks its splits right after
-preparing it (still before the workdir is written).
+preparing it (still before the workdir is written). A prepared one is also read: every shard of the
+train and eval splits opened (``sources.check_readable``), and, where its label space is larger than
+the model's, the labels of the first examples of both splits compared with ``model.num_classes``.
 """
 from __future__ import annotations
 
 import os
 
-import tensorflow_datasets as tfds
-
 from tpm_jax.config import ConfigError, _fail
+from tpm_jax.data import sources, transforms
 from tpm_jax.data.input_pipeline import undecodable_reason
-from tpm_jax.data.sources import IMAGE_EXTENSIONS, image_folder
+from tpm_jax.data.prepare import is_prepared
+from tpm_jax.data.sources import IMAGE_EXTENSIONS, DataError, image_folder
+
+SAMPLED_LABELS = 1000  # labels read per split where a TFDS dataset declares more classes than the model
 
 SPLIT_FIELDS = ('train_split', 'eval_split')
 
@@ -22,22 +26,48 @@ SPLIT_FIELDS = ('train_split', 'eval_split')
 def check_dataset(dcfg, *, num_classes: int | None = None) -> None:
   """``config.dataset`` against its data. ``num_classes``: the model's; an image folder must not have more classes."""
   if dcfg.get('image_folder'):
-    builder = _check_image_folder(dcfg)
+    builder = dataset = _check_image_folder(dcfg)
     where = f'image folder {os.path.expanduser(dcfg.image_folder)}'
   else:
-    builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+    builder = sources.tfds_builder(dcfg.name, data_dir=dcfg.get('data_dir'))  # (a damaged dataset_info.json: one line)
     where = dcfg.name
     features = builder.info.features
     if 'image' not in features or 'label' not in features:
       _fail('dataset.name', dcfg.name, "an image classification dataset (features 'image' and 'label')")
+    dataset = sources.tfds_dataset(builder) if builder.info.splits and is_prepared(builder) else None
   check_splits(builder, dcfg, where)
+  if dataset is not None:
+    for field in SPLIT_FIELDS:  # truncated or missing shards: one line naming the file, before anything is written
+      sources.check_readable(dataset, dcfg.get(field))
+  if num_classes is not None and dataset is not None and not dcfg.get('image_folder'):
+    _check_labels(dataset, dcfg, builder.info.features['label'], num_classes)
   if num_classes is not None and dcfg.get('image_folder'):
-    # (An image folder's classes are its class folders. A TFDS dataset declares its label space, which
-    # a run on part of it may exceed (the tiny imagenet2012 of the tests: 4 of 1000 classes), so it is not checked.)
+    # (An image folder's classes are its class folders. A TFDS dataset declares its label space, which a run on
+    # part of it may exceed (the tiny imagenet2012 of the tests: 4 of 1000 classes): _check_labels samples its labels.)
     names = builder.label_names
     if len(names) > num_classes:
       _fail('model.num_classes', num_classes, f'at least the {len(names)} classes of {where} '
             f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})')
+
+
+def _check_labels(dataset, dcfg, label_feature, num_classes: int) -> None:
+  """Labels outside 0..num_classes-1 (a model with fewer classes than the data uses). Only where the dataset
+  declares more classes than the model (else every label fits): the first ``SAMPLED_LABELS`` examples of the
+  train and eval splits are read (TFDS shuffles examples when preparing: a sample of the labels)."""
+  declared = getattr(label_feature, 'num_classes', None)
+  if declared is not None and int(declared) <= num_classes:
+    return
+  for field in SPLIT_FIELDS:
+    spec = dcfg.get(field)
+    try:
+      labels = sources.sample_labels(dataset, spec, SAMPLED_LABELS)
+    except DataError as e:
+      raise ConfigError(str(e)) from None
+    bad = [label for label in labels if not 0 <= label < num_classes]
+    if bad:
+      _fail('model.num_classes', num_classes, f'more than the largest label of {dataset.where} {spec} (label '
+            f'{max(bad, key=abs)} among its first {len(labels)} examples; the dataset declares '
+            f'{declared if declared is not None else "an unknown number of"} classes)')
 
 
 def check_splits(builder, dcfg, where: str, fields=SPLIT_FIELDS) -> None:
@@ -100,7 +130,17 @@ def _check_folder_split(field_value, split_dir: str, classes: dict, layout: str)
     except OSError as e:
       raise ConfigError(f'dataset.image_folder={field_value!r} is not accepted: {path} cannot be read '
                         f'({e.strerror or e})') from None
-    reason = undecodable_reason(encoded)
+    reason = undecodable_reason(encoded) or _decode_refusal(encoded)
     if reason:
       _fail('dataset.image_folder', field_value,
             f'decodable {", ".join(IMAGE_EXTENSIONS)} images ({path}: not a decodable image ({reason}))')
+
+
+def _decode_refusal(encoded: bytes) -> str | None:
+  """Why the pipeline's decoder (``transforms.decode``) refuses an image PIL decodes (a 32-bit integer or
+  float image, whose range is not known), or None."""
+  try:
+    transforms.decode(encoded, 3)
+  except DataError as e:
+    return str(e)
+  return None

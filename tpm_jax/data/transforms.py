@@ -47,16 +47,39 @@ def example_randomness(seed: int, *position: int) -> Randomness:
   return Randomness(np.random.default_rng([seed, *position]))
 
 
+class DataError(ValueError):
+  """An example cannot be read at run time. The message is one line naming the file (``decode``'s own
+  message names the image's kind; the pipeline adds the file). Re-exported by ``sources`` and ``input_pipeline``."""
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+  """``img`` with 8-bit samples. PIL's 16-bit grayscale ('I;16', 'I;16B', 'I;16L', 'I;16N'; and 'I' for a
+  PNG, which holds at most 16 bits, as Pillow before 10 opened them) becomes 'L' with each value >> 8:
+  ``convert('L')`` would clip it at 255 (a 0..65535 ramp comes out white). (16-bit RGB and RGBA PNGs are
+  opened by PIL as 8-bit 'RGB' / 'RGBA', high bytes kept.) A 32-bit integer ('I', from TIFF) or float ('F')
+  image has no range that says which value is white: refused with ``DataError``."""
+  mode = img.mode
+  if mode.startswith('I;16') or mode == 'I' and img.format == 'PNG':
+    return Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8), 'L')
+  if mode in ('I', 'F') or mode.startswith(('I;', 'F;')):
+    kind = 'floating-point' if mode.startswith('F') else '32-bit integer'
+    raise DataError(f'a {kind} image (PIL mode {mode}{f", {img.format}" if img.format else ""}) has no known '
+                    'value range; accepted: 1-, 8- or 16-bit grayscale, RGB or RGBA images (PNG or JPEG)')
+  return img
+
+
 def decode(data, channels: int) -> Image.Image:
   """Encoded bytes (any format PIL reads) or a uint8 array (H, W) / (H, W, C) -> an 'RGB' (channels=3) or 'L'
-  (channels=1) image, like timm's ``img.convert('RGB')`` (alpha dropped)."""
+  (channels=1) image, like timm's ``img.convert('RGB')`` (alpha dropped). 16-bit grayscale is scaled to 8 bits
+  (value >> 8); 32-bit integer and float images raise ``DataError`` (``_eight_bit``). The one decoder of the
+  train and eval transforms."""
   if isinstance(data, np.ndarray):
     if data.dtype != np.uint8:
       raise ValueError(f'decode: expected a uint8 image array, got {data.dtype}')
     img = Image.fromarray(data[..., 0] if data.ndim == 3 and data.shape[-1] == 1 else data)
   else:
     img = Image.open(io.BytesIO(bytes(data)))
-  return img.convert('RGB' if channels == 3 else 'L')
+  return _eight_bit(img).convert('RGB' if channels == 3 else 'L')
 
 
 def _resize(img, size, interpolation):
