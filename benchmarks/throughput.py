@@ -3,7 +3,8 @@ machine, in one process. Not a test: a measurement.
 
   .venv/bin/python benchmarks/throughput.py [--models deit_small_patch16_224] \\
       [--settings none,tpm:0.7,drop:0.7,evit:0.7] [--dtypes float32,bfloat16] [--batches 1,32,128] \\
-      [--train_batch 32 (0: none)] [--repeats 5] [--img_size N] [--no_torch] [--out benchmarks/results/throughput]
+      [--train_batch 32 (0: none)] [--repeats 5] [--img_size N] [--no_torch] [--no_jit_forward] [--nnx_jit] \\
+      [--out benchmarks/results/throughput]
 
 Runs on whatever backend JAX has (CPU, GPU, TPU); on a GPU, PyTorch runs on the GPU too.
 
@@ -14,6 +15,12 @@ Per model and setting:
 - JAX inference: the jitted forward of tpm_jax.throughput.forward_fn (nnx.split outside, nnx.merge
   inside jax.jit, train=False, compiled ahead of time) at each --dtypes compute dtype (parameters
   float32), images/s at every --batches size.
+- tpm_jax.jit_forward (the ``none`` setting, unless --no_jit_forward): the public compiled forward,
+  called as a user calls it (``forward = tpm_jax.jit_forward(model); forward(images)``, compiled at
+  its first call, outside the timings), framework column ``tpm_jax.jit_forward``, compared with
+  PyTorch's ``none`` like the JAX rows. With --nnx_jit also a row ``nnx.jit``: the model jitted the
+  plain way, ``nnx.jit(lambda m, x: m(x))(model, images)`` (XLA's default options, the module
+  traversed on every call), for comparison.
 - JAX train step: the project's own step (trainer.build_train_graph + make_train_step from
   configs/deit.py: normalisation, mixup/cutmix, label smoothing, stochastic depth 0.1, AdamW, state
   donated) on a uint8 batch, images/s at --train_batch.
@@ -35,7 +42,8 @@ as many calls in a row as fill it, timed per call. Reported: median images/s wit
 of (time of the unpruned model of the same framework / time), from this run only; efficiency =
 speedup / (analytic GMACs of none / of the setting); JAX/torch = median ratio of throughputs.
 Quantities are named infer@B and train@B (B the batch). Targets (DeiT-S, from this run; see
-``target_list``): on the CPU, float32 batch 32, JAX unpruned >= 0.95x PyTorch's inference and
+``target_list``): on the CPU, float32 batch 32, JAX unpruned (and tpm_jax.jit_forward) >= 0.95x
+PyTorch's inference and
 >= 0.8x its train step with <= 1.25x its peak train memory, tpm 0.7 >= 1.0x PyTorch + EViT 0.7,
 >= 1.45x JAX unpruned and within 5% of drop 0.7, train step >= 1.35x unpruned; on a GPU, bf16
 batch 256, JAX unpruned >= 1.0x PyTorch, tpm 0.7 >= 1.4x JAX unpruned and >= 1.2x PyTorch + EViT 0.7.
@@ -63,6 +71,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+import tpm_jax
 from configs import deit
 from tpm_jax import count_flops, sharding, throughput, trainer
 from tpm_jax.models.registry import model_from_config
@@ -161,6 +170,27 @@ def jax_runner(c, setting, batches, train=True):
     box['state'], metrics = compiled(box['state'], batch, rng)
     jax.block_until_ready((box['state'], metrics))
   calls[f'train@{n}'] = train_call
+  return row, calls
+
+
+def jit_forward_runner(c, jax_row, batches, how='tpm_jax.jit_forward'):
+  """The model's forward called as a user would, on the same images as jax_runner's: ``how`` =
+  ``tpm_jax.jit_forward`` or ``nnx.jit`` (``nnx.jit(lambda m, x: m(x))``). The row (framework
+  ``how``, FLOPs from ``jax_row``) and its calls (blocking). The first call of each compiles; main()
+  makes it before timing anything."""
+  rs = np.random.RandomState(0)
+  size = c.model.img_size
+  model = model_from_config(c)
+  if how == 'nnx.jit':
+    jitted = nnx.jit(lambda m, x: m(x))
+    forward = lambda x: jitted(model, x)
+  else:
+    forward = tpm_jax.jit_forward(model)
+  calls = {}
+  for b in batches:
+    x = jnp.asarray(rs.randn(b, size, size, 3), jnp.float32)
+    calls[f'infer@{b}'] = lambda x=x: jax.block_until_ready(forward(x))
+  row = dict(jax_row, framework=how, compile_s=None, peak_memory_mb=dict(forward=None, train=None))
   return row, calls
 
 
@@ -276,7 +306,7 @@ def summarise(rows, times):
   for r in rows:
     fw, model, dtype, setting = key = (r['framework'], r['model'], r['dtype'], r['setting'])
     base = times.get((fw, model, dtype, 'none'))
-    torch_times = times.get(('torch', model, dtype, setting)) if fw == 'jax' else None
+    torch_times = times.get(('torch', model, dtype, setting)) if fw != 'torch' else None
     base_gmacs = by[(fw, model, dtype, 'none')]['analytic_gmacs'] if base else None
     r['measured'] = {}
     for q, ts in times[key].items():
@@ -308,6 +338,8 @@ def target_list(backend, train_batch):
   dt = 'float32'
   return [
       (dt, f'JAX none / PyTorch timm none, inference, batch {TARGET_BATCH}', ('torch', 'none', inf), ('jax', 'none', inf), 0.95, 'speed'),
+      (dt, f'tpm_jax.jit_forward / PyTorch timm none, inference, batch {TARGET_BATCH}', ('torch', 'none', inf),
+       ('tpm_jax.jit_forward', 'none', inf), 0.95, 'speed'),
       (dt, f'JAX none / PyTorch timm none, train step, batch {train_batch}', ('torch', 'none', tr), ('jax', 'none', tr), 0.8, 'speed'),
       (dt, f'JAX none / PyTorch timm none, peak train memory, batch {train_batch}', ('jax', 'none', 'train'),
        ('torch', 'none', 'train'), 1.25, 'memory'),
@@ -374,13 +406,19 @@ def markdown(result):
   return '\n'.join(lines) + '\n'
 
 
-def machine(torch, timm, device):
-  cpu = platform.processor()
-  if os.path.exists('/proc/cpuinfo'):
+def machine(torch=None, timm=None, device=None):
+  """Facts of this machine and run, for every benchmark's output: CPU model, cores this process may
+  use, load average, JAX's backend and device, versions, date (``torch``/``timm``: the modules, if
+  the benchmark uses them; ``device``: torch's device)."""
+  cpu = platform.processor() or 'unknown'
+  try:
     with open('/proc/cpuinfo') as f:
       cpu = next((l.split(':', 1)[1].strip() for l in f if l.startswith('model name')), cpu)
+  except OSError:
+    pass
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   d = jax.devices()[0]
-  return dict(cpu=cpu, cores=os.cpu_count(), load_average_at_start=[round(x, 2) for x in os.getloadavg()],
+  return dict(cpu=cpu, cores=cores, load_average_at_start=[round(x, 2) for x in os.getloadavg()],
               backend=jax.default_backend(), device=None if d.platform == 'cpu' else d.device_kind,
               torch_device=device, jax=jax.__version__, flax=flax.__version__, numpy=np.__version__,
               torch=getattr(torch, '__version__', None), timm=getattr(timm, '__version__', None),
@@ -409,6 +447,8 @@ def main():
   p.add_argument('--min_time', type=float, default=1.0, help='seconds of calls per timed block (short calls repeat)')
   p.add_argument('--img_size', type=int, default=None, help='default: the model\'s')
   p.add_argument('--no_torch', action='store_true')
+  p.add_argument('--no_jit_forward', action='store_true', help='no tpm_jax.jit_forward row')
+  p.add_argument('--nnx_jit', action='store_true', help='a row for nnx.jit(lambda m, x: m(x)) of the unpruned model')
   p.add_argument('--out', default=os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results', 'throughput'))
   args = p.parse_args()
   settings = parse_settings(args.settings)
@@ -439,6 +479,12 @@ def main():
         row, calls = jax_runner(c, s, batches, train)
         rows.append(row)
         runners.append((('jax', model, dtype, s['name']), calls))
+        jax_row = row
+        for how in [h for h, on in (('tpm_jax.jit_forward', not args.no_jit_forward), ('nnx.jit', args.nnx_jit))
+                    if on and s['name'] == 'none']:
+          row, calls = jit_forward_runner(c, jax_row, batches, how)
+          rows.append(row)
+          runners.append(((how, model, dtype, s['name']), calls))
       if timm is None or not timm.is_model(model):
         continue
       for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none' and '@' not in s['name']]:

@@ -1,8 +1,9 @@
 """Inference throughput (images/s), measured one way for eval.py, the sweep's collection, the
 quickstart report and benchmarks/throughput.py.
 
-Method: each model's forward is jitted as the project does it (``nnx.split`` outside,
-``nnx.merge(graphdef, state)(x, train=False)`` inside ``jax.jit``), compiled ahead of time on one
+Method: each model's forward is jitted as ``tpm_jax.jit_forward`` does it (``nnx.split`` outside,
+``nnx.merge(graphdef, state)(x, train=False)`` inside ``jax.jit``, the library's compile options;
+the same jitted function, ``tpm_jax.forward.jitted_forward``), compiled ahead of time on one
 fixed batch, and run once to warm up; compilation and warm-up are not timed. Then ``rounds`` rounds,
 each timing every model in turn (interleaved, so load drifts hit all alike); a timed block is
 ``reps`` calls in a row, each blocked until its result is ready, and gives the time per call.
@@ -11,7 +12,7 @@ images/s = batch size / the median time over rounds.
   speed = images_per_sec({'none': model_a, 'tpm': model_b}, 64)          # name -> images/s
 
 Pieces, for callers that time other things in the same rounds (benchmarks/throughput.py times
-PyTorch and train steps beside the JAX forward): ``random_images``, ``jit_forward``,
+PyTorch and train steps beside the JAX forward): ``random_images``, ``split_forward``,
 ``forward_fn`` (a ready-to-call ``Forward``, with its compiled executable and compile time),
 ``reps_for`` (calls per timed block for a minimum block time), ``time_interleaved`` (per-round
 seconds per call of any blocking callables), ``per_sec``, ``peak_memory_bytes`` (of a compiled step).
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from tpm_jax.compile_options import compiler_options
+from tpm_jax.forward import jitted_forward
 
 K = TypeVar('K', bound=Hashable)
 
@@ -42,11 +43,12 @@ def random_images(model: nnx.Module, batch_size: int, seed: int = 0) -> jax.Arra
   return jnp.asarray(np.random.RandomState(seed).randn(batch_size, c.img_size, c.img_size, c.in_chans), jnp.float32)
 
 
-def jit_forward(model: nnx.Module) -> tuple[Callable, nnx.State]:
+def split_forward(model: nnx.Module) -> tuple[Callable, nnx.State]:
   """(forward, state): ``forward(state, images)`` is the jitted inference forward (``train=False``)
-  of the model whose ``nnx.split`` state is ``state``; the graph definition is closed over."""
+  of the model whose ``nnx.split`` state is ``state``; the graph definition is closed over. The
+  function ``tpm_jax.jit_forward`` calls, with the state as an argument (to lower it ahead of time)."""
   graphdef, state = nnx.split(model)
-  return jax.jit(lambda s, x: nnx.merge(graphdef, s)(x, train=False), compiler_options=compiler_options()), state
+  return jitted_forward(graphdef), state
 
 
 def peak_memory_bytes(compiled) -> int | None:
@@ -77,7 +79,7 @@ class Forward:
 
 
 def forward_fn(model: nnx.Module, image: jax.Array | None = None, *, batch_size: int | None = None) -> Forward:
-  """The model's jitted forward (``jit_forward``) lowered and compiled for ``image`` (default:
+  """The model's jitted forward (``split_forward``) lowered and compiled for ``image`` (default:
   ``random_images(model, batch_size)``); not run yet."""
   if image is None:
     if batch_size is None:
@@ -85,7 +87,7 @@ def forward_fn(model: nnx.Module, image: jax.Array | None = None, *, batch_size:
     image = random_images(model, batch_size)
   elif batch_size is not None and image.shape[0] != batch_size:
     raise ValueError(f'image has batch {image.shape[0]}, batch_size={batch_size}')
-  forward, state = jit_forward(model)
+  forward, state = split_forward(model)
   t = time.perf_counter()
   compiled = forward.lower(state, image).compile()
   return Forward(compiled=compiled, state=state, image=image, compile_s=time.perf_counter() - t)
