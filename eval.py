@@ -16,15 +16,14 @@ import sys
 import jax
 from absl import flags
 from flax import nnx
-from ml_collections import ConfigDict, config_flags
+from ml_collections import config_flags
 
 import tpm_jax
-from tpm_jax import export, sharding, trainer
+from tpm_jax import export, preflight, sharding, trainer
 from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.cli import quiet_library_logs, run
-from tpm_jax.config import ConfigError, flat_dict
+from tpm_jax.config import ConfigError, RunConfig, flat_dict
 from tpm_jax.data import input_pipeline
-from tpm_jax.data.checks import check_splits
 from tpm_jax.throughput import images_per_sec
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
@@ -35,20 +34,24 @@ flags.DEFINE_integer('batch_size', 64, 'Batch size for the throughput measuremen
 flags.DEFINE_integer('timed_runs', 5, 'Timed runs for the throughput median.')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
 
+# What a checkpoint is evaluated as: --config may not describe another model (the result would be mislabelled).
+MODEL_SECTIONS = ('model.', 'reduction.', 'multiscale.')
+FREE = ('model.dtype', 'model.drop_path_rate')
 
-MODEL_FIELDS = ('model.', 'reduction.', 'multiscale.')
 
-
-def _check_same_model(saved, config):
-  """--config may not describe another model than the checkpoint holds (eval would label it wrongly)."""
-  # as JSON values: the saved config came back from JSON, so its tuples are lists
-  as_json = lambda c: {k: json.loads(json.dumps(v)) for k, v in flat_dict(c.to_dict()).items()}
-  old, new = as_json(saved), as_json(config)
-  diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(set(old) & set(new))
-          if k.startswith(MODEL_FIELDS) and old[k] != new[k] and k not in ('model.dtype', 'model.drop_path_rate')]
+def _check_same_model(saved: RunConfig, given: RunConfig) -> None:
+  old, new = flat_dict(saved.to_dict()), flat_dict(given.to_dict())
+  diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(old)
+          if k.startswith(MODEL_SECTIONS) and k not in FREE and old[k] != new.get(k)]
   if diff:
     raise ConfigError(f'--config describes another model than the checkpoint: {", ".join(diff)}; a checkpoint is '
                       f'evaluated as trained, --config supplies only its dataset and preprocessing settings')
+
+
+def _fail(message: str, code: int):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)  # no waiting on the pipeline's threads
 
 
 def main(argv):
@@ -57,62 +60,62 @@ def main(argv):
   quiet_library_logs()
   F = flags.FLAGS
   try:
+    given = RunConfig.from_any(F.config) if F.config else None
+    output = preflight.check_output_file('--output', F.output) if F.output else None
     if F.checkpoint:
-      if os.path.isdir(os.path.join(F.checkpoint, 'params')):
-        model, source = export.load_model(F.checkpoint), 'export'
-        saved = export.read_config(os.path.join(F.checkpoint, export.EXPORT_CONFIG))
+      if not os.path.exists(F.checkpoint):
+        raise ConfigError(f'--checkpoint={F.checkpoint} is not accepted: no such directory')
+      if tpm_jax.checkpoint.is_export(F.checkpoint) or not os.path.isdir(tpm_jax.checkpoint.checkpoint_dir(F.checkpoint)):
+        path = tpm_jax.checkpoint.check_export(F.checkpoint)
+        saved = export.read_config(path)
+        model, source = tpm_jax.checkpoint.load_params_into(tpm_jax.models.model_from_config(saved), path), 'export'
       else:
         model, saved, step = export.restore_from_workdir(F.checkpoint)
         source = f'workdir step {step}'
-      config = F.config or saved
-      if F.config:  # --config brings the data and preprocessing; the model is the checkpoint's
-        _check_same_model(saved, F.config)
-    elif F.timm_checkpoint and F.config:
-      config = F.config
+      if given is not None:  # --config brings the data and preprocessing; the model is the checkpoint's
+        _check_same_model(saved, given)
+      config = given or saved
+    elif F.timm_checkpoint and given is not None:
+      config = given
+      path = preflight.check_regular_file('--timm_checkpoint', F.timm_checkpoint,
+                                          'timm weights as a .safetensors, .pth or .pt file')
       model = tpm_jax.models.model_from_config(config)
       try:
-        tpm_jax.load_timm_weights(model, F.timm_checkpoint)
-      except (ValueError, OSError, RuntimeError, KeyError) as e:
+        tpm_jax.load_timm_weights(model, path)
+      except (ValueError, OSError, RuntimeError, KeyError, ImportError) as e:
         raise ConfigError(f'--timm_checkpoint={F.timm_checkpoint!r} is not accepted: '
                           f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
                           f'model {config.model.name} as .safetensors, or a .pth state dict)') from e
       source = 'timm'
     else:
       raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
-  except (ConfigError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(2)
-  except CheckpointError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-
-  split = F.split or config.dataset.eval_split
-  try:
+    split = F.split or config.dataset.eval_split
     # This host's devices, not the training run's: data parallel with the parameters replicated (the
     # saved mesh may not fit here), or --config's mesh when given; the eval batch rounded up to a
     # multiple of the devices (the padding is masked out, so the metrics do not change).
-    mesh = sharding.make_mesh(F.config.mesh if F.config else ConfigDict(dict(data=-1, fsdp=1)))
+    mesh = sharding.make_mesh(given.mesh if given is not None else None)
     devices = jax.device_count()
-    with config.unlocked():
-      config.eval_batch_size = -(-(config.eval_batch_size or config.batch_size) // devices) * devices
+    eval_batch = -(-config.eval_batch // devices) * devices
     dataset = input_pipeline.get_dataset(config.dataset)
-    where = config.dataset.get('image_folder') or config.dataset.name
-    check_splits(dataset, {'eval_split': split}, where, fields=('eval_split',))
-  except ConfigError as e:
-    print(f'error: {str(e).replace("dataset.eval_split=", "--split=") if F.split else e}', file=sys.stderr)
-    sys.exit(2)
-  graphdef, state = nnx.split((model, None, None, None))
+    try:
+      preflight.check_prepared_splits(dataset, config.dataset.replace_split(split), fields=('eval_split',))
+    except ConfigError as e:
+      raise ConfigError(str(e).replace('dataset.eval_split=', '--split=') if F.split else str(e)) from None
+  except (ConfigError, FileNotFoundError) as e:
+    _fail(str(e), 2)
+  except CheckpointError as e:
+    _fail(str(e), 1)
+  graphdef, state = nnx.split(trainer.TrainState(model, None))
   # the state on the mesh the batches are sharded over (restored or loaded onto one device), and the
   # eval step as the trainer compiles it: on a machine with several devices they must match
-  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=config.get('fsdp_min_size', 2 ** 14))
+  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=config.fsdp_min_size)
   state = sharding.to_global(state, state_sh)
-  eval_step = trainer.jit_eval_step(config, graphdef, mesh, state_sh)
+  eval_step = trainer.jit_eval_step(config.aug, graphdef, mesh, state_sh)
   try:
-    metrics = trainer.evaluate(config, dataset, state, eval_step, sharding.batch_sharding(mesh),
-                               model.cfg.in_chans, split=split)
-  except input_pipeline.DataError as e:  # an image that cannot be decoded: one line naming its file
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    os._exit(1)
+    metrics = trainer.evaluate(config, dataset, state, eval_step, sharding.batch_sharding(mesh), split=split,
+                               eval_batch=eval_batch)
+  except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
+    _fail(str(e), 1)
   flops = tpm_jax.count_flops(model)
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, method=config.reduction.method, keep_rate=str(config.reduction.keep_rate),
@@ -123,9 +126,11 @@ def main(argv):
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')
-  if F.output:
-    with open(F.output, 'w') as f:
+  if output:
+    tmp = f'{output}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
       json.dump(result, f, indent=2)
+    os.replace(tmp, output)
 
 
 if __name__ == '__main__':

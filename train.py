@@ -3,21 +3,36 @@
   python train.py --config configs/deit.py:model=deit_small_patch16_224,method=tpm,keep=0.7 \
       --workdir /tmp/run [--config.batch_size=256 ...]
 
-Writes WORKDIR/config.json, WORKDIR/metrics.jsonl and TensorBoard events.
+Writes WORKDIR/config.json, WORKDIR/metrics.jsonl, checkpoints and TensorBoard events. Exit codes:
+0 finished, preempted and saved, or stopped before training (a message says which); 1 a run-time
+fault (one line); 2 bad input or a workdir that cannot continue as asked (one line, nothing written).
 """
-import json
-import os
+import signal
 import sys
 
-import jax
-from absl import flags
-from ml_collections import config_flags
 
-from tpm_jax import distributed, trainer
-from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import quiet_library_logs, run
-from tpm_jax.config import ConfigError
-from tpm_jax.data.input_pipeline import DataError
+def _stopped_early(signum, frame):  # until the trainer takes over the signals: nothing started yet
+  del frame
+  print(f'stopped ({signal.Signals(signum).name}) during start-up: nothing was trained or written', file=sys.stderr,
+        flush=True)
+  sys.exit(0)
+
+
+signal.signal(signal.SIGTERM, _stopped_early)
+signal.signal(signal.SIGINT, _stopped_early)
+
+import json  # noqa: E402
+import os  # noqa: E402
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tpm_jax import distributed, trainer  # noqa: E402
+from tpm_jax.checkpoint import CheckpointError, checkpoint_dir, list_steps  # noqa: E402
+from tpm_jax.cli import quiet_library_logs, run  # noqa: E402
+from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
+from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Where config.json, metrics.jsonl and checkpoints go.')
@@ -26,6 +41,14 @@ flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of pr
 flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes (or JAX_NUM_PROCESSES).')
 flags.DEFINE_integer('process_id', None, 'Multi-process: this process (or JAX_PROCESS_ID).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def _fail(message: str, code: int, *, hard: bool = False):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  if hard:  # no waiting on the pipeline's, the checkpointer's or the runtime's threads at shutdown
+    os._exit(code)
+  sys.exit(code)
 
 
 def main(argv):
@@ -39,26 +62,31 @@ def main(argv):
     if not (isinstance(u.exc_value, RuntimeError) and 'Event loop is closed' in str(u.exc_value)):
       default_hook(u)
   sys.unraisablehook = quiet_closed_loop
+  try:
+    config = RunConfig.from_any(F.config)  # the one reading of the ConfigDict
+  except ConfigError as e:
+    _fail(str(e), 2)
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   try:
-    final = trainer.train_and_evaluate(F.config, F.workdir)
-  except ConfigError as e:  # bad input: one line, nothing written, exit code 2
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    final = trainer.train_and_evaluate(config, F.workdir)
+  except trainer.Stopped as e:
+    print(f'stopped: {e}', file=sys.stderr, flush=True)
+    sys.exit(0)
+  except ConfigError as e:  # bad input, another run in the workdir, a busy workdir: one line, nothing written
+    _fail(str(e), 2)
   except (FloatingPointError, CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
-  except DataError as e:  # an image that cannot be decoded at run time: one line naming its file; no waiting
-    # on the pipeline's or the checkpointer's threads
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(1)
-  except OSError as e:  # the file system at run time (read-only, disk full): one line, and no waiting on
-    # the checkpointer's background threads, which would hang the interpreter's shutdown
+    _fail(str(e), 1, hard=True)
+  except DataError as e:  # an example that cannot be used at run time: one line naming its file
+    _fail(str(e), 1, hard=True)
+  except OSError as e:  # the file system at run time (read-only, disk full)
     where = getattr(e, 'filename', None) or F.workdir
-    print(f'error: {where}: {e.strerror or e}; the last complete checkpoint is kept', file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    os._exit(1)
+    steps = list_steps(checkpoint_dir(F.workdir))
+    kept = f'; the last complete checkpoint, step {steps[-1]}, is kept' if steps else ''
+    _fail(f'{where}: {e.strerror or e}{kept}', 1, hard=True)
+  except jax.errors.JaxRuntimeError as e:  # a collective failed: in a multi-process run, a peer was lost
+    text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    peer = ' (another process of the run stopped or was lost)' if jax.process_count() > 1 else ''
+    _fail(f'the runtime failed{peer}: {text}', 1, hard=True)
   print(json.dumps({'process_index': jax.process_index(), 'final': final}), flush=True)
 
 

@@ -6,8 +6,12 @@ run of seconds. Every field can also be set with ``--config.<field>=<value>``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ml_collections
 from ml_collections import config_dict
+
+from tpm_jax.config import RunConfig
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -37,87 +41,34 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """Every field train.py and eval.py read, with defaults. Recipes override what they need."""
+  """Every field of a run with its default: ``tpm_jax.config.RunConfig``'s, as a ConfigDict (the
+  defaults live there, once). Settings that may be None are typed placeholders, so that
+  ``--config.<field>=<value>`` parses them; the reduction's keep_rate, r and locations are strings,
+  one value or one per location ('0.7' or '0.9,0.7,0.5'). Recipes override what they need."""
   c = ml_collections.ConfigDict()
-  c.seed = 0
-
-  c.model = ml_collections.ConfigDict(dict(
-      name='deit_small_patch16_224',
-      num_classes=1000,
-      img_size=224,
-      drop_path_rate=0.1,
-      dtype='float32',  # compute dtype: float32 | bfloat16 (parameters stay float32)
-      pos_embed_init='trunc_normal',  # trunc_normal (timm) | sincos2d (2-D sin-cos start; from scratch)
-      # Size overrides for vit_custom and small models (None: the named model's value).
-      patch_size=config_dict.placeholder(int),
-      embed_dim=config_dict.placeholder(int),
-      depth=config_dict.placeholder(int),
-      num_heads=config_dict.placeholder(int),
-      in_chans=config_dict.placeholder(int),
-  ))
-  c.reduction = ml_collections.ConfigDict(dict(
-      # keep_rate, locations, r: strings so one value or one per location ('0.7' or '0.9,0.7,0.5')
-      # can be given on the command line; tpm_jax.ReductionConfig parses and validates them.
-      method='none', keep_rate='0.7', locations=config_dict.placeholder(str), r='8',
-      similarity='keys', assign='hard', tau=0.1, weight='importance', prop_attn=config_dict.placeholder(bool)))
-  c.multiscale = ml_collections.ConfigDict(dict(method='none', source='pool', scales=(2, 4)))
-
-  c.dataset = ml_collections.ConfigDict(dict(
-      name='imagenet2012',         # any TFDS image-classification dataset
-      data_dir=config_dict.placeholder(str),
-      manual_dir=config_dict.placeholder(str),   # imagenet2012: where the ILSVRC2012 tars are
-      image_folder=config_dict.placeholder(str),  # a local root/split/class/*.jpg tree instead of a TFDS name
-      train_split='train',
-      eval_split='validation',
-      workers=2,                   # Grain worker processes that decode and augment (0: threads of the trainer)
-      threads=8,                   # reading and prefetching threads per process
-  ))
-  c.aug = ml_collections.ConfigDict(dict(
-      crop_scale=(0.08, 1.0),      # random resized crop area range
-      hflip=True,
-      randaugment='rand-m9-mstd0.5-inc1',  # timm string (DeiT's: m9, 2 ops); '' disables
-      random_erasing=0.25,
-      mixup=0.8,                   # mixup alpha (0 disables)
-      cutmix=1.0,                  # cutmix alpha (0 disables)
-      label_smoothing=0.1,
-      eval_crop_pct=224 / 256,     # eval: resize to img_size / pct, centre crop img_size
-      mean=(0.485, 0.456, 0.406),
-      std=(0.229, 0.224, 0.225),
-  ))
-
-  c.batch_size = 1024              # global
-  c.eval_batch_size = 0            # 0: batch_size
-  c.total_steps = 0                # 0: from num_epochs
-  c.num_epochs = 30.0
-  c.num_train_examples = 0         # 0: read from the dataset info
-  c.grad_accum_steps = 1
-  c.keep_warmup_epochs = 0.0       # EViT keep-rate warmup: keep rate 1 -> target over these epochs
-  c.keep_warmup_stages = 4         # ... quantised into at most this many compiled train steps
-
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=2e-5,                     # per 512 images: scaled by batch_size / 512
-      min_lr=2e-6,
-      warmup_epochs=0.0,
-      weight_decay=1e-6,           # not applied to norms, biases, position embeddings, special tokens
-      b1=0.9, b2=0.999,
-      grad_clip=0.0,               # global-norm clip (0 disables)
-      ema_decay=0.0,               # EMA of parameters (0 disables)
-  ))
-  c.distill = ml_collections.ConfigDict(dict(alpha=0.0))  # self-distillation from the unpruned backbone
-  c.init = ml_collections.ConfigDict(dict(
-      timm_checkpoint=config_dict.placeholder(str),
-      checkpoint=config_dict.placeholder(str)))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1 fills with the remaining devices
-  c.fsdp_min_size = 2 ** 14  # parameters smaller than this stay replicated under FSDP
-
-  c.log_every_steps = 50
-  c.eval_every_steps = 1000
-  c.checkpoint_every_steps = 1000
-  c.keep_checkpoints = 3
-  c.preemption_check_every_steps = 10  # several processes: agree on a SIGTERM every N steps (a collective)
-  c.progress = 'auto'              # auto | bar | lines | off
-  c.overwrite = False              # start over in a workdir that holds a run with another config
+  for f in dataclasses.fields(RunConfig):
+    default = f.default
+    if dataclasses.is_dataclass(default):
+      section = ml_collections.ConfigDict()
+      for g in dataclasses.fields(default):
+        section[g.name] = _cli_value(f.name, g.name, getattr(default, g.name), g.type)
+      c[f.name] = section
+    else:
+      c[f.name] = default
   return c
+
+
+_AS_STRINGS = {('reduction', 'keep_rate'), ('reduction', 'r'), ('reduction', 'locations')}
+
+
+def _cli_value(section, name, value, annotation):
+  if (section, name) in _AS_STRINGS:
+    return config_dict.placeholder(str) if value is None else ','.join(map(str, value)) if isinstance(
+        value, tuple) else str(value)
+  if value is None:  # 'int | None' -> a placeholder of int
+    kind = annotation.split(' | ')[0]
+    return config_dict.placeholder({'int': int, 'float': float, 'str': str, 'bool': bool}[kind])
+  return value
 
 
 # The arg-string keys every recipe accepts, with their defaults.

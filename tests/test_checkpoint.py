@@ -140,32 +140,22 @@ def test_sigterm_saves_exits_cleanly_and_resumes_to_the_same_parameters(tmp_path
   _assert_same_params(_final_params(tmp_path), uninterrupted)
 
 
-def test_steps_saved_without_the_pipeline_state_resume_by_batch_count_and_stay_consistent(
-    tmp_path, data_dir, uninterrupted_workdir, uninterrupted):
-  """A step saved before the pipeline's position was checkpointed (no ``data`` item) resumes at the same
-  batch count; the steps saved after it hold Grain states relative to that start (``data_offset`` in
-  meta), so resuming from one of those lands on the same example too; an unreadable position sets its
-  step aside."""
+def test_an_unverified_step_with_a_garbled_input_position_is_set_aside(tmp_path, data_dir, uninterrupted_workdir,
+                                                                        uninterrupted):
+  """The newest step without checksums (as after a kill -9 right after its save) whose input position
+  is garbled: set aside like any failing step (and kept, renamed), the older good step resumes to the
+  same parameters as an uninterrupted run."""
   workdir = _copy(uninterrupted_workdir, tmp_path / 'run')
   ckpts = workdir / 'checkpoints'
-  for s in _steps(workdir):
-    if s > 4:
-      shutil.rmtree(ckpts / str(s))
-  shutil.rmtree(ckpts / '4' / 'data')  # as an earlier version saved it
-  sums = json.load(open(ckpts / '4' / 'checksums.json'))
-  sums['files'] = {k: v for k, v in sums['files'].items() if not k.startswith('data/')}
-  json.dump(sums, open(ckpts / '4' / 'checksums.json', 'w'))
+  newest, older = _steps(workdir)[-1], _steps(workdir)[-2]
+  for name in ('final.json',):
+    os.remove(workdir / name)
+  os.remove(ckpts / str(newest) / 'checksums.json')
+  (ckpts / str(newest) / 'data' / 'process_0-of-1.json').write_text('{"next_index": ')
   res = _run(workdir, data_dir)
-  assert 'resuming from step 4' in res.stdout
-  _assert_same_params(_final_params(workdir), uninterrupted)
-  assert json.load(open(ckpts / '6' / 'meta' / 'metadata'))['data_offset'] == 4
-  # Step 8 unverified (no checksums.json, as after a kill -9) with a garbled input position: set aside like
-  # any failing step, and step 6 (whose Grain state is relative to batch 4) resumes to the same parameters.
-  os.remove(ckpts / '8' / 'checksums.json')
-  (ckpts / '8' / 'data' / 'process_0-of-1.json').write_text('{"next_index": ')
-  res = _run(workdir, data_dir)
-  assert 'setting it aside as 8.unreadable' in res.stdout and 'resuming from the older good step 6' in res.stdout, \
-      res.stdout[-2000:]
+  out = res.stdout + res.stderr
+  assert f'set aside as {newest}.unreadable' in out and f'resuming from the older good step {older}' in out, out[-2000:]
+  assert (ckpts / f'{newest}.unreadable').is_dir()
   _assert_same_params(_final_params(workdir), uninterrupted)
 
 
@@ -243,8 +233,9 @@ def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, data_dir,
   workdir = _copy(four_steps, tmp_path / 'run')
   _truncate(os.path.join(workdir, 'checkpoints', '4'))
   res = _run(workdir, data_dir, '--config.total_steps=6')
-  assert 'checkpoint step 4' in res.stdout and '4.unreadable' in res.stdout, res.stdout[-2000:]
-  assert 'resuming from the older good step 2' in res.stdout and 'resuming from step 2' in res.stdout
+  out = res.stdout + res.stderr
+  assert 'checkpoint step 4' in out and '4.unreadable' in out, out[-2000:]
+  assert 'resuming from the older good step 2' in out and 'resuming from step 2' in out
 
 
 def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, data_dir, four_steps):
@@ -255,7 +246,7 @@ def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, d
   export.main(['--workdir', str(workdir), '--output', str(out)])  # read-only: uses step 2, says so
   assert json.load(open(out / 'export.json'))['step'] == 2
   res = _run(workdir, data_dir, '--config.total_steps=6')
-  assert f'checkpoint step 4: {bad} fails its SHA-256 check' in res.stdout, res.stdout[-2000:]
+  assert f'checkpoint step 4: {bad} fails its SHA-256 check' in res.stderr, res.stderr[-2000:]
   assert 'resuming from step 2' in res.stdout
   assert np.isfinite(json.loads(res.stdout.strip().splitlines()[-1])['final']['loss'])
 
@@ -319,7 +310,7 @@ def test_case9_method_none_is_the_plain_backbone():
   c = deit.get_config('method=none')
   assert c.multiscale.method == 'none'
   from tpm_jax.config import ConfigError
-  from tpm_jax.train_checks import validate_train_config
+  from tpm_jax.preflight import validate_train_config
   with c.unlocked():
     c.multiscale.method = 'pool'
   with pytest.raises(ConfigError, match="multiscale.method='pool'"):
@@ -344,27 +335,20 @@ def test_saved_on_8_devices_restores_on_1(tmp_path, data_dir):
   assert 'resuming from step 4' in res.stdout
 
 
-LEGACY = os.path.join(ROOT, 'tests', 'data', 'legacy_workdir')  # written by 1cc6e7e (one "state" item), smoke run
-
-
-def test_workdir_of_the_earlier_layout_exports_and_refuses_resume(tmp_path):
-  import orbax.checkpoint as ocp
-  from flax import nnx
-
-  from tpm_jax import checkpoint, export, trainer
-  workdir = _copy(LEGACY, tmp_path / 'legacy')
+def test_a_step_of_the_earlier_one_item_layout_is_refused_with_the_way_out(tmp_path, data_dir, four_steps):
+  """Workdirs of versions before the named items (one "state" item) are not read: resume and export
+  refuse with one line saying how to start from an export, and nothing is renamed."""
+  workdir = _copy(four_steps, tmp_path / 'run')
+  step = workdir / 'checkpoints' / '6'
+  (step / 'state').mkdir(parents=True)
   before = _listing(workdir)
-  model, config, step = export.restore_from_workdir(str(workdir))
-  assert step == 2
-  with ocp.StandardCheckpointer() as c:
-    raw = c.restore(os.path.join(workdir, 'checkpoints', '2', 'state'))
-  np.testing.assert_array_equal(np.asarray(model.blocks[1].attn.qkv.kernel.get_value()),
-                                np.asarray(raw['0']['blocks']['1']['attn']['qkv']['kernel']['value']))
-  schedule = trainer.learning_rate_schedule(config, 10, 1)
-  abstract = nnx.state(nnx.eval_shape(lambda: trainer.build_train_graph(config, schedule)))
-  with pytest.raises(checkpoint.ResumeMismatch, match='earlier tpm_jax.*python -m tpm_jax.export'):
-    checkpoint.restore_for_resume(str(workdir), abstract, config)
-  assert _listing(workdir) == before
+  res = _run(workdir, data_dir, '--config.total_steps=8', check=False)
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert 'earlier tpm_jax' in _one_line_error(res) and '--config.init.checkpoint' in _one_line_error(res)
+  res = subprocess.run([sys.executable, '-m', 'tpm_jax.export', '--workdir', str(workdir), '--output',
+                        str(tmp_path / 'export')], env=_env(), capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2 and 'earlier tpm_jax' in _one_line_error(res), res.stderr[-2000:]
+  assert _listing(workdir) == before and not (tmp_path / 'export').exists()
 
 
 @pytest.fixture

@@ -36,7 +36,7 @@ BAD = [
     (dict(**{'dataset.name': 'imagenet_9000'}), r"dataset.name='imagenet_9000' .*TFDS dataset name"),
     (dict(**{'dataset.name': 'imagenet2012', 'dataset.manual_dir': '/nonexistent'}),
      r"dataset.manual_dir='/nonexistent' .*ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"),
-    (dict(**{'init.timm_checkpoint': '/nonexistent.safetensors'}), r'init.timm_checkpoint=.*existing file'),
+    (dict(**{'init.timm_checkpoint': '/nonexistent.safetensors'}), r'init.timm_checkpoint=.*no such file'),
 ]
 
 
@@ -51,21 +51,25 @@ def test_bad_config_fails_before_writing(tmp_path, changes, match):
 
 def test_workdir_with_another_run_is_refused(tmp_path):
   (tmp_path / 'config.json').write_text(_smoke(**{'reduction.method': 'evit'}).to_json())
-  with pytest.raises(ConfigError, match=r'reduction.method=.evit., not .tpm.*--config.overwrite'):
+  with pytest.raises(ConfigError, match=r"reduction.method='evit' there, 'tpm' now.*--config.overwrite"):
     trainer.train_and_evaluate(_smoke(), str(tmp_path))
   assert sorted(os.listdir(tmp_path)) == ['config.json']
 
 
-def test_workdir_written_before_a_field_was_added_resumes(tmp_path):
+def test_workdir_config_json_is_compared_as_a_typed_run_config(tmp_path):
+  """config.json read back as a RunConfig: a field it lacks has the run config's one default; a
+  string keep rate and its float are the same run; another value of an identity field is refused."""
   import json
 
-  from tpm_jax.train_checks import _check_workdir
+  from tpm_jax.checkpoint import check_config_json
+  from tpm_jax.config import RunConfig
   old = json.loads(_smoke().to_json())
-  del old['model']['pos_embed_init']  # a run from before model.pos_embed_init existed: it had the default
+  del old['model']['pos_embed_init']
   (tmp_path / 'config.json').write_text(json.dumps(old))
-  _check_workdir(_smoke(), str(tmp_path))
-  with pytest.raises(ConfigError, match=r"model.pos_embed_init='trunc_normal', not 'sincos2d'"):
-    _check_workdir(_smoke(**{'model.pos_embed_init': 'sincos2d'}), str(tmp_path))
+  check_config_json(str(tmp_path), RunConfig.from_any(_smoke()))
+  check_config_json(str(tmp_path), RunConfig.from_any(_smoke(**{'reduction.keep_rate': '0.70', 'optim.lr': 0.5})))
+  with pytest.raises(ConfigError, match=r"model.pos_embed_init='trunc_normal' there, 'sincos2d' now"):
+    check_config_json(str(tmp_path), RunConfig.from_any(_smoke(**{'model.pos_embed_init': 'sincos2d'})))
 
 
 def test_wrong_shaped_timm_checkpoint_names_the_parameter(tmp_path):
@@ -99,7 +103,7 @@ def test_fmnist_tome_merges_what_the_keep_rate_removes_at_each_location(arg):
   import math
 
   from configs import fmnist
-  from tpm_jax.train_checks import validate_train_config
+  from tpm_jax.preflight import validate_train_config
   c = fmnist.get_config(arg)
   validate_train_config(c, num_devices=1)  # refused before: r had 3 entries for smoke's 2 locations
   locations = str(c.reduction.locations).split(',')

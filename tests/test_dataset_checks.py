@@ -18,7 +18,7 @@ from tpm_jax import trainer
 from tpm_jax.config import ConfigError
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.input_pipeline import DataError
-from tpm_jax.train_checks import validate_train_config
+from tpm_jax.preflight import validate_train_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = {'train': 4, 'validation': 3}  # images per class
@@ -122,9 +122,9 @@ def test_slices_of_folder_splits_are_accepted_and_read(folder):
   _validate(c)
   dataset = input_pipeline.get_dataset(c.dataset)
   assert dataset.num_examples(c.dataset.train_split) == 4 + 6
-  batches = list(input_pipeline.eval_batches(c, dataset, c.dataset.eval_split, local_batch=8))
+  batches = list(trainer.eval_batches(c, dataset, c.dataset.eval_split, local_batch=8))
   assert [int(b['mask'].sum()) for b in batches] == [4]
-  whole = next(input_pipeline.eval_batches(c, dataset, 'validation', local_batch=8))
+  whole = next(trainer.eval_batches(c, dataset, 'validation', local_batch=8))
   np.testing.assert_array_equal(batches[0]['image'][:4], whole['image'][1:5])
 
 
@@ -265,7 +265,7 @@ def test_fake_jpeg_in_an_eval_split_is_named_by_its_path(own_folder):
   c = _config(own_folder)
   dataset = input_pipeline.get_dataset(c.dataset)
   with pytest.raises(DataError) as e:
-    list(input_pipeline.eval_batches(c, dataset, 'validation', local_batch=2))
+    list(trainer.eval_batches(c, dataset, 'validation', local_batch=2))
   assert str(e.value) == f'{bad}: not a decodable image (not JPEG, PNG, GIF or BMP data)'  # (Grain adds a note)
 
 
@@ -281,10 +281,10 @@ def test_grayscale_with_alpha_png_is_converted_and_trains(own_folder, tmp_path):
   _validate(c)
   dataset = input_pipeline.get_dataset(c.dataset)
   for channels in (3, 1):
-    batch = next(input_pipeline.eval_batches(c, dataset, 'validation', local_batch=6, channels=channels))
+    batch = next(trainer.eval_batches(c, dataset, 'validation', local_batch=6, channels=channels))
     assert batch['image'].shape == (6, 32, 32, channels) and batch['mask'].sum() == 6
   # in RGB, the grayscale image is the one whose three channels are equal
-  rgb = next(input_pipeline.eval_batches(c, dataset, 'validation', local_batch=6))['image']
+  rgb = next(trainer.eval_batches(c, dataset, 'validation', local_batch=6))['image']
   assert sum(np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 0], im[..., 2]) for im in rgb) == 1
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 1, 0, 1
   final = trainer.train_and_evaluate(c, str(tmp_path / 'run'))

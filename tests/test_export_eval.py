@@ -13,7 +13,7 @@ from flax import nnx
 
 import tpm_jax
 from configs import deit
-from tpm_jax import export, sharding, trainer
+from tpm_jax import export, trainer
 from tpm_jax.checkpoint import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,18 +88,16 @@ def test_init_from_an_export(trained, tmp_path):
   export.export(str(tmp / 'run'), str(out))
   c = deit.get_config('smoke')
   c.init.checkpoint = str(out)
-  schedule = trainer.learning_rate_schedule(c, 1, 1)
   # the trainer's jitted, sharded init, with the export's weights as its argument
-  mesh = sharding.make_mesh(c.mesh)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(c, schedule)))
-  model, *_ = nnx.merge(graphdef, trainer.init_state(c, schedule, mesh, sharding.state_shardings(abstract, mesh)))
+  setup = trainer.setup_training(c, total_steps=1, steps_per_epoch=1)
+  model = nnx.merge(setup.graphdef, setup.state).model
   x = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
   np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(tpm_jax.load_model(str(out))(x)))
 
 
 def test_an_export_of_another_model_is_refused_up_front(trained, tmp_path):
   from tpm_jax.config import ConfigError
-  from tpm_jax.train_checks import validate_train_config
+  from tpm_jax.preflight import validate_train_config
   tmp, _ = trained
   out = tmp / 'export_for_init'
   if not out.exists():
@@ -142,12 +140,17 @@ def test_a_backbone_export_initialises_a_multiscale_model(tmp_path):
   from flax import nnx
 
   from configs import fmnist
+  from tpm_jax.checkpoint import write_checksums
+  from tpm_jax.config import RunConfig
   from tpm_jax.export import load_params_into
   from tpm_jax.models.registry import model_from_config
-  from tpm_jax.train_checks import validate_train_config
-  backbone = model_from_config(fmnist.get_config('method=none,smoke'))
-  with ocp.StandardCheckpointer() as ckptr:
+  from tpm_jax.preflight import validate_train_config
+  backbone_config = fmnist.get_config('method=none,smoke')
+  backbone = model_from_config(backbone_config)
+  with ocp.StandardCheckpointer() as ckptr:  # an export as python -m tpm_jax.export writes it
     ckptr.save(str(tmp_path / 'params'), nnx.state(backbone, nnx.Param))
+  (tmp_path / 'config.json').write_text(json.dumps(RunConfig.from_any(backbone_config).to_dict()))
+  write_checksums(str(tmp_path))
   for ms in ('pool', 'cross'):
     c = fmnist.get_config(f'method=tpm,multiscale={ms},smoke')
     c.dataset.name, c.init.checkpoint = 'mnist', str(tmp_path)

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import deit
+from tpm_jax import trainer
 from tpm_jax.data import input_pipeline, sources
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,39 +72,37 @@ def test_batches_are_a_function_of_the_seed(image_folder):
   c = _config(image_folder)
   dataset = input_pipeline.get_dataset(c.dataset)
   assert dataset.num_examples('train') == 24 and dataset.num_examples('train[:10]') == 10
-  a = _first(input_pipeline.train_iterator(c, dataset, local_batch=8), 4)
-  b = _first(input_pipeline.train_iterator(c, dataset, local_batch=8), 4)
+  a = _first(trainer.train_batches(c, dataset, local_batch=8), 4)
+  b = _first(trainer.train_batches(c, dataset, local_batch=8), 4)
   assert a[0]['image'].shape == (8, 32, 32, 3) and a[0]['image'].dtype == np.uint8
   assert a[0]['erase'].shape == (8, 4) and a[0]['label'].dtype == np.int32
   _assert_same(a, b)
-  other = _first(input_pipeline.train_iterator(_config(image_folder, seed=1), dataset, local_batch=8), 1)
+  other = _first(trainer.train_batches(_config(image_folder, seed=1), dataset, local_batch=8), 1)
   assert not np.array_equal(other[0]['image'], a[0]['image'])
 
 
 def test_resume_from_grain_state_continues_at_the_same_example(image_folder):
   c = _config(image_folder)
   dataset = input_pipeline.get_dataset(c.dataset)
-  whole = _first(input_pipeline.train_iterator(c, dataset, local_batch=8), 6)
-  it = input_pipeline.train_iterator(c, dataset, local_batch=8)
+  whole = _first(trainer.train_batches(c, dataset, local_batch=8), 6)
+  it = trainer.train_batches(c, dataset, local_batch=8)
   next(it), next(it)
   state = json.loads(json.dumps(it.get_state()))  # what the checkpoint holds: JSON
-  resumed = input_pipeline.train_iterator(c, dataset, local_batch=8)
+  resumed = trainer.train_batches(c, dataset, local_batch=8)
   resumed.set_state(state)
   _assert_same(whole[2:], _first(resumed, 4))
-  # a step saved before the position was checkpointed resumes by batch count
-  _assert_same(whole[3:], _first(input_pipeline.train_iterator(c, dataset, local_batch=8, start_batch=3), 3))
 
 
 def test_worker_processes_give_the_same_batches_and_resume(image_folder):
   c = _config(image_folder)
   dataset = input_pipeline.get_dataset(c.dataset)
-  threads = _first(input_pipeline.train_iterator(c, dataset, local_batch=4), 5)
+  threads = _first(trainer.train_batches(c, dataset, local_batch=4), 5)
   c.dataset.workers = 2
-  it = input_pipeline.train_iterator(c, dataset, local_batch=4)
+  it = trainer.train_batches(c, dataset, local_batch=4)
   _assert_same(threads[:3], [next(it) for _ in range(3)])
   state = json.loads(json.dumps(it.get_state()))
   input_pipeline.close(it)
-  resumed = input_pipeline.train_iterator(c, dataset, local_batch=4)
+  resumed = trainer.train_batches(c, dataset, local_batch=4)
   resumed.set_state(state)
   _assert_same(threads[3:], _first(resumed, 2))
 
@@ -115,7 +114,7 @@ def test_processes_share_each_epoch_with_no_example_lost_or_repeated(one_per_cla
   epochs = {}
   for count in (1, 2, 3):
     per_process = [np.concatenate([b['label'] for b in _first(
-        input_pipeline.train_iterator(c, dataset, local_batch=12 // count, process_index=i, process_count=count), 2)])
+        trainer.train_batches(c, dataset, local_batch=12 // count, process_index=i, process_count=count), 2)])
         for i in range(count)]
     n = 12 // count
     first = np.concatenate([p[:n] for p in per_process])
@@ -132,7 +131,7 @@ def test_eval_batches_pad_with_a_mask_and_shard_by_process(image_folder):
   for count in (1, 2):
     labels = []
     for i in range(count):
-      batches = list(input_pipeline.eval_batches(c, dataset, 'validation', local_batch=4, process_index=i,
+      batches = list(trainer.eval_batches(c, dataset, 'validation', local_batch=4, process_index=i,
                                                   process_count=count))
       assert all(b['image'].shape == (4, 32, 32, 3) for b in batches)
       assert len(batches) == (3 if count == 1 else 2)  # 9 examples; every process the same number of batches
@@ -145,11 +144,12 @@ def test_a_tfds_data_source_reads_without_tensorflow(tiny_imagenet):
   code = f"""
 import sys
 from configs import deit
+from tpm_jax import trainer
 from tpm_jax.data import input_pipeline
 c = deit.get_config('smoke'); c.dataset.data_dir = {tiny_imagenet!r}
 d = input_pipeline.get_dataset(c.dataset)
-b = next(input_pipeline.train_iterator(c, d, local_batch=8))
-e = list(input_pipeline.eval_batches(c, d, 'validation', local_batch=8))
+b = next(trainer.train_batches(c, d, local_batch=8))
+e = list(trainer.eval_batches(c, d, 'validation', local_batch=8))
 print(d.num_examples('train'), b['image'].shape, sum(int(x['mask'].sum()) for x in e), 'tensorflow' in sys.modules)
 """
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300,
@@ -167,8 +167,8 @@ def test_grayscale_becomes_three_channels_and_back(tmp_path):
   c = _config(str(tmp_path))
   c.aug.randaugment, c.aug.random_erasing = '', 0.0
   dataset = sources.image_folder(str(tmp_path))
-  rgb = _first(input_pipeline.train_iterator(c, dataset, local_batch=2, channels=3), 1)[0]
-  gray = next(input_pipeline.eval_batches(c, dataset, 'test', local_batch=2, channels=1))
+  rgb = _first(trainer.train_batches(c, dataset, local_batch=2, channels=3), 1)[0]
+  gray = next(trainer.eval_batches(c, dataset, 'test', local_batch=2, channels=1))
   assert rgb['image'].shape == (2, 32, 32, 3) and gray['image'].shape == (2, 32, 32, 1)
   np.testing.assert_array_equal(rgb['image'][..., 0], rgb['image'][..., 1])
 
@@ -191,7 +191,7 @@ def test_a_tfrecord_preparation_is_moved_aside_and_prepared_in_array_record(tmp_
   assert prepare.is_prepared(tfds.builder('imagenet2012', data_dir=data_dir))
   assert sorted(os.listdir(f'{old.data_dir}.tfrecord')) == old_files  # nothing deleted
   assert dataset.num_examples('train') == 8
-  assert next(input_pipeline.train_iterator(c, dataset, local_batch=4))['image'].shape == (4, 32, 32, 3)
+  assert next(trainer.train_batches(c, dataset, local_batch=4))['image'].shape == (4, 32, 32, 3)
 
 
 def test_folder_entries_that_are_not_files_are_not_examples(tmp_path):
@@ -215,11 +215,12 @@ def test_worker_processes_exit_when_the_trainer_is_killed(image_folder):
   import time
   code = f"""
 import os, time
+from tpm_jax import trainer
 from configs import deit
 from tpm_jax.data import input_pipeline
 if __name__ == '__main__':
   c = deit.get_config('smoke'); c.dataset.image_folder = {image_folder!r}; c.dataset.workers = 2
-  it = input_pipeline.train_iterator(c, input_pipeline.get_dataset(c.dataset), local_batch=4)
+  it = trainer.train_batches(c, input_pipeline.get_dataset(c.dataset), local_batch=4)
   next(it)
   print('READY', flush=True)
   time.sleep(600)

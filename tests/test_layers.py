@@ -18,7 +18,7 @@ LAYERS = {
     'tpm_jax.models': 2, 'tpm_jax.flops': 2, 'tpm_jax.timm_weights': 2, 'tpm_jax.throughput': 2,
     'tpm_jax.augment': 2, 'tpm_jax.viz': 2, 'tpm_jax.compile_options': 2, 'tpm_jax.forward': 2,
     'tpm_jax.checkpoint': 3, 'tpm_jax.data': 3, 'tpm_jax.sharding': 3, 'tpm_jax.distributed': 3,
-    'tpm_jax.train_checks': 4, 'tpm_jax.trainer': 4,
+    'tpm_jax.preflight': 4, 'tpm_jax.trainer': 4,
     'tpm_jax.export': 5, 'tpm_jax.sweep': 5, 'tpm_jax.quickstart': 5,
     'tpm_jax': 6,  # the package's front door (tpm_jax/__init__.py) re-exports from every layer
 }
@@ -27,9 +27,8 @@ LAYERS = {
 # TensorFlow at its top. Nothing else: a local import of the package would hide a cycle.
 HEAVY = ('tensorflow', 'tensorflow_datasets', 'torch', 'timm', 'safetensors', 'matplotlib',
          'tpm_jax.data.randaugment')
-# config.py's module __getattr__ keeps the documented name tpm_jax.config.validate_train_config,
-# resolved only when asked for (the checks moved beside the trainer).
-ALLOWED_LOCAL = {('tpm_jax.config', 'tpm_jax.train_checks')}
+# No exceptions: every import of the package is at the top of its module.
+ALLOWED_LOCAL = set()
 
 
 def _modules():

@@ -11,6 +11,7 @@ from flax import nnx
 
 from configs import deit
 from tpm_jax import sharding, trainer
+from tpm_jax.config import RunConfig
 from tpm_jax.throughput import peak_memory_bytes
 
 HERE = os.path.dirname(__file__)
@@ -51,10 +52,11 @@ def _one_step(grad_accum_steps, batch, **overrides):
   c.grad_accum_steps = grad_accum_steps
   for key, value in overrides.items():
     c.update_from_flattened_dict({key.replace('__', '.'): value})
-  schedule = trainer.learning_rate_schedule(c, 10, 10)
-  graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
-  state, metrics = jax.jit(trainer.make_train_step(c, graphdef, 10))(state, batch, jax.random.key(0))
-  return state, metrics, nnx.split(trainer.build_train_graph(c, schedule))[1]
+  run = RunConfig.from_any(c)
+  schedule = trainer.learning_rate_schedule(run.optim, run.batch_size, 10, 10)
+  graphdef, state = nnx.split(trainer.create_train_state(run, schedule))
+  state, metrics = jax.jit(trainer.make_train_step(run, graphdef))(state, batch, jax.random.key(0))
+  return state, metrics, nnx.split(trainer.create_train_state(run, schedule))[1]
 
 
 def test_gradient_accumulation_matches_the_big_batch():
@@ -65,16 +67,16 @@ def test_gradient_accumulation_matches_the_big_batch():
   np.testing.assert_allclose(float(m4['loss']), float(m1['loss']), rtol=1e-5)
   np.testing.assert_allclose(float(m4['grad_norm']), float(m1['grad_norm']), rtol=1e-4)  # the averaged gradient
   params = lambda s: [np.asarray(p) for p in jax.tree.leaves(nnx.filter_state(s, nnx.Param))]
-  assert len(params(big[0])) > 20 and len(params(init)) == len(params(big[0]))
+  assert len(params(big['model'])) > 20 and len(params(init)) == len(params(big['model']))
   # The model after one AdamW step. Adam divides by sqrt(v) + eps, so float32 rounding in a
   # near-zero gradient can move an element's update by a fraction of the step; a wrong
   # accumulation moves many by the whole step. The tolerance is 10% of the largest step.
-  step = max(np.abs(a - b).max() for a, b in zip(params(big[0]), params(init)))
-  for a, b in zip(params(big[0]), params(acc[0])):
+  step = max(np.abs(a - b).max() for a, b in zip(params(big['model']), params(init)))
+  for a, b in zip(params(big['model']), params(acc['model'])):
     np.testing.assert_allclose(a, b, rtol=0, atol=0.1 * step)
   # and the tolerance tells accumulation from using a quarter of the batch
   quarter, _, _ = _one_step(1, {k: v[:4] for k, v in batch.items()})
-  assert sum((np.abs(a - b) > 0.1 * step).sum() for a, b in zip(params(big[0]), params(quarter[0]))) > 1000
+  assert sum((np.abs(a - b) > 0.1 * step).sum() for a, b in zip(params(big['model']), params(quarter['model']))) > 1000
 
 
 def test_gradient_accumulation_graph_does_not_grow_with_the_count():
@@ -86,8 +88,10 @@ def test_gradient_accumulation_graph_does_not_grow_with_the_count():
   def hlo_ops(k):
     c = _smoke_config()
     c.model.num_classes, c.grad_accum_steps = 10, k
-    graphdef, state = nnx.split(trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 10, 10)))
-    text = jax.jit(trainer.make_train_step(c, graphdef, 10)).lower(state, batch, jax.random.key(0)).as_text()
+    run = RunConfig.from_any(c)
+    schedule = trainer.learning_rate_schedule(run.optim, run.batch_size, 10, 10)
+    graphdef, state = nnx.split(trainer.create_train_state(run, schedule))
+    text = jax.jit(trainer.make_train_step(run, graphdef)).lower(state, batch, jax.random.key(0)).as_text()
     return sum(' = ' in line for line in text.splitlines())
 
   ops2, ops8, ops1 = hlo_ops(2), hlo_ops(8), hlo_ops(1)
@@ -126,7 +130,9 @@ def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path, monkeypatch):
   c.keep_warmup_epochs, c.keep_warmup_stages = 6.0, 3  # 48 examples / 16 = 3 steps per epoch
   c.dataset.name, c.dataset.eval_split = 'cifar10', 'test'
   c.total_steps, c.log_every_steps, c.eval_every_steps = 24, 4, 0
-  assert trainer.keep_rate_stages(c, 3.0) == [(1, 1.0), (10, 0.75), (19, 0.5)]
+  run = RunConfig.from_any(c)
+  assert trainer.keep_rate_stages(run.reduction, run.keep_warmup_epochs, run.keep_warmup_stages, 3.0) == [
+      (1, 1.0), (10, 0.75), (19, 0.5)]
   with tfds.testing.mock_data(num_examples=48):
     trainer.train_and_evaluate(c, str(tmp_path))
   assert len(traces) == 3
@@ -141,7 +147,7 @@ def test_ema_follows_the_parameters():
   after, _, before = _one_step(1, _batch(), optim__ema_decay=0.75)
   params = lambda s, i: jax.tree.leaves(nnx.filter_state(s[i], nnx.Param))
   moved = 0
-  for e, p, p0 in zip(params(after, 3), params(after, 0), params(before, 0)):
+  for e, p, p0 in zip(params(after, 'ema'), params(after, 'model'), params(before, 'model')):
     np.testing.assert_allclose(np.asarray(e), 0.75 * np.asarray(p0) + 0.25 * np.asarray(p), rtol=1e-5, atol=1e-6)
     moved += int(not np.allclose(np.asarray(p), np.asarray(p0)))
   assert moved > 10
@@ -154,7 +160,7 @@ def test_self_distillation_from_the_unpruned_backbone():
   after, pruned, before = _one_step(1, _batch(), distill__alpha=1.0, reduction__keep_rate='0.5')
   assert abs(float(same['loss'])) < 1e-7
   assert float(pruned['loss']) > 1e-5  # (a fresh model's logits are nearly uniform: small but clear)
-  teacher = lambda s: jax.tree.leaves(nnx.filter_state(s[2], nnx.Param))
+  teacher = lambda s: jax.tree.leaves(nnx.filter_state(s['teacher'], nnx.Param))
   assert len(teacher(after)) > 20
   for a, b in zip(teacher(after), teacher(before)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -170,12 +176,13 @@ def test_deit_s_train_step_keeps_what_pytorch_keeps():
   CPU compile option; each of those alone adds 0.3-1.3 GB."""
   c = deit.get_config('model=deit_small_patch16_224,method=none,multiscale=none')  # as benchmarks/throughput.py
   c.model.dtype, c.batch_size = 'float32', 32
-  graph = trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 1000, 100))
-  params = sum(x.size for x in jax.tree.leaves(nnx.state(graph[0], nnx.Param)))
+  run = RunConfig.from_any(c)
+  graph = trainer.create_train_state(run, trainer.learning_rate_schedule(run.optim, run.batch_size, 1000, 100))
+  params = sum(x.size for x in jax.tree.leaves(nnx.state(graph.model, nnx.Param)))
   graphdef, state = nnx.split(graph)
   batch = dict(image=jax.ShapeDtypeStruct((32, 224, 224, 3), np.uint8), label=jax.ShapeDtypeStruct((32,), np.int32))
-  mesh = sharding.make_mesh(c.mesh)  # one CPU device in this process
-  step = trainer.jit_train_step(c, graphdef, c.model.num_classes, mesh, sharding.state_shardings(state, mesh))
+  mesh = sharding.make_mesh(run.mesh)  # one CPU device in this process
+  step = trainer.jit_train_step(run, graphdef, mesh, sharding.state_shardings(state, mesh))
   peak = peak_memory_bytes(step.lower(state, batch, jax.random.key(0)).compile())
   B, N, D, depth = 32, 197, 384, 12
   kept = 4 * (4 * params + depth * 16 * B * N * D)

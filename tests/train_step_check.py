@@ -13,10 +13,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import numpy as np
 from flax import nnx
-from ml_collections import ConfigDict
 
 from configs import deit
 from tpm_jax import sharding, trainer
+from tpm_jax.config import MeshConfig, RunConfig
 
 
 def run(mesh_shape, devices, depth=None, collectives=False):
@@ -25,14 +25,15 @@ def run(mesh_shape, devices, depth=None, collectives=False):
   c.aug.mixup = c.aug.cutmix = 0.0
   c.model.num_classes = 10
   c.fsdp_min_size = 64
-  mesh = sharding.make_mesh(ConfigDict(dict(data=mesh_shape[0], fsdp=mesh_shape[1])), devices=devices)
-  schedule = trainer.learning_rate_schedule(c, 10, 10)
+  run = RunConfig.from_any(c)
+  mesh = sharding.make_mesh(MeshConfig(*mesh_shape), devices=devices)
+  schedule = trainer.learning_rate_schedule(run.optim, run.batch_size, 10, 10)
 
-  graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
-  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=c.fsdp_min_size)
+  graphdef, state = nnx.split(trainer.create_train_state(run, schedule))
+  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=run.fsdp_min_size)
   state = jax.device_put(state, state_sh)
   batch_sh = sharding.batch_sharding(mesh)
-  step = trainer.jit_train_step(c, graphdef, 10, mesh, state_sh)  # as the trainer compiles it
+  step = trainer.jit_train_step(run, graphdef, mesh, state_sh)  # as the trainer compiles it
   if collectives:  # all-reduce instructions in the compiled step
     abstract = dict(image=jax.ShapeDtypeStruct((16, 32, 32, 3), np.uint8), label=jax.ShapeDtypeStruct((16,), np.int32))
     text = step.lower(state, abstract, jax.random.key(0)).compile().as_text()

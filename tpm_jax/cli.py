@@ -1,6 +1,7 @@
 """Command-line helpers shared by train.py and eval.py."""
 from __future__ import annotations
 
+import logging as std_logging
 import re
 import sys
 
@@ -15,9 +16,36 @@ def run(main) -> None:
 
 def quiet_library_logs() -> None:
   """Libraries' absl log lines (JAX's backends, Orbax, TFDS) only when asked for with ``-v``/
-  ``--verbosity`` (``-v 0`` shows INFO); the entry point's own output is printed, not logged."""
+  ``--verbosity`` (``-v 0`` shows INFO); tpm_jax's own messages are shown (``show_messages``)."""
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.FATAL)
+  show_messages()
+
+
+class _Below(std_logging.Filter):
+  def __init__(self, level):
+    super().__init__()
+    self.level = level
+
+  def filter(self, record):
+    return record.levelno < self.level
+
+
+def show_messages() -> None:
+  """tpm_jax's log messages as the tools' own output: INFO (progress, resuming, preemption) on stdout,
+  warnings and errors on stderr, the bare message. Idempotent; for entry points only."""
+  logger = std_logging.getLogger('tpm_jax')
+  if getattr(logger, '_tpm_cli', False):
+    return
+  out, err = std_logging.StreamHandler(sys.stdout), std_logging.StreamHandler(sys.stderr)
+  out.addFilter(_Below(std_logging.WARNING))
+  err.setLevel(std_logging.WARNING)
+  for h in (out, err):
+    h.setFormatter(std_logging.Formatter('%(message)s'))
+    logger.addHandler(h)
+  logger.setLevel(std_logging.INFO)
+  logger.propagate = False
+  logger._tpm_cli = True
 
 
 def parse_flags_or_exit(argv=None) -> list[str]:

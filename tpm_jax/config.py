@@ -1,13 +1,20 @@
-"""Model-side configuration: the one place where model, reduction and multi-scale settings are validated.
+"""Configuration: every setting, its default and its value checks, in one module.
 
-Every user-facing entry point (``create_model``, ``train.py``, ``eval.py``) goes through the
-``*.from_any`` constructors below, so bad input fails here, before anything is traced or
-compiled, with one line that names the field and what it accepts (``ConfigError``).
+* The model side: ``ViTConfig`` (a backbone's sizes; ``MODELS``: timm's names), ``ReductionConfig``,
+  ``MultiscaleConfig``, built by ``create_model`` and the ``*.from_any`` constructors.
+* The run: ``RunConfig``, typed and frozen, with one section per part (``ModelSpec``,
+  ``DataConfig``, ``AugConfig``, ``OptimConfig``, ...), built once at the entry points from a
+  ConfigDict or a saved config.json. Functions below the entry points receive the section they use.
+
+Bad input fails here, before anything is traced, compiled or written, with one line that names the
+field and what it accepts (``ConfigError``). Checks that need the world (devices, data on disk,
+weights, workdirs, output paths) are in ``tpm_jax.preflight``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -290,12 +297,443 @@ class MultiscaleConfig:
 
 
 # ----------------------------------------------------------------------------------------------
-# Training configs: what identifies a run (the checks themselves: tpm_jax.train_checks)
+# Named backbones (timm's create_model names and sizes)
 # ----------------------------------------------------------------------------------------------
-# Fields whose change makes an existing workdir's checkpoints a different run.
-RUN_IDENTITY_FIELDS = ('model', 'reduction', 'multiscale', 'dataset.name', 'dataset.image_folder', 'seed')
-# Fields added after runs were written: a config.json without one had its default.
-ADDED_FIELD_DEFAULTS = {'model.pos_embed_init': ViTConfig.pos_embed_init}
+_TI = dict(embed_dim=192, depth=12, num_heads=3)
+_S = dict(embed_dim=384, depth=12, num_heads=6)
+_B = dict(embed_dim=768, depth=12, num_heads=12)
+_L = dict(embed_dim=1024, depth=24, num_heads=16)
+
+# name -> ViTConfig fields
+MODELS: dict[str, dict] = {
+    'deit_tiny_patch16_224': _TI,
+    'deit_small_patch16_224': _S,
+    'deit_base_patch16_224': _B,
+    'deit_base_patch16_384': dict(_B, img_size=384),
+    'deit_tiny_distilled_patch16_224': dict(_TI, distilled=True),
+    'deit_small_distilled_patch16_224': dict(_S, distilled=True),
+    'deit_base_distilled_patch16_224': dict(_B, distilled=True),
+    'deit_base_distilled_patch16_384': dict(_B, distilled=True, img_size=384),
+    'vit_tiny_patch16_224': _TI,
+    'vit_small_patch16_224': _S,
+    'vit_base_patch16_224': _B,
+    'vit_large_patch16_224': _L,
+    'vit_tiny_patch16_384': dict(_TI, img_size=384),
+    'vit_small_patch16_384': dict(_S, img_size=384),
+    'vit_base_patch16_384': dict(_B, img_size=384),
+    'vit_large_patch16_384': dict(_L, img_size=384),
+    'vit_base_patch32_224': dict(_B, patch_size=32),
+    # Not a timm model: a base for small test/quickstart models; override any size.
+    'vit_custom': dict(embed_dim=192, depth=12, num_heads=3),
+}
+
+
+def model_config(name: str | ViTConfig, **overrides) -> ViTConfig:
+  """Resolve a timm name (or a ViTConfig) plus field overrides (None: the named model's) into a
+  validated ViTConfig."""
+  if isinstance(name, ViTConfig):
+    base = name
+  elif isinstance(name, str) and name in MODELS:
+    base = ViTConfig(**MODELS[name])
+  else:
+    raise ConfigError(f'model.name={name!r} is not accepted: expected one of {", ".join(sorted(MODELS))}')
+  return base.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+
+# ----------------------------------------------------------------------------------------------
+# Augmentation strings
+# ----------------------------------------------------------------------------------------------
+def parse_randaugment(spec: str) -> dict | None:
+  """timm's config string ('rand-m9-mstd0.5-inc1', 'rand-m9-n2'; also -p0.5, -mmax10) -> rand_augment() kwargs."""
+  if not spec:
+    return None
+  if not isinstance(spec, str) or spec.split('-')[0] != 'rand':
+    raise ConfigError(f'aug.randaugment={spec!r}: expected a timm RandAugment string like rand-m9-mstd0.5-inc1, '
+                      f'or empty')
+  kw = dict(num_layers=2, magnitude=9, magnitude_std=0.0, increasing=False)
+  for part in spec.split('-')[1:]:
+    key, value = (re.split(r'(\d.*)', part) + [''])[:2]
+    try:
+      if key == 'mstd':
+        kw['magnitude_std'] = float(value) if float(value) <= 100 else float('inf')  # timm: > 100 is uniform
+      elif key == 'mmax':
+        kw['magnitude_max'] = int(value)
+      elif key == 'inc':
+        kw['increasing'] = bool(int(value))
+      elif key == 'm':
+        kw['magnitude'] = int(value)
+      elif key == 'n':
+        kw['num_layers'] = int(value)
+      elif key == 'p':
+        kw['prob'] = float(value)
+      else:
+        raise ValueError
+    except ValueError:
+      raise ConfigError(f'aug.randaugment={spec!r}: unknown part {part!r}') from None
+  return kw
+
+
+# ----------------------------------------------------------------------------------------------
+# The run: every training setting, typed and frozen, with its default and its checks.
+#
+# Built once at the entry points (train.py, eval.py, export, sweep, quickstart) from a ConfigDict
+# (``--config``), a saved config.json or a checkpoint's meta: ``RunConfig.from_any(x)``. Nothing
+# below the entry points reads a ConfigDict; functions receive the section they use
+# (``run.optim``, ``run.dataset``, ``run.aug``, ...). ``to_dict()`` is what config.json holds.
+# The checks that need the world (devices, data on disk, weights, the workdir) are in
+# ``tpm_jax.preflight``.
+# ----------------------------------------------------------------------------------------------
+def _typed(field: str, value: Any, kind: str) -> Any:
+  """``value`` as ``kind`` (a field's annotation: int, float, bool, str, 'X | None', tuple[...])
+  or ConfigError naming ``field``."""
+  if kind.endswith(' | None'):
+    return None if value is None else _typed(field, value, kind[:-len(' | None')])
+  if kind == 'bool':
+    if isinstance(value, bool):
+      return value
+    _fail(field, value, 'true or false')
+  if kind == 'int':
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+      _fail(field, value, 'an int')
+    return int(value)
+  if kind == 'float':
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+      _fail(field, value, 'a number')
+    return float(value)
+  if kind == 'str':
+    if not isinstance(value, str):
+      _fail(field, value, 'a string')
+    return value
+  if kind.startswith('tuple['):
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+      _fail(field, value, 'a sequence of numbers')
+    return tuple(_typed(field, v, 'float') for v in value)
+  return value  # Any: checked by the section itself
+
+
+class _Section:
+  """A frozen dataclass of settings read from a mapping: unknown fields refused, each value typed."""
+  SECTION = ''
+
+  @classmethod
+  def from_dict(cls, d: Mapping | None):
+    d = {} if d is None else _as_dict(d, cls.SECTION)
+    names = [f.name for f in dataclasses.fields(cls)]
+    _check_keys(d, names, cls.SECTION)
+    kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+    return cls(**{k: _typed(f'{cls.SECTION}.{k}', v, kinds[k]) for k, v in d.items()}).validated()
+
+  def validated(self):
+    return self
+
+  def to_dict(self) -> dict:
+    return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+  def get(self, name: str, default=None):
+    """Mapping-style read, for the data modules that also take plain dicts."""
+    return getattr(self, name, default)
+
+
+def _jsonable(v):
+  if isinstance(v, tuple):
+    return [_jsonable(x) for x in v]
+  if dataclasses.is_dataclass(v):
+    return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+  return v
+
+
+def _at_least(field: str, value, low, accepted: str, *, strict: bool = False):
+  if value < low or (strict and value == low):
+    _fail(field, value, accepted)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec(_Section):
+  """The backbone by timm name; the size fields override the named model's (None: its own)."""
+  SECTION = 'model'
+  name: str = 'deit_small_patch16_224'
+  num_classes: int = 1000
+  img_size: int = 224
+  drop_path_rate: float = 0.1
+  dtype: str = 'float32'            # compute dtype: float32 | bfloat16 (parameters stay float32)
+  pos_embed_init: str = 'trunc_normal'
+  patch_size: int | None = None
+  embed_dim: int | None = None
+  depth: int | None = None
+  num_heads: int | None = None
+  in_chans: int | None = None
+
+  def validated(self):
+    _choice('model.dtype', self.dtype, ('float32', 'bfloat16'))
+    self.vit()
+    return self
+
+  def vit(self) -> ViTConfig:
+    """The validated ViTConfig this spec describes."""
+    return model_config(self.name, num_classes=self.num_classes, img_size=self.img_size,
+                        drop_path_rate=self.drop_path_rate, pos_embed_init=self.pos_embed_init,
+                        patch_size=self.patch_size, embed_dim=self.embed_dim, depth=self.depth,
+                        num_heads=self.num_heads, in_chans=self.in_chans)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+  SECTION = 'dataset'
+  name: str = 'imagenet2012'        # any TFDS image-classification dataset
+  data_dir: str | None = None
+  manual_dir: str | None = None     # imagenet2012: where the ILSVRC2012 tars are
+  image_folder: str | None = None   # a local root/split/class/*.jpg tree instead of a TFDS name
+  train_split: str = 'train'
+  eval_split: str = 'validation'
+  workers: int = 2                  # Grain worker processes that decode and augment (0: threads of the trainer)
+  threads: int = 8                  # reading and prefetching threads per process
+
+  def validated(self):
+    _at_least('dataset.workers', self.workers, 0, 'a non-negative int (worker processes; 0 reads in the training '
+              'process)')
+    _at_least('dataset.threads', self.threads, 1, 'a positive int')
+    for field in ('train_split', 'eval_split'):
+      if not getattr(self, field).strip():
+        _fail(f'dataset.{field}', getattr(self, field), 'a split name or slice, like train or train[:90%]')
+    return self
+
+  @property
+  def where(self) -> str:
+    return f'image folder {self.image_folder}' if self.image_folder else self.name
+
+  def replace_split(self, eval_split: str) -> 'DataConfig':
+    """The same data with another eval split (eval.py's --split), checked."""
+    return dataclasses.replace(self, eval_split=eval_split).validated()
+
+
+@dataclasses.dataclass(frozen=True)
+class AugConfig(_Section):
+  SECTION = 'aug'
+  crop_scale: tuple[float, ...] = (0.08, 1.0)   # random resized crop area range
+  hflip: bool = True
+  randaugment: str = 'rand-m9-mstd0.5-inc1'     # timm string (DeiT's: m9, 2 ops); '' disables
+  random_erasing: float = 0.25
+  mixup: float = 0.8                            # mixup alpha (0 disables)
+  cutmix: float = 1.0                           # cutmix alpha (0 disables)
+  label_smoothing: float = 0.1
+  eval_crop_pct: float = 224 / 256              # eval: resize to img_size / pct, centre crop img_size
+  mean: tuple[float, ...] = (0.485, 0.456, 0.406)
+  std: tuple[float, ...] = (0.229, 0.224, 0.225)
+
+  def validated(self):
+    if len(self.crop_scale) != 2 or not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+      _fail('aug.crop_scale', self.crop_scale, 'two area fractions (min, max) with 0 < min <= max <= 1')
+    parse_randaugment(self.randaugment)
+    if not 0 <= self.random_erasing <= 1:
+      _fail('aug.random_erasing', self.random_erasing, 'a probability in [0, 1]')
+    for field in ('mixup', 'cutmix'):
+      _at_least(f'aug.{field}', getattr(self, field), 0, "a float >= 0 (the Beta distribution's alpha; 0: off)")
+    if not 0 <= self.label_smoothing < 1:
+      _fail('aug.label_smoothing', self.label_smoothing, 'a float in [0, 1)')
+    if not 0 < self.eval_crop_pct <= 1:
+      _fail('aug.eval_crop_pct', self.eval_crop_pct, 'a float in (0, 1]')
+    if any(not s > 0 for s in self.std):
+      _fail('aug.std', self.std, 'numbers > 0')
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(_Section):
+  SECTION = 'optim'
+  lr: float = 2e-5                  # per 512 images: scaled by batch_size / 512
+  min_lr: float = 2e-6
+  warmup_epochs: float = 0.0
+  weight_decay: float = 1e-6        # not applied to norms, biases, position embeddings, special tokens
+  b1: float = 0.9
+  b2: float = 0.999
+  grad_clip: float = 0.0            # global-norm clip (0 disables)
+  ema_decay: float = 0.0            # EMA of parameters (0 disables)
+
+  def validated(self):
+    _at_least('optim.lr', self.lr, 0, 'a float > 0 (per 512 images)', strict=True)
+    _at_least('optim.min_lr', self.min_lr, 0, 'a float >= 0')
+    _at_least('optim.warmup_epochs', self.warmup_epochs, 0, 'a number >= 0 (0: no warmup)')
+    _at_least('optim.weight_decay', self.weight_decay, 0, 'a float >= 0')
+    _at_least('optim.grad_clip', self.grad_clip, 0, 'a float >= 0 (0: no clipping)')
+    for field in ('b1', 'b2', 'ema_decay'):
+      if not 0 <= getattr(self, field) < 1:
+        _fail(f'optim.{field}', getattr(self, field), 'a float in [0, 1)' + (' (0: no EMA)' if field == 'ema_decay' else ''))
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig(_Section):
+  SECTION = 'distill'
+  alpha: float = 0.0                # self-distillation from the unpruned backbone (0: off)
+
+  def validated(self):
+    if not 0 <= self.alpha <= 1:
+      _fail('distill.alpha', self.alpha, 'a float in [0, 1] (0: no self-distillation)')
+    return self
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig(_Section):
+  SECTION = 'init'
+  timm_checkpoint: str | None = None   # timm weights (.safetensors / .pth) to start from
+  checkpoint: str | None = None        # an export of this project (python -m tpm_jax.export)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(_Section):
+  SECTION = 'mesh'
+  data: int = -1                    # -1 fills with the remaining devices
+  fsdp: int = 1
+
+  def validated(self):
+    sizes = (self.data, self.fsdp)
+    if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+      raise ConfigError(f'mesh=(data={self.data}, fsdp={self.fsdp}) is not accepted: expected positive sizes, at most '
+                        f'one -1')
+    return self
+
+  def shape(self, num_devices: int) -> tuple[int, int]:
+    """(data, fsdp) for ``num_devices``, -1 filled with the remaining devices."""
+    sizes = [self.data, self.fsdp]
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+      if num_devices % known:
+        raise ConfigError(f'mesh=(data={self.data}, fsdp={self.fsdp}) is not accepted: {num_devices} devices are not '
+                          f'divisible by {known}')
+      sizes[sizes.index(-1)] = num_devices // known
+    if math.prod(sizes) != num_devices:
+      raise ConfigError(f'mesh=(data={self.data}, fsdp={self.fsdp}) is not accepted: sizes must multiply to the '
+                        f'{num_devices} devices')
+    return tuple(sizes)
+
+
+PROGRESS_MODES = ('auto', 'bar', 'lines', 'off')
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Every setting of a training run. Build with ``RunConfig.from_any(configdict_or_mapping)``:
+  unknown fields, wrong types and out-of-range values raise ConfigError (one line naming the field)."""
+  seed: int = 0
+  model: ModelSpec = ModelSpec()
+  reduction: ReductionConfig = ReductionConfig()
+  multiscale: MultiscaleConfig = MultiscaleConfig()
+  dataset: DataConfig = DataConfig()
+  aug: AugConfig = AugConfig()
+  batch_size: int = 1024            # global
+  eval_batch_size: int = 0          # 0: batch_size
+  total_steps: int = 0              # 0: from num_epochs
+  num_epochs: float = 30.0
+  num_train_examples: int = 0       # 0: the train split's size
+  grad_accum_steps: int = 1
+  keep_warmup_epochs: float = 0.0   # EViT keep-rate warmup: keep rate 1 -> target over these epochs
+  keep_warmup_stages: int = 4       # ... quantised into at most this many compiled train steps
+  optim: OptimConfig = OptimConfig()
+  distill: DistillConfig = DistillConfig()
+  init: InitConfig = InitConfig()
+  mesh: MeshConfig = MeshConfig()
+  fsdp_min_size: int = 2 ** 14      # parameters smaller than this stay replicated under FSDP
+  log_every_steps: int = 50
+  eval_every_steps: int = 1000      # 0: no evaluation but at the end
+  checkpoint_every_steps: int = 1000
+  keep_checkpoints: int = 3
+  preemption_check_every_steps: int = 10  # several processes: agree on a stop every N steps (a collective)
+  progress: str = 'auto'            # auto | bar | lines | off
+  overwrite: bool = False           # start over in a workdir that holds another run (the old one is kept aside)
+
+  SECTIONS = {'model': ModelSpec, 'dataset': DataConfig, 'aug': AugConfig, 'optim': OptimConfig,
+              'distill': DistillConfig, 'init': InitConfig, 'mesh': MeshConfig}
+  # What identifies a run: a workdir's checkpoints continue only under the same values (resume
+  # refuses others); the rest (learning rate, total_steps, ...) may change between invocations.
+  IDENTITY = ('model', 'reduction', 'multiscale', 'dataset.name', 'dataset.image_folder', 'dataset.train_split',
+              'seed', 'batch_size')
+
+  @classmethod
+  def from_any(cls, value: Any) -> 'RunConfig':
+    """A RunConfig, a ConfigDict (``to_dict()``), or a mapping (a config.json) -> validated RunConfig."""
+    if isinstance(value, cls):
+      return value
+    d = _as_dict(value, 'config')
+    _check_keys(d, [f.name for f in dataclasses.fields(cls)], 'config')
+    kw = {}
+    for f in dataclasses.fields(cls):
+      if f.name not in d:
+        continue
+      if f.name in cls.SECTIONS:
+        kw[f.name] = cls.SECTIONS[f.name].from_dict(d[f.name])
+      elif f.name in ('reduction', 'multiscale'):
+        kw[f.name] = d[f.name]  # resolved against the model's depth below
+      else:
+        kw[f.name] = _typed(f.name, d[f.name], f.type)
+    model = kw.get('model', ModelSpec())
+    depth = model.vit().depth
+    kw['reduction'] = ReductionConfig.from_any(kw.get('reduction'), depth=depth)
+    kw['multiscale'] = MultiscaleConfig.from_any(kw.get('multiscale'))
+    return cls(**kw).validated()
+
+  def validated(self) -> 'RunConfig':
+    vit = self.model.vit()
+    self.reduction.schedule(vit.num_prefix_tokens, vit.num_patches)  # at least one token left everywhere
+    if not self.reduction.enabled and self.multiscale.enabled:
+      _fail('multiscale.method', self.multiscale.method,
+            "'none' when reduction.method='none' (the plain backbone; multi-scale fusion comes only with a reduction)")
+    for field in ('batch_size', 'grad_accum_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+                  'preemption_check_every_steps', 'keep_warmup_stages', 'fsdp_min_size'):
+      _at_least(field, getattr(self, field), 1, 'a positive int')
+    if self.batch_size % self.grad_accum_steps:
+      _fail('batch_size', self.batch_size, f'a multiple of grad_accum_steps={self.grad_accum_steps}')
+    _at_least('total_steps', self.total_steps, 0, 'an int >= 0 (0: from num_epochs)')
+    _at_least('num_epochs', self.num_epochs, 0, 'a number >= 0 (used when total_steps=0)')
+    if not (self.total_steps > 0 or self.num_epochs > 0):
+      _fail('total_steps', self.total_steps, 'a positive number of steps, or num_epochs > 0')
+    _at_least('eval_batch_size', self.eval_batch_size, 0, 'an int >= 0 (0: batch_size)')
+    _at_least('eval_every_steps', self.eval_every_steps, 0, 'an int >= 0 (0: no evaluation)')
+    _at_least('num_train_examples', self.num_train_examples, 0, 'an int >= 0 (0: read from the dataset)')
+    _at_least('keep_warmup_epochs', self.keep_warmup_epochs, 0, 'a number >= 0 (0: no keep-rate warmup)')
+    _choice('progress', self.progress, PROGRESS_MODES)
+    for field in ('mean', 'std'):
+      v = getattr(self.aug, field)
+      if len(v) != 1 and len(v) < vit.in_chans:
+        _fail(f'aug.{field}', v, f'one number per image channel ({vit.in_chans}), or one for all')
+    return self
+
+  # -- derived values ----------------------------------------------------------------------------
+  @property
+  def vit(self) -> ViTConfig:
+    return self.model.vit()
+
+  @property
+  def eval_batch(self) -> int:
+    return self.eval_batch_size or self.batch_size
+
+  def replace(self, **changes) -> 'RunConfig':
+    """A changed copy, validated; sections are replaced by field: ``run.replace(seed=1)``,
+    ``run.replace(init=dict(checkpoint=path))`` (merged into the section)."""
+    d = self.to_dict()
+    for k, v in changes.items():
+      if isinstance(v, Mapping) and isinstance(d.get(k), dict):
+        d[k] = dict(d[k], **v)
+      else:
+        d[k] = _jsonable(v)
+    return RunConfig.from_any(d)
+
+  def to_dict(self) -> dict:
+    """The JSON form (config.json, a checkpoint's meta); ``from_any`` reads it back."""
+    return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+  def identity(self) -> dict:
+    """The dotted fields that identify the run (``IDENTITY``) with their values."""
+    flat = flat_dict(self.to_dict())
+    out = {k: v for k, v in flat.items() if any(k == f or k.startswith(f + '.') for f in self.IDENTITY)}
+    if not self.reduction.enabled:  # the plain backbone: its unused reduction settings do not matter
+      out = {k: v for k, v in out.items() if not k.startswith('reduction.') or k == 'reduction.method'}
+    return out
+
+  def identity_differences(self, other: 'RunConfig') -> list[str]:
+    """'field=<other's> there, <self's> now' for each identity field that differs."""
+    mine, theirs = self.identity(), other.identity()
+    return [f'{k}={theirs.get(k)!r} there, {mine.get(k)!r} now' for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)]
 
 
 def flat_dict(d: Mapping, prefix: str = '') -> dict:
@@ -309,10 +747,7 @@ def flat_dict(d: Mapping, prefix: str = '') -> dict:
   return out
 
 
-def __getattr__(name):
-  # validate_train_config moved beside the trainer (it needs models, data and checkpoints, which
-  # import this module); the old name keeps working, resolved only when asked for.
-  if name == 'validate_train_config':
-    import tpm_jax.train_checks
-    return tpm_jax.train_checks.validate_train_config
-  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+# The field names other tools and README refer to.
+RUN_IDENTITY_FIELDS = RunConfig.IDENTITY
+refuse = _fail        # refuse(field, value, accepted): raise the one-line ConfigError
+check_choice = _choice

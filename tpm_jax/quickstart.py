@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import sys
 import time
 
 import numpy as np
@@ -26,19 +28,29 @@ from PIL import Image
 
 from configs import quickstart as qs
 from tpm_jax import augment, export, trainer, viz
-from tpm_jax.config import ReductionConfig
+from tpm_jax.checkpoint import CheckpointError
+from tpm_jax.cli import show_messages
+from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
+from tpm_jax.data.input_pipeline import DataError
 from tpm_jax.flops import count_flops, token_schedule
 from tpm_jax.throughput import images_per_sec
 
 
-def run_stage(config, workdir: str) -> dict:
-  """Train ``config`` into ``workdir`` unless a finished run is there; returns its final metrics."""
-  done = os.path.join(workdir, 'final.json')
-  if not os.path.exists(done):
-    trainer.train_and_evaluate(config, workdir)
-  with open(done) as f:
-    return json.load(f)
+class Interrupted(Exception):
+  """A stage was preempted (saved) or stopped before training: run the quickstart again to go on."""
+
+
+def run_stage(config: RunConfig, workdir: str) -> dict:
+  """Train ``config`` into ``workdir`` (a finished run there is left as it is: the trainer says so);
+  returns its final metrics. ``Interrupted`` when a signal stopped it."""
+  try:
+    final = trainer.train_and_evaluate(config, workdir)
+  except trainer.Stopped as e:
+    raise Interrupted(str(e)) from None
+  if final.get('preempted'):
+    raise Interrupted(f'{workdir}: preempted at step {final["step"]} and saved')
+  return final
 
 
 def measure_images_per_sec(models: dict, batch_size: int, rounds: int = 5) -> dict:
@@ -51,8 +63,7 @@ def visualise(model, config, path: str, num_images: int = 6) -> str:
   """One PNG: the first eval images (top row) and, below, which patches the pruned model kept
   (outlined) and which it merged into which (same colour)."""
   dataset = input_pipeline.get_dataset(config.dataset)
-  batch = next(iter(input_pipeline.eval_batches(config, dataset, config.dataset.eval_split, local_batch=num_images,
-                                                channels=model.cfg.in_chans)))
+  batch = next(iter(trainer.eval_batches(config, dataset, config.dataset.eval_split, local_batch=num_images)))
   _, aux = model(augment.normalize(batch['image'], config.aug.mean, config.aug.std), return_aux=True)
   aux = [{k: np.asarray(v) for k, v in step.items()} for step in aux]
   scale = max(1, 224 // model.cfg.img_size)
@@ -75,7 +86,7 @@ def method_label(config) -> str:
     return label
   if config.multiscale.method != 'none':
     label += f' + multiscale {config.multiscale.method}'
-  if ReductionConfig(method=config.reduction.method, prop_attn=config.reduction.prop_attn).use_prop_attn:
+  if config.reduction.use_prop_attn:
     label += ' + prop_attn'
   return label
 
@@ -131,15 +142,32 @@ def main(argv=None):
   p.add_argument('--config_arg', default='', help='extra configs/quickstart.py arg string, e.g. "smoke"')
   args = p.parse_args(argv)
   extra = f',{args.config_arg}' if args.config_arg else ''
-  configs = {'pretrain': qs.get_config('stage=pretrain' + extra),
-             args.method: qs.get_config(f'stage=finetune,method={args.method},keep={args.keep}' + extra)}
-  for c in configs.values():
-    c.dataset.data_dir = args.data_dir
-  return run(args.workdir, configs)
+  show_messages()  # the trainer's progress and notes
+
+  def interrupt(signum, frame):  # outside training (which saves first): stop where it is, nothing half-written
+    raise Interrupted(f'{signal.Signals(signum).name} received')
+  signal.signal(signal.SIGTERM, interrupt)
+  signal.signal(signal.SIGINT, interrupt)
+  try:
+    configs = {'pretrain': qs.get_config('stage=pretrain' + extra),
+               args.method: qs.get_config(f'stage=finetune,method={args.method},keep={args.keep}' + extra)}
+    configs = {k: RunConfig.from_any(c).replace(dataset=dict(data_dir=args.data_dir)) for k, c in configs.items()}
+    return run(args.workdir, configs)
+  except (ConfigError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  except Interrupted as e:
+    print(f'[quickstart] stopped: {e}; run the same command to go on', file=sys.stderr, flush=True)
+    sys.exit(0)
+  except (CheckpointError, FloatingPointError, DataError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
 
 
 def run(workdir: str, configs: dict) -> dict:
-  """Pretrain (``configs['pretrain']``), export, fine-tune the other config from the export, report."""
+  """Pretrain (``configs['pretrain']``), export, fine-tune the other config from the export, report.
+  ``configs``: RunConfigs (or anything ``RunConfig.from_any`` reads)."""
+  configs = {k: RunConfig.from_any(c) for k, c in configs.items()}
   os.makedirs(workdir, exist_ok=True)
   name = next(n for n in configs if n != 'pretrain')
   t0 = time.time()
@@ -149,9 +177,7 @@ def run(workdir: str, configs: dict) -> dict:
   backbone = os.path.join(workdir, 'pretrain_export')
   if not os.path.exists(os.path.join(backbone, export.EXPORT_CONFIG)):
     export.export(os.path.join(workdir, 'pretrain'), backbone)
-  ft = configs[name]
-  with ft.unlocked():
-    ft.init.checkpoint = backbone
+  ft = configs[name] = configs[name].replace(init=dict(checkpoint=backbone))
   print(f'[quickstart] 2/3 fine-tuning with {ft.reduction.method} at keep {ft.reduction.keep_rate} '
         f'({ft.total_steps} steps) into {workdir}/{name}', flush=True)
   runs[name] = run_stage(ft, os.path.join(workdir, name))

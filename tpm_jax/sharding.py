@@ -2,36 +2,21 @@
 along 'fsdp' (big_vision's rule: the largest axis that divides evenly); batch over both axes."""
 from __future__ import annotations
 
-import math
-
 import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from tpm_jax.config import ConfigError
+from tpm_jax.config import MeshConfig
 
 AXES = ('data', 'fsdp')
 
 
-def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, int]:
-  """(data, fsdp) sizes from config, -1 filling with the remaining devices."""
-  sizes = [int(mesh_cfg.data), int(mesh_cfg.fsdp)]
-  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise ConfigError(f'mesh=(data={sizes[0]}, fsdp={sizes[1]}) is not accepted: expected positive sizes, at most one -1')
-  known = math.prod(s for s in sizes if s != -1)
-  if -1 in sizes:
-    if num_devices % known:
-      raise ConfigError(f'mesh=(data={sizes[0]}, fsdp={sizes[1]}) is not accepted: {num_devices} devices are not divisible by {known}')
-    sizes[sizes.index(-1)] = num_devices // known
-  if math.prod(sizes) != num_devices:
-    raise ConfigError(f'mesh=(data={sizes[0]}, fsdp={sizes[1]}) is not accepted: sizes must multiply to the {num_devices} devices')
-  return tuple(sizes)
-
-
-def make_mesh(mesh_cfg, devices=None):
+def make_mesh(mesh_cfg: MeshConfig | None = None, devices=None):
+  """The ('data', 'fsdp') mesh of ``mesh_cfg`` (default: data parallel) over ``devices`` (default: all)."""
   devices = devices if devices is not None else jax.devices()
-  shape = mesh_shape(mesh_cfg, len(devices))
+  shape = MeshConfig.from_dict(mesh_cfg).shape(len(devices)) if not isinstance(mesh_cfg, MeshConfig) else \
+      mesh_cfg.shape(len(devices))
   return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
@@ -71,3 +56,8 @@ def to_global(tree, shardings):
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, s, lambda idx: host[idx])
   return jax.tree.map(put, tree, shardings)
+
+
+def global_batch(batch: dict, batch_sharding) -> dict:
+  """A host batch (this process's examples) -> global arrays sharded over the mesh's devices."""
+  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}

@@ -31,21 +31,24 @@ import json
 import os
 import re
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
 import jax
-import ml_collections
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
+from tpm_jax.checkpoint import WorkdirLock
 from tpm_jax.cli import describe_flag_error
-from tpm_jax.config import ConfigError
+from tpm_jax.config import ConfigError, RunConfig, flat_dict
 from tpm_jax.flops import count_flops
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.preflight import check_workdir_path
 from tpm_jax.throughput import images_per_sec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,10 +63,41 @@ class Run:
   config: str                # '<config file>:<arg string>', as train.py takes it
   workdir: str
   overrides: tuple = ()      # --config.<field>=<value> flags, passed on unchanged
+  run_config: RunConfig | None = None  # the whole run, as train.py will build it
+
+  def saved_config(self) -> tuple[str, dict] | None:
+    """(file, config) of what the run's workdir holds (final.json's config, else config.json), None
+    when it holds neither. ConfigError naming the file when it is unreadable."""
+    for name in ('final.json', 'config.json'):
+      path = os.path.join(self.workdir, name)
+      if os.path.exists(path):
+        try:
+          with open(path) as f:
+            d = json.load(f)
+          return path, (d['config'] if name == 'final.json' else d)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+          raise ConfigError(f'{path} is unreadable ({type(e).__name__}): delete the run\'s folder '
+                            f'{self.workdir} to retrain it') from None
+    return None
+
+  def differences(self) -> list[str]:
+    """How the run in the workdir differs from the one asked for (every field of the config)."""
+    saved = self.saved_config()
+    if saved is None or self.run_config is None:
+      return []
+    path, config = saved
+    try:
+      old = flat_dict(RunConfig.from_any(config).to_dict())
+    except ConfigError as e:
+      return [f'{path} is not a readable run config ({e})']
+    new = flat_dict(self.run_config.to_dict())
+    return [f'{k}={old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)]
 
   @property
   def finished(self) -> bool:
-    return os.path.exists(os.path.join(self.workdir, 'final.json'))
+    """It has final.json, made with exactly the config asked for (``differences`` is empty)."""
+    return os.path.exists(os.path.join(self.workdir, 'final.json')) and not self.differences()
 
   def command(self, python: str | None = None) -> list[str]:
     return [python or sys.executable, TRAIN_PY, '--config', self.config, '--workdir', self.workdir, *self.overrides]
@@ -98,8 +132,9 @@ def load_config(config: str, overrides=()):
   return fv.config
 
 
-def _model_key(cfg) -> str:
-  return json.dumps([cfg.model.to_dict(), cfg.reduction.to_dict(), cfg.multiscale.to_dict()], sort_keys=True, default=str)
+def _model_key(cfg: RunConfig) -> str:
+  d = cfg.to_dict()
+  return json.dumps([d['model'], d['reduction'], d['multiscale']], sort_keys=True, default=str)
 
 
 def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
@@ -115,14 +150,14 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   def build(values, what):
     arg = ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
     try:
-      cfg = load_config(f'{file}:{arg}', overrides)
+      cfg = RunConfig.from_any(load_config(f'{file}:{arg}', overrides))
       if _model_key(cfg) not in checked:
         nnx.eval_shape(lambda: model_from_config(cfg))
         checked.add(_model_key(cfg))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise ConfigError(f'{what}: {msg}' if what else msg) from e
-    return f'{file}:{arg}'
+    return f'{file}:{arg}', cfg
 
   build({}, None)  # the base config and the passed-on flags
   for key, values in sweeps.items():  # each value alone first, so an error names its key=value
@@ -132,19 +167,54 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   for combo in itertools.product(*sweeps.values()):
     values = dict(zip(sweeps, combo))
     name = run_name(values)
-    runs.append(Run(name, values, build(values, f'run {name}'), os.path.join(os.path.abspath(workdir), 'runs', name),
-                    tuple(overrides)))
+    config, cfg = build(values, f'run {name}')
+    runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg))
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
   return runs
 
 
+def check_existing(runs: list[Run]) -> None:
+  """ConfigError (exit 2, before anything runs) when any run's workdir holds a run made with other
+  settings than asked for now: its results would be reported under the wrong label."""
+  differ = [(r, d) for r in runs for d in [r.differences()] if d]
+  if differ:
+    r, d = differ[0]
+    names = ', '.join(x.name for x, _ in differ[:5]) + (f' and {len(differ) - 5} more' if len(differ) > 5 else '')
+    raise ConfigError(f'{len(differ)} runs in this sweep\'s workdir were made with other settings ({names}; '
+                      f'{r.name}: {"; ".join(d[:3])}): use another --workdir for these settings, or delete those '
+                      f'runs\' folders to retrain them')
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT reached the sweep: the running train.py was stopped the same way (it saves)."""
+
+
 def run(runs: list[Run], python: str | None = None) -> list[Run]:
   """Train the unfinished runs one after another (train.py subprocesses, output appended to each
-  run's train.log), one progress line per run; returns the runs that failed."""
-  failed = []
+  run's train.log), one progress line per run; returns the runs that failed. A SIGTERM or SIGINT to
+  the sweep goes on to the running train.py, which saves and stops; then ``Interrupted``."""
+  failed, received, child = [], [], [None]
+
+  def forward(signum, frame):
+    del frame
+    received.append(signum)
+    if child[0] is not None and child[0].poll() is None:
+      child[0].send_signal(signum)
+  previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)} \
+      if threading.current_thread() is threading.main_thread() else {}
+  try:
+    return _run_all(runs, python, failed, received, child)
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def _run_all(runs, python, failed, received, child):
   for i, r in enumerate(runs, 1):
     head = f'[{i}/{len(runs)}] {r.name}:'
+    if received:
+      raise Interrupted(f'{signal.Signals(received[0]).name} received before {r.name}')
     if r.finished:
       print(f'{head} skipped (finished), top-1 {_final(r.workdir)["top1"]:.4f}', flush=True)
       continue
@@ -153,7 +223,13 @@ def run(runs: list[Run], python: str | None = None) -> list[Run]:
     print(f'{head} running ...', end=' ', flush=True)
     t = time.time()
     with open(log, 'a') as f:
-      code = subprocess.call(r.command(python), stdout=f, stderr=subprocess.STDOUT)
+      child[0] = subprocess.Popen(r.command(python), stdout=f, stderr=subprocess.STDOUT)
+      code = child[0].wait()
+      child[0] = None
+    if received:
+      print(f'stopped by {signal.Signals(received[0]).name} ({time.time() - t:.0f}s)', flush=True)
+      raise Interrupted(f'{signal.Signals(received[0]).name}: {r.name} was stopped (exit code {code}; it saved '
+                        f'its state if it had started training); run the same sweep to go on')
     if code == 0 and r.finished:
       print(f'finished, top-1 {_final(r.workdir)["top1"]:.4f}, {time.time() - t:.0f}s', flush=True)
       continue
@@ -184,9 +260,16 @@ def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
 
 
 def _final(workdir: str) -> dict:
-  """A finished run's final.json, with top1/top5 (NaN if the run never evaluated)."""
-  with open(os.path.join(workdir, 'final.json')) as f:
-    final = json.load(f)
+  """A finished run's final.json, with top1/top5 (NaN if the run never evaluated). ConfigError
+  naming the file when it is unreadable or lacks the run's config."""
+  path = os.path.join(workdir, 'final.json')
+  try:
+    with open(path) as f:
+      final = json.load(f)
+    RunConfig.from_any(final['config'])
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f'{path} is unreadable or has no readable run config ({type(e).__name__}: '
+                      f'{str(e).splitlines()[0][:100] if str(e) else ""}): delete the run\'s folder to retrain it') from None
   return dict(final, top1=final.get('eval_top1', float('nan')), top5=final.get('eval_top5', float('nan')))
 
 
@@ -272,8 +355,13 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
     if not os.path.exists(os.path.join(rdir, 'final.json')):
       missing.append(r['name'])
       continue
-    final = _final(rdir)
-    configs[r['name']] = ml_collections.ConfigDict(final['config'])
+    try:
+      final = _final(rdir)
+    except ConfigError as e:
+      print(f'warning: {e}; left out', file=sys.stderr, flush=True)
+      missing.append(r['name'])
+      continue
+    configs[r['name']] = RunConfig.from_any(final['config'])
     rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
                      steps=final['step'], workdir=rdir))
   measured = measure(configs, throughput_batch) if rows else {}
@@ -322,12 +410,13 @@ def main(argv=None) -> int:
   p.add_argument('--throughput_batch', type=int, default=64)
   args, overrides = p.parse_known_args(argv)
   try:
+    check_workdir_path(args.workdir, what='--workdir')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
     if bad:
       raise ConfigError(f'{bad[0]}: not a sweep flag; only --config.<field>=<value> flags are passed to train.py')
     if args.config:
       runs = plan(args.config, args.sweep, args.workdir, overrides)
-      save_plan(args.workdir, args.config, runs, overrides)
+      check_existing(runs)
     elif not (args.collect_only and os.path.exists(os.path.join(args.workdir, PLAN))):
       raise ConfigError(f'--config is required (or --collect_only on a workdir with a {PLAN})')
     elif args.print_commands:
@@ -340,8 +429,18 @@ def main(argv=None) -> int:
       if not r.finished:
         print(shlex.join(r.command(args.python)))
     return 0
-  failed = [] if args.collect_only else run(runs, args.python)
-  rows = collect(args.workdir, throughput_batch=args.throughput_batch)
+  try:
+    with WorkdirLock(args.workdir, what='sweep workdir'):
+      if args.config:
+        save_plan(args.workdir, args.config, runs, overrides)
+      failed = [] if args.collect_only else run(runs, args.python)
+      rows = collect(args.workdir, throughput_batch=args.throughput_batch)
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 2
+  except Interrupted as e:
+    print(f'stopped: {e}', file=sys.stderr, flush=True)
+    return 0
   print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)
   if failed:
     print(f'error: {len(failed)} runs failed: {", ".join(r.name for r in failed)}', file=sys.stderr, flush=True)

@@ -88,6 +88,8 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
     path = os.fspath(source)
     if not os.path.exists(path):
       raise FileNotFoundError(f'timm checkpoint not found: {path}')
+    if not os.path.isfile(path):  # checked before opening: a FIFO would block, a directory fail obscurely
+      raise ValueError(f'{path} is not a regular file (expected a .safetensors, .pth or .pt file)')
     if path.endswith('.safetensors'):
       from safetensors.numpy import load_file
       try:
@@ -161,6 +163,8 @@ def load_timm_weights(model, source, *, strict: bool = True):
     if key in skip or key not in sd:
       continue
     value = sd[key]
+    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+      raise ValueError(f'{key}: the checkpoint holds non-finite values (NaN or Inf)')
     if key == 'pos_embed':
       src_prefix = 1 + int('dist_token' in sd)
       if src_prefix != cfg.num_prefix_tokens:

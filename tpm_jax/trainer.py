@@ -1,8 +1,16 @@
 """The training loop: one ``jax.jit`` train step over a ('data', 'fsdp') mesh, explicit shardings,
 donated state; NNX modules cross the jit boundary as split state (``nnx.split`` outside,
-``nnx.merge`` inside). Writes ``config.json`` and ``metrics.jsonl`` (process 0 only)."""
+``nnx.merge`` inside). Everything is set up from a typed ``RunConfig``; functions receive the
+section they use. Writes ``config.json``, ``metrics.jsonl`` and ``final.json`` (process 0 only).
+
+Public pieces, used by train.py, scripts, benchmarks and tests alike: ``TrainState`` (the named
+state), ``setup_training`` (state, shardings and schedule of a run, built as the trainer builds
+them), ``jit_train_step`` / ``jit_eval_step`` (the steps as the trainer compiles them),
+``evaluate`` and ``train_and_evaluate``.
+"""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -12,6 +20,7 @@ import socket
 import sys
 import threading
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -21,55 +30,57 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from tpm_jax import augment, checkpoint, sharding
+from tpm_jax import augment, checkpoint, preflight, sharding
 from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
-from tpm_jax.config import ReductionConfig
+from tpm_jax.config import AugConfig, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
-from tpm_jax.data.checks import check_splits
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import load_timm_weights
-from tpm_jax.train_checks import validate_train_config
 from tpm_jax.version import __version__
 
 log = logging.getLogger(__name__)
 
 
+class Stopped(Exception):
+  """A stop signal (SIGTERM, SIGINT) arrived before training began: nothing to save (exit 0)."""
+
+
 # ------------------------------------------------------------------------------------------------
-# Model and optimizer
+# Optimizer and schedule
 # ------------------------------------------------------------------------------------------------
 def decay_mask(params):
   """Weight decay on matmul/conv kernels only: not on norms, biases, position embeddings, tokens."""
   return jax.tree_util.tree_map_with_path(lambda path, _: getattr(path[-1], 'key', None) == 'kernel', params)
 
 
-def learning_rate_schedule(config, total_steps: int, steps_per_epoch: float):
-  o = config.optim
-  peak = o.lr * config.batch_size / 512
-  min_lr = o.min_lr * config.batch_size / 512 if o.min_lr else 0.0
-  warmup = int(round(o.warmup_epochs * steps_per_epoch))
+def learning_rate_schedule(optim: OptimConfig, batch_size: int, total_steps: int, steps_per_epoch: float):
+  """Linear warmup over ``optim.warmup_epochs``, then cosine to ``optim.min_lr``; both scaled by
+  ``batch_size / 512``."""
+  peak = optim.lr * batch_size / 512
+  min_lr = optim.min_lr * batch_size / 512 if optim.min_lr else 0.0
+  warmup = int(round(optim.warmup_epochs * steps_per_epoch))
   return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 0),
                                             max(total_steps, warmup + 1), end_value=min_lr)
 
 
-def make_optimizer(config, schedule):
-  o = config.optim
-  parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
-  parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=decay_mask))
+def make_optimizer(optim: OptimConfig, schedule):
+  parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip else []
+  parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=decay_mask))
   return optax.chain(*parts)
 
 
-def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]:
-  """EViT's keep-rate warmup (1 -> target over ``keep_warmup_epochs``), quantised into at most
-  ``keep_warmup_stages`` rates, each a separately compiled train step: [(first_step, keep_rate)].
-  Without warmup: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule
-  would recompile every time a count changes; a few stages bound the compilations (and the memory
-  of cached executables) at the cost of a coarser schedule."""
-  warm_steps = int(round(config.get('keep_warmup_epochs', 0.0) * steps_per_epoch))
-  n = int(config.get('keep_warmup_stages', 4))
-  if warm_steps <= 0 or n <= 1 or config.reduction.method in ('none', 'tome'):
+def keep_rate_stages(reduction: ReductionConfig, warmup_epochs: float, max_stages: int,
+                     steps_per_epoch: float) -> list[tuple[int, object]]:
+  """EViT's keep-rate warmup (1 -> target over ``warmup_epochs``), quantised into at most
+  ``max_stages`` rates, each a separately compiled train step: [(first_step, keep_rate)]. Without
+  warmup: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule would
+  recompile every time a count changes; a few stages bound the compilations."""
+  warm_steps = int(round(warmup_epochs * steps_per_epoch))
+  n = int(max_stages)
+  if warm_steps <= 0 or n <= 1 or reduction.method in ('none', 'tome'):
     return [(1, None)]
-  target = ReductionConfig.from_any(config.reduction).keep_rate  # a float, or a tuple of one per location
+  target = reduction.keep_rate  # a float, or a tuple of one per location
 
   def rate(i):
     f = i / (n - 1)
@@ -77,51 +88,112 @@ def keep_rate_stages(config, steps_per_epoch: float) -> list[tuple[int, object]]
   return [(1 + (i * warm_steps) // (n - 1), rate(i)) for i in range(n)]
 
 
-def initial_params(config):
-  """The model parameters ``config.init`` asks for (timm weights, then an export of this project),
-  as an ``nnx.State`` of the model's parameters; None when the run starts from random weights."""
-  if not (config.init.get('timm_checkpoint') or config.init.get('checkpoint')):
+# ------------------------------------------------------------------------------------------------
+# The train state
+# ------------------------------------------------------------------------------------------------
+class TrainState(nnx.Module):
+  """What a run trains and saves, by name: ``model``, ``optimizer`` (its ``step`` and ``opt_state``),
+  ``teacher`` (the frozen unpruned backbone of self-distillation, or None; rebuilt, not saved) and
+  ``ema`` (a copy of the model whose parameters follow an exponential moving average, or None).
+  Checkpoint items map to these names (``tpm_jax.checkpoint.items``)."""
+
+  def __init__(self, model, optimizer, teacher=None, ema=None):
+    self.model, self.optimizer, self.teacher, self.ema = model, optimizer, teacher, ema
+
+
+def initial_params(run: RunConfig):
+  """The model parameters ``run.init`` asks for (timm weights, then an export of this project), as
+  an ``nnx.State`` of the model's parameters; None when the run starts from random weights."""
+  if not (run.init.timm_checkpoint or run.init.checkpoint):
     return None
-  model = model_from_config(config)
-  if config.init.get('timm_checkpoint'):
-    load_timm_weights(model, config.init.timm_checkpoint)
-  if config.init.get('checkpoint'):  # an export of this project (python -m tpm_jax.export)
-    checkpoint.load_params_into(model, config.init.checkpoint)
+  model = model_from_config(run)
+  if run.init.timm_checkpoint:
+    load_timm_weights(model, os.path.expanduser(run.init.timm_checkpoint))
+  if run.init.checkpoint:
+    checkpoint.load_params_into(model, run.init.checkpoint)
   return nnx.state(model, nnx.Param)
 
 
-def build_train_graph(config, schedule, *, params=None, keep_rate=None):
-  """(model, optimizer, teacher, ema), the model's parameters set to ``params`` when given (see
-  ``initial_params``): the teacher is the unpruned backbone with the same initial weights, frozen
-  (``config.distill.alpha`` > 0); ema a copy of the model whose parameters follow an exponential
-  moving average (``config.optim.ema_decay`` > 0). Either is None when off. Pure given ``params``,
-  so it runs inside ``jax.jit`` (``init_state``) and under ``nnx.eval_shape``."""
-  model = model_from_config(config, keep_rate=keep_rate)
+def create_train_state(run: RunConfig, schedule, *, params=None, keep_rate=None) -> TrainState:
+  """The run's ``TrainState``, the model's parameters set to ``params`` when given (see
+  ``initial_params``). Pure given ``params``, so it runs inside ``jax.jit`` and ``nnx.eval_shape``."""
+  model = model_from_config(run, keep_rate=keep_rate)
   if params is not None:
     nnx.update(model, params)
-  optimizer = nnx.Optimizer(model, make_optimizer(config, schedule), wrt=nnx.Param)
+  optimizer = nnx.Optimizer(model, make_optimizer(run.optim, schedule), wrt=nnx.Param)
   teacher = ema = None
-  if config.distill.alpha > 0:
-    plain = config.copy_and_resolve_references()
-    with plain.unlocked():
-      plain.reduction.method, plain.multiscale.method, plain.model.drop_path_rate = 'none', 'none', 0.0
+  if run.distill.alpha > 0:
+    plain = run.replace(reduction=dict(method='none'), multiscale=dict(method='none'), model=dict(drop_path_rate=0.0))
     teacher = model_from_config(plain)
     backbone = {p: v for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param)) if p[0] != 'multiscale'}
     nnx.update(teacher, nnx.from_flat_state(backbone))
-  if config.optim.ema_decay > 0:
+  if run.optim.ema_decay > 0:
     ema = nnx.clone(model)
-  return model, optimizer, teacher, ema
+  return TrainState(model, optimizer, teacher, ema)
+
+
+@dataclasses.dataclass
+class TrainSetup:
+  """A run's state as the trainer builds it: ``graphdef`` and ``state`` (``nnx.split`` of its
+  ``TrainState``, materialised straight into ``shardings`` on ``mesh``) and the lr ``schedule``."""
+  run: RunConfig
+  graphdef: Any
+  state: Any
+  shardings: Any
+  mesh: Any
+  schedule: Any
+  abstract_state: Any
+
+  def materialise(self, params='init') -> None:
+    """``state``: the train state built by a jitted init straight into ``shardings``. ``params``:
+    'init' loads ``run.init``'s weights (as the trainer does), None random ones, or an ``nnx.State``."""
+    run, schedule = self.run, self.schedule
+    params = initial_params(run) if isinstance(params, str) and params == 'init' else params
+    init = lambda p: nnx.state(create_train_state(run, schedule, params=p))
+    if params is None:
+      self.state = jax.jit(lambda: init(None), out_shardings=self.shardings)()
+    else:
+      params_sh = sharding.state_shardings(params, self.mesh, fsdp_min_size=run.fsdp_min_size)
+      self.state = jax.jit(init, in_shardings=(params_sh,), out_shardings=self.shardings)(
+          sharding.to_global(params, params_sh))
+
+  def train_step(self, keep_rate=None):
+    """The jitted train step (``jit_train_step``); ``keep_rate`` (warmup): another compiled step."""
+    g = self.graphdef
+    if keep_rate is not None:
+      g = nnx.graphdef(nnx.eval_shape(lambda: create_train_state(self.run, self.schedule, keep_rate=keep_rate)))
+    return jit_train_step(self.run, g, self.mesh, self.shardings)
+
+  def eval_step(self):
+    return jit_eval_step(self.run.aug, self.graphdef, self.mesh, self.shardings)
+
+
+def setup_training(run, *, total_steps: int, steps_per_epoch: float, mesh=None, params='init',
+                   materialise: bool = True) -> TrainSetup:
+  """Build a run's train state as the trainer does: abstractly first, sharded over ``mesh`` (default:
+  ``run.mesh`` over all devices), then materialised straight into its shardings by a jitted init (no
+  array of the optimizer, EMA or teacher passes through one device or the host). ``params``: 'init'
+  loads ``run.init``'s weights; None starts from random ones; or an ``nnx.State`` of parameters."""
+  run = RunConfig.from_any(run)
+  mesh = mesh if mesh is not None else sharding.make_mesh(run.mesh)
+  schedule = learning_rate_schedule(run.optim, run.batch_size, total_steps, steps_per_epoch)
+  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: create_train_state(run, schedule)))
+  state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=run.fsdp_min_size)
+  setup = TrainSetup(run, graphdef, None, state_sh, mesh, schedule, abstract_state)
+  if materialise:
+    setup.materialise(params)
+  return setup
 
 
 # ------------------------------------------------------------------------------------------------
 # Steps
 # ------------------------------------------------------------------------------------------------
-def make_train_step(config, graphdef, num_classes):
-  """state: nnx state of (model, optimizer, teacher | None, ema | None); see ``build_train_graph``."""
-  aug = config.aug
-  k = int(config.grad_accum_steps)
-  alpha = float(config.distill.alpha)
-  ema_decay = float(config.optim.ema_decay)
+def make_train_step(run: RunConfig, graphdef):
+  """``train_step(state, batch, rng) -> (state, metrics)`` of a ``TrainState`` split as ``graphdef``."""
+  aug, num_classes = run.aug, run.model.num_classes
+  k = int(run.grad_accum_steps)
+  alpha = float(run.distill.alpha)
+  ema_decay = float(run.optim.ema_decay)
 
   def loss_fn(model, images, targets, teacher_logits):
     logits = model(images, train=True)
@@ -132,7 +204,8 @@ def make_train_step(config, graphdef, num_classes):
     return loss, logits
 
   def train_step(state, batch, rng):
-    model, optimizer, teacher, ema = nnx.merge(graphdef, state)
+    ts = nnx.merge(graphdef, state)
+    model, optimizer, teacher, ema = ts.model, ts.optimizer, ts.teacher, ts.ema
     images = augment.normalize(batch['image'], aug.mean, aug.std)
     if aug.random_erasing > 0 and 'erase' in batch:  # boxes from the host pipeline; their noise is drawn here
       images = augment.random_erasing(jax.random.fold_in(rng, 1), images, batch['erase'])
@@ -167,17 +240,16 @@ def make_train_step(config, graphdef, num_classes):
       nnx.update(ema, jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
                                    nnx.state(ema, nnx.Param), nnx.state(model, nnx.Param)))
     metrics = dict(loss=loss, train_accuracy=correct, grad_norm=optax.tree.norm(grads))
-    return nnx.state((model, optimizer, teacher, ema)), metrics
+    return nnx.state(ts), metrics
 
   return train_step
 
 
-def make_eval_step(config, graphdef):
-  aug = config.aug
-
+def make_eval_step(aug: AugConfig, graphdef):
+  """``eval_step(state, batch) -> sums`` of a ``TrainState`` (its EMA parameters when kept)."""
   def eval_step(state, batch):
-    model, _, _, ema = nnx.merge(graphdef, state)
-    model = model if ema is None else ema  # evaluate the EMA parameters when they are kept
+    ts = nnx.merge(graphdef, state)
+    model = ts.model if ts.ema is None else ts.ema
     logits = model(augment.normalize(batch['image'], aug.mean, aug.std), train=False)
     mask = batch['mask'].astype(jnp.float32)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
@@ -190,19 +262,19 @@ def make_eval_step(config, graphdef):
   return eval_step
 
 
-def jit_train_step(config, graphdef, num_classes, mesh, state_shardings):
+def jit_train_step(run: RunConfig, graphdef, mesh, state_shardings):
   """``make_train_step`` as the trainer compiles it: ``jax.jit`` with the state's shardings in and
   out, the batch sharded over the mesh's devices, the rng and metrics replicated, the state donated,
   and the backend's compile options (``compiler_options()``)."""
   batch_sh, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-  return jax.jit(make_train_step(config, graphdef, num_classes), in_shardings=(state_shardings, batch_sh, repl),
+  return jax.jit(make_train_step(run, graphdef), in_shardings=(state_shardings, batch_sh, repl),
                  out_shardings=(state_shardings, repl), donate_argnums=0, compiler_options=compiler_options())
 
 
-def jit_eval_step(config, graphdef, mesh, state_shardings):
+def jit_eval_step(aug: AugConfig, graphdef, mesh, state_shardings):
   """``make_eval_step`` as the trainer compiles it (the state's shardings, the batch sharded, the
   sums replicated, the backend's compile options)."""
-  return jax.jit(make_eval_step(config, graphdef), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+  return jax.jit(make_eval_step(aug, graphdef), in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                  out_shardings=sharding.replicated(mesh), compiler_options=compiler_options())
 
 
@@ -278,7 +350,7 @@ class Progress:
     elif self.lines:
       done = step - self.s0
       eta = (time.time() - self.t0) / max(done, 1) * (self.total - step)
-      print(f'step {step}/{self.total}  loss {loss:.4f}  {images_per_sec:.1f} img/s  eta {eta:.0f}s', flush=True)
+      log.info('step %d/%d  loss %.4f  %.1f img/s  eta %.0fs', step, self.total, loss, images_per_sec, eta)
 
   def close(self):
     if self.bar is not None:
@@ -286,197 +358,267 @@ class Progress:
 
 
 # ------------------------------------------------------------------------------------------------
+# Stopping: SIGTERM (a scheduler's preemption) and SIGINT (Ctrl-C) alike
+# ------------------------------------------------------------------------------------------------
+class StopSignals:
+  """SIGTERM and SIGINT set a flag instead of killing the run; the loop checks it after each step
+  and stops there, saving the step. Before the loop, ``check`` raises ``Stopped`` (nothing to save).
+  One process reads its flag after every step; several processes must agree on the step they save,
+  which takes a collective: they compare flags every ``every_steps`` steps only (the same steps on
+  all). The previous handlers come back on exit."""
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self, every_steps: int = 10):
+    self.every_steps = int(every_steps)
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for s in self.SIGNALS:
+        self._previous[s] = signal.signal(s, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.received = signal.Signals(signum).name
+
+  def check(self, phase: str) -> None:
+    if self.received and jax.process_count() == 1:
+      raise Stopped(f'{self.received} during {phase}: stopped before training; nothing was trained or saved')
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self.received is not None
+    if step % self.every_steps:
+      return False
+    return bool(np.any(multihost_utils.process_allgather(np.array(self.received is not None))))
+
+  def __exit__(self, *exc):
+    for s, h in self._previous.items():
+      signal.signal(s, h)
+    return False
+
+
+PreemptionNotice = StopSignals  # the earlier name
+
+
+# ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-def _global_batch(batch, batch_sharding):
-  return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(v)) for k, v in batch.items()}
+def _write_json(path: str, value) -> None:
+  """Write beside, then rename: a reader sees the old file or the new one, never half of one."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
+
+def _keep_metrics_until(path: str, step: int) -> None:
+  """metrics.jsonl without the rows of steps after ``step`` (steps a resumed run will log again)."""
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      if int(json.loads(line)['step']) <= step:
+        kept.append(line if line.endswith('\n') else line + '\n')
+    except (ValueError, KeyError, TypeError):
+      continue  # a line cut by a kill
+  if len(kept) != len(lines):
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.writelines(kept)
+    os.replace(tmp, path)
+
+
+def read_final(workdir: str) -> dict | None:
+  """A finished run's final.json, None when there is none or it is unreadable."""
+  try:
+    with open(os.path.join(workdir, 'final.json')) as f:
+      final = json.load(f)
+    return final if isinstance(final, dict) else None
+  except (OSError, ValueError):
+    return None
 
 
 def train_and_evaluate(config, workdir: str):
-  """Train ``config`` into ``workdir``; returns the final metrics (including the last eval).
-  Bad settings raise ``ConfigError`` before anything is written or compiled."""
-  validate_train_config(config, num_devices=jax.device_count(), process_count=jax.process_count(), workdir=workdir)
-  is_main = jax.process_index() == 0
-  mesh = sharding.make_mesh(config.mesh)
-  dataset = input_pipeline.get_dataset(config.dataset)
+  """Train the run ``config`` describes (a ``RunConfig``, or anything ``RunConfig.from_any`` reads)
+  into ``workdir``; returns the final metrics (including the last eval). Bad settings raise
+  ``ConfigError`` and a workdir that cannot continue as asked ``ResumeMismatch`` (exit 2), before
+  anything is written or compiled; a second process on the workdir ``WorkdirBusy``; a stop signal
+  before the first step ``Stopped``."""
+  run = RunConfig.from_any(config)
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  with StopSignals(run.preemption_check_every_steps) as stop:
+    return _train(run, workdir, stop)
+
+
+def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
+  pidx, nproc = jax.process_index(), jax.process_count()
+  is_main = pidx == 0
+  preflight.check_run(run, num_devices=jax.device_count(), process_count=nproc, workdir=workdir)
+  dataset = input_pipeline.get_dataset(run.dataset)
   # A TFDS dataset prepared just now had no split sizes for the start-up checks: its splits are checked here,
   # still before the workdir is written.
-  check_splits(dataset, config.dataset, dataset.where)
-  split_examples = dataset.num_examples(config.dataset.train_split)
-  n_train = config.num_train_examples or split_examples
-  steps_per_epoch = n_train / config.batch_size
-  total_steps = int(config.total_steps or math.ceil(config.num_epochs * steps_per_epoch))
-  schedule = learning_rate_schedule(config, total_steps, steps_per_epoch)
-  num_classes = config.model.num_classes
-  channels = config.model.get('in_chans') or 3
+  preflight.check_prepared_splits(dataset, run.dataset)
+  split_examples = dataset.num_examples(run.dataset.train_split)
+  steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
+  total_steps = int(run.total_steps or math.ceil(run.num_epochs * steps_per_epoch))
+  stop.check('start-up')
 
-  # Build abstractly, shard, then materialise straight into the shardings (a jitted init).
-  graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: build_train_graph(config, schedule)))
-  state_sh = sharding.state_shardings(abstract_state, mesh, fsdp_min_size=config.fsdp_min_size)
-  state = init_state(config, schedule, mesh, state_sh)
+  lock = checkpoint.WorkdirLock(workdir).acquire() if is_main else None
+  try:
+    if run.overwrite and is_main:
+      moved = checkpoint.move_run_aside(workdir, time.strftime('%Y%m%d-%H%M%S'))
+      if moved:
+        log.info('overwrite: the earlier run (%s) was moved aside as *.replaced-<time>', ', '.join(moved))
+    if nproc > 1:
+      multihost_utils.sync_global_devices('workdir cleared')
+    setup = plan_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    resume = None if run.overwrite else checkpoint.plan_resume(
+        workdir, run, checkpoint.with_shardings(setup.abstract_state, setup.shardings), total_steps=total_steps,
+        train_examples=split_examples, process_index=pidx, process_count=nproc,
+        has_final=read_final(workdir) is not None)
+    if resume is not None and resume.finished:
+      log.info('%s: finished at step %d (final.json); nothing to do (a larger total_steps continues it)',
+               workdir, resume.step)
+      return {k: v for k, v in read_final(workdir).items() if k != 'config'}
+    stop.check('start-up')
+    setup.materialise()
+    start = 0
+    if resume is not None:
+      start = resume.step
+      setup.state = checkpoint.items_into_state(setup.state, resume.items)
+    stop.check('start-up')
+    # Only now, with everything checked and built, is the workdir written.
+    if is_main:
+      lock.record_holder()
+      _write_json(os.path.join(workdir, 'config.json'), run.to_dict())
+      _keep_metrics_until(os.path.join(workdir, 'metrics.jsonl'), start)
+    if nproc > 1:  # the others wait until process 0 has set the workdir up
+      multihost_utils.sync_global_devices('workdir ready')
+    return _loop(run, workdir, setup, dataset, resume, start=start, total_steps=total_steps,
+                 steps_per_epoch=steps_per_epoch, split_examples=split_examples, stop=stop)
+  finally:
+    if lock is not None:
+      lock.release()
 
-  # Resume is all or nothing: checkpoints that do not fit this config are refused here (ResumeMismatch,
-  # exit 2), before the workdir is written; a step failing its integrity check is set aside.
-  start, restored = 0, None
-  if not config.get('overwrite'):
-    restored = checkpoint.restore_for_resume(workdir, checkpoint.with_shardings(abstract_state, state_sh), config)
-  if restored is not None:
-    start, items, restored_meta = restored
-    saved_n = restored_meta.get('train_examples')
-    if saved_n is not None and int(saved_n) != split_examples:  # the input position indexes the same examples
-      raise checkpoint.ResumeMismatch(
-          f'dataset.train_split={config.dataset.train_split!r} has {split_examples} examples now and had {saved_n} when '
-          f'checkpoint step {start} was saved ({dataset.where}): the saved input position would point into '
-          f'another sequence; restore the data, or --config.overwrite=true to start over')
-    state = checkpoint.items_into_state(state, items)
 
-  # Only now, with everything checked and built, does the workdir get written.
-  if is_main and config.get('overwrite') and os.path.exists(os.path.join(workdir, 'config.json')):
-    stamp = time.strftime('%Y%m%d-%H%M%S')
-    for name in ('checkpoints', 'metrics.jsonl', 'tensorboard', 'config.json', 'final.json'):
-      if os.path.exists(os.path.join(workdir, name)):
-        os.rename(os.path.join(workdir, name), os.path.join(workdir, f'{name}.replaced-{stamp}'))
-  os.makedirs(workdir, exist_ok=True)
-  if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-  if jax.process_count() > 1:  # the others wait until process 0 has set the workdir up
-    multihost_utils.sync_global_devices('workdir ready')
+def plan_training(run, *, total_steps: int, steps_per_epoch: float, mesh=None) -> TrainSetup:
+  """``setup_training`` without materialising the state (``setup.materialise(params)`` does)."""
+  return setup_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch, mesh=mesh, params=None,
+                        materialise=False)
 
+
+def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per_epoch, split_examples, stop):
+  pidx, nproc = jax.process_index(), jax.process_count()
+  is_main = pidx == 0
+  mesh = setup.mesh
   batch_sh = sharding.batch_sharding(mesh)
-  stages = keep_rate_stages(config, steps_per_epoch)
+  stages = keep_rate_stages(run.reduction, run.keep_warmup_epochs, run.keep_warmup_stages, steps_per_epoch)
   compiled_steps = {}
 
   def train_step_for(step):
     i = max(j for j, (first, _) in enumerate(stages) if first <= step)
     if i not in compiled_steps:
-      keep = stages[i][1]
-      g = graphdef if keep is None else nnx.graphdef(nnx.eval_shape(lambda: build_train_graph(config, schedule, keep_rate=keep)))
-      compiled_steps[i] = jit_train_step(config, g, num_classes, mesh, state_sh)
+      compiled_steps[i] = setup.train_step(stages[i][1])
     return compiled_steps[i]
-  eval_step = jit_eval_step(config, graphdef, mesh, state_sh)
+  eval_step = setup.eval_step()
 
-  ckpt = Checkpointer(workdir, keep=config.keep_checkpoints)
-  if restored is not None and is_main:
-    print(f'resuming from step {start} ({ckpt.directory})', flush=True)
-
-  local_batch = config.batch_size // jax.process_count()
-  # The stream starts ``data_offset`` batches in: 0, unless the run resumed once from a step saved without
-  # the pipeline's state (an earlier version), where it continued at the same batch count; Grain's state
-  # is relative to that start, so the offset is saved with it.
-  saved_position = restored is not None and checkpoint.has_data_position(workdir, start)
-  data_offset = int(restored_meta.get('data_offset', 0)) if saved_position else (0 if restored is None else start)
-  train_iter = input_pipeline.train_iterator(config, dataset, local_batch=local_batch,
-                                             process_index=jax.process_index(), process_count=jax.process_count(),
-                                             channels=channels, start_batch=data_offset)
-  if saved_position:
-    checkpoint.restore_data(workdir, start, train_iter)
-  writer = MetricWriter(workdir, is_main)
-  progress = Progress(config.progress, total_steps, start, is_main)
-  rng = jax.random.key(config.seed)
-  final = dict(step=start)
-  t_last, s_last = time.time(), start
-  with PreemptionNotice(config.get('preemption_check_every_steps', 10)) as preemption:
+  ckpt = Checkpointer(workdir, keep=run.keep_checkpoints)
+  if resume is not None:
+    log.info('resuming from step %d (%s)', start, ckpt.directory)
+  train_iter = train_batches(run, dataset, local_batch=run.batch_size // nproc, process_index=pidx,
+                             process_count=nproc)
+  try:
+    if resume is not None:
+      checkpoint.restore_data(resume.step_dir, start, train_iter)
+    writer = MetricWriter(workdir, is_main)
+    progress = Progress(run.progress, total_steps, start, is_main)
+    rng = jax.random.key(run.seed)
+    state = setup.state
+    final = dict(step=start)
+    t_last, s_last = time.time(), start
+    meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
+                             process_count=nproc)
     for step in range(start + 1, total_steps + 1):
-      batch = _global_batch(next(train_iter), batch_sh)
+      batch = sharding.global_batch(next(train_iter), batch_sh)
       ckpt.poll()
       state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
-      log_now = step % config.log_every_steps == 0 or step == total_steps
-      save_now = step % config.checkpoint_every_steps == 0 or step == total_steps
-      stop_now = preemption.requested(step)
+      log_now = step % run.log_every_steps == 0 or step == total_steps
+      save_now = step % run.checkpoint_every_steps == 0 or step == total_steps
+      stop_now = stop.requested(step)
       if log_now or save_now or stop_now:
         metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if not np.isfinite(metrics['loss']):  # the last good checkpoint stays as it is
           ckpt.close()
-          input_pipeline.close(train_iter)
-          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; stopping. The last good checkpoint '
-                                   f'is step {ckpt.latest_step()} in {ckpt.directory}')
-        row = dict(epoch=step / steps_per_epoch, learning_rate=float(schedule(step - 1)), **metrics)
+          last = ckpt.latest_step()
+          raise FloatingPointError(f'loss is {metrics["loss"]} at step {step}; stopping. ' + (
+              f'The last good checkpoint is step {last} in {ckpt.directory}' if last is not None else
+              'No checkpoint was saved before it'))
+        row = dict(epoch=step / steps_per_epoch, learning_rate=float(setup.schedule(step - 1)), **metrics)
         if log_now:
           now = time.time()
-          row['images_per_sec'] = (step - s_last) * config.batch_size / max(now - t_last, 1e-9)
+          row['images_per_sec'] = (step - s_last) * run.batch_size / max(now - t_last, 1e-9)
           t_last, s_last = now, step
           progress.update(step, row['loss'], row['images_per_sec'])
-          if config.eval_every_steps and (step % config.eval_every_steps == 0 or step == total_steps):
-            row.update(evaluate(config, dataset, state, eval_step, batch_sh, channels))
+          if run.eval_every_steps and (step % run.eval_every_steps == 0 or step == total_steps) or step == total_steps:
+            row.update(evaluate(run, dataset, state, eval_step, batch_sh))
           writer.write(step, row)
         final = dict(step=step, **row)
         if save_now or stop_now:
-          meta = dict(step=step, config=json.loads(config.to_json_best_effort()),
-                      version=__version__, data_offset=data_offset, train_examples=split_examples)
-          ckpt.save(step, checkpoint.state_items(state), meta, data=train_iter,
+          ckpt.save(step, checkpoint.state_items(state), meta(step), data=train_iter,
                     metrics={'eval_top1': row['eval_top1']} if 'eval_top1' in row else None)
         if stop_now:
           ckpt.wait()
-          if is_main:
-            print(f'preempted: saved step {step} to {ckpt.directory}; run the same command to resume', flush=True)
+          log.info('preempted: saved step %d to %s (%s); run the same command to resume', step, ckpt.directory,
+                   stop.received)
           final['preempted'] = True
           break
-  ckpt.close()
-  input_pipeline.close(train_iter)
-  progress.close()
+    if start == total_steps:  # resumed at the last step without final.json: its evaluation is all that is left
+      final = dict(step=start, **evaluate(run, dataset, state, eval_step, batch_sh))
+    ckpt.close()
+    progress.close()
+  finally:
+    input_pipeline.close(train_iter)
   if is_main and not final.get('preempted') and final['step'] == total_steps:
-    # A finished run's summary: sweeps skip runs that have it and collect their results from it.
-    final_record = dict(final, total_steps=total_steps, config=json.loads(config.to_json_best_effort()))
-    with open(os.path.join(workdir, 'final.json'), 'w') as f:
-      json.dump(final_record, f, indent=2)
+    # A finished run's summary: sweeps and the resume policy know finished runs by it.
+    _write_json(os.path.join(workdir, 'final.json'), dict(final, total_steps=total_steps, config=run.to_dict()))
   return final
 
 
-class PreemptionNotice:
-  """SIGTERM (a scheduler's preemption) sets a flag the loop checks after a step. One process reads
-  it after every step. Several processes must agree on the step they save, which takes a collective:
-  they compare flags every ``every_steps`` steps only (the same steps on all), so a preempted
-  multi-host run saves at most ``every_steps - 1`` steps after the signal, and the other steps run
-  no collective for it."""
-
-  def __init__(self, every_steps: int = 10):
-    self.every_steps = int(every_steps)
-    self._flag = False
-    self._previous = None
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del signum, frame
-    self._flag = True
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() == 1:
-      return self._flag
-    if step % self.every_steps:
-      return False
-    return bool(np.any(multihost_utils.process_allgather(np.array(self._flag))))
-
-  def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-    return False
+def train_batches(run, dataset, *, local_batch: int, process_index: int = 0, process_count: int = 1,
+                  channels: int | None = None):
+  """The run's train stream (``input_pipeline.train_iterator`` with the run's data, augmentation,
+  image size, channels, classes and seed): batches of this process, endless, checkpointable."""
+  run = RunConfig.from_any(run)
+  return input_pipeline.train_iterator(run.dataset, run.aug, dataset, img_size=run.vit.img_size,
+                                       channels=channels or run.vit.in_chans, num_classes=run.model.num_classes,
+                                       seed=run.seed, local_batch=local_batch, process_index=process_index,
+                                       process_count=process_count)
 
 
-def init_state(config, schedule, mesh, state_sh):
-  """The train state (``build_train_graph``) materialised straight into ``state_sh`` by a jitted
-  init: no array of the optimizer, EMA or teacher passes through one device or the host. Weights
-  from ``config.init`` enter as the jitted function's argument, sharded like the parameters."""
-  params = initial_params(config)
-  init = lambda p: nnx.state(build_train_graph(config, schedule, params=p))
-  if params is None:
-    return jax.jit(lambda: init(None), out_shardings=state_sh)()
-  params_sh = sharding.state_shardings(params, mesh, fsdp_min_size=config.fsdp_min_size)
-  return jax.jit(init, in_shardings=(params_sh,), out_shardings=state_sh)(sharding.to_global(params, params_sh))
+def eval_batches(run, dataset, split: str, *, local_batch: int, process_index: int = 0, process_count: int = 1,
+                 channels: int | None = None):
+  """The run's eval batches of ``split`` (``input_pipeline.eval_batches``), padded and masked."""
+  run = RunConfig.from_any(run)
+  return input_pipeline.eval_batches(run.dataset, run.aug, dataset, split, img_size=run.vit.img_size,
+                                     channels=channels or run.vit.in_chans, num_classes=run.model.num_classes,
+                                     local_batch=local_batch, process_index=process_index, process_count=process_count)
 
 
-def evaluate(config, dataset, state, eval_step, batch_sh, channels=3, split=None):
-  eval_batch = config.eval_batch_size or config.batch_size
+def evaluate(run: RunConfig, dataset, state, eval_step, batch_sh, split: str | None = None,
+             eval_batch: int | None = None) -> dict:
+  """top-1, top-5, loss and the example count over a split (default ``run.dataset.eval_split``),
+  every example exactly once (the last batch padded and masked)."""
+  eval_batch = eval_batch or run.eval_batch
   totals = None
-  for batch in input_pipeline.eval_batches(config, dataset, split or config.dataset.eval_split,
-                                           local_batch=eval_batch // jax.process_count(),
-                                           process_index=jax.process_index(), process_count=jax.process_count(),
-                                           channels=channels):
-    out = jax.device_get(eval_step(state, _global_batch(batch, batch_sh)))
+  for batch in eval_batches(run, dataset, split or run.dataset.eval_split, local_batch=eval_batch // jax.process_count(),
+                            process_index=jax.process_index(), process_count=jax.process_count()):
+    out = jax.device_get(eval_step(state, sharding.global_batch(batch, batch_sh)))
     totals = out if totals is None else {k: totals[k] + out[k] for k in out}
   n = max(float(totals['count']), 1.0)
   return dict(eval_top1=float(totals['correct1']) / n, eval_top5=float(totals['correct5']) / n,

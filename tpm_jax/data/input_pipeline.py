@@ -25,18 +25,22 @@ import numpy as np
 from absl import flags
 from PIL import Image, UnidentifiedImageError
 
+from tpm_jax.config import AugConfig, DataConfig
 from tpm_jax.data import transforms
 from tpm_jax.data.sources import IMAGE_EXTENSIONS, DataError, get_dataset  # noqa: F401 (re-exported)
 
 
 def undecodable_reason(encoded: bytes, channels: int = 3) -> str | None:
-  """Why ``encoded`` cannot be an image of the pipeline (as PIL decodes it), or None."""
+  """Why ``encoded`` cannot be an image of the pipeline (as its own decoder, ``transforms.decode``,
+  reads it), or None."""
   if not encoded:
     return 'an empty file'
   try:
     with Image.open(io.BytesIO(encoded)) as im:
       im.load()
-      im.convert('RGB' if channels == 3 else 'L')
+    transforms.decode(encoded, channels)  # 16-bit scaled; float and 32-bit images refused
+  except DataError as e:
+    return str(e)
   except UnidentifiedImageError:
     return 'not JPEG, PNG, GIF or BMP data'
   except OSError as e:
@@ -59,25 +63,36 @@ def _transformed(transform, example, channels: int, *args):
     raise DataError(f'{example["name"]}: not a decodable image ({reason})') from None
 
 
+def _label(example, num_classes: int | None):
+  """The example's label; DataError naming its file when it is outside [0, num_classes) (a model
+  with fewer classes than the data: cross-entropy would silently train on nothing)."""
+  label = int(example['label'])
+  if num_classes is not None and not 0 <= label < num_classes:
+    raise DataError(f'{example["name"]}: label {label} is outside the model\'s {num_classes} classes '
+                    f'(model.num_classes={num_classes})')
+  return np.int32(label)
+
+
 class _TrainExample:
   """(position, example) -> {'image', 'erase', 'label'}; its randomness is (seed, process, position)."""
 
-  def __init__(self, aug, img_size, channels, seed, process_index):
+  def __init__(self, aug, img_size, channels, seed, process_index, num_classes=None):
     self.transform = transforms.train_transform(aug, img_size, channels)
     self.channels, self.seed, self.process_index = channels, int(seed), int(process_index)
+    self.num_classes = num_classes
 
   def __call__(self, position, example):
+    label = _label(example, self.num_classes)
     rnd = transforms.example_randomness(self.seed, self.process_index, position)
     out = _transformed(self.transform, example, self.channels, rnd)
-    return {'image': out['image'], 'erase': np.asarray(out['erase'], np.int32),
-            'label': np.int32(example['label'])}
+    return {'image': out['image'], 'erase': np.asarray(out['erase'], np.int32), 'label': label}
 
 
 class _EvalExample:
   """index -> {'image', 'label', 'mask'}: the process's examples, then zero padding with mask 0."""
 
-  def __init__(self, source, aug, img_size, channels):
-    self.source, self.channels, self.size = source, channels, img_size
+  def __init__(self, source, aug, img_size, channels, num_classes=None):
+    self.source, self.channels, self.size, self.num_classes = source, channels, img_size, num_classes
     self.transform = transforms.eval_transform(aug, img_size, channels)
 
   def __call__(self, index):
@@ -85,20 +100,18 @@ class _EvalExample:
       return {'image': np.zeros((self.size, self.size, self.channels), np.uint8), 'label': np.int32(0),
               'mask': np.int32(0)}
     example = self.source[index]
-    return {'image': _transformed(self.transform, example, self.channels), 'label': np.int32(example['label']),
-            'mask': np.int32(1)}
+    label = _label(example, self.num_classes)
+    return {'image': _transformed(self.transform, example, self.channels), 'label': label, 'mask': np.int32(1)}
 
 
-def _prefetched(ds, config):
-  """``ds`` (a MapDataset of whole batches) read by ``dataset.threads`` threads, ``2 x threads``
-  batches ahead, in each of ``dataset.workers`` worker processes (or in this one)."""
-  threads = int(config.dataset.get('threads', 8))
-  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads))
-  workers = int(config.dataset.get('workers', 0))
-  if workers > 0:
+def _prefetched(ds, data):
+  """``ds`` (a MapDataset of whole batches) read by ``data.threads`` threads, ``2 x threads``
+  batches ahead, in each of ``data.workers`` worker processes (or in this one)."""
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=data.threads, prefetch_buffer_size=2 * data.threads))
+  if data.workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a caller without absl.app has not parsed them
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=2),
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=2),
                         worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
   return it
 
@@ -115,25 +128,22 @@ def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None
   threading.Thread(target=watch, name='exit-with-parent', daemon=True).start()
 
 
-def train_dataset(config, dataset, *, local_batch: int, process_index: int = 0, process_count: int = 1,
-                  channels: int = 3, start_batch: int = 0):
+def train_dataset(data: DataConfig, aug: AugConfig, dataset, *, img_size: int, channels: int = 3,
+                  num_classes: int | None = None, seed: int = 0, local_batch: int, process_index: int = 0,
+                  process_count: int = 1):
   """The endless train stream of this process as a Grain ``IterDataset`` of batches
-  {'image': uint8 (local_batch, H, W, C), 'erase': int32 (local_batch, 4), 'label': int32};
-  ``start_batch``: begin after that many batches (resuming a step saved without its Grain state)."""
-  source = dataset.source(config.dataset.train_split)
+  {'image': uint8 (local_batch, H, W, C), 'erase': int32 (local_batch, 4), 'label': int32}."""
+  source = dataset.source(data.train_split)
   ds = grain.MapDataset.source(source)[process_index::process_count]
-  ds = ds.shuffle(seed=(config.seed * 1009 + process_index) % 2**32).repeat()
-  ds = ds.map_with_index(_TrainExample(config.aug, config.model.img_size, channels, config.seed, process_index))
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return _prefetched(ds[start_batch:] if start_batch else ds, config)
+  ds = ds.shuffle(seed=(seed * 1009 + process_index) % 2**32).repeat()
+  ds = ds.map_with_index(_TrainExample(aug, img_size, channels, seed, process_index, num_classes))
+  return _prefetched(ds.batch(local_batch, drop_remainder=True), data)
 
 
-def train_iterator(config, dataset, *, local_batch: int, process_index: int = 0, process_count: int = 1,
-                   channels: int = 3, start_batch: int = 0):
-  """An iterator over ``train_dataset``; its ``get_state()``/``set_state()`` (Grain's) go into
-  checkpoints (``grain.checkpoint.CheckpointSave``), so a resumed run continues where it stopped."""
-  return iter(train_dataset(config, dataset, local_batch=local_batch, process_index=process_index,
-                            process_count=process_count, channels=channels, start_batch=start_batch))
+def train_iterator(data: DataConfig, aug: AugConfig, dataset, **kw):
+  """An iterator over ``train_dataset`` (same arguments); its ``get_state()``/``set_state()``
+  (Grain's) go into checkpoints, so a resumed run continues where it stopped."""
+  return iter(train_dataset(data, aug, dataset, **kw))
 
 
 def close(iterator) -> None:
@@ -148,16 +158,16 @@ def process_examples(n: int, process_index: int, process_count: int) -> int:
   return len(range(process_index, n, process_count))
 
 
-def eval_batches(config, dataset, split: str, *, local_batch: int, process_index: int = 0, process_count: int = 1,
-                 channels: int = 3):
+def eval_batches(data: DataConfig, aug: AugConfig, dataset, split: str, *, img_size: int, channels: int = 3,
+                 num_classes: int | None = None, local_batch: int, process_index: int = 0, process_count: int = 1):
   """The split once, as fixed-size batches with a 'mask' (1 for real examples, 0 for padding);
   every process yields the same number of batches, so every example counts exactly once."""
   source = dataset.source(split)
   n_batches = max(1, math.ceil(process_examples(len(source), 0, process_count) / local_batch))
   mine = grain.MapDataset.source(source)[process_index::process_count]
-  fn = _EvalExample(mine, config.aug, config.model.img_size, channels)
+  fn = _EvalExample(mine, aug, img_size, channels, num_classes)
   ds = grain.MapDataset.range(n_batches * local_batch).map(fn).batch(local_batch)
-  it = iter(_prefetched(ds, config))
+  it = iter(_prefetched(ds, data))
   try:
     yield from it
   finally:

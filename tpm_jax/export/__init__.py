@@ -1,76 +1,113 @@
 """Inference checkpoints: export from a training workdir, load by path.
 
-  python -m tpm_jax.export --workdir DIR --output OUT [--step N] [--safetensors OUT.safetensors]
+  python -m tpm_jax.export --workdir DIR --output OUT [--step N] [--safetensors OUT.safetensors] [--overwrite]
 
 OUT is a standalone Orbax directory: ``OUT/params`` (EMA parameters if the run kept them,
-otherwise the live ones), ``OUT/config.json`` (the full training config, which holds the model
-config) and ``OUT/checksums.json`` (SHA-256 of every file, written last). ``tpm_jax.load_model(OUT)``
-returns a ready model, after verifying the checksums (as ``init.checkpoint`` does).
+otherwise the live ones), ``OUT/config.json`` (the run's config, as saved with the step),
+``OUT/export.json`` (where it came from) and ``OUT/checksums.json`` (SHA-256 of every file).
+``tpm_jax.load_model(OUT)`` returns a ready model, after verifying the checksums.
+
+Never destroys: every path is checked before any work; the export is written beside OUT and renamed
+into place whole, so OUT is either the old export or the new one; OUT must be new, empty or an
+earlier export (anything else only with ``--overwrite``), never the workdir or inside a workdir.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import sys
 
-import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from tpm_jax import checkpoint
-from tpm_jax.checkpoint import CheckpointError, load_params_into
+from tpm_jax import checkpoint, preflight
+from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
+from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
 
-EXPORT_CONFIG = 'config.json'
 
-
-def read_config(path: str) -> ml_collections.ConfigDict:
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+def read_config(path: str) -> RunConfig:
+  """The run config an export (or a config.json) holds."""
+  config = checkpoint.read_export_config(os.path.dirname(path) if path.endswith('.json') else path)
+  try:
+    return RunConfig.from_any(config)
+  except ConfigError as e:
+    raise CheckpointError(f'{path}: the config is not readable by this version of tpm_jax ({e})') from e
 
 
 def restore_from_workdir(workdir: str, step: int | None = None):
-  """(model, config, step) from a training workdir's checkpoint, read-only: the ``ema`` item when
-  the run kept one, else ``params``, restored alone (no optimizer, schedule or training graph);
-  the newest step that passes its checks, or ``step``. Nothing in the workdir is changed."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{workdir} is not a training workdir: {path} does not exist')
-  config = read_config(path)
-  model = model_from_config(config)
-  params, step, _ = checkpoint.restore_params(workdir, checkpoint.abstract_params(model, jax.local_devices()[0]),
-                                              step=step)
-  checkpoint.params_into_model(model, params)
-  return model, config, step
+  """(model, run, step) from a training workdir's checkpoint, read-only: the ``ema`` item when the
+  run kept one, else ``params``; the newest step that passes its checks, or ``step``."""
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    raise FileNotFoundError(f'{workdir} is not a training workdir: it has no checkpoints/ folder')
+  model, run, step, _ = checkpoint.restore_model(workdir, step=step)
+  return model, run, step
 
 
-def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None) -> str:
-  model, config, step = restore_from_workdir(workdir, step)
-  output = os.path.abspath(output)
-  os.makedirs(output, exist_ok=True)
-  if os.path.exists(os.path.join(output, checkpoint.CHECKSUMS)):  # a previous export's: rewritten at the end
-    os.remove(os.path.join(output, checkpoint.CHECKSUMS))
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(output, 'params'), nnx.state(model, nnx.Param), force=True)
-  checkpointer.wait_until_finished()
-  with open(os.path.join(output, EXPORT_CONFIG), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
-  with open(os.path.join(output, 'export.json'), 'w') as f:
-    json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
+def check_step(workdir: str, step: int | None) -> None:
+  """ConfigError (exit 2) for a ``--step`` the workdir does not hold."""
+  steps = checkpoint.list_steps(checkpoint.checkpoint_dir(workdir))
+  if step is not None and step not in steps:
+    raise ConfigError(f'--step={step} is not accepted: expected a saved step of {workdir} '
+                      f'({", ".join(map(str, steps)) or "none saved"})')
+
+
+def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None,
+           overwrite: bool = False) -> str:
+  """Export ``workdir``'s step (default: the newest good one) to ``output``; returns its absolute path.
+  Bad paths raise ConfigError before anything is read or written."""
+  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
+    raise ConfigError(f'--workdir={workdir} is not accepted: expected a training workdir (it has no checkpoints/)')
+  check_step(workdir, step)
+  output = preflight.check_export_output(output, source_workdir=workdir, overwrite=overwrite)
   if safetensors:
-    export_timm_weights(model, safetensors)
-  checkpoint.write_checksums(output)  # last: SHA-256 of every file of the export, verified by load_model / init
+    safetensors = preflight.check_output_file('--safetensors', safetensors, suffix='.safetensors')
+  model, run, step = restore_from_workdir(workdir, step)
+  tmp = f'{output}.writing-{os.getpid()}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
+    checkpointer.wait_until_finished()
+    with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
+      json.dump(run.to_dict(), f, indent=2)
+    with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:
+      json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
+    checkpoint.write_checksums(tmp)  # last: SHA-256 of every file, verified by every reader
+    if safetensors:  # written beside, then renamed: an existing file is replaced whole or not at all
+      export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors')
+    _replace(tmp, output)
+    if safetensors:
+      os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+    if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
+      os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
   return output
+
+
+def _replace(new: str, output: str) -> None:
+  """Put the complete directory ``new`` at ``output``: renamed into place; an earlier ``output`` is
+  renamed away first and removed only once the new one is there."""
+  if not os.path.lexists(output):
+    os.rename(new, output)
+    return
+  old = f'{output}.replaced-{os.getpid()}'
+  os.rename(output, old)
+  os.rename(new, output)
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def load_model(path: str):
   """A ready model from an export directory (``python -m tpm_jax.export``) or a training workdir."""
-  if os.path.isdir(os.path.join(path, 'checkpoints')) and not os.path.isdir(os.path.join(path, 'params')):
+  if os.path.isdir(checkpoint.checkpoint_dir(path)) and not checkpoint.is_export(path):
     return restore_from_workdir(path)[0]
-  return load_params_into(model_from_config(read_config(os.path.join(path, EXPORT_CONFIG))), path)
+  path = checkpoint.check_export(path)
+  return load_params_into(model_from_config(read_config(path)), path)
 
 
 def main(argv=None):
@@ -78,14 +115,17 @@ def main(argv=None):
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', required=True)
   p.add_argument('--output', required=True)
-  p.add_argument('--step', type=int, default=None, help='default: the latest complete checkpoint')
+  p.add_argument('--step', type=int, default=None, help='default: the newest good checkpoint')
   p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
+  p.add_argument('--overwrite', action='store_true', help='replace an --output folder that holds other files')
   args = p.parse_args(argv)
   try:
-    out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors)
-  except (FileNotFoundError, CheckpointError, OSError, ValueError) as e:
+    out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
+  except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1 if isinstance(e, CheckpointError) else 2)
-  with open(os.path.join(out, 'export.json')) as f:
+    sys.exit(2)
+  except (CheckpointError, OSError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    sys.exit(1)
+  with open(os.path.join(out, EXPORT_INFO)) as f:
     print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
-

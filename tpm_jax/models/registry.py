@@ -1,55 +1,17 @@
 """Models by timm name, and ``create_model``."""
 from __future__ import annotations
 
+import dataclasses
+
 import jax.numpy as jnp
 from flax import nnx
 
-from tpm_jax.config import ConfigError, MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.config import MODELS, ConfigError, MultiscaleConfig, ReductionConfig, RunConfig, model_config  # noqa: F401
 from tpm_jax.models.vit import VisionTransformer
-
-_TI = dict(embed_dim=192, depth=12, num_heads=3)
-_S = dict(embed_dim=384, depth=12, num_heads=6)
-_B = dict(embed_dim=768, depth=12, num_heads=12)
-_L = dict(embed_dim=1024, depth=24, num_heads=16)
-
-# name -> ViTConfig fields (timm's create_model names and sizes).
-MODELS: dict[str, dict] = {
-    'deit_tiny_patch16_224': _TI,
-    'deit_small_patch16_224': _S,
-    'deit_base_patch16_224': _B,
-    'deit_base_patch16_384': dict(_B, img_size=384),
-    'deit_tiny_distilled_patch16_224': dict(_TI, distilled=True),
-    'deit_small_distilled_patch16_224': dict(_S, distilled=True),
-    'deit_base_distilled_patch16_224': dict(_B, distilled=True),
-    'deit_base_distilled_patch16_384': dict(_B, distilled=True, img_size=384),
-    'vit_tiny_patch16_224': _TI,
-    'vit_small_patch16_224': _S,
-    'vit_base_patch16_224': _B,
-    'vit_large_patch16_224': _L,
-    'vit_tiny_patch16_384': dict(_TI, img_size=384),
-    'vit_small_patch16_384': dict(_S, img_size=384),
-    'vit_base_patch16_384': dict(_B, img_size=384),
-    'vit_large_patch16_384': dict(_L, img_size=384),
-    'vit_base_patch32_224': dict(_B, patch_size=32),
-    # Not a timm model: a base for small test/quickstart models; override any size.
-    'vit_custom': dict(embed_dim=192, depth=12, num_heads=3),
-}
 
 
 def list_models() -> list[str]:
   return sorted(MODELS)
-
-
-def model_config(name: str | ViTConfig, **overrides) -> ViTConfig:
-  """Resolve a timm name (or a ViTConfig) plus field overrides into a validated ViTConfig."""
-  if isinstance(name, ViTConfig):
-    base = name
-  elif name in MODELS:
-    base = ViTConfig(**MODELS[name])
-  else:
-    raise ConfigError(f'model.name={name!r} is not accepted: expected one of {", ".join(list_models())}')
-  overrides = {k: v for k, v in overrides.items() if v is not None}
-  return base.replace(**overrides)
 
 
 def create_model(name, *, num_classes=None, img_size=None, reduction=None, multiscale=None,
@@ -78,15 +40,12 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
   return VisionTransformer(cfg, reduction=red, multiscale=ms, dtype=dtype, rngs=rngs)
 
 
-def model_from_config(config, *, keep_rate=None, rngs=None) -> nnx.Module:
-  """The model a training config (``configs/*.py``) describes: ``config.model``, ``config.reduction``
-  and ``config.multiscale`` (``keep_rate`` overrides ``config.reduction.keep_rate``)."""
-  m = config.model
-  overrides = {k: m.get(k) for k in ('patch_size', 'embed_dim', 'depth', 'num_heads', 'in_chans', 'pos_embed_init')}
-  reduction = config.reduction.to_dict()
-  if keep_rate is not None:
-    reduction['keep_rate'] = keep_rate
-  return create_model(
-      m.name, num_classes=m.num_classes, img_size=m.img_size, drop_path_rate=m.drop_path_rate,
-      reduction=reduction, multiscale=config.multiscale.to_dict(), dtype=jnp.dtype(m.dtype),
-      rngs=rngs or nnx.Rngs(params=config.seed, dropout=config.seed + 1), **overrides)
+def model_from_config(run, *, keep_rate=None, rngs=None) -> nnx.Module:
+  """The model a run describes (``run.model``, ``run.reduction``, ``run.multiscale``; a RunConfig,
+  or anything ``RunConfig.from_any`` reads); ``keep_rate`` overrides the reduction's keep rate.
+  Parameters start from ``nnx.Rngs(params=run.seed, dropout=run.seed + 1)`` unless ``rngs``."""
+  run = RunConfig.from_any(run)
+  reduction = run.reduction if keep_rate is None else dataclasses.replace(run.reduction, keep_rate=keep_rate)
+  return VisionTransformer(run.vit, reduction=ReductionConfig.from_any(reduction, depth=run.vit.depth),
+                           multiscale=run.multiscale, dtype=jnp.dtype(run.model.dtype),
+                           rngs=rngs or nnx.Rngs(params=run.seed, dropout=run.seed + 1))

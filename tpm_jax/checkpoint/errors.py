@@ -1,0 +1,26 @@
+"""The checkpoint errors, each with its exit code in the command-line tools."""
+from __future__ import annotations
+
+from tpm_jax.config import ConfigError
+
+
+class CheckpointError(RuntimeError):
+  """A checkpoint could not be used (exit 1); the message names the step, the file or directory, and why."""
+
+
+class CheckpointWriteError(OSError):
+  """The file system refused a checkpoint (disk full, read-only, permissions): the run stops (exit 1)."""
+
+
+class ResumeMismatch(ConfigError):
+  """The workdir holds another run than the config describes, or one that cannot continue as asked (exit 2)."""
+
+
+class WorkdirBusy(ConfigError):
+  """Another process holds the workdir (exit 2); the message names it."""
+
+
+def first_line(e: BaseException, limit: int = 200) -> str:
+  """'<type>: <first line of the message>' of a library exception, for one-line errors."""
+  text = str(e).strip()
+  return f'{type(e).__name__}: {text.splitlines()[0][:limit]}' if text else type(e).__name__

@@ -1,0 +1,90 @@
+"""Reading an export (``python -m tpm_jax.export`` writes it): ``params/`` (Orbax), ``config.json``
+(the run's config), ``export.json`` (where it came from), ``checksums.json`` (SHA-256 of every file,
+written last). Every read verifies the checksums first and refuses non-finite parameters."""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from tpm_jax.checkpoint.errors import CheckpointError, first_line
+from tpm_jax.checkpoint.integrity import CHECKSUMS, nonfinite, verify_checksums
+from tpm_jax.checkpoint.items import uncommitted
+from tpm_jax.checkpoint.steps import saved_shapes
+
+EXPORT_CONFIG = 'config.json'
+EXPORT_INFO = 'export.json'
+EXPORT_FILES = ('params', EXPORT_CONFIG, EXPORT_INFO, CHECKSUMS)
+
+
+def is_export(path: str) -> bool:
+  """Whether ``path`` looks like an export (its ``params`` item and ``config.json``), checked or not."""
+  return os.path.isdir(os.path.join(path, 'params')) and os.path.isfile(os.path.join(path, EXPORT_CONFIG))
+
+
+def check_export(path: str) -> str:
+  """The absolute path of an export whose files match its checksums; CheckpointError (one line)
+  for anything else: a missing path, a file, a training workdir, a folder that is no export, a
+  damaged or altered export."""
+  p = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(p):
+    raise CheckpointError(f'export {path}: no such directory')
+  if not os.path.isdir(p):
+    raise CheckpointError(f'export {path}: not a directory (an export is a folder written by python -m tpm_jax.export)')
+  if os.path.isdir(os.path.join(p, 'checkpoints')) and not is_export(p):
+    raise CheckpointError(f'{path} is a training workdir, not an export: export it first (python -m tpm_jax.export '
+                          f'--workdir {path} --output EXPORT)')
+  if not is_export(p):
+    raise CheckpointError(f'{path} is not an export (it has no params/ and config.json; exports are written by '
+                          f'python -m tpm_jax.export)')
+  if not verify_checksums(p, None, label=f'export {path}'):
+    raise CheckpointError(f'export {path} has no {CHECKSUMS}: it was not completely written by python -m '
+                          f'tpm_jax.export, or was altered; export it again')
+  return p
+
+
+def read_export_config(path: str) -> dict:
+  """The run config an export holds (a checked export: ``check_export`` first)."""
+  f = os.path.join(path, EXPORT_CONFIG)
+  try:
+    with open(f) as fh:
+      config = json.load(fh)
+    if not isinstance(config, dict):
+      raise ValueError('not a JSON object')
+    return config
+  except (OSError, ValueError) as e:
+    raise CheckpointError(f'export {path}: {f} is unreadable ({first_line(e)})') from e
+
+
+def export_param_shapes(path: str) -> dict:
+  """{dotted parameter path: (shape, dtype)} of a checked export, from its metadata alone."""
+  try:
+    return saved_shapes(os.path.join(path, 'params'))
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f'export {path}: {os.path.join(path, "params")} is unreadable ({first_line(e)})') from e
+
+
+def load_params_into(model, path: str):
+  """Set ``model``'s parameters from an export (same architecture); returns the model. An export
+  without multi-scale parameters (an unpruned backbone's) leaves ``model``'s multi-scale fusion at
+  its initialisation, whose zero output projections keep the backbone's function."""
+  path = check_export(path)  # first: nothing is read from an export that fails its checksums
+  state = nnx.state(model, nnx.Param)
+  if 'multiscale' in state and not any(k.startswith('multiscale.') for k in export_param_shapes(path)):
+    state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('multiscale'))))
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), state)
+  try:
+    params = ocp.StandardCheckpointer().restore(os.path.join(path, 'params'), target)
+  except Exception as e:  # noqa: BLE001
+    raise CheckpointError(f'export {path}: not an export of this model ({first_line(e)})') from e
+  params = jax.tree.map(np.asarray, params)  # on the host once: checked, then set uncommitted
+  bad = nonfinite(params)
+  if bad:
+    raise CheckpointError(f'export {path}: non-finite parameters at {bad}')
+  nnx.update(model, jax.tree.map(uncommitted, params))
+  return model

@@ -1,0 +1,62 @@
+"""One process group per workdir: process 0 holds an exclusive ``flock`` on the workdir directory
+itself for the life of the run (no lock file is needed to hold it). The kernel drops it when the
+process ends, kill -9 included, so a stale lock never blocks. Once the run goes ahead, the holder's
+pid, host and command go into ``WORKDIR/.lock``, for the message a second process gets."""
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import time
+
+from tpm_jax.checkpoint.errors import WorkdirBusy
+
+HOLDER = '.lock'
+
+
+class WorkdirLock:
+  def __init__(self, directory: str, what: str = 'workdir'):
+    self.directory = os.path.abspath(os.path.expanduser(directory))
+    self.what = what
+    self.fd = None
+
+  def acquire(self) -> 'WorkdirLock':
+    """Take the lock (creating the directory if needed); WorkdirBusy naming the holder if another
+    process has it. Writes nothing in an existing directory (``record_holder`` does, later)."""
+    os.makedirs(self.directory, exist_ok=True)
+    fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      os.close(fd)
+      try:
+        with open(os.path.join(self.directory, HOLDER)) as f:
+          holder = f.read().strip() or 'another process'
+      except OSError:
+        holder = 'another process'
+      raise WorkdirBusy(f'{self.what} {self.directory} is in use by {holder}: wait for it to finish, stop it, or use '
+                        f'another {self.what}') from None
+    self.fd = fd
+    return self
+
+  def record_holder(self) -> None:
+    """``WORKDIR/.lock``: who holds the lock (read by the message of a refused second process)."""
+    command = ' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300] if sys.argv else ''
+    path = os.path.join(self.directory, HOLDER)
+    tmp = f'{path}.tmp-{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")} ({command})\n')
+    os.replace(tmp, path)
+
+  def release(self) -> None:
+    if self.fd is not None:
+      os.close(self.fd)  # closing drops the flock
+      self.fd = None
+
+  def __enter__(self):
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+    return False

@@ -1,0 +1,62 @@
+"""Reading a training workdir's model without changing it (export, eval.py, ``load_model``): the
+step's own saved config describes the model (not ``config.json``, which a user may edit or delete),
+and its ``ema`` item (when the run kept one) or ``params`` is restored alone, with no optimizer,
+schedule or training graph, from the newest step that passes its checks, or a given step. A step
+that fails is reported and the next older good one used; nothing is renamed or written."""
+from __future__ import annotations
+
+import logging
+import os
+
+import jax
+
+from tpm_jax.checkpoint.errors import CheckpointError
+from tpm_jax.checkpoint.items import abstract_params, params_into_model
+from tpm_jax.checkpoint.steps import check_layout, checkpoint_dir, list_steps, read_meta, restore_items, step_items
+from tpm_jax.config import ConfigError, RunConfig
+from tpm_jax.models.registry import model_from_config
+
+log = logging.getLogger(__name__)
+
+
+def saved_run(step_dir: str, step: int) -> RunConfig:
+  """The run config saved with a step (its ``meta``); CheckpointError when unreadable."""
+  meta = read_meta(step_dir)
+  try:
+    return RunConfig.from_any(meta['config'])
+  except (KeyError, ConfigError) as e:
+    raise CheckpointError(f'checkpoint step {step}: the config saved in {step_dir}/meta is not readable by this '
+                          f'version of tpm_jax ({e})') from e
+
+
+def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = True):
+  """(model, run, step, item) of a training workdir, read-only: ``item`` is 'ema' or 'params'.
+  A ``step`` not saved there: CheckpointError listing the saved steps."""
+  directory = checkpoint_dir(workdir)
+  steps = list_steps(directory)
+  if not steps:
+    raise CheckpointError(f'no checkpoint in {directory}')
+  if step is not None:
+    if step not in steps:
+      raise CheckpointError(f'step {step} is not a checkpoint in {directory} (steps: {", ".join(map(str, steps))})')
+    steps = [step]
+  failures = []
+  for s in reversed(steps):
+    step_dir = os.path.join(directory, str(s))
+    check_layout(step_dir, s)
+    try:
+      run = saved_run(step_dir, s)
+      item = 'ema' if prefer_ema and 'ema' in step_items(step_dir) else 'params'
+      model = model_from_config(run)
+      target = abstract_params(model, jax.local_devices()[0])
+      params = restore_items(step_dir, s, {item: target}, [item], warn=log.warning)[item]
+    except CheckpointError as e:
+      failures.append(str(e))
+      log.warning('warning: %s', e)
+      continue
+    if failures:
+      log.warning('warning: using checkpoint step %d instead', s)
+    params_into_model(model, params)
+    return model, run, s, item
+  raise CheckpointError(f'no usable checkpoint in {directory}: ' + '; '.join(failures))
+

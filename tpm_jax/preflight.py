@@ -1,0 +1,198 @@
+"""Checks of a run against the world, before anything is written or compiled: the devices, the
+data on disk, the initial weights, the workdir, and the tools' output paths. Value checks live with
+the settings in ``tpm_jax.config``; these need files, devices or the data.
+
+Each failure is one ``ConfigError`` line naming the field, flag or file and what is accepted (exit 2
+in the tools). Files are ``stat``-ed before they are opened, so a FIFO or a device never blocks.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from flax import nnx
+
+from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export
+from tpm_jax.checkpoint.exports import export_param_shapes, is_export
+from tpm_jax.checkpoint.steps import checkpoint_dir
+from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
+from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
+from tpm_jax.data.sources import tfds_builder
+from tpm_jax.models.registry import model_from_config
+from tpm_jax.timm_weights import load_timm_weights
+
+IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
+
+
+def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
+  """Everything train.py checks before it writes or compiles anything (the checkpoints themselves:
+  the resume policy, ``tpm_jax.checkpoint.resume``)."""
+  check_devices(run, num_devices=num_devices, process_count=process_count)
+  if workdir is not None:
+    check_workdir_path(workdir)
+    if not run.overwrite:  # a workdir of another run
+      check_config_json(workdir, run)
+  abstract = nnx.eval_shape(lambda: model_from_config(run))
+  check_data(run.dataset, num_classes=run.model.num_classes)
+  check_init(run, abstract)
+
+
+def validate_train_config(config, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
+  """``check_run`` of a ConfigDict or mapping (read into a RunConfig first)."""
+  check_run(RunConfig.from_any(config), num_devices=num_devices, process_count=process_count, workdir=workdir)
+
+
+def check_devices(run: RunConfig, *, num_devices: int, process_count: int = 1) -> None:
+  if run.batch_size % (num_devices * run.grad_accum_steps):
+    refuse('batch_size', run.batch_size, f'a multiple of the {num_devices} devices x grad_accum_steps='
+           f'{run.grad_accum_steps}')
+  if run.batch_size % process_count:
+    refuse('batch_size', run.batch_size, f'a multiple of the {process_count} processes')
+  if run.eval_batch_size % num_devices:
+    refuse('eval_batch_size', run.eval_batch_size, f'a multiple of the {num_devices} devices (or 0: batch_size)')
+  run.mesh.shape(num_devices)
+
+
+def check_data(data: DataConfig, *, num_classes: int | None = None) -> None:
+  """The dataset a run names: a known TFDS name (imagenet2012's manual files when it is not prepared
+  yet), or an image folder; its splits against their real sizes (``data.checks``)."""
+  if not data.image_folder:
+    import tensorflow_datasets as tfds
+    try:  # (tfds.list_builders() would also list community datasets, reading their registry with TensorFlow)
+      tfds.builder_cls(data.name)
+    except tfds.core.registered.DatasetNotFoundError:
+      refuse('dataset.name', data.name, 'a TFDS dataset name (tfds.list_builders()), or set dataset.image_folder')
+    if data.name == 'imagenet2012' and not _tfds_prepared(data):
+      manual = os.path.expanduser(data.manual_dir or '')
+      missing = [f for f in IMAGENET_MANUAL_FILES if not os.path.isfile(os.path.join(manual, f))]
+      if missing:
+        refuse('dataset.manual_dir', data.manual_dir,
+               f'a folder holding {" and ".join(IMAGENET_MANUAL_FILES)} (missing: {", ".join(missing)})')
+  check_dataset(data, num_classes=num_classes)
+
+
+def check_prepared_splits(dataset, data: DataConfig, fields=SPLIT_FIELDS) -> None:
+  """The splits of a dataset prepared just now (no split sizes before), still before anything is written."""
+  check_splits(dataset, data, dataset.where, fields=fields)
+
+
+def _tfds_prepared(data: DataConfig) -> bool:
+  try:
+    return tfds_builder(data.name, data_dir=data.data_dir).is_prepared()
+  except ConfigError:  # a damaged dataset_info.json: its own one line
+    raise
+  except Exception:  # noqa: BLE001
+    return False
+
+
+def check_regular_file(field: str, path: str, accepted: str) -> str:
+  """``path`` expanded, if it is an existing regular file (stat first: a FIFO or device never opened)."""
+  p = os.path.expanduser(path)
+  try:
+    st = os.stat(p)
+  except OSError as e:
+    refuse(field, path, f'{accepted} ({e.strerror.lower() if e.strerror else "cannot be read"})')
+  if not stat.S_ISREG(st.st_mode):
+    kind = 'a directory' if stat.S_ISDIR(st.st_mode) else 'not a regular file'
+    refuse(field, path, f'{accepted} (it is {kind})')
+  if not os.access(p, os.R_OK):
+    refuse(field, path, f'{accepted} (not readable)')
+  return p
+
+
+def check_init(run: RunConfig, abstract_model) -> None:
+  """``init.timm_checkpoint`` and ``init.checkpoint`` exist, are what they should be, fit the model
+  (names and shapes) and hold finite values."""
+  if run.init.timm_checkpoint:
+    path = check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,
+                              'timm weights as a .safetensors, .pth or .pt file')
+    try:
+      load_timm_weights(abstract_model, path)
+    except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
+      raise ConfigError(f'init.timm_checkpoint={run.init.timm_checkpoint!r} does not fit model {run.model.name}: '
+                        f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+  if run.init.checkpoint:
+    check_export_fits('init.checkpoint', run.init.checkpoint, abstract_model)
+
+
+def check_export_fits(field: str, path: str, abstract_model) -> None:
+  """An export (checked and verified) whose parameters fit ``abstract_model``; a backbone's export
+  without the multi-scale fusion fits a model with one (the fusion starts as a new model's)."""
+  try:
+    path = check_export(path)
+  except CheckpointError as e:
+    raise ConfigError(f'{field}={path!r} is not accepted: {e}') from None
+  saved = export_param_shapes(path)
+  has_multiscale = any(k.startswith('multiscale.') for k in saved)
+  for p, v in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param)):
+    key = '.'.join(str(k) for k in p)
+    if key.startswith('multiscale.') and not has_multiscale:
+      continue
+    got = saved.get(key, (None,))[0]
+    if got != tuple(v.shape):
+      raise ConfigError(f'{field}={path!r} does not fit the model: {key} is '
+                        f'{got if got is not None else "missing"} there, the model needs {tuple(v.shape)}')
+
+
+def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
+  """A path a run can create and write: not under a file, a name the file system accepts, writable."""
+  p = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.lexists(p) and not os.path.isdir(p):
+    raise ConfigError(f'{what} {workdir} is a file: expected a directory (existing or to be created)')
+  existing = p
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ConfigError(f'{what} {workdir}: {existing} is a file, so nothing can be created under it')
+  try:
+    name_max = os.pathconf(existing, 'PC_NAME_MAX')
+  except OSError:
+    name_max = 255
+  long = next((part for part in p.split(os.sep) if len(part.encode()) > name_max), None)
+  if long is not None:
+    raise ConfigError(f'{what} {workdir}: the name {long[:40]}... is longer than the file system allows ({name_max} '
+                      f'bytes)')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ConfigError(f'{what} {workdir}: {existing} is not writable (read-only file system or permissions)')
+
+
+def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwrite: bool = True) -> str:
+  """A file a tool will write: its folder exists and is writable, it is not a directory (nor a FIFO or
+  device), and (unless ``overwrite``) it does not exist. Returns the absolute path."""
+  p = os.path.abspath(os.path.expanduser(path))
+  if suffix and not p.endswith(suffix):
+    raise ConfigError(f'{flag}={path} is not accepted: expected a {suffix} file name')
+  if os.path.lexists(p):
+    if not os.path.isfile(p):
+      raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
+    if not overwrite:
+      raise ConfigError(f'{flag}={path} is not accepted: it exists')
+  parent = os.path.dirname(p)
+  if not os.path.isdir(parent):
+    raise ConfigError(f'{flag}={path} is not accepted: the folder {parent} does not exist')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ConfigError(f'{flag}={path} is not accepted: the folder {parent} is not writable')
+  return p
+
+
+def check_export_output(output: str, *, source_workdir: str, overwrite: bool = False) -> str:
+  """Where an export may go: a new directory, or an earlier export (replaced as a whole); never the
+  source workdir or anything inside a training workdir, nor a folder holding anything else unless
+  ``overwrite``. Returns the absolute path."""
+  p = os.path.abspath(os.path.expanduser(output))
+  src = os.path.realpath(os.path.abspath(os.path.expanduser(source_workdir)))
+  real = os.path.realpath(p)
+  if real == src or real.startswith(src + os.sep):
+    raise ConfigError(f'--output={output} is not accepted: it is inside the workdir being exported ({source_workdir}); '
+                      f'choose a folder outside it')
+  probe = real
+  while probe != os.path.dirname(probe):
+    if os.path.isdir(checkpoint_dir(probe)) or os.path.isfile(os.path.join(probe, 'metrics.jsonl')):
+      raise ConfigError(f'--output={output} is not accepted: {probe} is a training workdir; choose a folder outside it')
+    probe = os.path.dirname(probe)
+  check_workdir_path(p, what='--output')
+  if os.path.isdir(p) and os.listdir(p) and not is_export(p) and not overwrite:
+    raise ConfigError(f'--output={output} is not accepted: it holds other files ({", ".join(sorted(os.listdir(p))[:3])}'
+                      f'); choose a new folder, or --overwrite to replace it')
+  return p
+
