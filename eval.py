@@ -9,7 +9,6 @@ throughput, printed as a table and written as JSON.
 The checkpoint's own config is used unless --config is given (then its dataset and preprocessing
 settings apply). Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
 """
-import json
 import os
 import sys
 
@@ -24,6 +23,7 @@ from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.cli import quiet_library_logs, run
 from tpm_jax.config import ConfigError, RunConfig, flat_dict
 from tpm_jax.data import input_pipeline
+from tpm_jax.files import write_json
 from tpm_jax.throughput import images_per_sec
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
@@ -127,10 +127,7 @@ def main(argv):
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')
   if output:
-    tmp = f'{output}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
-      json.dump(result, f, indent=2)
-    os.replace(tmp, output)
+    write_json(output, result)
 
 
 if __name__ == '__main__':

@@ -35,9 +35,8 @@ DeiT-S has. Batch 128.
 Augmentation: random resized crop (area 0.6-1), horizontal flip, label smoothing 0.1; no
 RandAugment (grayscale), no random erasing, no mixup/cutmix (short runs).
 """
-import math
-
 from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
+from tpm_jax.config import ReductionConfig, RunConfig
 
 ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
             width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
@@ -80,17 +79,18 @@ def get_config(arg=None):
   if not a.prop_attn:  # the reproduction's base (see above), not the library's default
     c.reduction.prop_attn = c.reduction.method == 'tome'
   if c.reduction.method == 'tome' and a.r == 0:  # from the final model and locations (``smoke`` changes both)
-    n_locations = len(str(c.reduction.locations).split(','))
-    c.reduction.r = ','.join(str(r) for r in _tome_r(c.reduction.keep_rate, n_locations,
-                                                     (c.model.img_size // c.model.patch_size) ** 2))
+    c.reduction.r = ','.join(str(r) for r in _tome_r(c))
   return c
 
 
-def _tome_r(keep, n_locations, m):
-  """ToMe on equal terms: merge at the same blocks as many tokens as keep rate ``keep`` removes there."""
-  out = []
-  for _ in range(n_locations):
-    k = math.ceil(float(keep) * m)
+def _tome_r(c):
+  """ToMe on equal terms: merge at the same blocks as many tokens as the keep rate removes there
+  (tpm's token schedule, ``ReductionConfig.schedule``, at the same locations)."""
+  vit = RunConfig.from_any(c).vit
+  as_tpm = ReductionConfig.from_any(dict(method='tpm', keep_rate=c.reduction.keep_rate,
+                                         locations=c.reduction.locations), depth=vit.depth)
+  m, out = vit.num_patches, []
+  for _, k, _ in as_tpm.schedule(vit.num_prefix_tokens, vit.num_patches):
     out.append(m - k)
     m = k
   return out

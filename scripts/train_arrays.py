@@ -24,9 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from flax import nnx  # noqa: E402
 
 from tpm_jax import sharding, trainer  # noqa: E402
+from tpm_jax.config import RunConfig  # noqa: E402
 from tpm_jax.sweep import load_config  # noqa: E402
 
 
@@ -53,30 +53,24 @@ def main():
   p.add_argument('--batch_size', type=int, default=None)
   p.add_argument('--dtype', default=None, help='float32 | bfloat16 (default: the config\'s)')
   args, overrides = p.parse_known_args()  # overrides: --config.<field>=<value>, as for train.py
-  c = load_config(args.config, overrides)
-  if args.batch_size:
-    c.batch_size = args.batch_size
-  if args.dtype:
-    c.model.dtype = args.dtype
+  c = RunConfig.from_any(load_config(args.config, overrides))
+  c = c.replace(batch_size=args.batch_size or c.batch_size, model=dict(dtype=args.dtype or c.model.dtype))
   x_train, y_train = load(args.data, 'train')
   x_test, y_test = load(args.data, 'test')
   steps_per_epoch = len(x_train) // c.batch_size
   total = int(args.epochs * steps_per_epoch) if args.epochs else int(c.total_steps or c.num_epochs * steps_per_epoch)
-  schedule = trainer.learning_rate_schedule(c, total, steps_per_epoch)
-  mesh = sharding.make_mesh(c.mesh)
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: trainer.build_train_graph(c, schedule)))
-  state_sh = sharding.state_shardings(abstract, mesh, fsdp_min_size=c.fsdp_min_size)
-  batch_sh = sharding.batch_sharding(mesh)
-  state = trainer.init_state(c, schedule, mesh, state_sh)
-  step_fn = trainer.jit_train_step(c, graphdef, c.model.num_classes, mesh, state_sh)
-  eval_fn = trainer.jit_eval_step(c, graphdef, mesh, state_sh)
+  setup = trainer.setup_training(c, total_steps=total, steps_per_epoch=steps_per_epoch)  # as the trainer builds it
+  batch_sh = sharding.batch_sharding(setup.mesh)
+  state = setup.state
+  step_fn = setup.train_step()
+  eval_fn = setup.eval_step()
 
   def evaluate(state, eval_batch=1000):
     tot = None
     for i in range(0, len(x_test), eval_batch):
       batch = dict(image=x_test[i:i + eval_batch], label=y_test[i:i + eval_batch],
                    mask=np.ones(len(y_test[i:i + eval_batch]), np.int32))
-      out = jax.device_get(eval_fn(state, trainer._global_batch(batch, batch_sh)))
+      out = jax.device_get(eval_fn(state, sharding.global_batch(batch, batch_sh)))
       tot = out if tot is None else {k: tot[k] + out[k] for k in out}
     return float(tot['correct1'] / tot['count'])
 
@@ -85,7 +79,7 @@ def main():
   t0 = time.time()
   step, epoch = 0, 0
   print(json.dumps(dict(device=str(jax.devices()[0]), backend=jax.default_backend(), dtype=c.model.dtype,
-                        model=dict(width=c.model.embed_dim, depth=c.model.depth, patch=c.model.patch_size),
+                        model=dict(width=c.vit.embed_dim, depth=c.vit.depth, patch=c.vit.patch_size),
                         reduction=c.reduction.method, batch_size=c.batch_size, total_steps=total)), flush=True)
   while step < total:
     order = rs.permutation(len(x_train))
@@ -97,7 +91,7 @@ def main():
       flip = rs.rand(len(idx)) < 0.5
       images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
       step += 1
-      state, metrics = step_fn(state, trainer._global_batch(dict(image=images, label=y_train[idx]), batch_sh),
+      state, metrics = step_fn(state, sharding.global_batch(dict(image=images, label=y_train[idx]), batch_sh),
                                jax.random.fold_in(rng, step))
     epoch += 1
     loss = float(metrics['loss'])

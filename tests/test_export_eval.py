@@ -182,7 +182,8 @@ def test_a_changed_byte_in_an_export_is_refused_by_load_model_and_init(trained, 
                         os.path.join(ROOT, 'configs/deit.py') + ':smoke', '--workdir', str(tmp_path / 'run'),
                         f'--config.init.checkpoint={out}', f'--config.dataset.data_dir={tmp / "tfds"}'],
                        env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=300)
-  assert res.returncode == 1, res.stderr[-2000:]
+  assert res.returncode == 2, res.stderr[-2000:]  # a bad input file: refused at start-up
   assert [l for l in res.stderr.splitlines() if l.startswith('error:')] == [
-      f'error: export {out}: {data} fails its SHA-256 check (changed since the save)'], res.stderr[-2000:]
+      f'error: init.checkpoint={str(out)!r} is not accepted: export {out}: {data} fails its SHA-256 check (changed '
+      f'since the save)'], res.stderr[-2000:]
   assert not (tmp_path / 'run').exists()

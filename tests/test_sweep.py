@@ -12,15 +12,16 @@ import pytest
 
 from configs import deit
 from tpm_jax import sweep
+from tpm_jax.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs/deit.py')
 
 
-def _finish_by_hand(workdir, arg, top1):
+def _finish_by_hand(workdir, arg, top1, overrides=()):
   """The final.json a finished train.py run leaves (trainer.train_and_evaluate), written directly."""
   os.makedirs(workdir, exist_ok=True)
-  config = json.loads(deit.get_config(arg).to_json_best_effort())
+  config = RunConfig.from_any(sweep.load_config(f'{CONFIG}:{arg}', overrides)).to_dict()
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
     json.dump(dict(step=4, total_steps=4, eval_top1=top1, eval_top5=1.0, config=config), f)
 
@@ -40,8 +41,8 @@ def test_plan_is_the_product_in_sweep_order(tmp_path):
 
 
 def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, capsys):
-  _finish_by_hand(tmp_path / 'runs' / 'method-tpm_keep-0.7', 'smoke,method=tpm,keep=0.7', 0.5)
   passthrough = ['--config.total_steps=4', '--config.dataset.data_dir=/data/some dir']
+  _finish_by_hand(tmp_path / 'runs' / 'method-tpm_keep-0.7', 'smoke,method=tpm,keep=0.7', 0.5, passthrough)
   code = sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop', '--sweep', 'keep=0.5,0.7',
                      '--workdir', str(tmp_path), '--print_commands', '--python', '/opt/py', *passthrough])
   assert code == 0
@@ -148,3 +149,42 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):
   assert again.stdout.count('skipped (finished)') == 2 and 'running' not in again.stdout
   assert logs == {n: os.path.getmtime(tmp_path / 'runs' / n / 'train.log') for n in logs}
   assert [r['top1'] for r in csv.DictReader(open(tmp_path / 'results.csv'))] == [r['top1'] for r in rows]
+
+  # the same sweep asked with other settings: the finished runs are not reported under the new ones
+  other = subprocess.run(cmd + ['--config.optim.lr=0.5'], env=env, capture_output=True, text=True, timeout=600)
+  assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr[-3000:]
+  assert '2 runs in this sweep' in other.stderr and 'optim.lr=' in other.stderr
+  assert listing() == before
+  # a damaged final.json: collected without it, the file named, no traceback
+  (tmp_path / 'runs' / 'method-drop' / 'final.json').write_text('{"step": 4, "eval_top1"')
+  damaged = subprocess.run(cmd + ['--collect_only'], env=env, capture_output=True, text=True, timeout=600)
+  assert damaged.returncode == 2 and len(damaged.stderr.strip().splitlines()) == 1, damaged.stderr[-3000:]
+  assert str(tmp_path / 'runs' / 'method-drop' / 'final.json') in damaged.stderr
+  collect = [sys.executable, '-m', 'tpm_jax.sweep', '--workdir', str(tmp_path), '--collect_only', '--throughput_batch',
+             '8']  # what sweep.json lists, without a config to check against: the damaged run left out, named
+  damaged = subprocess.run(collect, env=env, capture_output=True, text=True, timeout=600)
+  assert damaged.returncode == 0 and 'Traceback' not in damaged.stderr, damaged.stderr[-3000:]
+  assert str(tmp_path / 'runs' / 'method-drop' / 'final.json') in damaged.stderr
+  assert [r['name'] for r in csv.DictReader(open(tmp_path / 'results.csv'))] == ['method-tpm']
+
+
+def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir):
+  import signal
+  import time
+  cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
+         '--workdir', str(tmp_path), f'--config.dataset.data_dir={data_dir}', '--config.total_steps=400',
+         '--config.checkpoint_every_steps=400', '--config.log_every_steps=1']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='')
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  run = tmp_path / 'runs' / 'method-tpm'
+  deadline = time.time() + 300
+  while time.time() < deadline and not (run / 'metrics.jsonl').exists():
+    time.sleep(0.1)
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 0 and 'stopped' in err and 'Traceback' not in err, err[-3000:]
+  assert 'preempted: saved step' in (run / 'train.log').read_text()
+  assert os.listdir(run / 'checkpoints') and not (tmp_path / 'runs' / 'method-drop').exists()
+  # no train.py is left running in the run's workdir: its lock is free
+  from tpm_jax.checkpoint import WorkdirLock
+  WorkdirLock(str(run)).acquire().release()

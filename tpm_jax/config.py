@@ -532,8 +532,6 @@ class AugConfig(_Section):
       _fail('aug.label_smoothing', self.label_smoothing, 'a float in [0, 1)')
     if not 0 < self.eval_crop_pct <= 1:
       _fail('aug.eval_crop_pct', self.eval_crop_pct, 'a float in (0, 1]')
-    if any(not s > 0 for s in self.std):
-      _fail('aug.std', self.std, 'numbers > 0')
     return self
 
 
@@ -693,8 +691,9 @@ class RunConfig:
     _choice('progress', self.progress, PROGRESS_MODES)
     for field in ('mean', 'std'):
       v = getattr(self.aug, field)
-      if len(v) != 1 and len(v) < vit.in_chans:
-        _fail(f'aug.{field}', v, f'one number per image channel ({vit.in_chans}), or one for all')
+      if len(v) != 1 and len(v) < vit.in_chans or field == 'std' and any(not x > 0 for x in v):
+        _fail(f'aug.{field}', v, f'one number per image channel ({vit.in_chans}), or one for all'
+              + (', each > 0' if field == 'std' else ''))
     return self
 
   # -- derived values ----------------------------------------------------------------------------

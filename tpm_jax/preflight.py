@@ -13,7 +13,8 @@ import stat
 from flax import nnx
 
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export
-from tpm_jax.checkpoint.exports import export_param_shapes, is_export
+from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes
+from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
@@ -175,6 +176,15 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
   return p
 
 
+def written_by_export(path: str) -> bool:
+  """A folder python -m tpm_jax.export wrote and nobody changed since: only an export's files, and
+  they match its checksums (a user's folder that merely has params/ and config.json is not one)."""
+  try:
+    return set(os.listdir(path)) <= set(EXPORT_FILES) and verify_checksums(path, None)
+  except (OSError, CheckpointError):
+    return False
+
+
 def check_export_output(output: str, *, source_workdir: str, overwrite: bool = False) -> str:
   """Where an export may go: a new directory, or an earlier export (replaced as a whole); never the
   source workdir or anything inside a training workdir, nor a folder holding anything else unless
@@ -191,7 +201,7 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
       raise ConfigError(f'--output={output} is not accepted: {probe} is a training workdir; choose a folder outside it')
     probe = os.path.dirname(probe)
   check_workdir_path(p, what='--output')
-  if os.path.isdir(p) and os.listdir(p) and not is_export(p) and not overwrite:
+  if os.path.isdir(p) and os.listdir(p) and not written_by_export(p) and not overwrite:
     raise ConfigError(f'--output={output} is not accepted: it holds other files ({", ".join(sorted(os.listdir(p))[:3])}'
                       f'); choose a new folder, or --overwrite to replace it')
   return p

@@ -35,6 +35,7 @@ from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import AugConfig, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
+from tpm_jax.files import write_json
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import load_timm_weights
 from tpm_jax.version import __version__
@@ -406,14 +407,6 @@ PreemptionNotice = StopSignals  # the earlier name
 # ------------------------------------------------------------------------------------------------
 # The run
 # ------------------------------------------------------------------------------------------------
-def _write_json(path: str, value) -> None:
-  """Write beside, then rename: a reader sees the old file or the new one, never half of one."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
 def _keep_metrics_until(path: str, step: int) -> None:
   """metrics.jsonl without the rows of steps after ``step`` (steps a resumed run will log again)."""
   if not os.path.isfile(path):
@@ -496,7 +489,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     # Only now, with everything checked and built, is the workdir written.
     if is_main:
       lock.record_holder()
-      _write_json(os.path.join(workdir, 'config.json'), run.to_dict())
+      write_json(os.path.join(workdir, 'config.json'), run.to_dict())
       _keep_metrics_until(os.path.join(workdir, 'metrics.jsonl'), start)
     if nproc > 1:  # the others wait until process 0 has set the workdir up
       multihost_utils.sync_global_devices('workdir ready')
@@ -586,7 +579,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     input_pipeline.close(train_iter)
   if is_main and not final.get('preempted') and final['step'] == total_steps:
     # A finished run's summary: sweeps and the resume policy know finished runs by it.
-    _write_json(os.path.join(workdir, 'final.json'), dict(final, total_steps=total_steps, config=run.to_dict()))
+    write_json(os.path.join(workdir, 'final.json'), dict(final, total_steps=total_steps, config=run.to_dict()))
   return final
 
 

@@ -61,9 +61,10 @@ def read_export_config(path: str) -> dict:
 
 
 def export_param_shapes(path: str) -> dict:
-  """{dotted parameter path: (shape, dtype)} of a checked export, from its metadata alone."""
+  """{dotted parameter path: (shape, dtype)} of a checked export, from its metadata alone (Orbax
+  stores each nnx.Param as a mapping with its ``value``)."""
   try:
-    return saved_shapes(os.path.join(path, 'params'))
+    return {k.removesuffix('.value'): v for k, v in saved_shapes(os.path.join(path, 'params')).items()}
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f'export {path}: {os.path.join(path, "params")} is unreadable ({first_line(e)})') from e
 

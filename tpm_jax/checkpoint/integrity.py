@@ -2,7 +2,6 @@
 and finite parameters."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 
@@ -10,13 +9,9 @@ import jax
 import numpy as np
 
 from tpm_jax.checkpoint.errors import CheckpointError
+from tpm_jax.files import sha256, write_json
 
 CHECKSUMS = 'checksums.json'
-
-
-def sha256(path: str) -> str:
-  with open(path, 'rb') as f:
-    return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
 def _files(directory):
@@ -30,12 +25,7 @@ def _files(directory):
 def write_checksums(directory: str) -> None:
   """``directory/checksums.json``: the SHA-256 of every other file below it (written beside, then renamed)."""
   sums = {rel: sha256(os.path.join(directory, rel)) for rel in _files(directory)}
-  tmp = os.path.join(directory, f'.{CHECKSUMS}.tmp')
-  with open(tmp, 'w') as f:
-    json.dump(dict(algorithm='sha256', files=sums), f, indent=0, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, os.path.join(directory, CHECKSUMS))
+  write_json(os.path.join(directory, CHECKSUMS), dict(algorithm='sha256', files=dict(sorted(sums.items()))), indent=0)
 
 
 def verify_checksums(directory: str, step: int | None, *, label: str | None = None) -> bool:

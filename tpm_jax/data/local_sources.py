@@ -8,9 +8,10 @@ prepared dataset is the ordinary ``fashion_mnist`` that ``tfds.load`` reads.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
+
+from tpm_jax.files import sha256
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +23,6 @@ DEBIAN_FASHION_MNIST = {
     'train-images-idx3-ubyte.gz': (26421856, 'b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7'),
     'train-labels-idx1-ubyte.gz': (29491, '0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056'),
 }
-
-
-def _sha256(path: str) -> str:
-  h = hashlib.sha256()
-  with open(path, 'rb') as f:
-    for chunk in iter(lambda: f.read(1 << 20), b''):
-      h.update(chunk)
-  return h.hexdigest()
 
 
 def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_FASHION_MNIST_DIR) -> str:
@@ -61,7 +54,7 @@ def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_
   for url, info in registered.items():
     fname = info.filename
     local = os.path.join(source_dir, fname)
-    got = checksums.UrlInfo(size=os.path.getsize(local), checksum=_sha256(local), filename=fname)
+    got = checksums.UrlInfo(size=os.path.getsize(local), checksum=sha256(local), filename=fname)
     debian = DEBIAN_FASHION_MNIST.get(fname)
     if got == info or (debian and (got.size, got.checksum) == debian):
       accepted[url] = got

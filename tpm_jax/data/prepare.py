@@ -14,14 +14,16 @@ deleted) and prepared again in ArrayRecord from the same downloads or manual dir
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
-import ml_collections
 import tensorflow_datasets as tfds
 
-from tpm_jax.config import ConfigError
+from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import prepare_fashion_mnist
+
+log = logging.getLogger(__name__)
 
 ARRAY_RECORD = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
 
@@ -48,8 +50,8 @@ def prepare(dcfg):
     while os.path.exists(aside):
       aside, n = f'{old}.tfrecord{n}', n + 1
     os.rename(old, aside)
-    print(f'{dcfg.name}: {old} holds TFRecord files only; moved to {aside} (delete it when done) and preparing '
-          f'ArrayRecord files from the same sources', file=sys.stderr, flush=True)
+    log.warning('%s: %s holds TFRecord files only; moved to %s (delete it when done) and preparing ArrayRecord files '
+                'from the same sources', dcfg.name, old, aside)
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
   if dcfg.name == 'fashion_mnist':
     prepare_fashion_mnist(dcfg.get('data_dir'))
@@ -67,7 +69,7 @@ def main(argv=None) -> int:
   p.add_argument('--manual_dir', default=None, help='where the dataset\'s manual downloads are (imagenet2012: the tars)')
   a = p.parse_args(argv)
   try:
-    builder = prepare(ml_collections.ConfigDict(dict(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir)))
+    builder = prepare(DataConfig(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir))
   except (ConfigError, tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as e:
     print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
     return 2

@@ -60,7 +60,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   """Export ``workdir``'s step (default: the newest good one) to ``output``; returns its absolute path.
   Bad paths raise ConfigError before anything is read or written."""
   if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    raise ConfigError(f'--workdir={workdir} is not accepted: expected a training workdir (it has no checkpoints/)')
+    raise ConfigError(f'--workdir={workdir} is not a training workdir (it has no checkpoints/ folder)')
   check_step(workdir, step)
   output = preflight.check_export_output(output, source_workdir=workdir, overwrite=overwrite)
   if safetensors:

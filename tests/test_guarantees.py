@@ -1,0 +1,284 @@
+"""The promises of README "Checkpoints, resume and faults", by class, with real processes, signals,
+Orbax checkpoints and files: finished work is never rewritten or thrown away, a resume that would
+change the run's meaning is refused, one process group per workdir, outputs that never destroy,
+sweeps keyed by the whole run, verification without holes, nothing that hangs, one line per failure."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from test_checkpoint import _cmd, _env, _listing, _one_line_error, _run, _steps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytestmark = pytest.mark.xdist_group('guarantees')
+
+
+@pytest.fixture(scope='module')
+def data_dir(tiny_imagenet):
+  return tiny_imagenet
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory, data_dir):
+  """A finished smoke run of 4 steps, checkpoints at 2 and 4 (tests work on copies)."""
+  workdir = tmp_path_factory.mktemp('finished') / 'run'
+  _run(workdir, data_dir, '--config.total_steps=4')
+  assert _steps(workdir) == [2, 4] and (workdir / 'final.json').exists()
+  return workdir
+
+
+def _copy(src, dst):
+  shutil.copytree(src, dst)
+  return dst
+
+
+def _tool(*args, timeout=300):
+  return subprocess.run([sys.executable, *args], env=_env(), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def _edit_meta(step_dir, **changes):
+  """A saved step's meta changed as another run would have written it, its checksums rewritten."""
+  from tpm_jax.checkpoint import write_checksums
+  path = os.path.join(step_dir, 'meta', 'metadata')
+  meta = json.load(open(path))
+  for k, v in changes.items():
+    if k == 'config':
+      for field, value in v.items():
+        section, _, name = field.rpartition('.')
+        (meta['config'][section] if section else meta['config'])[name] = value
+    else:
+      meta[k] = v
+  json.dump(meta, open(path, 'w'))
+  write_checksums(str(step_dir))
+
+
+# -- finished work is never rewritten or thrown away ----------------------------------------------
+def test_a_finished_run_rerun_changes_nothing_and_says_so(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  before = _listing(workdir)
+  res = _run(workdir, data_dir, '--config.total_steps=4')
+  assert 'finished at step 4' in res.stdout, res.stdout[-2000:]
+  assert json.loads(res.stdout.strip().splitlines()[-1])['final']['eval_top1'] is not None
+  after = _listing(workdir)
+  assert {k: v for k, v in after.items() if k != '.lock'} == {k: v for k, v in before.items() if k != '.lock'}
+
+
+def test_a_step_past_total_steps_is_refused_and_nothing_written(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  before = _listing(workdir)
+  res = _run(workdir, data_dir, '--config.total_steps=2', check=False)
+  assert res.returncode == 2
+  assert 'past total_steps=2' in _one_line_error(res)
+  assert _listing(workdir) == before
+
+
+def test_all_steps_set_aside_is_never_started_over(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  os.remove(workdir / 'final.json')
+  for s in _steps(workdir):  # every step damaged: the first run sets them aside (exit 1) ...
+    (workdir / 'checkpoints' / str(s) / 'meta' / 'metadata').write_text('{"step": ')
+  res = _run(workdir, data_dir, '--config.total_steps=6', check=False)
+  assert res.returncode == 1 and 'no good checkpoint left' in _one_line_error(res)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2.unreadable', '4.unreadable']
+  res = _run(workdir, data_dir, '--config.total_steps=6', check=False)  # ... and the same command again
+  assert res.returncode == 1 and 'every step was set aside' in _one_line_error(res)
+  assert not _steps(workdir)  # nothing trained from step 0
+
+
+def test_an_empty_step_folder_is_set_aside_and_the_older_step_resumes(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  (workdir / 'checkpoints' / '6').mkdir()
+  res = _run(workdir, data_dir, '--config.total_steps=6')
+  out = res.stdout + res.stderr
+  assert '6.unreadable' in out and 'resuming from the older good step 4' in out, out[-2000:]
+  assert _steps(workdir)[-1] == 6
+
+
+def test_overwrite_moves_the_old_run_aside_even_without_config_json(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  os.remove(workdir / 'config.json')
+  _run(workdir, data_dir, '--config.total_steps=2', '--config.overwrite=true')
+  kept = [n for n in os.listdir(workdir) if n.startswith('checkpoints.replaced-')]
+  assert len(kept) == 1 and sorted(os.listdir(workdir / kept[0])) == ['2', '4']
+  assert _steps(workdir) == [2]
+
+
+# -- resume that would change the run's meaning -------------------------------------------------
+@pytest.mark.parametrize('extra, refusal', [
+    (('--config.batch_size=8',), 'batch_size=16 there, 8 now'),
+    (('--config.dataset.train_split=train[:24]',), "dataset.train_split='train' there, 'train[:24]' now"),
+])
+def test_a_resume_that_would_change_the_run_is_refused(tmp_path, data_dir, finished, extra, refusal):
+  workdir = _copy(finished, tmp_path / 'run')
+  before = _listing(workdir)
+  res = _run(workdir, data_dir, '--config.total_steps=6', *extra, check=False)
+  assert res.returncode == 2 and refusal in _one_line_error(res), res.stderr[-2000:]
+  assert _listing(workdir) == before
+
+
+def test_the_checkpoint_s_own_config_identifies_the_run_without_config_json(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  os.remove(workdir / 'config.json')
+  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.seed=5', check=False)
+  assert res.returncode == 2 and 'seed=0 there, 5 now' in _one_line_error(res)
+
+
+def test_a_step_saved_by_two_processes_is_refused_by_one(tmp_path, data_dir, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  os.remove(workdir / 'final.json')
+  _edit_meta(workdir / 'checkpoints' / '4', process_count=2)
+  res = _run(workdir, data_dir, '--config.total_steps=6', check=False)
+  assert res.returncode == 2 and 'saved by 2 processes' in _one_line_error(res)
+  assert _steps(workdir) == [2, 4]  # not set aside
+
+
+# -- one process group per workdir --------------------------------------------------------------
+def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path, data_dir):
+  workdir = tmp_path / 'run'
+  first = subprocess.Popen(_cmd(workdir, data_dir, '--config.total_steps=40', '--config.checkpoint_every_steps=40'),
+                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 300
+    while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
+      time.sleep(0.1)
+    second = _run(workdir, data_dir, '--config.total_steps=40', check=False)
+    assert second.returncode == 2
+    line = _one_line_error(second)
+    assert 'is in use by pid' in line and str(first.pid) in line, line
+  finally:
+    first.send_signal(signal.SIGTERM)
+    out, err = first.communicate(timeout=300)
+  assert first.returncode == 0 and 'preempted: saved step' in out, err[-2000:]
+  rows = [json.loads(l)['step'] for l in open(workdir / 'metrics.jsonl')]
+  assert len(rows) == len(set(rows))  # the refused run appended nothing
+  # the lock went with its holder: the same command resumes
+  res = _run(workdir, data_dir, '--config.total_steps=40', '--config.checkpoint_every_steps=40')
+  assert 'resuming from step' in res.stdout
+
+
+# -- signals ------------------------------------------------------------------------------------
+def test_sigint_saves_like_sigterm(tmp_path, data_dir):
+  p = subprocess.Popen(_cmd(tmp_path / 'run', data_dir, '--config.total_steps=400', '--config.checkpoint_every_steps=400',
+                            '--config.log_every_steps=1'),
+                       env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (tmp_path / 'run' / 'metrics.jsonl').exists():
+    time.sleep(0.1)
+  p.send_signal(signal.SIGINT)
+  time.sleep(0.2)
+  p.send_signal(signal.SIGINT)  # twice, as an impatient user does
+  out, err = p.communicate(timeout=300)
+  assert p.returncode == 0 and 'Traceback' not in err, err[-2000:]
+  assert 'preempted: saved step' in out and 'SIGINT' in out
+  assert _steps(tmp_path / 'run')
+
+
+def test_sigterm_during_start_up_is_one_line_and_exit_0(tmp_path, data_dir):
+  p = subprocess.Popen(_cmd(tmp_path / 'run', data_dir), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+  time.sleep(1.5)  # importing: long before the first step
+  p.send_signal(signal.SIGTERM)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == 0, err[-2000:]
+  assert 'stopped' in err and 'nothing was trained' in err and 'Traceback' not in err, err[-2000:]
+
+
+# -- outputs that never destroy -----------------------------------------------------------------
+def test_export_never_destroys(tmp_path, finished):
+  workdir = _copy(finished, tmp_path / 'run')
+  before = _listing(workdir)
+  mine = tmp_path / 'mine'
+  (mine / 'params').mkdir(parents=True)
+  (mine / 'params' / 'notes.txt').write_text('my work')
+  (mine / 'config.json').write_text('{"mine": true}')
+  for output, words in ((mine, 'holds other files'), (workdir, 'inside the workdir'),
+                        (workdir / 'checkpoints' / '4', 'inside the workdir')):
+    res = _tool('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(output))
+    assert res.returncode == 2 and words in _one_line_error(res), res.stderr[-2000:]
+  assert (mine / 'params' / 'notes.txt').read_text() == 'my work' and _listing(workdir) == before
+  res = _tool('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(tmp_path / 'out'), '--step', '3')
+  assert res.returncode == 2 and '--step=3' in _one_line_error(res)
+  res = _tool('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(tmp_path / 'out'),
+              '--safetensors', str(tmp_path / 'missing' / 'w.safetensors'))
+  assert res.returncode == 2 and 'does not exist' in _one_line_error(res) and not (tmp_path / 'out').exists()
+  # an earlier export is replaced whole; a killed re-export leaves the old one intact
+  res = _tool('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(tmp_path / 'out'), '--step', '2')
+  assert res.returncode == 0, res.stderr[-2000:]
+  p = subprocess.Popen([sys.executable, '-m', 'tpm_jax.export', '--workdir', str(workdir), '--output',
+                        str(tmp_path / 'out'), '--step', '4'], env=_env(), cwd=ROOT)
+  time.sleep(3.0)
+  p.kill()
+  p.wait()
+  import tpm_jax
+  info = json.load(open(tmp_path / 'out' / 'export.json'))
+  assert info['step'] in (2, 4)  # the old export or the new one, whole
+  tpm_jax.load_model(str(tmp_path / 'out'))  # verified against its checksums
+  assert _listing(workdir) == before
+
+
+def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished):
+  res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output',
+              str(tmp_path / 'missing' / 'eval.json'))
+  assert res.returncode == 2 and 'does not exist' in _one_line_error(res)
+  assert 'top1' not in res.stdout  # nothing was evaluated
+
+
+# -- verification without holes; nothing hangs --------------------------------------------------
+def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, finished):
+  import tpm_jax
+  from tpm_jax.checkpoint import CheckpointError
+  res = _tool('-m', 'tpm_jax.export', '--workdir', str(finished), '--output', str(tmp_path / 'export'))
+  assert res.returncode == 0, res.stderr[-2000:]
+  os.remove(tmp_path / 'export' / 'checksums.json')
+  with pytest.raises(CheckpointError, match='has no checksums.json'):
+    tpm_jax.load_model(str(tmp_path / 'export'))
+  res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(tmp_path / 'export'))
+  assert res.returncode == 1 and 'has no checksums.json' in _one_line_error(res)
+  res = _run(tmp_path / 'run', data_dir, f'--config.init.checkpoint={tmp_path / "export"}', check=False)
+  assert res.returncode == 2 and 'has no checksums.json' in _one_line_error(res)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir, finished):
+  fifo = tmp_path / 'weights.safetensors'
+  os.mkfifo(fifo)
+  (tmp_path / 'a_file').write_text('x')
+  cases = [
+      (f'--config.init.timm_checkpoint={fifo}', 'not a regular file'),
+      (f'--config.init.timm_checkpoint={tmp_path}', 'a directory'),
+      (f'--config.init.checkpoint={fifo}', 'not a directory'),
+      (f'--config.init.checkpoint={finished}', 'is a training workdir, not an export'),
+      (f'--config.init.checkpoint={tmp_path / "a_file"}', 'not a directory'),
+  ]
+  for flag, words in cases:
+    res = _run(tmp_path / 'run', data_dir, flag, check=False)
+    assert res.returncode == 2 and words in _one_line_error(res), (flag, res.stderr[-2000:])
+  for workdir, words in ((tmp_path / 'a_file' / 'run', 'is a file'), (tmp_path / ('x' * 300), 'longer than')):
+    res = subprocess.run(_cmd(workdir, data_dir), env=_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and words in _one_line_error(res), res.stderr[-2000:]
+  res = _tool(os.path.join(ROOT, 'eval.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
+              '--timm_checkpoint', str(fifo), timeout=120)
+  assert res.returncode == 2 and 'not a regular file' in _one_line_error(res)
+  assert not (tmp_path / 'run').exists()
+
+
+def test_non_finite_timm_weights_are_refused_before_anything_is_written(tmp_path, data_dir):
+  import numpy as np
+  from safetensors.numpy import save_file
+
+  import tpm_jax
+  from configs import deit
+  from tpm_jax.models.registry import model_from_config
+  from tpm_jax.timm_weights import timm_state_dict
+  sd = timm_state_dict(model_from_config(deit.get_config('smoke')))
+  sd['blocks.1.mlp.fc1.weight'][0, 0] = np.nan
+  save_file(sd, str(tmp_path / 'nan.safetensors'))
+  res = _run(tmp_path / 'run', data_dir, f'--config.init.timm_checkpoint={tmp_path / "nan.safetensors"}', check=False)
+  assert res.returncode == 2 and 'blocks.1.mlp.fc1.weight: the checkpoint holds non-finite values' in \
+      _one_line_error(res)
+  assert not (tmp_path / 'run').exists()
+  del tpm_jax

@@ -1,0 +1,26 @@
+"""Small file rules used across the package, each once: a file's SHA-256, and writing a file whole
+(beside it, then renamed: a reader sees the old file or the new one, never half of one)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+
+def sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+def write_json(path: str, value, *, indent: int | None = 2) -> None:
+  """``value`` as JSON at ``path``, written beside and renamed into place."""
+  tmp = f'{path}.tmp-{os.getpid()}'
+  try:
+    with open(tmp, 'w') as f:
+      json.dump(value, f, indent=indent)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
