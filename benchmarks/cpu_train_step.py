@@ -36,11 +36,11 @@ if framework == 'jax':
   from flax import nnx
   from tpm_jax import sweep, trainer
   from tpm_jax.compile_options import compiler_options
-  c = sweep.load_config(ROOT + '/configs/deit.py:model=deit_small_patch16_224,method=none')
-  with c.unlocked():
-    c.model.dtype, c.batch_size = 'float32', 32
-  gd, st = nnx.split(trainer.build_train_graph(c, trainer.learning_rate_schedule(c, 1000, 100)))
-  fn = jax.jit(trainer.make_train_step(c, gd, 1000), donate_argnums=0, compiler_options=compiler_options())
+  from tpm_jax.config import RunConfig
+  c = RunConfig.from_any(sweep.load_config(ROOT + '/configs/deit.py:model=deit_small_patch16_224,method=none'))
+  c = c.replace(model=dict(dtype='float32'), batch_size=32)
+  gd, st = nnx.split(trainer.create_train_state(c, trainer.learning_rate_schedule(c.optim, c.batch_size, 1000, 100)))
+  fn = jax.jit(trainer.make_train_step(c, gd), donate_argnums=0, compiler_options=compiler_options())
   rs = np.random.RandomState(0)
   batch = dict(image=jax.numpy.asarray(rs.randint(0, 256, (32, 224, 224, 3), dtype=np.uint8)),
                label=jax.numpy.asarray(rs.randint(0, 1000, 32).astype(np.int32)))

@@ -18,7 +18,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax
-from flax import nnx
 
 from configs import deit
 from tpm_jax import sharding, trainer
@@ -35,18 +34,14 @@ def main():
   c = deit.get_config('smoke')
   c.dataset.name, c.dataset.eval_split, c.model.num_classes = 'fashion_mnist', 'test', 10
   c.batch_size = args.batch
-  mesh = sharding.make_mesh(c.mesh)
   dataset = input_pipeline.get_dataset(c.dataset)
-  schedule = trainer.learning_rate_schedule(c, 1000, 100)
-  graphdef, state = nnx.split(trainer.build_train_graph(c, schedule))
-  state_sh = sharding.state_shardings(state, mesh)
-  state = sharding.to_global(state, state_sh)
-  batch_sh = sharding.batch_sharding(mesh)
-  step = trainer.jit_train_step(c, graphdef, 10, mesh, state_sh)
-  it = input_pipeline.train_iterator(c, dataset, local_batch=args.batch)
+  setup = trainer.setup_training(c, total_steps=1000, steps_per_epoch=100, params=None)  # as the trainer builds it
+  state, step = setup.state, setup.train_step()
+  batch_sh = sharding.batch_sharding(setup.mesh)
+  it = trainer.train_batches(c, dataset, local_batch=args.batch)
   rng = jax.random.key(0)
 
-  fixed = trainer._global_batch(next(it), batch_sh)
+  fixed = sharding.global_batch(next(it), batch_sh)
   for i in range(5):  # compile and warm up
     state, m = step(state, fixed, jax.random.fold_in(rng, i))
   jax.block_until_ready(m)
@@ -58,7 +53,7 @@ def main():
     jax.block_until_ready(m)
     compute.append(time.perf_counter() - t)
     t = time.perf_counter()
-    batch = trainer._global_batch(next(it), batch_sh)
+    batch = sharding.global_batch(next(it), batch_sh)
     state, m = step(state, batch, jax.random.fold_in(rng, i))
     jax.block_until_ready(m)
     loop.append(time.perf_counter() - t)

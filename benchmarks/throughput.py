@@ -21,7 +21,7 @@ Per model and setting:
   PyTorch's ``none`` like the JAX rows. With --nnx_jit also a row ``nnx.jit``: the model jitted the
   plain way, ``nnx.jit(lambda m, x: m(x))(model, images)`` (XLA's default options, the module
   traversed on every call), for comparison.
-- JAX train step: the project's own step (trainer.build_train_graph + make_train_step from
+- JAX train step: the project's own step (trainer.setup_training + its train_step, from
   configs/deit.py: normalisation, mixup/cutmix, label smoothing, stochastic depth 0.1, AdamW, state
   donated) on a uint8 batch, images/s at --train_batch.
 - Compile time (lower + compile) of the forward at each batch and of the train step; peak memory
@@ -153,15 +153,13 @@ def jax_runner(c, setting, batches, train=True):
   if not train:
     return row, calls
 
-  schedule = trainer.learning_rate_schedule(c, 1000, 100)
-  graphdef, tstate = nnx.split(trainer.build_train_graph(c, schedule))
-  mesh = sharding.make_mesh(c.mesh)
-  state_sh, batch_sh = sharding.state_shardings(tstate, mesh), sharding.batch_sharding(mesh)
-  box = dict(state=sharding.to_global(tstate, state_sh))
-  step = trainer.jit_train_step(c, graphdef, c.model.num_classes, mesh, state_sh)
+  setup = trainer.setup_training(c, total_steps=1000, steps_per_epoch=100, params=None)  # as the trainer builds it
+  box = dict(state=setup.state)
+  step = setup.train_step()
   n = c.batch_size
-  batch = trainer._global_batch(dict(image=rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8),
-                                     label=rs.randint(0, c.model.num_classes, n).astype(np.int32)), batch_sh)
+  batch = sharding.global_batch(dict(image=rs.randint(0, 256, (n, size, size, 3), dtype=np.uint8),
+                                     label=rs.randint(0, c.model.num_classes, n).astype(np.int32)),
+                                sharding.batch_sharding(setup.mesh))
   rng = jax.random.key(0)
   compiled, compile_s[f'train@{n}'] = aot(step, box['state'], batch, rng)
   mem['train'] = memory_mb(compiled)

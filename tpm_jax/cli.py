@@ -49,7 +49,7 @@ def show_messages() -> None:
 
 
 def parse_flags_or_exit(argv=None) -> list[str]:
-  """Parse absl flags (and ml_collections ``--config.*`` overrides) up front, so that a bad flag, an
+  """Parse absl flags (and the ``--config.*`` overrides of a config file) up front, so that a bad flag, an
   unknown config field or a bad arg string is one line on stderr and exit code 2, not a traceback."""
   argv = list(sys.argv if argv is None else argv)
   try:
@@ -59,7 +59,7 @@ def parse_flags_or_exit(argv=None) -> list[str]:
       if type(config).__name__ == '_ErrorConfig':
         config.to_dict()
     return remaining
-  except Exception as e:  # noqa: BLE001 - absl, ml_collections and our get_config raise many kinds
+  except Exception as e:  # noqa: BLE001 - absl, the config loader and our get_config raise many kinds
     print(f'error: {describe_flag_error(e, argv)}', file=sys.stderr, flush=True)
     sys.exit(2)
 

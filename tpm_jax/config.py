@@ -31,7 +31,7 @@ def _as_dict(value: Any, field: str) -> dict:
   """ConfigDict / Mapping / dataclass -> plain dict (one level)."""
   if dataclasses.is_dataclass(value):
     return dataclasses.asdict(value)
-  if hasattr(value, 'to_dict'):  # ml_collections.ConfigDict
+  if hasattr(value, "to_dict"):  # a ConfigDict (read, never imported here)
     return dict(value.to_dict())
   if isinstance(value, Mapping):
     return dict(value)

@@ -24,3 +24,12 @@ def write_json(path: str, value, *, indent: int | None = 2) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def read_json_object(path: str) -> dict:
+  """The JSON object in ``path``; OSError or ValueError (also for JSON that is not an object)."""
+  with open(path) as f:
+    value = json.load(f)
+  if not isinstance(value, dict):
+    raise ValueError('not a JSON object')
+  return value

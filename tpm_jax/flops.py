@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from tpm_jax.config import MultiscaleConfig, ReductionConfig, ViTConfig
+from tpm_jax.config import MultiscaleConfig, ReductionConfig, RunConfig, ViTConfig
 from tpm_jax.models.registry import model_config
 from tpm_jax.models.vit import VisionTransformer
 
@@ -30,14 +30,12 @@ class TokenSchedule:
 
 
 def _resolve(config, **kw) -> tuple[ViTConfig, ReductionConfig, MultiscaleConfig]:
-  """A model, a timm name (+ create_model kwargs) or an ml_collections training config."""
+  """A model, a timm name (+ create_model kwargs) or a training config (RunConfig, ConfigDict or mapping)."""
   if hasattr(config, 'cfg') and hasattr(config, 'reduction'):  # a VisionTransformer
     return config.cfg, config.reduction, config.multiscale_cfg
-  if hasattr(config, 'model') and hasattr(config.model, 'name'):  # a training ConfigDict
-    m = config.model
-    kw = dict(num_classes=m.get('num_classes'), img_size=m.get('img_size'), reduction=config.get('reduction'),
-              multiscale=config.get('multiscale'), **kw)
-    config = m.name
+  if hasattr(config, 'model') and hasattr(config.model, 'name'):  # a training config: the model it describes
+    run = RunConfig.from_any(config)
+    return run.vit, run.reduction, run.multiscale
   reduction, multiscale = kw.pop('reduction', None), kw.pop('multiscale', None)
   kw.pop('dtype', None), kw.pop('rngs', None)
   cfg = model_config(config, **kw)

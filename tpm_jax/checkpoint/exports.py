@@ -3,7 +3,6 @@
 written last). Every read verifies the checksums first and refuses non-finite parameters."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -15,6 +14,7 @@ from tpm_jax.checkpoint.errors import CheckpointError, first_line
 from tpm_jax.checkpoint.integrity import CHECKSUMS, nonfinite, verify_checksums
 from tpm_jax.checkpoint.items import uncommitted
 from tpm_jax.checkpoint.steps import saved_shapes
+from tpm_jax.files import read_json_object
 
 EXPORT_CONFIG = 'config.json'
 EXPORT_INFO = 'export.json'
@@ -51,11 +51,7 @@ def read_export_config(path: str) -> dict:
   """The run config an export holds (a checked export: ``check_export`` first)."""
   f = os.path.join(path, EXPORT_CONFIG)
   try:
-    with open(f) as fh:
-      config = json.load(fh)
-    if not isinstance(config, dict):
-      raise ValueError('not a JSON object')
-    return config
+    return read_json_object(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'export {path}: {f} is unreadable ({first_line(e)})') from e
 

@@ -16,6 +16,7 @@ from etils import epath
 from tpm_jax.checkpoint.errors import CheckpointError, ResumeMismatch, first_line
 from tpm_jax.checkpoint.integrity import nonfinite, verify_checksums
 from tpm_jax.checkpoint.items import ARRAY_ITEMS
+from tpm_jax.files import read_json_object
 
 DATA_ITEM = 'data'  # the train iterator's Grain state, process_<i>-of-<n>.json
 META_ITEM = 'meta'
@@ -58,11 +59,7 @@ def read_meta(step_dir: str) -> dict:
   """The step's JSON ``meta`` item (Orbax's JsonSave writes it as ``meta/metadata``)."""
   path = os.path.join(step_dir, META_ITEM, 'metadata')
   try:
-    with open(path) as f:
-      meta = json.load(f)
-    if not isinstance(meta, dict):
-      raise ValueError('not a JSON object')
-    return meta
+    return read_json_object(path)
   except (OSError, ValueError) as e:
     raise CheckpointError(f'{path} is unreadable ({first_line(e)})') from e
 

@@ -7,9 +7,9 @@ m=10) gives black, as Pillow < 13 did; Pillow 13's ``ImageOps.posterize`` raises
 """
 from __future__ import annotations
 
-import re
-
 from PIL import Image, ImageEnhance, ImageOps
+
+from tpm_jax.config import parse_randaugment  # noqa: F401 (the string format lives with the settings)
 
 LEVEL_DENOM = 10.0
 FILL = (128, 128, 128)
@@ -21,36 +21,6 @@ RAND_INCREASING_TRANSFORMS = (
     'AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing', 'SolarizeIncreasing', 'SolarizeAdd',
     'ColorIncreasing', 'ContrastIncreasing', 'BrightnessIncreasing', 'SharpnessIncreasing', 'ShearX', 'ShearY',
     'TranslateXRel', 'TranslateYRel')
-
-
-def parse_randaugment(spec: str) -> dict | None:
-  """timm's config string ('rand-m9-mstd0.5-inc1', 'rand-m9-n2'; also -p0.5, -mmax10) -> rand_augment() kwargs."""
-  if not spec:
-    return None
-  parts = spec.split('-')
-  if parts[0] != 'rand':
-    raise ValueError(f'aug.randaugment={spec!r}: expected a timm RandAugment string like rand-m9-mstd0.5-inc1, or empty')
-  kw = dict(num_layers=2, magnitude=9, magnitude_std=0.0, increasing=False)
-  for part in parts[1:]:
-    key, value = (re.split(r'(\d.*)', part) + [''])[:2]
-    try:
-      if key == 'mstd':
-        kw['magnitude_std'] = float(value) if float(value) <= 100 else float('inf')  # timm: > 100 is uniform
-      elif key == 'mmax':
-        kw['magnitude_max'] = int(value)
-      elif key == 'inc':
-        kw['increasing'] = bool(int(value))
-      elif key == 'm':
-        kw['magnitude'] = int(value)
-      elif key == 'n':
-        kw['num_layers'] = int(value)
-      elif key == 'p':
-        kw['prob'] = float(value)
-      else:
-        raise ValueError
-    except ValueError:
-      raise ValueError(f'aug.randaugment={spec!r}: unknown part {part!r}') from None
-  return kw
 
 
 # ------------------------------------------------------------------------------------------------
