@@ -53,7 +53,7 @@ def tiny_imagenet(tmp_path_factory):
 # Files whose tests train in subprocesses: collected first, so the two workers start on the longest
 # work and finish together (test_checkpoint's tests form one xdist group: one worker, one set of its
 # module fixtures; test.sh runs pytest with --dist loadgroup).
-SLOW_FIRST = ('test_checkpoint.py', 'test_sweep.py', 'test_multiprocess.py', 'test_quickstart.py', 'test_train.py',
+SLOW_FIRST = ('test_checkpoint.py', 'test_guarantees.py', 'test_sweep.py', 'test_multiprocess.py', 'test_quickstart.py', 'test_train.py',
               'test_export_eval.py', 'test_flops.py', 'test_sharding.py')
 
 
