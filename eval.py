@@ -21,7 +21,7 @@ import tpm_jax
 from tpm_jax import export, preflight, sharding, trainer
 from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.cli import quiet_library_logs, run
-from tpm_jax.config import ConfigError, RunConfig, flat_dict
+from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import write_json
 from tpm_jax.throughput import images_per_sec
@@ -34,15 +34,9 @@ flags.DEFINE_integer('batch_size', 64, 'Batch size for the throughput measuremen
 flags.DEFINE_integer('timed_runs', 5, 'Timed runs for the throughput median.')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
 
-# What a checkpoint is evaluated as: --config may not describe another model (the result would be mislabelled).
-MODEL_SECTIONS = ('model.', 'reduction.', 'multiscale.')
-FREE = ('model.dtype', 'model.drop_path_rate')
-
-
 def _check_same_model(saved: RunConfig, given: RunConfig) -> None:
-  old, new = flat_dict(saved.to_dict()), flat_dict(given.to_dict())
-  diff = [f'{k}={new[k]!r} (the checkpoint\'s: {old[k]!r})' for k in sorted(old)
-          if k.startswith(MODEL_SECTIONS) and k not in FREE and old[k] != new.get(k)]
+  """--config may not describe another model than the checkpoint holds (the result would be mislabelled)."""
+  diff = [d.replace('(the other:', "(the checkpoint's:") for d in given.model_differences(saved)]
   if diff:
     raise ConfigError(f'--config describes another model than the checkpoint: {", ".join(diff)}; a checkpoint is '
                       f'evaluated as trained, --config supplies only its dataset and preprocessing settings')

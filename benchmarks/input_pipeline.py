@@ -71,11 +71,11 @@ def _view(photo, rng, size, quality):
 def make_image_folder(root, per_class, quality=90, seed=0):
   """root/train/class_k/*.jpg; 4 in 5 landscape. Returns the files' sizes in bytes."""
   sys.path.insert(0, os.path.join(ROOT, 'tests'))
-  from imagenet_fixture import _load_photo
+  from imagenet_fixture import load_photo
   rng = np.random.RandomState(seed)
   sizes = []
   for c in range(CLASSES):
-    photo = _load_photo(c)
+    photo = load_photo(c)
     d = os.path.join(root, 'train', f'class_{c}')
     os.makedirs(d)
     for i in range(per_class):

@@ -57,7 +57,7 @@ def _imagenet_files():
   return synsets, val_truth
 
 
-def _load_photo(cls):
+def load_photo(cls):
   """RGB uint8 photo for class index `cls` (later classes reuse photos with channels permuted)."""
   from skimage import data
   name = _PHOTOS[cls % len(_PHOTOS)]
@@ -123,7 +123,7 @@ def make_imagenet_manual_dir(manual_dir, *, num_classes=4, train_per_class=12, n
 
   os.makedirs(manual_dir, exist_ok=True)
   rng = np.random.RandomState(seed)
-  photos = [_load_photo(c) for c in range(num_classes)]
+  photos = [load_photo(c) for c in range(num_classes)]
 
   train_path = os.path.join(manual_dir, TRAIN_TAR)
   with tarfile.open(train_path, 'w', format=tarfile.USTAR_FORMAT) as outer:

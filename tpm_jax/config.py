@@ -728,6 +728,16 @@ class RunConfig:
       out = {k: v for k, v in out.items() if not k.startswith('reduction.') or k == 'reduction.method'}
     return out
 
+  MODEL_SECTIONS = ('model.', 'reduction.', 'multiscale.')
+  NOT_THE_FUNCTION = ('model.dtype', 'model.drop_path_rate')  # compute precision, a training-only regulariser
+
+  def model_differences(self, other: 'RunConfig') -> list[str]:
+    """'field=<self's> (<other's>)' for each setting of the model's function that differs: the
+    backbone, the reduction and the fusion (not the compute dtype or stochastic depth)."""
+    mine, theirs = flat_dict(self.to_dict()), flat_dict(other.to_dict())
+    return [f'{k}={mine[k]!r} (the other: {theirs.get(k)!r})' for k in sorted(mine)
+            if k.startswith(self.MODEL_SECTIONS) and k not in self.NOT_THE_FUNCTION and mine[k] != theirs.get(k)]
+
   def identity_differences(self, other: 'RunConfig') -> list[str]:
     """'field=<other's> there, <self's> now' for each identity field that differs."""
     mine, theirs = self.identity(), other.identity()

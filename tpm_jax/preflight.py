@@ -18,6 +18,7 @@ from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
+from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import load_timm_weights
@@ -79,7 +80,7 @@ def check_prepared_splits(dataset, data: DataConfig, fields=SPLIT_FIELDS) -> Non
 
 def _tfds_prepared(data: DataConfig) -> bool:
   try:
-    return tfds_builder(data.name, data_dir=data.data_dir).is_prepared()
+    return is_prepared(tfds_builder(data.name, data_dir=data.data_dir))
   except ConfigError:  # a damaged dataset_info.json: its own one line
     raise
   except Exception:  # noqa: BLE001

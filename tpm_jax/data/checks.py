@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from tpm_jax.config import ConfigError, _fail
+from tpm_jax.config import ConfigError, refuse
 from tpm_jax.data import sources, transforms
 from tpm_jax.data.input_pipeline import undecodable_reason
 from tpm_jax.data.prepare import is_prepared
@@ -33,7 +33,7 @@ def check_dataset(dcfg, *, num_classes: int | None = None) -> None:
     where = dcfg.name
     features = builder.info.features
     if 'image' not in features or 'label' not in features:
-      _fail('dataset.name', dcfg.name, "an image classification dataset (features 'image' and 'label')")
+      refuse('dataset.name', dcfg.name, "an image classification dataset (features 'image' and 'label')")
     dataset = sources.tfds_dataset(builder) if builder.info.splits and is_prepared(builder) else None
   check_splits(builder, dcfg, where)
   if dataset is not None:
@@ -46,7 +46,7 @@ def check_dataset(dcfg, *, num_classes: int | None = None) -> None:
     # part of it may exceed (the tiny imagenet2012 of the tests: 4 of 1000 classes): _check_labels samples its labels.)
     names = builder.label_names
     if len(names) > num_classes:
-      _fail('model.num_classes', num_classes, f'at least the {len(names)} classes of {where} '
+      refuse('model.num_classes', num_classes, f'at least the {len(names)} classes of {where} '
             f'({", ".join(names[:3])}{", ..." if len(names) > 3 else ""})')
 
 
@@ -65,7 +65,7 @@ def _check_labels(dataset, dcfg, label_feature, num_classes: int) -> None:
       raise ConfigError(str(e)) from None
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
-      _fail('model.num_classes', num_classes, f'more than the largest label of {dataset.where} {spec} (label '
+      refuse('model.num_classes', num_classes, f'more than the largest label of {dataset.where} {spec} (label '
             f'{max(bad, key=abs)} among its first {len(labels)} examples; the dataset declares '
             f'{declared if declared is not None else "an unknown number of"} classes)')
 
@@ -83,16 +83,16 @@ def check_splits(builder, dcfg, where: str, fields=SPLIT_FIELDS) -> None:
     listing = ', '.join(f'{k} ({v} examples)' for k, v in sorted(sizes.items()))
     accepted = f'a split of {where}: {listing}; or a slice of one, like {sorted(sizes)[0]}[:50%]'
     if not isinstance(spec, str) or not spec.strip():
-      _fail(f'dataset.{field}', spec, accepted)
+      refuse(f'dataset.{field}', spec, accepted)
     try:
       n = int(splits[spec].num_examples)
     except (KeyError, ValueError, TypeError, AssertionError) as e:
       reason = str(e).strip().splitlines()[0].strip('"') if str(e).strip() else type(e).__name__
       if reason.startswith('Unknown split'):
         reason = ''
-      _fail(f'dataset.{field}', spec, accepted + (f' ({reason})' if reason else ''))
+      refuse(f'dataset.{field}', spec, accepted + (f' ({reason})' if reason else ''))
     if n < 1:
-      _fail(f'dataset.{field}', spec, accepted + f' ({spec} selects {max(n, 0)} examples)')
+      refuse(f'dataset.{field}', spec, accepted + f' ({spec} selects {max(n, 0)} examples)')
 
 
 def _check_image_folder(dcfg):
@@ -101,10 +101,10 @@ def _check_image_folder(dcfg):
   root = os.path.expanduser(dcfg.image_folder)
   layout = f'a folder of <split>/<class>/ folders holding {", ".join(IMAGE_EXTENSIONS)} images'
   if not os.path.isdir(root):
-    _fail('dataset.image_folder', dcfg.image_folder, f'{layout} (no such folder)')
+    refuse('dataset.image_folder', dcfg.image_folder, f'{layout} (no such folder)')
   dataset = image_folder(root)  # the listing the pipeline reads
   if not dataset.files:
-    _fail('dataset.image_folder', dcfg.image_folder, f'{layout} ({root} has no split folders)')
+    refuse('dataset.image_folder', dcfg.image_folder, f'{layout} ({root} has no split folders)')
   checked = set()
   for field in SPLIT_FIELDS:
     spec = dcfg.get(field)
@@ -119,10 +119,10 @@ def _check_image_folder(dcfg):
 def _check_folder_split(field_value, split_dir: str, classes: dict, layout: str) -> None:
   """``classes``: the split's {class: [image paths]}; each class's first image is decoded."""
   if not classes:
-    _fail('dataset.image_folder', field_value, f'{layout} ({split_dir} has no class folders)')
+    refuse('dataset.image_folder', field_value, f'{layout} ({split_dir} has no class folders)')
   for cls, images in classes.items():
     if not images:
-      _fail('dataset.image_folder', field_value, f'{layout} ({os.path.join(split_dir, cls)} has no images)')
+      refuse('dataset.image_folder', field_value, f'{layout} ({os.path.join(split_dir, cls)} has no images)')
     path = images[0]
     try:
       with open(path, 'rb') as f:
@@ -132,7 +132,7 @@ def _check_folder_split(field_value, split_dir: str, classes: dict, layout: str)
                         f'({e.strerror or e})') from None
     reason = undecodable_reason(encoded) or _decode_refusal(encoded)
     if reason:
-      _fail('dataset.image_folder', field_value,
+      refuse('dataset.image_folder', field_value,
             f'decodable {", ".join(IMAGE_EXTENSIONS)} images ({path}: not a decodable image ({reason}))')
 
 

@@ -25,6 +25,13 @@ DEBIAN_FASHION_MNIST = {
 }
 
 
+def is_prepared(builder) -> bool:
+  """A TFDS builder's dataset is prepared, with ArrayRecord files (what Grain reads)."""
+  import tensorflow_datasets as tfds
+  return builder.is_prepared() and tfds.core.file_adapters.FileFormat.ARRAY_RECORD in \
+      builder.info.available_file_formats()
+
+
 def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_FASHION_MNIST_DIR) -> str:
   """Prepare TFDS's ``fashion_mnist`` in ``data_dir`` in ArrayRecord (what ``tfds.data_source`` and
   Grain read); returns the TFDS data dir. (A copy prepared earlier in TFRecord only is moved aside
@@ -39,7 +46,7 @@ def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_
   data_dir = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
   real = tfds.builder('fashion_mnist', data_dir=data_dir)
   array_record = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
-  if real.is_prepared() and array_record in real.info.available_file_formats():
+  if is_prepared(real):
     return data_dir
   if real.is_prepared():
     raise ValueError(f'{real.data_dir} holds fashion_mnist in TFRecord only: tpm_jax.data.prepare moves it aside first')

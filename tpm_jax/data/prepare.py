@@ -21,16 +21,11 @@ import sys
 import tensorflow_datasets as tfds
 
 from tpm_jax.config import ConfigError, DataConfig
-from tpm_jax.data.local_sources import prepare_fashion_mnist
+from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
 
 log = logging.getLogger(__name__)
 
 ARRAY_RECORD = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
-
-
-def is_prepared(builder) -> bool:
-  """Prepared, with ArrayRecord files."""
-  return builder.is_prepared() and ARRAY_RECORD in builder.info.available_file_formats()
 
 
 def prepare(dcfg):
