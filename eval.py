@@ -23,7 +23,7 @@ from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.cli import quiet_library_logs, run
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
-from tpm_jax.files import write_json
+from tpm_jax.files import read_json_object, write_json
 from tpm_jax.throughput import images_per_sec
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
@@ -42,6 +42,17 @@ def _check_same_model(saved: RunConfig, given: RunConfig) -> None:
                       f'evaluated as trained, --config supplies only its dataset and preprocessing settings')
 
 
+RESULT_KEYS = ('source', 'checkpoint', 'split', 'top1', 'top5', 'examples')
+
+
+def _an_eval_result(path: str) -> bool:
+  """Whether ``path`` holds an earlier result of eval.py (which --output may replace)."""
+  try:
+    return set(RESULT_KEYS) <= set(read_json_object(path))
+  except (OSError, ValueError):
+    return False
+
+
 def _fail(message: str, code: int):
   print(f'error: {message}', file=sys.stderr, flush=True)
   sys.stdout.flush()
@@ -55,7 +66,7 @@ def main(argv):
   F = flags.FLAGS
   try:
     given = RunConfig.from_any(F.config) if F.config else None
-    output = preflight.check_output_file('--output', F.output) if F.output else None
+    output = preflight.check_output_file('--output', F.output, ours=_an_eval_result) if F.output else None
     if F.checkpoint:
       if not os.path.exists(F.checkpoint):
         raise ConfigError(f'--checkpoint={F.checkpoint} is not accepted: no such directory')

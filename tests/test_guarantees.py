@@ -169,7 +169,13 @@ def test_export_never_destroys(tmp_path, finished, capsys):
   (mine / 'params' / 'notes.txt').write_text('my work')
   (mine / 'config.json').write_text('{"mine": true}')
   from tpm_jax import export
+  (tmp_path / 'weights.safetensors').write_text('my weights')
+  parent = tmp_path / 'parent'
+  _copy(finished, parent / 'run')
   refused = [(['--output', str(mine)], 'holds other files'), (['--output', str(workdir)], 'inside the workdir'),
+             (['--output', str(parent), '--overwrite'], 'holds the training workdir'),
+             (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
+              'not written by this tool'),
              (['--output', str(workdir / 'checkpoints' / '4')], 'inside the workdir'),
              (['--output', str(tmp_path / 'out'), '--step', '3'], '--step=3'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'missing' / 'w.safetensors')],
@@ -180,6 +186,7 @@ def test_export_never_destroys(tmp_path, finished, capsys):
     assert e.value.code == 2
     assert words in capsys.readouterr().err
   assert (mine / 'params' / 'notes.txt').read_text() == 'my work' and _listing(workdir) == before
+  assert (tmp_path / 'weights.safetensors').read_text() == 'my weights' and (parent / 'run' / 'final.json').exists()
   assert not (tmp_path / 'out').exists()
   # an earlier export is replaced whole; a killed re-export leaves the old one intact
   res = _tool('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(tmp_path / 'out'), '--step', '2')
@@ -197,10 +204,17 @@ def test_export_never_destroys(tmp_path, finished, capsys):
 
 
 def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished):
-  res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output',
-              str(tmp_path / 'missing' / 'eval.json'))
-  assert res.returncode == 2 and 'does not exist' in _one_line_error(res)
-  assert 'top1' not in res.stdout  # nothing was evaluated
+  """--output: a missing folder, a file eval.py did not write, a path inside a training workdir: one
+  line before anything is evaluated, nothing changed."""
+  (tmp_path / 'notes.json').write_text('{"mine": 1}')
+  before = _listing(finished)
+  for output, words in ((tmp_path / 'missing' / 'eval.json', 'does not exist'),
+                        (tmp_path / 'notes.json', 'was not written by this tool'),
+                        (finished / 'metrics.jsonl', 'inside the training workdir')):
+    res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output', str(output))
+    assert res.returncode == 2 and words in _one_line_error(res), res.stderr[-2000:]
+    assert 'top1' not in res.stdout  # nothing was evaluated
+  assert (tmp_path / 'notes.json').read_text() == '{"mine": 1}' and _listing(finished) == before
 
 
 # -- verification without holes; nothing hangs --------------------------------------------------

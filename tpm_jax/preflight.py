@@ -158,17 +158,44 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
     raise ConfigError(f'{what} {workdir}: {existing} is not writable (read-only file system or permissions)')
 
 
-def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwrite: bool = True) -> str:
+def training_workdir_holding(path: str) -> str | None:
+  """The training workdir that ``path`` is, or lies inside (symlinks resolved), if any."""
+  probe = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+  while True:
+    if os.path.isdir(checkpoint_dir(probe)) or os.path.isfile(os.path.join(probe, 'metrics.jsonl')):
+      return probe
+    if probe == os.path.dirname(probe):
+      return None
+    probe = os.path.dirname(probe)
+
+
+def training_workdir_below(path: str) -> str | None:
+  """A training workdir inside the folder ``path``, if any (so that replacing the folder would delete it)."""
+  for root, dirs, files in os.walk(path):
+    if 'checkpoints' in dirs or 'metrics.jsonl' in files:
+      return root
+  return None
+
+
+def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwrite: bool = False,
+                      ours=None) -> str:
   """A file a tool will write: its folder exists and is writable, it is not a directory (nor a FIFO or
-  device), and (unless ``overwrite``) it does not exist. Returns the absolute path."""
+  device), it is not inside a training workdir (read-only tools never change one), and an existing
+  file is replaced only if ``ours(path)`` says the tool wrote it, or with ``overwrite``. Returns the
+  absolute path."""
   p = os.path.abspath(os.path.expanduser(path))
   if suffix and not p.endswith(suffix):
     raise ConfigError(f'{flag}={path} is not accepted: expected a {suffix} file name')
+  workdir = training_workdir_holding(p)
+  if workdir is not None:
+    raise ConfigError(f'{flag}={path} is not accepted: it is inside the training workdir {workdir}, which this tool '
+                      f'does not change; choose a path outside it')
   if os.path.lexists(p):
     if not os.path.isfile(p):
       raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
-    if not overwrite:
-      raise ConfigError(f'{flag}={path} is not accepted: it exists')
+    if not overwrite and not (ours is not None and ours(p)):
+      raise ConfigError(f'{flag}={path} is not accepted: the file exists and was not written by this tool; choose '
+                        f'another name, or remove it first')
   parent = os.path.dirname(p)
   if not os.path.isdir(parent):
     raise ConfigError(f'{flag}={path} is not accepted: the folder {parent} does not exist')
@@ -196,14 +223,18 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if real == src or real.startswith(src + os.sep):
     raise ConfigError(f'--output={output} is not accepted: it is inside the workdir being exported ({source_workdir}); '
                       f'choose a folder outside it')
-  probe = real
-  while probe != os.path.dirname(probe):
-    if os.path.isdir(checkpoint_dir(probe)) or os.path.isfile(os.path.join(probe, 'metrics.jsonl')):
-      raise ConfigError(f'--output={output} is not accepted: {probe} is a training workdir; choose a folder outside it')
-    probe = os.path.dirname(probe)
+  workdir = training_workdir_holding(p)
+  if workdir is not None:
+    raise ConfigError(f'--output={output} is not accepted: it is inside the training workdir {workdir}; choose a '
+                      f'folder outside it')
   check_workdir_path(p, what='--output')
-  if os.path.isdir(p) and os.listdir(p) and not written_by_export(p) and not overwrite:
-    raise ConfigError(f'--output={output} is not accepted: it holds other files ({", ".join(sorted(os.listdir(p))[:3])}'
-                      f'); choose a new folder, or --overwrite to replace it')
+  if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
+    below = training_workdir_below(p)
+    if below is not None:
+      raise ConfigError(f'--output={output} is not accepted: it holds the training workdir {below}, which replacing '
+                        f'the folder would delete; choose a new folder')
+    if not overwrite:
+      raise ConfigError(f'--output={output} is not accepted: it holds other files ({", ".join(sorted(os.listdir(p))[:3])}'
+                        f'); choose a new folder, or --overwrite to replace the folder and everything in it')
   return p
 

@@ -64,7 +64,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   check_step(workdir, step)
   output = preflight.check_export_output(output, source_workdir=workdir, overwrite=overwrite)
   if safetensors:
-    safetensors = preflight.check_output_file('--safetensors', safetensors, suffix='.safetensors')
+    safetensors = preflight.check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite)
   model, run, step = restore_from_workdir(workdir, step)
   tmp = f'{output}.writing-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
@@ -117,7 +117,8 @@ def main(argv=None):
   p.add_argument('--output', required=True)
   p.add_argument('--step', type=int, default=None, help='default: the newest good checkpoint')
   p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
-  p.add_argument('--overwrite', action='store_true', help='replace an --output folder that holds other files')
+  p.add_argument('--overwrite', action='store_true',
+                 help='replace an --output folder that holds other files, or an existing --safetensors file')
   args = p.parse_args(argv)
   try:
     out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
