@@ -285,3 +285,41 @@ def test_non_finite_timm_weights_are_refused_before_anything_is_written(tmp_path
       _one_line_error(res)
   assert not (tmp_path / 'run').exists()
   del tpm_jax
+
+
+def test_a_train_split_with_other_classes_or_files_is_refused_on_resume(tmp_path):
+  """An image folder whose class folder was renamed (same size; every label now means another class)
+  or whose images were swapped for others: the saved input position and labels would mean other
+  data, so the resume is refused (exit 2), nothing written."""
+  import numpy as np
+  from PIL import Image
+
+  from configs import deit
+  from tpm_jax import trainer
+  from tpm_jax.checkpoint import ResumeMismatch
+  root = tmp_path / 'folder'
+  rs = np.random.RandomState(0)
+  for cls in ('a', 'b', 'c'):
+    for split, n in (('train', 6), ('validation', 2)):
+      (root / split / cls).mkdir(parents=True)
+      for i in range(n):
+        Image.fromarray(rs.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / cls / f'{i}.png')
+  c = deit.get_config('smoke')
+  c.dataset.image_folder, c.model.num_classes, c.total_steps = str(root), 3, 2
+  trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+  c.total_steps = 4
+
+  def refused():
+    before = _listing(tmp_path / 'run')
+    with pytest.raises(ResumeMismatch, match=r"dataset.train_split='train' of image folder .* holds other examples"):
+      trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+    assert _listing(tmp_path / 'run') == before
+  for split in ('train', 'validation'):  # the class names: labels 0, 1, 2 are now b, c, z
+    (root / split / 'a').rename(root / split / 'z')
+  refused()
+  for split in ('train', 'validation'):
+    (root / split / 'z').rename(root / split / 'a')
+  (root / 'train' / 'a' / '0.png').rename(root / 'train' / 'a' / '9.png')  # the files, under the same classes
+  refused()
+  (root / 'train' / 'a' / '9.png').rename(root / 'train' / 'a' / '0.png')  # as saved: it continues
+  assert trainer.train_and_evaluate(c, str(tmp_path / 'run'))['step'] == 4

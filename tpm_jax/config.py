@@ -632,7 +632,7 @@ class RunConfig:
   mesh: MeshConfig = MeshConfig()
   fsdp_min_size: int = 2 ** 14      # parameters smaller than this stay replicated under FSDP
   log_every_steps: int = 50
-  eval_every_steps: int = 1000      # 0: no evaluation but at the end
+  eval_every_steps: int = 1000      # and at the last step; 0: no evaluation
   checkpoint_every_steps: int = 1000
   keep_checkpoints: int = 3
   preemption_check_every_steps: int = 10  # several processes: agree on a stop every N steps (a collective)

@@ -458,6 +458,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   # still before the workdir is written.
   preflight.check_prepared_splits(dataset, run.dataset)
   split_examples = dataset.num_examples(run.dataset.train_split)
+  fingerprint = dataset.fingerprint(run.dataset.train_split)  # the class names and the files or shards
   steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
   total_steps = int(run.total_steps or math.ceil(run.num_epochs * steps_per_epoch))
   stop.check('start-up')
@@ -473,7 +474,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     setup = plan_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     resume = None if run.overwrite else checkpoint.plan_resume(
         workdir, run, checkpoint.with_shardings(setup.abstract_state, setup.shardings), total_steps=total_steps,
-        train_examples=split_examples, process_index=pidx, process_count=nproc,
+        train_examples=split_examples, train_fingerprint=fingerprint, process_index=pidx, process_count=nproc,
         has_final=read_final(workdir) is not None)
     if resume is not None and resume.finished:
       log.info('%s: finished at step %d (final.json); nothing to do (a larger total_steps continues it)',
@@ -494,7 +495,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     if nproc > 1:  # the others wait until process 0 has set the workdir up
       multihost_utils.sync_global_devices('workdir ready')
     return _loop(run, workdir, setup, dataset, resume, start=start, total_steps=total_steps,
-                 steps_per_epoch=steps_per_epoch, split_examples=split_examples, stop=stop)
+                 steps_per_epoch=steps_per_epoch, split_examples=split_examples, fingerprint=fingerprint, stop=stop)
   finally:
     if lock is not None:
       lock.release()
@@ -506,7 +507,8 @@ def plan_training(run, *, total_steps: int, steps_per_epoch: float, mesh=None) -
                         materialise=False)
 
 
-def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per_epoch, split_examples, stop):
+def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per_epoch, split_examples, fingerprint,
+          stop):
   pidx, nproc = jax.process_index(), jax.process_count()
   is_main = pidx == 0
   mesh = setup.mesh
@@ -536,7 +538,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     final = dict(step=start)
     t_last, s_last = time.time(), start
     meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
-                             process_count=nproc)
+                             train_fingerprint=fingerprint, process_count=nproc)
     for step in range(start + 1, total_steps + 1):
       batch = sharding.global_batch(next(train_iter), batch_sh)
       ckpt.poll()
@@ -558,7 +560,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
           row['images_per_sec'] = (step - s_last) * run.batch_size / max(now - t_last, 1e-9)
           t_last, s_last = now, step
           progress.update(step, row['loss'], row['images_per_sec'])
-          if run.eval_every_steps and (step % run.eval_every_steps == 0 or step == total_steps) or step == total_steps:
+          if run.eval_every_steps and (step % run.eval_every_steps == 0 or step == total_steps):
             row.update(evaluate(run, dataset, state, eval_step, batch_sh))
           writer.write(step, row)
         final = dict(step=step, **row)
@@ -572,7 +574,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
           final['preempted'] = True
           break
     if start == total_steps:  # resumed at the last step without final.json: its evaluation is all that is left
-      final = dict(step=start, **evaluate(run, dataset, state, eval_step, batch_sh))
+      final = dict(step=start, **(evaluate(run, dataset, state, eval_step, batch_sh) if run.eval_every_steps else {}))
     ckpt.close()
     progress.close()
   finally:

@@ -4,8 +4,9 @@ writes anything. It sees every step, set-aside ones included.
 * A workdir holding another run (the identity fields of ``RunConfig.IDENTITY`` differ from those
   saved in ``config.json`` or in the step's own ``meta``): refused (``ResumeMismatch``, exit 2).
 * A step whose state cannot continue as asked (other state shapes, a step past ``total_steps``,
-  an input position saved by another number of processes or workers or over a split of another
-  size): refused (exit 2), nothing renamed.
+  an input position saved by another number of processes or workers, or over a train split of
+  another size or contents: its class names, files or shards, ``Dataset.fingerprint``): refused
+  (exit 2), nothing renamed.
 * A step that fails its integrity checks (unreadable meta, checksums, restore, non-finite
   parameters): set aside as ``<step>.unreadable`` with a message, and the next older step tried.
 * No good step left but set-aside ones: refused (``CheckpointError``, exit 1): never started over
@@ -73,7 +74,8 @@ def check_config_json(workdir: str, run: RunConfig) -> None:
 
 
 def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: int, train_examples: int,
-                process_index: int = 0, process_count: int = 1, has_final: bool = False) -> Resume | None:
+                train_fingerprint: str | None = None, process_index: int = 0, process_count: int = 1,
+                has_final: bool = False) -> Resume | None:
   """The step to continue from (its items restored into ``abstract_state``'s shardings), None to
   start at step 0; raises as the module docstring says."""
   directory = checkpoint_dir(workdir)
@@ -87,7 +89,7 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
       saved = saved_run(step_dir, s)
       meta = read_meta(step_dir)
       _refuse_other_run(workdir, s, run, saved, meta, total_steps=total_steps, train_examples=train_examples,
-                        process_count=process_count)
+                        train_fingerprint=train_fingerprint, process_count=process_count)
       diffs = tree_differences(step_dir, abstract)
       if diffs:
         fields = _state_field_differences(run, saved) or diffs[:3]
@@ -129,7 +131,8 @@ def _state_field_differences(run: RunConfig, saved: RunConfig) -> list[str]:
           if k.startswith(STATE_SECTIONS) and old.get(k) != new.get(k)]
 
 
-def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_examples, process_count):
+def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_examples, train_fingerprint,
+                      process_count):
   diffs = run.identity_differences(saved)
   if diffs:
     raise ResumeMismatch(f'checkpoint step {step} of {workdir} was saved by a run with {"; ".join(diffs)}: '
@@ -146,6 +149,12 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} has {train_examples} examples now and had '
                          f'{saved_n} when checkpoint step {step} was saved: the saved input position would point into '
                          f'other data; restore the data, or {_overwrite_hint(workdir)}')
+  saved_print = meta.get('train_fingerprint')
+  if saved_print is not None and train_fingerprint is not None and saved_print != train_fingerprint:
+    raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} of {run.dataset.where} holds other examples '
+                         f'or classes than when checkpoint step {step} was saved (same size; its class names, files '
+                         f'or shards changed): the saved input position and labels would mean other data; restore '
+                         f'the data, or {_overwrite_hint(workdir)}')
 
 
 def _set_aside(directory: str, step: int, process_index: int, process_count: int) -> str:

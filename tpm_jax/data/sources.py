@@ -23,6 +23,7 @@ import bisect
 import concurrent.futures
 import dataclasses
 import glob
+import hashlib
 import json
 import os
 import re
@@ -153,6 +154,23 @@ class Dataset:
 
   def num_examples(self, spec: str) -> int:
     return int(self.splits[spec].num_examples) if self.splits else len(self.source(spec))
+
+  def fingerprint(self, spec: str) -> str:
+    """SHA-256 of what the examples of a split spec are: the class names (which label means what),
+    and an image folder's files by class, or a TFDS split's shards (files, ranges). A resumed run's
+    saved input position indexes these examples, so a changed fingerprint means other data."""
+    parts = [list(self.label_names), spec]
+    if self.files is not None:
+      root = self.where.removeprefix('image folder ')
+      for name in sorted({p.split('[')[0].strip() for p in spec.split('+')}):
+        parts.append([(cls, sorted(os.path.relpath(f, root) for f in paths))
+                      for cls, paths in sorted(self.files.get(name, {}).items())])
+    elif self.splits:
+      parts.append([(os.path.basename(os.fspath(f.filename)), int(f.skip), int(f.take))
+                    for f in self.splits[spec].file_instructions])
+    else:
+      parts.append(self.num_examples(spec))
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
 def _check_shard(shard) -> str | None:
