@@ -37,6 +37,8 @@ BAD = [
     (dict(**{'dataset.name': 'imagenet2012', 'dataset.manual_dir': '/nonexistent'}),
      r"dataset.manual_dir='/nonexistent' .*ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"),
     (dict(**{'init.timm_checkpoint': '/nonexistent.safetensors'}), r'init.timm_checkpoint=.*no such file'),
+    (dict(**{'optim.lr': float('inf')}), r'optim.lr=inf .*a finite number'),
+    (dict(**{'seed': -1}), r'seed=-1 .*\[0, 2\*\*31\)'),
 ]
 
 

@@ -176,6 +176,10 @@ def test_export_never_destroys(tmp_path, finished, capsys):
              (['--output', str(parent), '--overwrite'], 'holds the training workdir'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
               'not written by this tool'),
+             (['--output', str(tmp_path / 'out.safetensors'), '--safetensors', str(tmp_path / 'out.safetensors')],
+              'the export folder or inside it'),
+             (['--output', str(tmp_path / 'out'), '--safetensors', str(workdir / 'checkpoints' / '4' / 'w.safetensors')],
+              'inside the training workdir'),
              (['--output', str(workdir / 'checkpoints' / '4')], 'inside the workdir'),
              (['--output', str(tmp_path / 'out'), '--step', '3'], '--step=3'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'missing' / 'w.safetensors')],
@@ -255,7 +259,12 @@ def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir
       (dict(checkpoint=str(tmp_path / 'a_file')), tmp_path / 'run', 'not a directory'),
       ({}, tmp_path / 'a_file' / 'run', 'is a file'),
       ({}, tmp_path / ('x' * 300), 'longer than'),
+      ({}, tmp_path / 'fifo_metrics', 'metrics.jsonl is not a regular file'),
+      ({}, tmp_path / 'lock_folder', '.lock is not a regular file'),
   ]
+  (tmp_path / 'fifo_metrics').mkdir()
+  os.mkfifo(tmp_path / 'fifo_metrics' / 'metrics.jsonl')  # a run would block forever opening it
+  (tmp_path / 'lock_folder' / '.lock').mkdir(parents=True)
   for init, workdir, words in cases:
     with pytest.raises(ConfigError, match=words) as e:
       trainer.train_and_evaluate(config(**init), str(workdir))

@@ -397,8 +397,8 @@ def _typed(field: str, value: Any, kind: str) -> Any:
       _fail(field, value, 'an int')
     return int(value)
   if kind == 'float':
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-      _fail(field, value, 'a number')
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      _fail(field, value, 'a finite number')
     return float(value)
   if kind == 'str':
     if not isinstance(value, str):
@@ -675,6 +675,8 @@ class RunConfig:
     if not self.reduction.enabled and self.multiscale.enabled:
       _fail('multiscale.method', self.multiscale.method,
             "'none' when reduction.method='none' (the plain backbone; multi-scale fusion comes only with a reduction)")
+    if not 0 <= self.seed < 2 ** 31:
+      _fail('seed', self.seed, 'an int in [0, 2**31)')
     for field in ('batch_size', 'grad_accum_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
                   'preemption_check_every_steps', 'keep_warmup_stages', 'fsdp_min_size'):
       _at_least(field, getattr(self, field), 1, 'a positive int')

@@ -156,6 +156,16 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
                       f'bytes)')
   if not os.access(existing, os.W_OK | os.X_OK):
     raise ConfigError(f'{what} {workdir}: {existing} is not writable (read-only file system or permissions)')
+  for name, kind in RUN_FILE_KINDS.items():  # what a run writes there must be what it writes (a FIFO would block)
+    f = os.path.join(p, name)
+    if os.path.lexists(f) and not (os.path.isdir(f) if kind == 'folder' else os.path.isfile(f)):
+      raise ConfigError(f'{what} {workdir}: {f} is not a {kind} (this run would write its {name} there); move it '
+                        f'away')
+
+
+# The files and folders a run writes in its workdir, by kind.
+RUN_FILE_KINDS = {'config.json': 'regular file', 'metrics.jsonl': 'regular file', 'final.json': 'regular file',
+                  '.lock': 'regular file', 'checkpoints': 'folder', 'tensorboard': 'folder'}
 
 
 def training_workdir_holding(path: str) -> str | None:
@@ -211,6 +221,18 @@ def written_by_export(path: str) -> bool:
     return set(os.listdir(path)) <= set(EXPORT_FILES) and verify_checksums(path, None)
   except (OSError, CheckpointError):
     return False
+
+
+def check_export_paths(output: str, safetensors: str | None, *, source_workdir: str, overwrite: bool = False):
+  """(output, safetensors) of an export, checked: ``check_export_output``, ``check_output_file``, and
+  the timm file not inside the export folder (which is written whole and replaced)."""
+  output = check_export_output(output, source_workdir=source_workdir, overwrite=overwrite)
+  if safetensors:
+    safetensors = check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite)
+    if safetensors == output or safetensors.startswith(output + os.sep):
+      raise ConfigError(f'--safetensors={safetensors} is not accepted: it is the export folder or inside it; '
+                        f'choose a path outside --output')
+  return output, safetensors
 
 
 def check_export_output(output: str, *, source_workdir: str, overwrite: bool = False) -> str:

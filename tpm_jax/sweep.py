@@ -76,8 +76,8 @@ class Run:
             d = json.load(f)
           return path, (d['config'] if name == 'final.json' else d)
         except (OSError, ValueError, KeyError, TypeError) as e:
-          raise ConfigError(f'{path} is unreadable ({type(e).__name__}): delete the run\'s folder '
-                            f'{self.workdir} to retrain it') from None
+          raise ConfigError(f'{path} is unreadable ({type(e).__name__}): move the run\'s folder '
+                            f'{self.workdir} aside to retrain it') from None
     return None
 
   def differences(self) -> list[str]:
@@ -182,8 +182,8 @@ def check_existing(runs: list[Run]) -> None:
     r, d = differ[0]
     names = ', '.join(x.name for x, _ in differ[:5]) + (f' and {len(differ) - 5} more' if len(differ) > 5 else '')
     raise ConfigError(f'{len(differ)} runs in this sweep\'s workdir were made with other settings ({names}; '
-                      f'{r.name}: {"; ".join(d[:3])}): use another --workdir for these settings, or delete those '
-                      f'runs\' folders to retrain them')
+                      f'{r.name}: {"; ".join(d[:3])}): use another --workdir for these settings (the runs there stay '
+                      f'as they are), or the settings they were made with')
 
 
 class Interrupted(Exception):
@@ -269,7 +269,7 @@ def _final(workdir: str) -> dict:
     RunConfig.from_any(final['config'])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(f'{path} is unreadable or has no readable run config ({type(e).__name__}: '
-                      f'{str(e).splitlines()[0][:100] if str(e) else ""}): delete the run\'s folder to retrain it') from None
+                      f'{str(e).splitlines()[0][:100] if str(e) else ""}): move the run\'s folder aside to retrain it') from None
   return dict(final, top1=final.get('eval_top1', float('nan')), top5=final.get('eval_top5', float('nan')))
 
 

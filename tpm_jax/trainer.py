@@ -372,6 +372,7 @@ class StopSignals:
   def __init__(self, every_steps: int = 10):
     self.every_steps = int(every_steps)
     self.received = None
+    self._first = 0.0
     self._previous = {}
 
   def __enter__(self):
@@ -380,9 +381,19 @@ class StopSignals:
         self._previous[s] = signal.signal(s, self._handle)
     return self
 
+  GIVE_UP_AFTER_S = 30.0
+
   def _handle(self, signum, frame):
     del frame
-    self.received = signal.Signals(signum).name
+    if self.received and time.monotonic() - self._first > self.GIVE_UP_AFTER_S:
+      # a second signal long after the first: the run is stuck outside a step (a blocked file, a hung
+      # collective) and would never save; stop now rather than hang
+      print(f'error: {signal.Signals(signum).name} again {time.monotonic() - self._first:.0f} s after '
+            f'{self.received}, and no step boundary was reached to save at: stopping without saving; the last '
+            f'complete checkpoint is kept', file=sys.stderr, flush=True)
+      os._exit(1)
+    if not self.received:
+      self.received, self._first = signal.Signals(signum).name, time.monotonic()
 
   def check(self, phase: str) -> None:
     if self.received and jax.process_count() == 1:

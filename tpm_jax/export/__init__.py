@@ -62,9 +62,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     raise ConfigError(f'--workdir={workdir} is not a training workdir (it has no checkpoints/ folder)')
   check_step(workdir, step)
-  output = preflight.check_export_output(output, source_workdir=workdir, overwrite=overwrite)
-  if safetensors:
-    safetensors = preflight.check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite)
+  output, safetensors = preflight.check_export_paths(output, safetensors, source_workdir=workdir, overwrite=overwrite)
   model, run, step = restore_from_workdir(workdir, step)
   tmp = f'{output}.writing-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
