@@ -88,6 +88,7 @@ def test_wrong_shaped_timm_checkpoint_names_the_parameter(tmp_path):
      "error: reduction.keep_rate='2.0' is not accepted: expected a float in (0, 1] or one per location"),
     (['--config.reduction.keeprate=0.5'], 'error: config.reduction.keeprate is not a known config field (did you mean keep_rate?)'),
     (['--config.batch_size=abc'], "error: flag --config.batch_size=abc: invalid literal for int() with base 10: 'abc'"),
+    (['config.seed=3'], "error: unexpected argument 'config.seed=3': flags start with -- (for example --config.seed=3)"),
 ])
 def test_cli_exit_code_2_and_one_line(tmp_path, args, line):
   res = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
@@ -115,3 +116,13 @@ def test_fmnist_tome_merges_what_the_keep_rate_removes_at_each_location(arg):
   for r_i in r:
     assert r_i == m - math.ceil(keep * m)
     m -= r_i
+
+
+def test_a_config_that_is_not_a_file_is_one_line_and_never_blocks(tmp_path):
+  """--config /dev/zero would be read forever by the config loader: refused before it is opened."""
+  res = subprocess.run([sys.executable, os.path.join(ROOT, 'train.py'), '--config', '/dev/zero', '--workdir',
+                        str(tmp_path / 'run')], env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT),
+                       capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2 and [l for l in res.stderr.splitlines() if l.startswith('error:')] == [
+      'error: --config /dev/zero: not a regular file (expected a configs/*.py file)']
+  assert not (tmp_path / 'run').exists()

@@ -259,9 +259,14 @@ def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir
       (dict(checkpoint=str(tmp_path / 'a_file')), tmp_path / 'run', 'not a directory'),
       ({}, tmp_path / 'a_file' / 'run', 'is a file'),
       ({}, tmp_path / ('x' * 300), 'longer than'),
+      (dict(timm_checkpoint=str(tmp_path / 'cut.safetensors')), tmp_path / 'run', 'cannot read .* as safetensors'),
       ({}, tmp_path / 'fifo_metrics', 'metrics.jsonl is not a regular file'),
       ({}, tmp_path / 'lock_folder', '.lock is not a regular file'),
   ]
+  from safetensors.numpy import save_file
+  save_file({'pos_embed': __import__('numpy').zeros((1, 65, 48), 'float32')}, str(tmp_path / 'cut.safetensors'))
+  whole = (tmp_path / 'cut.safetensors').read_bytes()
+  (tmp_path / 'cut.safetensors').write_bytes(whole[:len(whole) // 3])  # truncated, as by a failed copy
   (tmp_path / 'fifo_metrics').mkdir()
   os.mkfifo(tmp_path / 'fifo_metrics' / 'metrics.jsonl')  # a run would block forever opening it
   (tmp_path / 'lock_folder' / '.lock').mkdir(parents=True)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -53,7 +54,11 @@ def parse_flags_or_exit(argv=None) -> list[str]:
   unknown config field or a bad arg string is one line on stderr and exit code 2, not a traceback."""
   argv = list(sys.argv if argv is None else argv)
   try:
+    _check_config_file(argv)
     remaining = flags.FLAGS(argv)
+    if len(remaining) > 1:  # a flag without its leading --, say: it would be silently ignored
+      raise ValueError(f'unexpected argument {remaining[1]!r}: flags start with -- (for example '
+                       f'--{remaining[1].lstrip("-")})')
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
       config = flags.FLAGS.config  # a file that failed to load is an error object that raises when read
       if type(config).__name__ == '_ErrorConfig':
@@ -62,6 +67,16 @@ def parse_flags_or_exit(argv=None) -> list[str]:
   except Exception as e:  # noqa: BLE001 - absl, the config loader and our get_config raise many kinds
     print(f'error: {describe_flag_error(e, argv)}', file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def _check_config_file(argv) -> None:
+  """--config names a regular file (stat first: a FIFO or /dev/zero would be read forever)."""
+  for i, a in enumerate(argv):
+    if a == '--config' or a.startswith('--config='):
+      value = a.split('=', 1)[1] if '=' in a else (argv[i + 1] if i + 1 < len(argv) else '')
+      path = os.path.expanduser(value.split(':', 1)[0])
+      if path and os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f'--config {value}: not a regular file (expected a configs/*.py file)')
 
 
 def describe_flag_error(e: Exception, argv) -> str:

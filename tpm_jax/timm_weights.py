@@ -94,12 +94,12 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
       from safetensors.numpy import load_file
       try:
         sd = load_file(path)
-      except Exception as e:  # a safetensors file in bf16 needs torch to read
+      except Exception as e:  # noqa: BLE001 - a safetensors file in bf16 needs torch to read; anything else is the file's
         try:
           from safetensors.torch import load_file as load_torch
-        except ImportError:
-          raise ValueError(f'cannot read {path}: {e}') from e
-        sd = load_torch(path)
+          sd = load_torch(path)
+        except Exception:  # noqa: BLE001 (torch missing, or not a safetensors file at all: truncated, damaged)
+          raise ValueError(f'cannot read {path} as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__})') from e
     elif path.endswith(('.pth', '.pt', '.bin')):
       try:
         import torch
