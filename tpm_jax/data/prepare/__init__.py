@@ -58,7 +58,7 @@ def prepare(dcfg):
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  p = argparse.ArgumentParser(prog='python -m tpm_jax.data.prepare', description=__doc__.split('\n\n')[0])
   p.add_argument('--name', required=True, help='a TFDS dataset name, e.g. imagenet2012, fashion_mnist')
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)')
   p.add_argument('--manual_dir', default=None, help='where the dataset\'s manual downloads are (imagenet2012: the tars)')
@@ -72,6 +72,3 @@ def main(argv=None) -> int:
   print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
   return 0
 
-
-if __name__ == '__main__':
-  sys.exit(main())
