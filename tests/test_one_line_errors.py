@@ -65,3 +65,10 @@ def test_eval_py_with_a_timm_file_of_the_wrong_shapes_or_a_pickled_model_is_one_
     line = _one_line(res)
     assert line.startswith(f"error: --timm_checkpoint='{path}'") and says in line, line
   assert not (tmp_path / 'eval.json').exists()
+
+
+def test_prepare_errors_are_one_line(tmp_path):
+  res = _run('-m', 'tpm_jax.data.prepare', '--name', 'no_such_dataset_xyz', '--data_dir', str(tmp_path))
+  assert res.returncode == 2
+  assert 'no_such_dataset_xyz' in _one_line(res)
+  assert 'RuntimeWarning' not in res.stderr, res.stderr  # runpy's, when the module ran twice (imported, then as __main__)
