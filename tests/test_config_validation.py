@@ -126,3 +126,13 @@ def test_a_config_that_is_not_a_file_is_one_line_and_never_blocks(tmp_path):
   assert res.returncode == 2 and [l for l in res.stderr.splitlines() if l.startswith('error:')] == [
       'error: --config /dev/zero: not a regular file (expected a configs/*.py file)']
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_batch_larger_than_the_train_split_is_refused(tmp_path):
+  """batch_size=100000 on a split of 8 examples read the split thousands of times for one step (a run
+  that never got to its first step): refused before anything is written."""
+  import tensorflow_datasets as tfds
+  c = _smoke(**{'dataset.name': 'cifar10', 'dataset.eval_split': 'test'})
+  with tfds.testing.mock_data(num_examples=8), pytest.raises(ConfigError, match=r'batch_size=16 .*at most the 8'):
+    trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()

@@ -73,6 +73,15 @@ def check_data(data: DataConfig, *, num_classes: int | None = None) -> None:
   check_dataset(data, num_classes=num_classes)
 
 
+def check_batch_fits(run: RunConfig, train_examples: int, process_count: int = 1) -> None:
+  """A global batch no larger than the train split (a larger one would read the split many times
+  over for a single step)."""
+  n = run.num_train_examples or train_examples
+  if run.batch_size > n:
+    refuse('batch_size', run.batch_size, f'at most the {n} examples of dataset.train_split='
+           f'{run.dataset.train_split!r}')
+
+
 def check_prepared_splits(dataset, data: DataConfig, fields=SPLIT_FIELDS) -> None:
   """The splits of a dataset prepared just now (no split sizes before), still before anything is written."""
   check_splits(dataset, data, dataset.where, fields=fields)

@@ -469,6 +469,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   # still before the workdir is written.
   preflight.check_prepared_splits(dataset, run.dataset)
   split_examples = dataset.num_examples(run.dataset.train_split)
+  preflight.check_batch_fits(run, split_examples, nproc)
   fingerprint = dataset.fingerprint(run.dataset.train_split)  # the class names and the files or shards
   steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
   total_steps = int(run.total_steps or math.ceil(run.num_epochs * steps_per_epoch))
