@@ -65,6 +65,9 @@ def main(argv):
   quiet_library_logs()
   F = flags.FLAGS
   try:
+    for flag in ('batch_size', 'timed_runs'):
+      if F[flag].value < 1:
+        raise ConfigError(f'--{flag}={F[flag].value} is not accepted: expected a positive int')
     given = RunConfig.from_any(F.config) if F.config else None
     output = preflight.check_output_file('--output', F.output, ours=_an_eval_result) if F.output else None
     if F.checkpoint:

@@ -212,10 +212,15 @@ def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished):
   line before anything is evaluated, nothing changed."""
   (tmp_path / 'notes.json').write_text('{"mine": 1}')
   before = _listing(finished)
+  from tpm_jax import export
+  export.export(str(finished), str(tmp_path / 'export'))
   for output, words in ((tmp_path / 'missing' / 'eval.json', 'does not exist'),
                         (tmp_path / 'notes.json', 'was not written by this tool'),
-                        (finished / 'metrics.jsonl', 'inside the training workdir')):
-    res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output', str(output))
+                        (finished / 'metrics.jsonl', 'inside the training workdir'),
+                        (tmp_path / 'export' / 'eval.json', 'inside the export'),
+                        (tmp_path / 'eval.json', '--batch_size=0')):
+    res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output', str(output),
+                *(['--batch_size', '0'] if words == '--batch_size=0' else []))
     assert res.returncode == 2 and words in _one_line_error(res), res.stderr[-2000:]
     assert 'top1' not in res.stdout  # nothing was evaluated
   assert (tmp_path / 'notes.json').read_text() == '{"mine": 1}' and _listing(finished) == before
@@ -261,12 +266,15 @@ def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir
       ({}, tmp_path / ('x' * 300), 'longer than'),
       (dict(timm_checkpoint=str(tmp_path / 'cut.safetensors')), tmp_path / 'run', 'cannot read .* as safetensors'),
       ({}, tmp_path / 'fifo_metrics', 'metrics.jsonl is not a regular file'),
+      ({}, tmp_path / 'a_sweep', "a sweep's folder"),
       ({}, tmp_path / 'lock_folder', '.lock is not a regular file'),
   ]
   from safetensors.numpy import save_file
   save_file({'pos_embed': __import__('numpy').zeros((1, 65, 48), 'float32')}, str(tmp_path / 'cut.safetensors'))
   whole = (tmp_path / 'cut.safetensors').read_bytes()
   (tmp_path / 'cut.safetensors').write_bytes(whole[:len(whole) // 3])  # truncated, as by a failed copy
+  (tmp_path / 'a_sweep').mkdir()
+  (tmp_path / 'a_sweep' / 'sweep.json').write_text('{}')
   (tmp_path / 'fifo_metrics').mkdir()
   os.mkfifo(tmp_path / 'fifo_metrics' / 'metrics.jsonl')  # a run would block forever opening it
   (tmp_path / 'lock_folder' / '.lock').mkdir(parents=True)
@@ -337,3 +345,29 @@ def test_a_train_split_with_other_classes_or_files_is_refused_on_resume(tmp_path
   refused()
   (root / 'train' / 'a' / '9.png').rename(root / 'train' / 'a' / '0.png')  # as saved: it continues
   assert trainer.train_and_evaluate(c, str(tmp_path / 'run'))['step'] == 4
+
+
+def test_a_sweep_folder_is_its_own(tmp_path, finished, capsys):
+  """A sweep inside a training workdir, or --collect_only on a folder that does not exist: one line,
+  exit 2, nothing created."""
+  from tpm_jax import sweep
+  config = os.path.join(ROOT, 'configs/deit.py') + ':smoke'
+  before = _listing(finished)
+  assert sweep.main(['--config', config, '--sweep', 'seed=0,1', '--workdir', str(finished)]) == 2
+  assert 'inside the training workdir' in capsys.readouterr().err and _listing(finished) == before
+  assert sweep.main(['--config', config, '--sweep', 'seed=0', '--workdir', str(tmp_path / 'typo'), '--collect_only']) == 2
+  assert 'no such sweep folder' in capsys.readouterr().err and not (tmp_path / 'typo').exists()
+
+
+def test_a_model_says_which_images_fit_it():
+  """Images of another size, channel count or an empty batch: one line naming what the model takes
+  (they gave XLA's broadcasting error or a division by zero)."""
+  import jax.numpy as jnp
+
+  import tpm_jax
+  model = tpm_jax.create_model('vit_custom', img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3)
+  forward = tpm_jax.jit_forward(model)
+  for shape in ((2, 31, 31, 3), (2, 64, 64, 3), (2, 32, 32, 1), (0, 32, 32, 3), (32, 32, 3)):
+    for f in (model, forward):
+      with pytest.raises(ValueError, match=r'do not fit this model: expected \(B, 32, 32, 3\) with B >= 1'):
+        f(jnp.zeros(shape))

@@ -13,7 +13,7 @@ import stat
 from flax import nnx
 
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export
-from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes
+from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes, is_export
 from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
@@ -32,6 +32,7 @@ def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workd
   check_devices(run, num_devices=num_devices, process_count=process_count)
   if workdir is not None:
     check_workdir_path(workdir)
+    check_not_another_tool_s(workdir)
     if not run.overwrite:  # a workdir of another run
       check_config_json(workdir, run)
   abstract = nnx.eval_shape(lambda: model_from_config(run))
@@ -188,12 +189,34 @@ def training_workdir_holding(path: str) -> str | None:
     probe = os.path.dirname(probe)
 
 
+def export_holding(path: str) -> str | None:
+  """The export (a folder with params/ and config.json) that ``path`` is, or lies inside, if any."""
+  probe = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
+  while True:
+    if is_export(probe):
+      return probe
+    if probe == os.path.dirname(probe):
+      return None
+    probe = os.path.dirname(probe)
+
+
 def training_workdir_below(path: str) -> str | None:
   """A training workdir inside the folder ``path``, if any (so that replacing the folder would delete it)."""
   for root, dirs, files in os.walk(path):
     if 'checkpoints' in dirs or 'metrics.jsonl' in files:
       return root
   return None
+
+
+def check_not_another_tool_s(workdir: str) -> None:
+  """A training workdir is not a sweep's folder nor an export (a run would mix its files with theirs)."""
+  p = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.isfile(os.path.join(p, 'sweep.json')):
+    raise ConfigError(f'workdir {workdir} is a sweep\'s folder (it has sweep.json), not a training workdir: choose '
+                      f'another folder')
+  if is_export(p):
+    raise ConfigError(f'workdir {workdir} is an export, not a training workdir: choose another folder (to start from '
+                      f'the export: --config.init.checkpoint={workdir})')
 
 
 def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwrite: bool = False,
@@ -209,6 +232,10 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
   if workdir is not None:
     raise ConfigError(f'{flag}={path} is not accepted: it is inside the training workdir {workdir}, which this tool '
                       f'does not change; choose a path outside it')
+  export = export_holding(os.path.dirname(p))
+  if export is not None:
+    raise ConfigError(f'{flag}={path} is not accepted: it is inside the export {export}, whose files are checksummed '
+                      f'(another file there makes it unusable); choose a path outside it')
   if os.path.lexists(p):
     if not os.path.isfile(p):
       raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
@@ -265,7 +292,10 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
       raise ConfigError(f'--output={output} is not accepted: it holds the training workdir {below}, which replacing '
                         f'the folder would delete; choose a new folder')
     if not overwrite:
-      raise ConfigError(f'--output={output} is not accepted: it holds other files ({", ".join(sorted(os.listdir(p))[:3])}'
-                        f'); choose a new folder, or --overwrite to replace the folder and everything in it')
+      names = sorted(os.listdir(p))
+      others = [n for n in names if n not in EXPORT_FILES] or names  # what makes it not (only) an export
+      raise ConfigError(f'--output={output} is not accepted: it holds {", ".join(others[:3])}'
+                        f'{" and more" if len(others) > 3 else ""}, not written by the export (or changed since); '
+                        f'choose a new folder, or --overwrite to replace the folder and everything in it')
   return p
 

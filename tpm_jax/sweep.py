@@ -48,7 +48,7 @@ from tpm_jax.cli import describe_flag_error
 from tpm_jax.config import ConfigError, RunConfig, flat_dict
 from tpm_jax.flops import count_flops
 from tpm_jax.models.registry import model_from_config
-from tpm_jax.preflight import check_workdir_path
+from tpm_jax.preflight import check_workdir_path, training_workdir_holding
 from tpm_jax.throughput import images_per_sec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -410,6 +410,12 @@ def main(argv=None) -> int:
   p.add_argument('--throughput_batch', type=int, default=64)
   args, overrides = p.parse_known_args(argv)
   try:
+    held = training_workdir_holding(args.workdir)
+    if held is not None:
+      raise ConfigError(f'--workdir={args.workdir} is not accepted: it is inside the training workdir {held}; a sweep '
+                        f'needs a folder of its own')
+    if args.collect_only and not os.path.isdir(args.workdir):
+      raise ConfigError(f'--workdir={args.workdir} is not accepted: no such sweep folder (--collect_only reads one)')
     check_workdir_path(args.workdir, what='--workdir')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
     if bad:

@@ -311,6 +311,12 @@ class VisionTransformer(nnx.Module):
     """Logits (B, num_classes); with ``return_aux`` also a list with one dict per reduction
     location: block, scores (B, N), kept (B, k) input indices, assignment (B, N) output index of
     every input token (-1 if discarded), sizes (B, N')."""
+    c = self.cfg
+    want = (c.img_size, c.img_size, c.in_chans)
+    if len(images.shape) != 4 or tuple(images.shape[1:]) != want or images.shape[0] < 1:
+      raise ValueError(f'images of shape {tuple(images.shape)} do not fit this model: expected (B, {c.img_size}, '
+                       f'{c.img_size}, {c.in_chans}) with B >= 1 (NHWC; model img_size={c.img_size}, '
+                       f'in_chans={c.in_chans})')
     aux = [] if return_aux else None
     logits = self.forward_head(self.forward_features(images, train=train, aux=aux))
     return (logits, aux) if return_aux else logits
