@@ -9,22 +9,34 @@ throughput, printed as a table and written as JSON.
 The checkpoint's own config is used unless --config is given (then its dataset and preprocessing
 settings apply). Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
 """
-import os
+import signal
 import sys
 
-import jax
-from absl import flags
-from flax import nnx
-from ml_collections import config_flags
 
-import tpm_jax
-from tpm_jax import export, preflight, sharding, trainer
-from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import quiet_library_logs, run
-from tpm_jax.config import ConfigError, RunConfig
-from tpm_jax.data import input_pipeline
-from tpm_jax.files import read_json_object, write_json
-from tpm_jax.throughput import images_per_sec
+def _stopped_early(signum, frame):  # while importing: nothing started, nothing written
+  del frame
+  print(f'error: stopped by {signal.Signals(signum).name}; nothing was written', file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+signal.signal(signal.SIGTERM, _stopped_early)
+signal.signal(signal.SIGINT, _stopped_early)
+
+import os  # noqa: E402
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+import tpm_jax  # noqa: E402
+from tpm_jax import export, preflight, sharding, trainer  # noqa: E402
+from tpm_jax.checkpoint import CheckpointError  # noqa: E402
+from tpm_jax.cli import Interrupted, quiet_library_logs, run, stop_on_signals  # noqa: E402
+from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
+from tpm_jax.data import input_pipeline  # noqa: E402
+from tpm_jax.files import read_json_object, write_json  # noqa: E402
+from tpm_jax.throughput import images_per_sec  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('checkpoint', None, 'A training workdir (latest checkpoint) or an export directory.')
@@ -63,7 +75,14 @@ def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
   quiet_library_logs()
-  F = flags.FLAGS
+  stop_on_signals()
+  try:
+    _evaluate(flags.FLAGS)
+  except Interrupted as e:
+    _fail(str(e), 1)
+
+
+def _evaluate(F):
   try:
     for flag in ('batch_size', 'timed_runs'):
       if F[flag].value < 1:

@@ -172,7 +172,7 @@ def test_export_never_destroys(tmp_path, finished, capsys):
   (tmp_path / 'weights.safetensors').write_text('my weights')
   parent = tmp_path / 'parent'
   _copy(finished, parent / 'run')
-  refused = [(['--output', str(mine)], 'holds other files'), (['--output', str(workdir)], 'inside the workdir'),
+  refused = [(['--output', str(mine)], 'not written by the export'), (['--output', str(workdir)], 'inside the workdir'),
              (['--output', str(parent), '--overwrite'], 'holds the training workdir'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
               'not written by this tool'),

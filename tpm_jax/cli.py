@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags, logging
@@ -102,3 +103,17 @@ def describe_flag_error(e: Exception, argv) -> str:
     inner = [l.strip() for l in str(cause).splitlines() if l.strip()]
     first = f'{first} {inner[-1] if inner else type(cause).__name__}'
   return first
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``)."""
+
+
+def stop_on_signals() -> None:
+  """For the read-only tools (eval.py, export): SIGINT and SIGTERM raise ``Interrupted`` where the
+  tool is, so its ``finally`` clauses clean up and it ends with one line instead of a traceback."""
+  def handler(signum, frame):
+    del frame
+    raise Interrupted(f'stopped by {signal.Signals(signum).name}; nothing was written')
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, handler)

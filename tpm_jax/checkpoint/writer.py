@@ -15,7 +15,7 @@ from tpm_jax.checkpoint.integrity import write_checksums
 from tpm_jax.checkpoint.steps import DATA_ITEM, checkpoint_dir
 
 _FS_ERRORS = (('No space left on device', 28), ('Read-only file system', 30), ('Permission denied', 13),
-              ('Disk quota exceeded', 122))
+              ('Disk quota exceeded', 122), ('File too large', 27))
 
 
 def _write_error(directory, step, e):

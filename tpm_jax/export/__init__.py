@@ -24,6 +24,7 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
+from tpm_jax.cli import Interrupted, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
@@ -118,12 +119,13 @@ def main(argv=None):
   p.add_argument('--overwrite', action='store_true',
                  help='replace an --output folder that holds other files, or an existing --safetensors file')
   args = p.parse_args(argv)
+  stop_on_signals()
   try:
     out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
-  except (CheckpointError, OSError) as e:
+  except (CheckpointError, OSError, Interrupted) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
   with open(os.path.join(out, EXPORT_INFO)) as f:
