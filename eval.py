@@ -19,8 +19,9 @@ def _stopped_early(signum, frame):  # while importing: nothing started, nothing 
   sys.exit(1)
 
 
-signal.signal(signal.SIGTERM, _stopped_early)
-signal.signal(signal.SIGINT, _stopped_early)
+if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
+  signal.signal(signal.SIGTERM, _stopped_early)
+  signal.signal(signal.SIGINT, _stopped_early)
 
 import os  # noqa: E402
 

@@ -18,8 +18,9 @@ def _stopped_early(signum, frame):  # until the trainer takes over the signals: 
   sys.exit(0)
 
 
-signal.signal(signal.SIGTERM, _stopped_early)
-signal.signal(signal.SIGINT, _stopped_early)
+if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
+  signal.signal(signal.SIGTERM, _stopped_early)
+  signal.signal(signal.SIGINT, _stopped_early)
 
 import json  # noqa: E402
 import os  # noqa: E402

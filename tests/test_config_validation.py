@@ -39,6 +39,7 @@ BAD = [
     (dict(**{'init.timm_checkpoint': '/nonexistent.safetensors'}), r'init.timm_checkpoint=.*no such file'),
     (dict(**{'optim.lr': float('inf')}), r'optim.lr=inf .*a finite number'),
     (dict(**{'seed': -1}), r'seed=-1 .*\[0, 2\*\*31\)'),
+    (dict(**{'dataset.workers': 100000}), r'dataset.workers=100000 .*at most the \d+ CPUs of this machine'),
 ]
 
 

@@ -30,6 +30,7 @@ def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workd
   """Everything train.py checks before it writes or compiles anything (the checkpoints themselves:
   the resume policy, ``tpm_jax.checkpoint.resume``)."""
   check_devices(run, num_devices=num_devices, process_count=process_count)
+  check_workers(run)
   if workdir is not None:
     check_workdir_path(workdir)
     check_not_another_tool_s(workdir)
@@ -43,6 +44,14 @@ def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workd
 def validate_train_config(config, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
   """``check_run`` of a ConfigDict or mapping (read into a RunConfig first)."""
   check_run(RunConfig.from_any(config), num_devices=num_devices, process_count=process_count, workdir=workdir)
+
+
+def check_workers(run: RunConfig) -> None:
+  """Grain worker processes: at most one per CPU of this machine (64 on 2 cores never got to a step)."""
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+  if run.dataset.workers > cpus:
+    refuse('dataset.workers', run.dataset.workers, f'at most the {cpus} CPUs of this machine (0: threads of the '
+           f'training process)')
 
 
 def check_devices(run: RunConfig, *, num_devices: int, process_count: int = 1) -> None:
@@ -285,6 +294,10 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if workdir is not None:
     raise ConfigError(f'--output={output} is not accepted: it is inside the training workdir {workdir}; choose a '
                       f'folder outside it')
+  outer = export_holding(os.path.dirname(p))
+  if outer is not None:
+    raise ConfigError(f'--output={output} is not accepted: it is inside the export {outer}, whose files are '
+                      f'checksummed (another folder there makes it unusable); choose a folder outside it')
   check_workdir_path(p, what='--output')
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
     below = training_workdir_below(p)

@@ -31,32 +31,42 @@ def saved_run(step_dir: str, step: int) -> RunConfig:
 
 def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = True):
   """(model, run, step, item) of a training workdir, read-only: ``item`` is 'ema' or 'params'.
-  A ``step`` not saved there: CheckpointError listing the saved steps."""
+  A ``step`` not saved there: CheckpointError listing the saved steps. A step that disappears while
+  it is read (a run training in the workdir removed it under its keep policy) is not a failure: the
+  steps are listed again and the newest read."""
   directory = checkpoint_dir(workdir)
-  steps = list_steps(directory)
-  if not steps:
-    raise CheckpointError(f'no checkpoint in {directory}')
-  if step is not None:
-    if step not in steps:
-      raise CheckpointError(f'step {step} is not a checkpoint in {directory} (steps: {", ".join(map(str, steps))})')
-    steps = [step]
-  failures = []
-  for s in reversed(steps):
-    step_dir = os.path.join(directory, str(s))
-    check_layout(step_dir, s)
-    try:
-      run = saved_run(step_dir, s)
-      item = 'ema' if prefer_ema and 'ema' in step_items(step_dir) else 'params'
-      model = model_from_config(run)
-      target = abstract_params(model, jax.local_devices()[0])
-      params = restore_items(step_dir, s, {item: target}, [item], warn=log.warning)[item]
-    except CheckpointError as e:
-      failures.append(str(e))
-      log.warning('warning: %s', e)
-      continue
-    if failures:
-      log.warning('warning: using checkpoint step %d instead', s)
-    params_into_model(model, params)
-    return model, run, s, item
-  raise CheckpointError(f'no usable checkpoint in {directory}: ' + '; '.join(failures))
-
+  for _ in range(5):  # each round: the steps as they are now
+    steps = list_steps(directory)
+    if not steps:
+      raise CheckpointError(f'no checkpoint in {directory}')
+    if step is not None:
+      if step not in steps:
+        raise CheckpointError(f'step {step} is not a checkpoint in {directory} (steps: {", ".join(map(str, steps))})')
+      steps = [step]
+    failures, vanished = [], False
+    for s in reversed(steps):
+      step_dir = os.path.join(directory, str(s))
+      try:
+        check_layout(step_dir, s)
+        run = saved_run(step_dir, s)
+        item = 'ema' if prefer_ema and 'ema' in step_items(step_dir) else 'params'
+        model = model_from_config(run)
+        target = abstract_params(model, jax.local_devices()[0])
+        params = restore_items(step_dir, s, {item: target}, [item], warn=log.warning)[item]
+      except (CheckpointError, OSError) as e:
+        if not os.path.isdir(step_dir):  # removed meanwhile by the run that owns the workdir
+          vanished = True
+          break
+        if isinstance(e, OSError):
+          raise
+        failures.append(str(e))
+        log.warning('warning: %s', e)
+        continue
+      if failures:
+        log.warning('warning: using checkpoint step %d instead', s)
+      params_into_model(model, params)
+      return model, run, s, item
+    if not vanished:
+      raise CheckpointError(f'no usable checkpoint in {directory}: ' + '; '.join(failures))
+  raise CheckpointError(f'the checkpoints in {directory} kept changing while they were read (a run is saving there '
+                        f'every few seconds); try again, or export a --step it keeps')
