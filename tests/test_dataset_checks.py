@@ -252,7 +252,7 @@ def test_truncated_jpeg_in_a_folder_stops_training_with_one_line_naming_the_file
   bad = os.path.join(own_folder, 'train', 'class1', 'z_broken.jpg')  # not the first of its class: passes start-up
   shutil.copy(os.path.join(own_folder, 'train', 'class1', '0.jpg'), bad)
   _truncate(bad)
-  res = _train_py(own_folder, tmp_path / 'run')  # (6 steps of 16: every image is read)
+  res = _train_py(own_folder, tmp_path / 'run', '--config.batch_size=8')  # (6 steps of 8: every image is read)
   assert res.returncode == 1, res.stderr[-2000:]
   assert [l for l in res.stderr.splitlines() if l.startswith('error:')] == [
       f'error: {bad}: not a decodable image (the file is truncated)'], res.stderr[-2000:]
@@ -287,5 +287,6 @@ def test_grayscale_with_alpha_png_is_converted_and_trains(own_folder, tmp_path):
   rgb = next(trainer.eval_batches(c, dataset, 'validation', local_batch=6))['image']
   assert sum(np.array_equal(im[..., 0], im[..., 1]) and np.array_equal(im[..., 0], im[..., 2]) for im in rgb) == 1
   c.total_steps, c.log_every_steps, c.eval_every_steps, c.checkpoint_every_steps = 1, 1, 0, 1
+  c.batch_size = 8  # (at most the split's 8 images)
   final = trainer.train_and_evaluate(c, str(tmp_path / 'run'))
   assert final['step'] == 1 and np.isfinite(final['loss'])
