@@ -187,26 +187,38 @@ RUN_FILE_KINDS = {'config.json': 'regular file', 'metrics.jsonl': 'regular file'
                   '.lock': 'regular file', 'checkpoints': 'folder', 'tensorboard': 'folder'}
 
 
-def training_workdir_holding(path: str) -> str | None:
-  """The training workdir that ``path`` is, or lies inside (symlinks resolved), if any."""
+def _enclosing(path: str, is_it) -> str | None:
+  """``path`` or its nearest ancestor (symlinks resolved) for which ``is_it(folder)`` holds, if any."""
   probe = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
-  while True:
-    if os.path.isdir(checkpoint_dir(probe)) or os.path.isfile(os.path.join(probe, 'metrics.jsonl')):
-      return probe
+  while not is_it(probe):
     if probe == os.path.dirname(probe):
       return None
     probe = os.path.dirname(probe)
+  return probe
+
+
+def training_workdir_holding(path: str) -> str | None:
+  """The training workdir that ``path`` is, or lies inside, if any."""
+  return _enclosing(path, lambda d: os.path.isdir(checkpoint_dir(d))
+                    or os.path.isfile(os.path.join(d, 'metrics.jsonl')))
 
 
 def export_holding(path: str) -> str | None:
   """The export (a folder with params/ and config.json) that ``path`` is, or lies inside, if any."""
-  probe = os.path.realpath(os.path.abspath(os.path.expanduser(path)))
-  while True:
-    if is_export(probe):
-      return probe
-    if probe == os.path.dirname(probe):
-      return None
-    probe = os.path.dirname(probe)
+  return _enclosing(path, is_export)
+
+
+def _check_outside_workdirs_and_exports(flag: str, path: str, p: str, what: str) -> None:
+  """A tool's output ``p`` is neither inside a training workdir (which read-only tools never change)
+  nor inside an export (whose files are checksummed: another one there makes it unusable)."""
+  workdir = training_workdir_holding(p)
+  if workdir is not None:
+    raise ConfigError(f'{flag}={path} is not accepted: it is inside the training workdir {workdir}, which this tool '
+                      f'does not change; choose a {what} outside it')
+  export = export_holding(os.path.dirname(p))
+  if export is not None:
+    raise ConfigError(f'{flag}={path} is not accepted: it is inside the export {export}, whose files are checksummed '
+                      f'(another file there makes it unusable); choose a {what} outside it')
 
 
 def training_workdir_below(path: str) -> str | None:
@@ -237,14 +249,7 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
   p = os.path.abspath(os.path.expanduser(path))
   if suffix and not p.endswith(suffix):
     raise ConfigError(f'{flag}={path} is not accepted: expected a {suffix} file name')
-  workdir = training_workdir_holding(p)
-  if workdir is not None:
-    raise ConfigError(f'{flag}={path} is not accepted: it is inside the training workdir {workdir}, which this tool '
-                      f'does not change; choose a path outside it')
-  export = export_holding(os.path.dirname(p))
-  if export is not None:
-    raise ConfigError(f'{flag}={path} is not accepted: it is inside the export {export}, whose files are checksummed '
-                      f'(another file there makes it unusable); choose a path outside it')
+  _check_outside_workdirs_and_exports(flag, path, p, 'path')
   if os.path.lexists(p):
     if not os.path.isfile(p):
       raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
@@ -290,14 +295,7 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if real == src or real.startswith(src + os.sep):
     raise ConfigError(f'--output={output} is not accepted: it is inside the workdir being exported ({source_workdir}); '
                       f'choose a folder outside it')
-  workdir = training_workdir_holding(p)
-  if workdir is not None:
-    raise ConfigError(f'--output={output} is not accepted: it is inside the training workdir {workdir}; choose a '
-                      f'folder outside it')
-  outer = export_holding(os.path.dirname(p))
-  if outer is not None:
-    raise ConfigError(f'--output={output} is not accepted: it is inside the export {outer}, whose files are '
-                      f'checksummed (another folder there makes it unusable); choose a folder outside it')
+  _check_outside_workdirs_and_exports('--output', output, p, 'folder')
   check_workdir_path(p, what='--output')
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
     below = training_workdir_below(p)

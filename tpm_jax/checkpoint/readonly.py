@@ -19,9 +19,10 @@ from tpm_jax.models.registry import model_from_config
 log = logging.getLogger(__name__)
 
 
-def saved_run(step_dir: str, step: int) -> RunConfig:
-  """The run config saved with a step (its ``meta``); CheckpointError when unreadable."""
-  meta = read_meta(step_dir)
+def saved_run(step_dir: str, step: int, meta: dict | None = None) -> RunConfig:
+  """The run config saved with a step (its ``meta``, read here unless given); CheckpointError when
+  unreadable."""
+  meta = read_meta(step_dir) if meta is None else meta
   try:
     return RunConfig.from_any(meta['config'])
   except (KeyError, ConfigError) as e:

@@ -86,8 +86,8 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
     check_layout(step_dir, s)
     try:
       checked = verify_checksums(step_dir, s)  # first: nothing is read from a step that fails them
-      saved = saved_run(step_dir, s)
       meta = read_meta(step_dir)
+      saved = saved_run(step_dir, s, meta)
       _refuse_other_run(workdir, s, run, saved, meta, total_steps=total_steps, train_examples=train_examples,
                         train_fingerprint=train_fingerprint, process_count=process_count)
       diffs = tree_differences(step_dir, abstract)
