@@ -484,14 +484,15 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     if nproc > 1:
       multihost_utils.sync_global_devices('workdir cleared')
     setup = plan_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    finished = read_final(workdir)  # a finished run's summary, if there is one
     resume = None if run.overwrite else checkpoint.plan_resume(
         workdir, run, checkpoint.with_shardings(setup.abstract_state, setup.shardings), total_steps=total_steps,
         train_examples=split_examples, train_fingerprint=fingerprint, process_index=pidx, process_count=nproc,
-        has_final=read_final(workdir) is not None)
+        has_final=finished is not None)
     if resume is not None and resume.finished:
       log.info('%s: finished at step %d (final.json); nothing to do (a larger total_steps continues it)',
                workdir, resume.step)
-      return {k: v for k, v in read_final(workdir).items() if k != 'config'}
+      return {k: v for k, v in finished.items() if k != 'config'}
     stop.check('start-up')
     setup.materialise()
     start = 0
