@@ -7,15 +7,17 @@ Writes WORKDIR/config.json, WORKDIR/metrics.jsonl, checkpoints and TensorBoard e
 0 finished, preempted and saved, or stopped before training (a message says which); 1 a run-time
 fault (one line); 2 bad input or a workdir that cannot continue as asked (one line, nothing written).
 """
+import os
 import signal
 import sys
 
 
-def _stopped_early(signum, frame):  # until the trainer takes over the signals: nothing started yet
+def _stopped_early(signum, frame):  # until the trainer takes over the signals: nothing started or written yet
   del frame
   print(f'stopped ({signal.Signals(signum).name}) during start-up: nothing was trained or written', file=sys.stderr,
         flush=True)
-  sys.exit(0)
+  # not sys.exit: raised inside a garbage-collection callback (JAX has one) it is swallowed and the run goes on
+  os._exit(0)
 
 
 if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
@@ -23,7 +25,6 @@ if __name__ == '__main__':  # not in the input pipeline's worker processes, whic
   signal.signal(signal.SIGINT, _stopped_early)
 
 import json  # noqa: E402
-import os  # noqa: E402
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402

@@ -1,11 +1,13 @@
 """Command-line helpers shared by train.py and eval.py."""
 from __future__ import annotations
 
+import gc
 import logging as std_logging
 import os
 import re
 import signal
 import sys
+import threading
 
 from absl import app, flags, logging
 
@@ -109,11 +111,31 @@ class Interrupted(Exception):
   """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``)."""
 
 
+def _in_finalizer(frame) -> bool:
+  """Whether the interrupted code runs inside a garbage-collection callback (JAX registers one) or a
+  ``__del__``: Python reports an exception raised there as 'ignored' and the program goes on."""
+  codes = {getattr(cb, '__code__', None) for cb in gc.callbacks}
+  while frame is not None:
+    if frame.f_code in codes or frame.f_code.co_name == '__del__':
+      return True
+    frame = frame.f_back
+  return False
+
+
+def raise_from_signal(signum: int, frame, error: BaseException) -> None:
+  """Raise ``error`` from a signal handler where the program will see it: when the signal landed in a
+  garbage-collection callback or a ``__del__`` (where it would be swallowed), the same signal is sent
+  again 50 ms later instead, to land in the program's own code."""
+  if _in_finalizer(frame):
+    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+    return
+  raise error
+
+
 def stop_on_signals() -> None:
   """For the read-only tools (eval.py, export): SIGINT and SIGTERM raise ``Interrupted`` where the
   tool is, so its ``finally`` clauses clean up and it ends with one line instead of a traceback."""
   def handler(signum, frame):
-    del frame
-    raise Interrupted(f'stopped by {signal.Signals(signum).name}; nothing was written')
+    raise_from_signal(signum, frame, Interrupted(f'stopped by {signal.Signals(signum).name}; nothing was written'))
   for s in (signal.SIGINT, signal.SIGTERM):
     signal.signal(s, handler)

@@ -29,7 +29,7 @@ from PIL import Image
 from configs import quickstart as qs
 from tpm_jax import augment, export, trainer, viz
 from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import show_messages
+from tpm_jax.cli import raise_from_signal, show_messages
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.input_pipeline import DataError
@@ -145,7 +145,7 @@ def main(argv=None):
   show_messages()  # the trainer's progress and notes
 
   def interrupt(signum, frame):  # outside training (which saves first): stop where it is, nothing half-written
-    raise Interrupted(f'{signal.Signals(signum).name} received')
+    raise_from_signal(signum, frame, Interrupted(f'{signal.Signals(signum).name} received'))
   signal.signal(signal.SIGTERM, interrupt)
   signal.signal(signal.SIGINT, interrupt)
   try:
