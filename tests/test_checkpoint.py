@@ -25,11 +25,24 @@ def data_dir(tiny_imagenet):
   return tiny_imagenet
 
 
+# the smoke model at depth 2, one reduction: the fault tests start train.py some 50 times, and tracing a
+# shallower model saves a quarter of each start-up (what they test does not depend on the depth)
+SHALLOW = ('--config.model.depth=2', '--config.reduction.locations=1')
+
+
+def _smoke_config():
+  """What ``_cmd`` runs, as a ConfigDict."""
+  from configs import deit
+  c = deit.get_config('smoke')
+  c.model.depth, c.reduction.locations = 2, '1'
+  return c
+
+
 def _cmd(workdir, data_dir, *extra):
   return [sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
           '--workdir', str(workdir), f'--config.dataset.data_dir={data_dir}', f'--config.total_steps={STEPS}',
           '--config.checkpoint_every_steps=2', '--config.log_every_steps=2', '--config.eval_every_steps=4',
-          '--config.model.drop_path_rate=0.1', *extra]
+          '--config.model.drop_path_rate=0.1', *SHALLOW, *extra]
 
 
 def _env(devices=1):

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from test_checkpoint import _cmd, _env, _listing, _one_line_error, _run, _steps
+from test_checkpoint import _cmd, _env, _listing, _one_line_error, _run, _smoke_config, _steps
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -327,10 +327,9 @@ def test_non_finite_timm_weights_are_refused_before_anything_is_written(tmp_path
   from safetensors.numpy import save_file
 
   import tpm_jax
-  from configs import deit
   from tpm_jax.models.registry import model_from_config
   from tpm_jax.timm_weights import timm_state_dict
-  sd = timm_state_dict(model_from_config(deit.get_config('smoke')))
+  sd = timm_state_dict(model_from_config(_smoke_config()))
   sd['blocks.1.mlp.fc1.weight'][0, 0] = np.nan
   save_file(sd, str(tmp_path / 'nan.safetensors'))
   res = _run(tmp_path / 'run', data_dir, f'--config.init.timm_checkpoint={tmp_path / "nan.safetensors"}', check=False)

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import sys
 
+from test_checkpoint import SHALLOW
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,7 +26,7 @@ def _env():
 def _cmd(workdir, data_dir, *extra):
   return [sys.executable, os.path.join(ROOT, 'train.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
           '--workdir', str(workdir), f'--config.dataset.data_dir={data_dir}', '--config.aug.mixup=0.0',
-          '--config.aug.cutmix=0.0', '--config.mesh.data=-1', *extra]
+          '--config.aug.cutmix=0.0', '--config.mesh.data=-1', *SHALLOW, *extra]
 
 
 def test_two_processes_train_together(tmp_path, tiny_imagenet):

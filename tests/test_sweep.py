@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from test_checkpoint import SHALLOW
 
 from configs import deit
 from tpm_jax import sweep
@@ -117,7 +118,7 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):
   from tpm_jax.models.registry import model_from_config
   cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
          '--workdir', str(tmp_path), '--throughput_batch', '8', f'--config.dataset.data_dir={data_dir}',
-         '--config.total_steps=4', '--config.log_every_steps=4']
+         '--config.total_steps=4', '--config.log_every_steps=4', *SHALLOW]
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='')
   res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -129,7 +130,9 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):
     assert final['step'] == final['total_steps'] == 4 and int(r['steps']) == 4
     assert float(r['top1']) == final['eval_top1'] and float(r['top5']) == final['eval_top5']
     assert r['workdir'] == str(tmp_path / 'runs' / r['name'])
-    model = model_from_config(deit.get_config(f'smoke,method={r["method"]}'))
+    c = deit.get_config(f'smoke,method={r["method"]}')
+    c.model.depth, c.reduction.locations = 2, '1'  # SHALLOW
+    model = model_from_config(c)
     assert float(r['analytic_gmacs']) == count_flops(model, compile=False)['analytic_gmacs']
     assert float(r['images_per_sec']) > 0
   assert float(rows[0]['analytic_gmacs']) > float(rows[1]['analytic_gmacs'])  # tpm's merge costs a little
@@ -173,7 +176,7 @@ def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir):
   import time
   cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
          '--workdir', str(tmp_path), f'--config.dataset.data_dir={data_dir}', '--config.total_steps=400',
-         '--config.checkpoint_every_steps=400', '--config.log_every_steps=1']
+         '--config.checkpoint_every_steps=400', '--config.log_every_steps=1', *SHALLOW]
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='')
   p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   run = tmp_path / 'runs' / 'method-tpm'
