@@ -2,12 +2,17 @@
 throughput, printed as a table and written as JSON.
 
   python eval.py --checkpoint WORKDIR_OR_EXPORT [--config configs/deit.py:...] [--split validation] \
-      [--batch_size 64] [--output results.json]
+      [--reduction tpm:0.7] [--batch_size 64] [--output results.json]
   python eval.py --config configs/deit.py:model=deit_small_patch16_224,method=tpm \
       --timm_checkpoint deit_small_patch16_224.safetensors --config.dataset.manual_dir=...
 
 The checkpoint's own config is used unless --config is given (then its dataset and preprocessing
-settings apply). Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
+settings apply). --reduction evaluates the trained model under another token reduction, without
+training ("off-the-shelf"): ``none``, ``tpm:0.7``, ``tpm+pool:0.7@prop_attn=off``, ``evit:0.5``,
+``drop:0.7``, ``tome:8`` (r) or ``tome:0.7`` (ToMe matched to keep 0.7's token counts); the syntax is
+tpm_jax.reduction_setting's. Parameters the checkpoint lacks (a multi-scale fusion the backbone never
+had) start as in a new model, whose zero-initialised output leaves the function unchanged; the output
+names them. Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
 """
 import signal
 import sys
@@ -37,6 +42,9 @@ from tpm_jax.cli import Interrupted, quiet_library_logs, run, stop_on_signals  #
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data import input_pipeline  # noqa: E402
 from tpm_jax.files import read_json_object, write_json  # noqa: E402
+from tpm_jax.flops import token_schedule  # noqa: E402
+from tpm_jax.models.registry import with_weights_of  # noqa: E402
+from tpm_jax.reduction_setting import parse_setting  # noqa: E402
 from tpm_jax.throughput import images_per_sec  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
@@ -46,13 +54,23 @@ flags.DEFINE_string('split', None, 'TFDS split (default: the config\'s dataset.e
 flags.DEFINE_integer('batch_size', 64, 'Batch size for the throughput measurement.')
 flags.DEFINE_integer('timed_runs', 5, 'Timed runs for the throughput median.')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
+flags.DEFINE_string('reduction', None, 'Evaluate under this token reduction instead of the trained one, without '
+                    'training: none, tpm:0.7, tpm+pool:0.7@prop_attn=off, evit:0.5, drop:0.7, tome:8, tome:0.7.')
 
 def _check_same_model(saved: RunConfig, given: RunConfig) -> None:
   """--config may not describe another model than the checkpoint holds (the result would be mislabelled)."""
   diff = [d.replace('(the other:', "(the checkpoint's:") for d in given.model_differences(saved)]
   if diff:
     raise ConfigError(f'--config describes another model than the checkpoint: {", ".join(diff)}; a checkpoint is '
-                      f'evaluated as trained, --config supplies only its dataset and preprocessing settings')
+                      f'evaluated as trained (or under --reduction), --config supplies only its dataset and '
+                      f'preprocessing settings')
+
+
+def _with(setting, config: RunConfig) -> RunConfig:
+  try:
+    return setting.apply(config)
+  except ConfigError as e:
+    raise ConfigError(f'--reduction: {e}') from None
 
 
 RESULT_KEYS = ('source', 'checkpoint', 'split', 'top1', 'top5', 'examples')
@@ -88,6 +106,12 @@ def _evaluate(F):
     for flag in ('batch_size', 'timed_runs'):
       if F[flag].value < 1:
         raise ConfigError(f'--{flag}={F[flag].value} is not accepted: expected a positive int')
+    setting = None
+    if F.reduction is not None:
+      try:
+        setting = parse_setting(F.reduction)
+      except ConfigError as e:
+        raise ConfigError(f'--reduction: {e}') from None
     given = RunConfig.from_any(F.config) if F.config else None
     output = preflight.check_output_file('--output', F.output, ours=_an_eval_result) if F.output else None
     if F.checkpoint:
@@ -101,12 +125,13 @@ def _evaluate(F):
         model, saved, step = export.restore_from_workdir(F.checkpoint)
         source = f'workdir step {step}'
       if given is not None:  # --config brings the data and preprocessing; the model is the checkpoint's
-        _check_same_model(saved, given)
+        _check_same_model(*((_with(setting, saved), _with(setting, given)) if setting else (saved, given)))
       config = given or saved
     elif F.timm_checkpoint and given is not None:
       config = given
       path = preflight.check_regular_file('--timm_checkpoint', F.timm_checkpoint,
                                           'timm weights as a .safetensors, .pth or .pt file')
+      config = _with(setting, config) if setting else config
       model = tpm_jax.models.model_from_config(config)
       try:
         tpm_jax.load_timm_weights(model, path)
@@ -117,6 +142,10 @@ def _evaluate(F):
       source = 'timm'
     else:
       raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
+    fresh = left_out = ()
+    if setting is not None and F.checkpoint:  # the trained weights in the model of the other reduction
+      config = _with(setting, config)
+      model, fresh, left_out = with_weights_of(model, config)
     split = F.split or config.dataset.eval_split
     # This host's devices, not the training run's: data parallel with the parameters replicated (the
     # saved mesh may not fit here), or --config's mesh when given; the eval batch rounded up to a
@@ -145,12 +174,25 @@ def _evaluate(F):
   except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
     _fail(str(e), 1)
   flops = tpm_jax.count_flops(model)
+  red = config.reduction
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
-                model=config.model.name, method=config.reduction.method, keep_rate=str(config.reduction.keep_rate),
+                model=config.model.name, reduction=setting.name if setting else 'as trained',
+                method=red.method, keep_rate=str(red.keep_rate) if red.method != 'tome' else '-',
+                r=','.join(map(str, red.per_location(red.r))) if red.method == 'tome' else '-',
+                locations=','.join(map(str, red.locations or ())) if red.enabled else '-',
+                multiscale=config.multiscale.method, prop_attn=red.use_prop_attn if red.enabled else '-',
+                tokens=str(token_schedule(model)),
                 top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
                 analytic_gmacs=flops['analytic_gmacs'], xla_gflops=flops['xla_gflops'],
                 images_per_sec=images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model'],
                 throughput_batch=F.batch_size)
+  if fresh:
+    result['fresh_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in fresh}))}: not in the checkpoint, '
+                                  f'initialised as in a new model ({len(fresh)} arrays; a multi-scale fusion starts '
+                                  f'with zero output, leaving the function unchanged)')
+  if left_out:
+    result['unused_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in left_out}))}: in the checkpoint, '
+                                   f'not used under --reduction ({len(left_out)} arrays)')
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')

@@ -206,9 +206,9 @@ def main():
                 dtype=args.dtype, batch=args.batch, steps=args.steps, top=args.top, settings={})
   with tempfile.TemporaryDirectory() as tmp:
     for s, c in zip(settings, configs):
-      print(f'profiling {args.model} {args.dtype} {s["name"]} at batch {args.batch}', flush=True)
-      result['settings'][s['name']] = profile_forward(model_from_config(c), args.batch, args.steps,
-                                                      os.path.join(args.trace_dir or tmp, s['name'].replace(':', '_')))
+      print(f'profiling {args.model} {args.dtype} {s.name} at batch {args.batch}', flush=True)
+      result['settings'][s.name] = profile_forward(model_from_config(c), args.batch, args.steps,
+                                                      os.path.join(args.trace_dir or tmp, s.name.replace(':', '_')))
   write_results(args.out, result, markdown(result))
 
 

@@ -8,9 +8,9 @@ machine, in one process. Not a test: a measurement.
 
 Runs on whatever backend JAX has (CPU, GPU, TPU); on a GPU, PyTorch runs on the GPU too.
 
-A setting is ``method[+multiscale][:keep][@key=value...]`` (``tpm+pool:0.7``; for ``tome`` the number
-is r; ``@`` adds a key of configs/deit.py's arg string: ``tpm:0.7@prop_attn=off@similarity=tokens``);
-reduction at the DeiT/EViT locations (3, 6, 9), multi-scale fusion off unless named.
+A setting is ``method[+multiscale][:value][@key=value...]`` (``tpm+pool:0.7``, ``tpm:0.7@prop_attn=off``,
+``tome:8``, ``tome:0.7``: tpm_jax.reduction_setting, the syntax of eval.py --reduction); reduction at the
+DeiT/EViT locations (3, 6, 9), multi-scale fusion off unless named.
 Per model and setting:
 - JAX inference: the jitted forward of tpm_jax.throughput.forward_fn (nnx.split outside, nnx.merge
   inside jax.jit, train=False, compiled ahead of time) at each --dtypes compute dtype (parameters
@@ -73,42 +73,31 @@ from flax import nnx
 
 import tpm_jax
 from configs import deit
-from tpm_jax import count_flops, sharding, throughput, trainer
+from tpm_jax import count_flops, reduction_setting, sharding, throughput, trainer
+from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 
 TARGET_BATCH = 32      # CPU targets
 GPU_TARGET_BATCH = 256  # GPU targets
 
 
-def parse_setting(s):
-  """``method[+multiscale][:value][@key=value...]`` -> dict(name, method, multiscale, value, arg): arg is
-  configs/deit.py's arg string; each ``@key=value`` is one more of its keys (similarity, weight,
-  prop_attn=on|off), for variants of a method (``tpm:0.7@prop_attn=off``)."""
-  base, *extras = s.split('@')
-  head, _, value = base.partition(':')
-  method, _, multiscale = head.partition('+')
-  arg = f'method={method},multiscale={multiscale or "none"}'
-  if value:
-    arg += f',r={int(value)}' if method == 'tome' else f',keep={float(value)}'
-  arg += ''.join(f',{e}' for e in extras)
-  return dict(name=s, method=method, multiscale=multiscale or 'none', value=value, arg=arg)
-
-
 def parse_settings(text):
-  """--settings (comma-separated ``parse_setting`` strings); a malformed one is one line and exit 2."""
+  """--settings: comma-separated reduction settings (``tpm_jax.reduction_setting``, as eval.py's
+  --reduction reads them); a malformed one is one line and exit 2."""
   try:
-    return [parse_setting(s) for s in text.split(',')]
-  except ValueError as e:
-    print(f'error: --settings {text!r}: {e} (expected method[+multiscale][:value][@key=value...])', file=sys.stderr)
+    return reduction_setting.parse_settings(text)
+  except ConfigError as e:
+    print(f'error: --settings: {e}', file=sys.stderr)
     sys.exit(2)
 
 
 def make_config(model, setting, img_size, train_batch, dtype='float32'):
-  c = deit.get_config(f'model={model},{setting["arg"]}')
+  """configs/deit.py's recipe for ``model`` with ``setting``'s reduction (a RunConfig)."""
+  c = deit.get_config(f'model={model},method=none')
   c.model.img_size = img_size or c.model.img_size
   c.model.dtype = dtype
   c.batch_size = max(train_batch, 1)
-  return c
+  return setting.apply(RunConfig.from_any(c))
 
 
 def checked_config(model, setting, img_size, train_batch, dtype='float32'):
@@ -118,7 +107,7 @@ def checked_config(model, setting, img_size, train_batch, dtype='float32'):
     c = make_config(model, setting, img_size, train_batch, dtype)
     nnx.eval_shape(lambda: model_from_config(c))
   except ValueError as e:  # ConfigError is one
-    print(f'error: setting {setting["name"]!r} of {model} ({dtype}): {e}', file=sys.stderr, flush=True)
+    print(f'error: setting {setting.name!r} of {model} ({dtype}): {e}', file=sys.stderr, flush=True)
     sys.exit(2)
   return c
 
@@ -147,7 +136,7 @@ def jax_runner(c, setting, batches, train=True):
     compile_s[f'forward@{b}'] = round(fwd.compile_s, 2)
   mem['forward'] = memory_mb(fwd.compiled)  # the largest batch (batches are sorted)
   mem['train'] = None
-  row = dict(framework='jax', model=c.model.name, setting=setting['name'], dtype=c.model.dtype,
+  row = dict(framework='jax', model=c.model.name, setting=setting.name, dtype=c.model.dtype,
              analytic_gmacs=round(flops['analytic_gmacs'], 4), xla_gflops=round(flops['xla_gflops'], 4),
              compile_s=compile_s, peak_memory_mb=mem)
   if not train:
@@ -252,9 +241,9 @@ def torch_runner(timm, torch, c, setting, batches, gmacs, device, train=True):
   rs = np.random.RandomState(0)
   size, n = c.model.img_size, c.batch_size
   m = timm.create_model(c.model.name, img_size=size, num_classes=c.model.num_classes, drop_path_rate=c.model.drop_path_rate)
-  if setting['method'] == 'evit':
+  if setting.method == 'evit':
     for i in (3, 6, 9):
-      m.blocks[i] = evit_block_class(torch)(m.blocks[i], float(setting['value']))
+      m.blocks[i] = evit_block_class(torch)(m.blocks[i], setting.keep)
   m = m.to(device)
   opt = torch.optim.AdamW(m.parameters(), lr=c.optim.lr * n / 512, weight_decay=c.optim.weight_decay)
   autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=c.model.dtype == 'bfloat16')
@@ -286,7 +275,7 @@ def torch_runner(timm, torch, c, setting, batches, gmacs, device, train=True):
     fn()
   mem = dict(forward=torch_peak_mb(torch, calls[f'infer@{batches[-1]}'], device),
              train=torch_peak_mb(torch, calls[f'train@{n}'], device) if train else None)
-  row = dict(framework='torch', model=c.model.name, setting=setting['name'], dtype=c.model.dtype, analytic_gmacs=gmacs,
+  row = dict(framework='torch', model=c.model.name, setting=setting.name, dtype=c.model.dtype, analytic_gmacs=gmacs,
              xla_gflops=None, compile_s=None, peak_memory_mb=mem)
   return row, calls
 
@@ -453,7 +442,7 @@ def main():
   dtypes = args.dtypes.split(',')
   batches = sorted(int(b) for b in args.batches.split(','))
   train = args.train_batch > 0
-  configs = {(model, dtype, s['name']): checked_config(model, s, args.img_size, args.train_batch, dtype)
+  configs = {(model, dtype, s.name): checked_config(model, s, args.img_size, args.train_batch, dtype)
              for model in args.models.split(',') for dtype in dtypes for s in settings}
   torch = timm = None
   device = 'cpu'
@@ -472,26 +461,26 @@ def main():
   for model in args.models.split(','):
     for dtype in dtypes:
       for s in settings:
-        c = configs[model, dtype, s['name']]
+        c = configs[model, dtype, s.name]
         print(f'compiling jax {model} {dtype} {s["name"]}', flush=True)
         row, calls = jax_runner(c, s, batches, train)
         rows.append(row)
-        runners.append((('jax', model, dtype, s['name']), calls))
+        runners.append((('jax', model, dtype, s.name), calls))
         jax_row = row
         for how in [h for h, on in (('tpm_jax.jit_forward', not args.no_jit_forward), ('nnx.jit', args.nnx_jit))
-                    if on and s['name'] == 'none']:
+                    if on and s.name == 'none']:
           row, calls = jit_forward_runner(c, jax_row, batches, how)
           rows.append(row)
-          runners.append(((how, model, dtype, s['name']), calls))
+          runners.append(((how, model, dtype, s.name), calls))
       if timm is None or not timm.is_model(model):
         continue
-      for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none' and '@' not in s['name']]:
+      for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none' and '@' not in s.name]:
         print(f'preparing torch {model} {dtype} {s["name"]}', flush=True)
-        gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s['name'])
+        gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s.name)
         row, calls = torch_runner(timm, torch, make_config(model, s, args.img_size, args.train_batch, dtype), s, batches,
                                   gmacs, device, train)
         rows.append(row)
-        runners.append((('torch', model, dtype, s['name']), calls))
+        runners.append((('torch', model, dtype, s.name), calls))
 
   # First runs (JAX: after compilation) outside the timings; they also size each timed block: a
   # quantity whose call is short is called reps times in a row (at least --min_time seconds) and

@@ -36,7 +36,8 @@ Augmentation: random resized crop (area 0.6-1), horizontal flip, label smoothing
 RandAugment (grayscale), no random erasing, no mixup/cutmix (short runs).
 """
 from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
-from tpm_jax.config import ReductionConfig, RunConfig
+from tpm_jax.config import RunConfig
+from tpm_jax.reduction_setting import matched_tome_r
 
 ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
             width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
@@ -84,16 +85,9 @@ def get_config(arg=None):
 
 
 def _tome_r(c):
-  """ToMe on equal terms: merge at the same blocks as many tokens as the keep rate removes there
-  (tpm's token schedule, ``ReductionConfig.schedule``, at the same locations)."""
-  vit = RunConfig.from_any(c).vit
-  as_tpm = ReductionConfig.from_any(dict(method='tpm', keep_rate=c.reduction.keep_rate,
-                                         locations=c.reduction.locations), depth=vit.depth)
-  m, out = vit.num_patches, []
-  for _, k, _ in as_tpm.schedule(vit.num_prefix_tokens, vit.num_patches):
-    out.append(m - k)
-    m = k
-  return out
+  """ToMe on equal terms: at the same blocks, as many tokens as the keep rate removes there."""
+  run = RunConfig.from_any(c)
+  return matched_tome_r(run.vit, c.reduction.keep_rate, run.reduction.locations)
 
 
 def _locations(depth):

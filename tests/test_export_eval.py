@@ -187,3 +187,85 @@ def test_a_changed_byte_in_an_export_is_refused_by_load_model_and_init(trained, 
       f'error: init.checkpoint={str(out)!r} is not accepted: export {out}: {data} fails its SHA-256 check (changed '
       f'since the save)'], res.stderr[-2000:]
   assert not (tmp_path / 'run').exists()
+
+
+# -- off-the-shelf: a trained model evaluated under another token reduction (eval.py --reduction) --------
+def _export_with_timm_file(trained):
+  tmp, _ = trained
+  out, weights = tmp / 'export_off_the_shelf', tmp / 'off_the_shelf.safetensors'
+  if not out.exists():
+    export.export(str(tmp / 'run'), str(out), safetensors=str(weights))
+  return out, weights
+
+
+@pytest.mark.parametrize('setting', ['tpm:0.5', 'tome:0.5', 'evit:0.7@locations=2', 'none'])
+def test_off_the_shelf_equals_create_model_with_the_checkpoint_s_weights(trained, setting):
+  """The trained (tpm + pool) smoke model under another reduction: the same logits as the model
+  ``create_model`` builds for that reduction with the checkpoint's weights read through the timm
+  file (another path: timm's names, no multi-scale fusion)."""
+  from tpm_jax.models.registry import with_weights_of
+  from tpm_jax.reduction_setting import parse_setting
+  out, weights = _export_with_timm_file(trained)
+  run = export.read_config(str(out))
+  model, fresh, left_out = with_weights_of(tpm_jax.load_model(str(out)), parse_setting(setting).apply(run))
+  assert fresh == [] and left_out and all(p.startswith('multiscale.') for p in left_out)  # the pool fusion
+  reduction = {'tpm:0.5': dict(method='tpm', keep_rate=0.5, locations=(1, 2)),
+               'tome:0.5': dict(method='tome', r=(32, 16), locations=(1, 2)),  # 64 -> 32 -> 16 patches, as tpm:0.5
+               'evit:0.7@locations=2': dict(method='evit', keep_rate=0.7, locations=(2,)),
+               'none': 'none'}[setting]
+  ref = tpm_jax.create_model('vit_custom', num_classes=run.vit.num_classes, img_size=32, patch_size=4, embed_dim=48, depth=4,
+                             num_heads=3, reduction=reduction)
+  tpm_jax.load_timm_weights(ref, str(weights))
+  x = jnp.asarray(np.random.RandomState(3).randn(4, 32, 32, 3), jnp.float32)
+  np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x)), rtol=1e-6, atol=1e-6)
+  assert str(tpm_jax.token_schedule(model)) == str(tpm_jax.token_schedule(ref))
+  if setting == 'tome:0.5':
+    assert str(tpm_jax.token_schedule(model)) == str(tpm_jax.token_schedule(
+        parse_setting('tpm:0.5').apply(run)))  # ToMe matched to tpm's token counts
+
+
+def test_off_the_shelf_fusion_the_backbone_never_had_starts_as_the_identity():
+  """tpm with multi-scale fusion on a backbone without one: the fusion's parameters start as in a new
+  model, whose zero output leaves the function that of tpm without fusion."""
+  from configs import fmnist
+  from tpm_jax.config import RunConfig
+  from tpm_jax.models.registry import model_from_config, with_weights_of
+  from tpm_jax.reduction_setting import parse_setting
+  run = RunConfig.from_any(fmnist.get_config('method=none,smoke'))
+  backbone = model_from_config(run.replace(seed=5))
+  x = jnp.asarray(np.random.RandomState(0).rand(2, 32, 32, 1), jnp.float32)
+  plain = with_weights_of(backbone, parse_setting('tpm:0.5').apply(run))[0]
+  for ms in ('pool', 'cross'):
+    fused, fresh, left_out = with_weights_of(backbone, parse_setting(f'tpm+{ms}:0.5').apply(run))
+    assert fresh and all(p.startswith('multiscale.') for p in fresh) and left_out == []
+    np.testing.assert_array_equal(np.asarray(fused(x)), np.asarray(plain(x)))
+  with pytest.raises(tpm_jax.ConfigError, match='another backbone'):
+    with_weights_of(backbone, run.replace(model=dict(embed_dim=64, num_heads=2)))
+
+
+def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, tmp_path):
+  tmp, _ = trained
+  out, _ = _export_with_timm_file(trained)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  base = [sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out), '--batch_size', '4',
+          '--timed_runs', '1']
+  for bad, says in [('tpm:1.5', 'keep rate 1.5 is not in (0, 1]'), ('tpm@similarity=cos', "reduction.similarity='cos'"),
+                    ('tpm:0.5@locations=7', 'block indices in [0, 4)')]:
+    res = subprocess.run(base + ['--reduction', bad, '--output', str(tmp_path / 'bad.json')], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+    assert res.stderr.startswith('error: ') and says in res.stderr and bad in res.stderr, res.stderr
+    assert not (tmp_path / 'bad.json').exists()
+  res = subprocess.run(base + ['--reduction', 'tome:0.5', '--output', str(tmp_path / 'tome.json')], env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert res.returncode == 0, res.stderr[-3000:]
+  result = json.load(open(tmp_path / 'tome.json'))
+  assert (result['reduction'], result['method'], result['r'], result['locations']) == ('tome:0.5', 'tome', '32,16', '1,2')
+  assert result['tokens'] == '65 -> 33 -> 17' and result['examples'] == 16 and result['multiscale'] == 'none'
+  assert 'multiscale' in result['unused_parameters'] and 'fresh_parameters' not in result
+  from tpm_jax.models.registry import model_from_config
+  from tpm_jax.reduction_setting import parse_setting
+  expected = tpm_jax.count_flops(model_from_config(parse_setting('tome:0.5').apply(export.read_config(str(out)))),
+                                 compile=False)['analytic_gmacs']
+  assert result['analytic_gmacs'] == pytest.approx(expected)
+  assert 'tome:0.5' in res.stdout and '65 -> 33 -> 17' in res.stdout  # the table names it

@@ -49,3 +49,30 @@ def model_from_config(run, *, keep_rate=None, rngs=None) -> nnx.Module:
   return VisionTransformer(run.vit, reduction=ReductionConfig.from_any(reduction, depth=run.vit.depth),
                            multiscale=run.multiscale, dtype=jnp.dtype(run.model.dtype),
                            rngs=rngs or nnx.Rngs(params=run.seed, dropout=run.seed + 1))
+
+
+def with_weights_of(source: nnx.Module, run, *, rngs=None) -> tuple[nnx.Module, list[str], list[str]]:
+  """The model ``run`` describes, its parameters taken from ``source`` (a trained model of the same
+  backbone, e.g. under another token reduction): ``(model, fresh, left_out)``. ``fresh`` names the
+  parameters ``source`` lacks, which start as in a new model (a multi-scale fusion a backbone never
+  had: its zero-initialised output projections leave the function unchanged; a fusion of another
+  method than ``source``'s); ``left_out`` those of ``source`` the new model has no place for (a fusion
+  the new setting drops or replaces). A parameter of another shape raises ConfigError (another backbone)."""
+  model = model_from_config(run, rngs=rngs)
+  src = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
+  if source.multiscale_cfg != model.multiscale_cfg:  # another fusion: none of its parameters carry over
+    src = {p: v for p, v in src.items() if p[0] != 'multiscale'}
+    left_out_fusion = sorted('.'.join(map(str, p)) for p in dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
+                             if p[0] == 'multiscale')
+  else:
+    left_out_fusion = []
+  dst = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  name = lambda path: '.'.join(str(p) for p in path)
+  wrong = [f'{name(p)} {tuple(src[p][...].shape)} (the model: {tuple(v[...].shape)})' for p, v in dst.items()
+           if p in src and src[p][...].shape != v[...].shape]
+  if wrong:
+    raise ConfigError(f'the weights are of another backbone: {", ".join(wrong[:3])}')
+  nnx.update(model, nnx.from_flat_state([(p, src[p]) for p in dst if p in src]))
+  fresh = sorted(name(p) for p in dst if p not in src)
+  left_out = sorted(set(left_out_fusion) | {name(p) for p in src if p not in dst})
+  return model, fresh, left_out
