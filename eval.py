@@ -30,19 +30,16 @@ if __name__ == '__main__':  # not in the input pipeline's worker processes, whic
 
 import os  # noqa: E402
 
-import jax  # noqa: E402
 from absl import flags  # noqa: E402
-from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import tpm_jax  # noqa: E402
-from tpm_jax import export, preflight, sharding, trainer  # noqa: E402
+from tpm_jax import evaluation, preflight, sharding  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError  # noqa: E402
 from tpm_jax.cli import Interrupted, quiet_library_logs, run, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data import input_pipeline  # noqa: E402
 from tpm_jax.files import read_json_object, write_json  # noqa: E402
-from tpm_jax.flops import token_schedule  # noqa: E402
 from tpm_jax.models.registry import with_weights_of  # noqa: E402
 from tpm_jax.reduction_setting import parse_setting  # noqa: E402
 from tpm_jax.throughput import images_per_sec  # noqa: E402
@@ -115,15 +112,7 @@ def _evaluate(F):
     given = RunConfig.from_any(F.config) if F.config else None
     output = preflight.check_output_file('--output', F.output, ours=_an_eval_result) if F.output else None
     if F.checkpoint:
-      if not os.path.exists(F.checkpoint):
-        raise ConfigError(f'--checkpoint={F.checkpoint} is not accepted: no such directory')
-      if tpm_jax.checkpoint.is_export(F.checkpoint) or not os.path.isdir(tpm_jax.checkpoint.checkpoint_dir(F.checkpoint)):
-        path = tpm_jax.checkpoint.check_export(F.checkpoint)
-        saved = export.read_config(path)
-        model, source = tpm_jax.checkpoint.load_params_into(tpm_jax.models.model_from_config(saved), path), 'export'
-      else:
-        model, saved, step = export.restore_from_workdir(F.checkpoint)
-        source = f'workdir step {step}'
+      model, saved, source = evaluation.load_trained(F.checkpoint)
       if given is not None:  # --config brings the data and preprocessing; the model is the checkpoint's
         _check_same_model(*((_with(setting, saved), _with(setting, given)) if setting else (saved, given)))
       config = given or saved
@@ -148,51 +137,26 @@ def _evaluate(F):
       model, fresh, left_out = with_weights_of(model, config)
     split = F.split or config.dataset.eval_split
     # This host's devices, not the training run's: data parallel with the parameters replicated (the
-    # saved mesh may not fit here), or --config's mesh when given; the eval batch rounded up to a
-    # multiple of the devices (the padding is masked out, so the metrics do not change).
+    # saved mesh may not fit here), or --config's mesh when given
     mesh = sharding.make_mesh(given.mesh if given is not None else None)
-    devices = jax.device_count()
-    eval_batch = -(-config.eval_batch // devices) * devices
-    dataset = input_pipeline.get_dataset(config.dataset)
-    try:
-      preflight.check_prepared_splits(dataset, config.dataset.replace_split(split), fields=('eval_split',))
-    except ConfigError as e:
-      raise ConfigError(str(e).replace('dataset.eval_split=', '--split=') if F.split else str(e)) from None
+    dataset = evaluation.eval_dataset(config, split, '--split' if F.split else None)
   except (ConfigError, FileNotFoundError) as e:
     _fail(str(e), 2)
   except CheckpointError as e:
     _fail(str(e), 1)
-  graphdef, state = nnx.split(trainer.TrainState(model, None))
-  # the state on the mesh the batches are sharded over (restored or loaded onto one device), and the
-  # eval step as the trainer compiles it: on a machine with several devices they must match
-  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=config.fsdp_min_size)
-  state = sharding.to_global(state, state_sh)
-  eval_step = trainer.jit_eval_step(config.aug, graphdef, mesh, state_sh)
   try:
-    metrics = trainer.evaluate(config, dataset, state, eval_step, sharding.batch_sharding(mesh), split=split,
-                               eval_batch=eval_batch)
+    metrics = evaluation.evaluate_model(model, config, dataset, split, mesh)
   except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
     _fail(str(e), 1)
   flops = tpm_jax.count_flops(model)
-  red = config.reduction
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, reduction=setting.name if setting else 'as trained',
-                method=red.method, keep_rate=str(red.keep_rate) if red.method != 'tome' else '-',
-                r=','.join(map(str, red.per_location(red.r))) if red.method == 'tome' else '-',
-                locations=','.join(map(str, red.locations or ())) if red.enabled else '-',
-                multiscale=config.multiscale.method, prop_attn=red.use_prop_attn if red.enabled else '-',
-                tokens=str(token_schedule(model)),
+                **evaluation.describe_reduction(model, config),
                 top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
                 analytic_gmacs=flops['analytic_gmacs'], xla_gflops=flops['xla_gflops'],
                 images_per_sec=images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model'],
                 throughput_batch=F.batch_size)
-  if fresh:
-    result['fresh_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in fresh}))}: not in the checkpoint, '
-                                  f'initialised as in a new model ({len(fresh)} arrays; a multi-scale fusion starts '
-                                  f'with zero output, leaving the function unchanged)')
-  if left_out:
-    result['unused_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in left_out}))}: in the checkpoint, '
-                                   f'not used under --reduction ({len(left_out)} arrays)')
+  result.update(evaluation.parameter_notes(fresh, left_out))
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')

@@ -249,8 +249,7 @@ def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, t
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   base = [sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out), '--batch_size', '4',
           '--timed_runs', '1']
-  for bad, says in [('tpm:1.5', 'keep rate 1.5 is not in (0, 1]'), ('tpm@similarity=cos', "reduction.similarity='cos'"),
-                    ('tpm:0.5@locations=7', 'block indices in [0, 4)')]:
+  for bad, says in [('tpm:1.5', 'keep rate 1.5 is not in (0, 1]'), ('tpm:0.5@locations=7', 'block indices in [0, 4)')]:
     res = subprocess.run(base + ['--reduction', bad, '--output', str(tmp_path / 'bad.json')], env=env,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
@@ -269,3 +268,39 @@ def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, t
                                  compile=False)['analytic_gmacs']
   assert result['analytic_gmacs'] == pytest.approx(expected)
   assert 'tome:0.5' in res.stdout and '65 -> 33 -> 17' in res.stdout  # the table names it
+
+
+def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_path):
+  """python -m tpm_jax.sweep --checkpoint X --reductions ...: one evaluation per setting, kept; the
+  setting the model was trained with reproduces the training run's own last evaluation."""
+  import csv
+
+  from tpm_jax import sweep
+  from tpm_jax.config import ConfigError
+  from tpm_jax.reduction_setting import parse_settings
+  tmp, final = trained
+  out, _ = _export_with_timm_file(trained)
+  workdir = tmp_path / 'sw'
+  rows = sweep.evaluate_reductions(str(out), parse_settings('tpm+pool:0.7,none,tome:0.5'), str(workdir),
+                                   throughput_batch=2, rounds=1)
+  assert [r['name'] for r in rows] == ['tpm+pool:0.7', 'none', 'tome:0.5']
+  assert rows[0]['top1'] == final['eval_top1'] and rows[0]['top5'] == final['eval_top5']  # as trained
+  assert rows[0]['tokens'] == '65 -> 46 -> 33' and rows[1]['tokens'] == '65' and rows[2]['tokens'] == '65 -> 33 -> 17'
+  assert rows[1]['analytic_gmacs'] > rows[0]['analytic_gmacs'] > rows[2]['analytic_gmacs']
+  assert 'unused_parameters' in rows[1] and all(r['images_per_sec'] > 0 for r in rows)
+  table = list(csv.DictReader(open(workdir / 'results.csv')))
+  assert [(r['reduction'], float(r['top1'])) for r in table] == [(r['name'], r['top1']) for r in rows]
+  assert open(workdir / 'pareto.png', 'rb').read(4) == b'\x89PNG' and 'tome:0.5' in (workdir / 'results.md').read_text()
+
+  evaluated = {p.name: p.stat().st_mtime_ns for p in (workdir / 'evals').iterdir()}
+  again = sweep.evaluate_reductions(str(out), parse_settings('none,drop:0.5'), str(workdir), throughput_batch=2,
+                                    rounds=1)
+  assert {p.name: p.stat().st_mtime_ns for p in (workdir / 'evals').iterdir() if p.name in evaluated} == evaluated
+  assert again[0]['top1'] == rows[1]['top1'] and (workdir / 'evals' / 'drop-0.5.json').exists()
+  # another checkpoint (the workdir, at its step) into the same folder: refused, nothing written
+  before = sorted(p.name for p in workdir.rglob('*'))
+  with pytest.raises(ConfigError, match='holds the evaluations of another checkpoint'):
+    sweep.evaluate_reductions(str(tmp / 'run'), parse_settings('none'), str(workdir))
+  with pytest.raises(ConfigError, match="--reductions: reduction setting 'tpm:0.5@locations=9' does not fit"):
+    sweep.evaluate_reductions(str(out), parse_settings('none,tpm:0.5@locations=9'), str(tmp_path / 'sw2'))
+  assert sorted(p.name for p in workdir.rglob('*')) == before and not (tmp_path / 'sw2').exists()

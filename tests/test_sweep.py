@@ -1,6 +1,7 @@
 """python -m tpm_jax.sweep: the product of arg-string values, names, commands, skipping finished runs,
 up-front errors; collection with seed aggregation; and one real tiny sweep end to end."""
 import csv
+import glob
 import hashlib
 import json
 import os
@@ -113,15 +114,37 @@ def data_dir(tiny_imagenet):
   return tiny_imagenet
 
 
-def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir):
+def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, tensorflow_report):
+  """Also: the sweep, its train.py runs, export and eval import no TensorFlow (Grain reads the TFDS
+  data source, TensorBoard's own writer writes the events), checked in every process (a
+  ``sitecustomize`` reports ``sys.modules`` at exit); TensorFlow is only for preparing a dataset."""
   from tpm_jax.flops import count_flops
   from tpm_jax.models.registry import model_from_config
   cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
          '--workdir', str(tmp_path), '--throughput_batch', '8', f'--config.dataset.data_dir={data_dir}',
          '--config.total_steps=4', '--config.log_every_steps=4', *SHALLOW]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, CUDA_VISIBLE_DEVICES='')
+  env, read_tensorflow_report = tensorflow_report
+  env = dict(env, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='')
   res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  workdir = tmp_path / 'runs' / 'method-tpm'
+  run = lambda *args: subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                                     timeout=600)
+  exported = tmp_path.parent / f'{tmp_path.name}_export'  # beside the sweep's folder, not in it
+  res = run('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(exported))
+  assert res.returncode == 0, res.stderr[-2000:]
+  res = run('eval.py', '--checkpoint', str(exported), '--config', CONFIG + ':smoke', *SHALLOW,
+            f'--config.dataset.data_dir={data_dir}', '--batch_size', '4', '--timed_runs', '1')
+  assert res.returncode == 0, res.stderr[-2000:]
+  processes = read_tensorflow_report()
+  assert [p for p, _ in processes if 'train.py' in p], processes  # the sweep's training processes reported
+  assert len(processes) >= 5 and not any(imported for _, imported in processes), processes
+  # the run's TensorBoard events, written without TensorFlow, read back by TensorBoard
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  events = EventAccumulator(glob.glob(str(workdir / 'tensorboard' / 'events.out.tfevents.*'))[0])
+  events.Reload()
+  assert {'loss', 'eval_top1', 'learning_rate'} <= set(events.Tags()['scalars'])
+  assert [e.step for e in events.Scalars('loss')] == [4]
   assert '[1/2] method-tpm: running ... finished, top-1' in res.stdout
   rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
   assert [r['name'] for r in rows] == ['method-tpm', 'method-drop']

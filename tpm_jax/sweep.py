@@ -367,21 +367,29 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   measured = measure(configs, throughput_batch) if rows else {}
   for row in rows:
     row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
-  columns = ['name', *keys, 'top1', 'top5', 'analytic_gmacs', 'images_per_sec', 'steps', 'workdir']
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
-    writer = csv.DictWriter(f, columns)
-    writer.writeheader()
-    writer.writerows(rows)
-
   cfg = next(iter(configs.values()), None)
   title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.name})' if cfg else '')
+  write_tables(workdir, rows, keys, title, throughput_batch, total=len(meta['runs']), missing=missing,
+               extra_columns=('steps', 'workdir'))
+  return rows
+
+
+def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, throughput_batch: int, *, total: int,
+                 missing=(), extra_columns=()) -> None:
+  """results.csv, results.md (mean and spread over seeds when ``seed`` is a key) and pareto.png."""
+  columns = ['name', *keys, 'top1', 'top5', 'analytic_gmacs', 'images_per_sec', *extra_columns]
+  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+    writer = csv.DictWriter(f, columns, extrasaction='ignore')
+    writer.writeheader()
+    writer.writerows(rows)
   pct = lambda f: lambda r: f'{100 * r[f]:.2f}'
   cost = {'GMACs': lambda r: f'{r["analytic_gmacs"]:.4g}', 'images/s': lambda r: f'{r["images_per_sec"]:.1f}'}
-  md = [f'# Sweep: {title}', '', f'{len(rows)} of {len(meta["runs"])} runs finished. images/s: inference throughput at '
+  md = [f'# Sweep: {title}', '', f'{len(rows)} of {total} runs finished. images/s: inference throughput at '
         f'batch {throughput_batch} on {jax.devices()[0].device_kind}, all configs timed in one process in '
         f'interleaved rounds (medians); GMACs: analytic multiply-adds per image.', '']
   md += _table(rows, {'run': lambda r: r['name'], **{k: (lambda r, k=k: r[k]) for k in keys},
-                      'top-1 (%)': pct('top1'), 'top-5 (%)': pct('top5'), **cost, 'steps': lambda r: r['steps']})
+                      'top-1 (%)': pct('top1'), 'top-5 (%)': pct('top5'), **cost,
+                      **{c: (lambda r, c=c: r[c]) for c in extra_columns if c != 'workdir'}})
   points = rows
   if 'seed' in keys and rows:
     points = aggregate(rows, keys)
@@ -395,7 +403,119 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
     f.write('\n'.join(md) + '\n')
   if rows:
     plot(points, keys, title, os.path.join(workdir, 'pareto.png'), throughput_batch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Over one checkpoint: a trained model under several token reductions, no training (off-the-shelf)
+# ----------------------------------------------------------------------------------------------
+def _identity(path: str, source: str) -> dict:
+  """What names a checkpoint: its path, its source (export, or workdir and step) and, for an export,
+  the digest of its checksums (another export at the same path is another checkpoint)."""
+  from tpm_jax.files import sha256
+  ident = dict(checkpoint=os.path.abspath(path), source=source)
+  sums = os.path.join(path, 'checksums.json')
+  if source == 'export' and os.path.exists(sums):
+    ident['checksums_sha256'] = sha256(sums)
+  return ident
+
+
+def setting_file_name(name: str) -> str:
+  return re.sub(r'[^A-Za-z0-9.+_-]', '-', name)
+
+
+def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split: str | None = None,
+                        throughput_batch: int = 64, rounds: int = 5, collect_only: bool = False) -> list[dict]:
+  """``checkpoint`` (an export or a training workdir) evaluated under each of ``settings``
+  (``reduction_setting.ReductionSetting``s) without training: one ``workdir/evals/<setting>.json``
+  per setting (a setting already evaluated on the same checkpoint and split is not evaluated again),
+  then results.csv, results.md and pareto.png with GMACs and images/s measured interleaved in this
+  process. Every setting is applied to the model before anything is evaluated: one that does not fit
+  raises ConfigError; a workdir holding the evaluations of another checkpoint or split too."""
+  from tpm_jax import evaluation
+  from tpm_jax.files import read_json_object, write_json
+  from tpm_jax.models.registry import with_weights_of
+  trained, run, source = evaluation.load_trained(checkpoint)
+  split = split or run.dataset.eval_split
+  ident = dict(_identity(checkpoint, source), split=split)
+  models, configs, notes = {}, {}, {}
+  for st in settings:  # all applied first: a setting that does not fit stops the sweep before any work
+    try:
+      configs[st.name] = st.apply(run)
+    except ConfigError as e:
+      raise ConfigError(f'--reductions: {e}') from None
+    models[st.name], fresh, left_out = with_weights_of(trained, configs[st.name])
+    notes[st.name] = evaluation.parameter_notes(fresh, left_out)
+  names = {setting_file_name(st.name) for st in settings}
+  if len(names) < len(settings):
+    raise ConfigError('--reductions: two settings get the same file name (they differ only in punctuation)')
+  plan_path = os.path.join(workdir, PLAN)
+  meta = dict(kind='reductions', **ident, settings=[])
+  if os.path.exists(plan_path):
+    try:
+      meta = read_json_object(plan_path)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f'{plan_path} is unreadable ({e}): use another --workdir') from None
+    if meta.get('kind') != 'reductions':
+      raise ConfigError(f'--workdir={workdir} holds a sweep of training runs; evaluations under --reductions '
+                        f'need a folder of their own')
+    other = [f'{k}={meta.get(k)!r} there, {v!r} now' for k, v in ident.items() if meta.get(k) != v]
+    if other:
+      raise ConfigError(f'--workdir={workdir} holds the evaluations of another checkpoint or split ({"; ".join(other)}): '
+                        f'use another --workdir')
+  dataset = evaluation.eval_dataset(run, split, '--split')
+  with WorkdirLock(workdir, what='sweep workdir'):  # the checks passed: the first write
+    meta['settings'] += [st.name for st in settings if st.name not in meta['settings']]
+    write_json(plan_path, meta)
+    return _evaluate_settings(workdir, settings, models, configs, notes, ident, run, dataset, split, checkpoint,
+                              throughput_batch, rounds, collect_only)
+
+
+def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, dataset, split, checkpoint,
+                       throughput_batch, rounds, collect_only):
+  from tpm_jax import evaluation
+  from tpm_jax.files import read_json_object, write_json
+  os.makedirs(os.path.join(workdir, 'evals'), exist_ok=True)
+  rows, missing = [], []
+  for i, st in enumerate(settings, 1):
+    path = os.path.join(workdir, 'evals', setting_file_name(st.name) + '.json')
+    head = f'[{i}/{len(settings)}] {st.name}:'
+    if os.path.exists(path):
+      try:
+        result = read_json_object(path)
+        other = [k for k, v in ident.items() if result.get(k) != v]
+        float(result['top1'])
+      except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f'{path} is unreadable ({type(e).__name__}): remove it to evaluate {st.name} again') from None
+      if other:
+        raise ConfigError(f'{path} is the evaluation of another checkpoint or split ({", ".join(other)} differ): '
+                          f'remove it to evaluate {st.name} again')
+      print(f'{head} evaluated before, top-1 {result["top1"]:.4f}', flush=True)
+    elif collect_only:
+      missing.append(st.name)
+      continue
+    else:
+      t = time.time()
+      metrics = evaluation.evaluate_model(models[st.name], configs[st.name], dataset, split)
+      result = dict(**ident, name=st.name, reduction=st.name, model=run.model.name,
+                    **evaluation.describe_reduction(models[st.name], configs[st.name]),
+                    top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
+                    **notes[st.name])
+      write_json(path, result)
+      print(f'{head} top-1 {result["top1"]:.4f} ({time.time() - t:.0f}s)', flush=True)
+    rows.append(dict(result, name=st.name))
+  measured = measure_models({r['name']: models[r['name']] for r in rows}, throughput_batch, rounds) if rows else {}
+  for row in rows:
+    row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
+  title = f'{os.path.basename(os.path.normpath(checkpoint))} ({run.model.name}, {run.dataset.name} {split}), off-the-shelf'
+  write_tables(workdir, rows, ['method', 'reduction'], title, throughput_batch, total=len(settings),
+               missing=missing, extra_columns=('tokens', 'examples'))
   return rows
+
+
+def measure_models(models: dict, batch: int = 64, rounds: int = 5) -> dict:
+  """name -> (analytic GMACs, images/s), the models timed in interleaved rounds in this process."""
+  speed = images_per_sec(models, batch, rounds=rounds)
+  return {k: (count_flops(m, compile=False)['analytic_gmacs'], speed[k]) for k, m in models.items()}
 
 
 def main(argv=None) -> int:
@@ -408,7 +528,14 @@ def main(argv=None) -> int:
   p.add_argument('--collect_only', action='store_true', help='collect the finished runs, run nothing')
   p.add_argument('--python', default=sys.executable, help='the Python that runs train.py')
   p.add_argument('--throughput_batch', type=int, default=64)
+  p.add_argument('--checkpoint', help='with --reductions: an export or a training workdir, evaluated under each '
+                 'reduction without training (off-the-shelf)')
+  p.add_argument('--reductions', metavar='S1,S2,...', help='reduction settings as eval.py --reduction reads them: '
+                 'none,tpm:0.7,tpm+pool:0.7@prop_attn=off,evit:0.5,drop:0.7,tome:8,tome:0.7')
+  p.add_argument('--split', help='with --reductions: the split evaluated (default: the checkpoint\'s eval split)')
   args, overrides = p.parse_known_args(argv)
+  if args.checkpoint or args.reductions:
+    return _main_reductions(args, overrides)
   try:
     held = training_workdir_holding(args.workdir)
     if held is not None:
@@ -451,6 +578,47 @@ def main(argv=None) -> int:
   if failed:
     print(f'error: {len(failed)} runs failed: {", ".join(r.name for r in failed)}', file=sys.stderr, flush=True)
   return 1 if failed else 0
+
+
+def _main_reductions(args, overrides) -> int:
+  from tpm_jax.checkpoint import CheckpointError
+  from tpm_jax.cli import Interrupted, stop_on_signals
+  from tpm_jax.reduction_setting import parse_settings
+  try:
+    if not (args.checkpoint and args.reductions):
+      raise ConfigError('--checkpoint and --reductions go together (a trained model and the reductions to evaluate it '
+                        'under)')
+    wrong = [f for f, v in (('--config', args.config), ('--sweep', args.sweep), ('--print_commands', args.print_commands),
+                            ('--config.*', overrides)) if v]
+    if wrong:
+      raise ConfigError(f'{wrong[0]} does not go with --checkpoint/--reductions (no training runs)')
+    if args.throughput_batch < 1:
+      raise ConfigError(f'--throughput_batch={args.throughput_batch} is not accepted: expected a positive int')
+    settings = parse_settings(args.reductions)
+    held = training_workdir_holding(args.workdir)
+    if held is not None:
+      raise ConfigError(f'--workdir={args.workdir} is not accepted: it is inside the training workdir {held}; a sweep '
+                        f'needs a folder of its own')
+    check_workdir_path(args.workdir, what='--workdir')
+  except ConfigError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 2
+  stop_on_signals()
+  try:
+    rows = evaluate_reductions(args.checkpoint, settings, args.workdir, split=args.split,
+                               throughput_batch=args.throughput_batch, collect_only=args.collect_only)
+  except (ConfigError, FileNotFoundError) as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 2
+  except CheckpointError as e:
+    print(f'error: {e}', file=sys.stderr, flush=True)
+    return 1
+  except Interrupted as e:
+    print(f'stopped: {e}; the settings evaluated so far are kept (run the same command to go on)', file=sys.stderr,
+          flush=True)
+    return 0
+  print(f'collected {len(rows)} evaluations into {os.path.join(args.workdir, "results.md")}', flush=True)
+  return 0
 
 
 if __name__ == '__main__':

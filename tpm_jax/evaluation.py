@@ -1,0 +1,81 @@
+"""Evaluating a trained model: what eval.py and the sweep over one checkpoint (``--reductions``) share.
+
+  model, run, source = load_trained(path)          # an export or a training workdir, read-only
+  dataset = eval_dataset(run, split)               # checked before anything compiles
+  metrics = evaluate_model(model, run, dataset, split)
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+from flax import nnx
+
+from tpm_jax import checkpoint, export, preflight, sharding, trainer
+from tpm_jax.config import ConfigError, RunConfig
+from tpm_jax.data import input_pipeline
+from tpm_jax.flops import token_schedule
+from tpm_jax.models.registry import model_from_config
+
+
+def load_trained(path: str, flag: str = '--checkpoint'):
+  """(model, run, source) from an export or a training workdir (its newest verified step; the EMA
+  parameters when the run kept them), read-only. ConfigError for a path that is neither,
+  CheckpointError for one that fails its checks."""
+  if not os.path.exists(path):
+    raise ConfigError(f'{flag}={path} is not accepted: no such directory')
+  if checkpoint.is_export(path) or not os.path.isdir(checkpoint.checkpoint_dir(path)):
+    path = checkpoint.check_export(path)
+    saved = export.read_config(path)
+    return checkpoint.load_params_into(model_from_config(saved), path), saved, 'export'
+  model, saved, step = export.restore_from_workdir(path)
+  return model, saved, f'workdir step {step}'
+
+
+def eval_dataset(run: RunConfig, split: str, split_flag: str | None = None):
+  """The run's dataset, its ``split`` checked as prepared and non-empty (ConfigError naming
+  ``split_flag`` when the split came from a flag)."""
+  dataset = input_pipeline.get_dataset(run.dataset)
+  try:
+    preflight.check_prepared_splits(dataset, run.dataset.replace_split(split), fields=('eval_split',))
+  except ConfigError as e:
+    raise ConfigError(str(e).replace('dataset.eval_split=', f'{split_flag}=') if split_flag else str(e)) from None
+  return dataset
+
+
+def evaluate_model(model, run: RunConfig, dataset, split: str, mesh=None) -> dict:
+  """top-1, top-5, loss and the example count of ``model`` over ``split``, with ``run``'s
+  preprocessing and eval batch, every example once, data parallel over this host's devices (the
+  parameters replicated; ``mesh`` default ``sharding.make_mesh()``), with the trainer's eval step."""
+  mesh = mesh or sharding.make_mesh(None)
+  devices = jax.device_count()
+  eval_batch = -(-run.eval_batch // devices) * devices  # padding is masked: the metrics do not change
+  graphdef, state = nnx.split(trainer.TrainState(model, None))
+  state_sh = sharding.state_shardings(state, mesh, fsdp_min_size=run.fsdp_min_size)
+  state = sharding.to_global(state, state_sh)
+  eval_step = trainer.jit_eval_step(run.aug, graphdef, mesh, state_sh)
+  return trainer.evaluate(run, dataset, state, eval_step, sharding.batch_sharding(mesh), split=split,
+                          eval_batch=eval_batch)
+
+
+def describe_reduction(model, run: RunConfig) -> dict:
+  """The reduction a model runs, as eval.py's output and the sweep's tables name it."""
+  red = run.reduction
+  return dict(method=red.method, keep_rate=str(red.keep_rate) if red.method not in ('tome', 'none') else '-',
+              r=','.join(map(str, red.per_location(red.r))) if red.method == 'tome' else '-',
+              locations=','.join(map(str, red.locations or ())) if red.enabled else '-',
+              multiscale=run.multiscale.method, prop_attn=red.use_prop_attn if red.enabled else '-',
+              tokens=str(token_schedule(model)))
+
+
+def parameter_notes(fresh, left_out) -> dict:
+  """What ``models.registry.with_weights_of`` reported, as output fields (none when nothing to say)."""
+  notes = {}
+  if fresh:
+    notes['fresh_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in fresh}))}: not in the checkpoint, '
+                                 f'initialised as in a new model ({len(fresh)} arrays; a multi-scale fusion starts '
+                                 f'with zero output, leaving the function unchanged)')
+  if left_out:
+    notes['unused_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in left_out}))}: in the checkpoint, '
+                                  f'not used under this reduction ({len(left_out)} arrays)')
+  return notes
