@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The converged 12-block Fashion-MNIST backbone of docs/RESULTS.md section 1 and the comparisons on it
+# (2 CPU cores). Resumable: finished steps are skipped.
+#   bash scripts/fmnist_backbone.sh [backbone|offtheshelf|all]
+# backbone     train configs/fmnist_backbone.py:stage=pretrain into workdirs/fmnist_backbone (log:
+#              workdirs/fmnist_backbone.log) and export it to docs/results/fmnist_backbone
+# offtheshelf  the export evaluated on all 10,000 test images under none, tpm (the library's defaults:
+#              pool fusion, proportional attention), tpm as the paper specifies it (no fusion, no
+#              proportional attention), evit, drop and ToMe matched to the same token counts, at keep
+#              0.9 ... 0.5, no training: docs/results/fmnist_backbone_offtheshelf/
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PART=${1:-all}
+W=workdirs/fmnist_backbone
+OUT=docs/results/fmnist_backbone
+
+if [ "$PART" = backbone ] || [ "$PART" = all ]; then
+  [ -f $W/final.json ] || $PY train.py --config configs/fmnist_backbone.py:stage=pretrain --workdir $W \
+      --config.progress=lines 2>&1 | tee -a $W.log
+  [ -f $OUT/export.json ] || $PY -m tpm_jax.export --workdir $W --output $OUT
+  $PY eval.py --checkpoint $OUT --split test --output docs/results/fmnist_backbone_eval.json
+  $PY eval.py --checkpoint $OUT --split test --reduction tpm:0.7 --output docs/results/fmnist_backbone_eval_tpm07.json
+fi
+if [ "$PART" = offtheshelf ] || [ "$PART" = all ]; then
+  S=none
+  for k in 0.9 0.8 0.7 0.6 0.5; do
+    S="$S,tpm+pool:$k,tpm:$k@prop_attn=off,evit:$k,drop:$k,tome:$k"
+  done
+  $PY -m tpm_jax.sweep --checkpoint $OUT --split test --reductions "$S" \
+      --workdir docs/results/fmnist_backbone_offtheshelf --throughput_batch 64
+fi
