@@ -131,11 +131,11 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, 
   run = lambda *args: subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                                      timeout=600)
   exported = tmp_path.parent / f'{tmp_path.name}_export'  # beside the sweep's folder, not in it
-  res = run('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(exported))
-  assert res.returncode == 0, res.stderr[-2000:]
-  res = run('eval.py', '--checkpoint', str(exported), '--config', CONFIG + ':smoke', *SHALLOW,
-            f'--config.dataset.data_dir={data_dir}', '--batch_size', '4', '--timed_runs', '1')
-  assert res.returncode == 0, res.stderr[-2000:]
+  done = run('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(exported))
+  assert done.returncode == 0, done.stderr[-2000:]
+  done = run('eval.py', '--checkpoint', str(exported), '--config', CONFIG + ':smoke', *SHALLOW,
+             f'--config.dataset.data_dir={data_dir}', '--batch_size', '4', '--timed_runs', '1')
+  assert done.returncode == 0, done.stderr[-2000:]
   processes = read_tensorflow_report()
   assert [p for p, _ in processes if 'train.py' in p], processes  # the sweep's training processes reported
   assert len(processes) >= 5 and not any(imported for _, imported in processes), processes

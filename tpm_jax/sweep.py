@@ -43,12 +43,16 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
-from tpm_jax.checkpoint import WorkdirLock
-from tpm_jax.cli import describe_flag_error
+from tpm_jax import evaluation
+from tpm_jax.checkpoint import CheckpointError, WorkdirLock
+from tpm_jax.cli import Interrupted as Stopped
+from tpm_jax.cli import describe_flag_error, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig, flat_dict
+from tpm_jax.files import read_json_object, sha256, write_json
 from tpm_jax.flops import count_flops
-from tpm_jax.models.registry import model_from_config
+from tpm_jax.models.registry import model_from_config, with_weights_of
 from tpm_jax.preflight import check_workdir_path, training_workdir_holding
+from tpm_jax.reduction_setting import parse_settings
 from tpm_jax.throughput import images_per_sec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -411,7 +415,6 @@ def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, th
 def _identity(path: str, source: str) -> dict:
   """What names a checkpoint: its path, its source (export, or workdir and step) and, for an export,
   the digest of its checksums (another export at the same path is another checkpoint)."""
-  from tpm_jax.files import sha256
   ident = dict(checkpoint=os.path.abspath(path), source=source)
   sums = os.path.join(path, 'checksums.json')
   if source == 'export' and os.path.exists(sums):
@@ -431,9 +434,6 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
   then results.csv, results.md and pareto.png with GMACs and images/s measured interleaved in this
   process. Every setting is applied to the model before anything is evaluated: one that does not fit
   raises ConfigError; a workdir holding the evaluations of another checkpoint or split too."""
-  from tpm_jax import evaluation
-  from tpm_jax.files import read_json_object, write_json
-  from tpm_jax.models.registry import with_weights_of
   trained, run, source = evaluation.load_trained(checkpoint)
   split = split or run.dataset.eval_split
   ident = dict(_identity(checkpoint, source), split=split)
@@ -472,8 +472,6 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
 
 def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, dataset, split, checkpoint,
                        throughput_batch, rounds, collect_only):
-  from tpm_jax import evaluation
-  from tpm_jax.files import read_json_object, write_json
   os.makedirs(os.path.join(workdir, 'evals'), exist_ok=True)
   rows, missing = [], []
   for i, st in enumerate(settings, 1):
@@ -581,9 +579,6 @@ def main(argv=None) -> int:
 
 
 def _main_reductions(args, overrides) -> int:
-  from tpm_jax.checkpoint import CheckpointError
-  from tpm_jax.cli import Interrupted, stop_on_signals
-  from tpm_jax.reduction_setting import parse_settings
   try:
     if not (args.checkpoint and args.reductions):
       raise ConfigError('--checkpoint and --reductions go together (a trained model and the reductions to evaluate it '
@@ -613,7 +608,7 @@ def _main_reductions(args, overrides) -> int:
   except CheckpointError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 1
-  except Interrupted as e:
+  except Stopped as e:
     print(f'stopped: {e}; the settings evaluated so far are kept (run the same command to go on)', file=sys.stderr,
           flush=True)
     return 0
