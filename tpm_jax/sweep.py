@@ -285,9 +285,8 @@ def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
   for cfg in configs.values():
     if _model_key(cfg) not in models:
       models[_model_key(cfg)] = model_from_config(cfg)
-  gmacs = {key: count_flops(model, compile=False)['analytic_gmacs'] for key, model in models.items()}
-  speed = images_per_sec(models, batch, rounds=rounds)
-  return {name: (gmacs[_model_key(c)], speed[_model_key(c)]) for name, c in configs.items()}
+  measured = measure_models(models, batch, rounds)
+  return {name: measured[_model_key(c)] for name, c in configs.items()}
 
 
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:

@@ -61,18 +61,15 @@ def with_weights_of(source: nnx.Module, run, *, rngs=None) -> tuple[nnx.Module, 
   model = model_from_config(run, rngs=rngs)
   src = dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
   if source.multiscale_cfg != model.multiscale_cfg:  # another fusion: none of its parameters carry over
-    src = {p: v for p, v in src.items() if p[0] != 'multiscale'}
-    left_out_fusion = sorted('.'.join(map(str, p)) for p in dict(nnx.to_flat_state(nnx.state(source, nnx.Param)))
-                             if p[0] == 'multiscale')
-  else:
-    left_out_fusion = []
+    src = {p: None if p[0] == 'multiscale' else v for p, v in src.items()}
   dst = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   name = lambda path: '.'.join(str(p) for p in path)
-  wrong = [f'{name(p)} {tuple(src[p][...].shape)} (the model: {tuple(v[...].shape)})' for p, v in dst.items()
-           if p in src and src[p][...].shape != v[...].shape]
+  carried = [p for p in dst if src.get(p) is not None]  # None: a parameter of another fusion, never carried
+  wrong = [f'{name(p)} {tuple(src[p][...].shape)} (the model: {tuple(dst[p][...].shape)})' for p in carried
+           if src[p][...].shape != dst[p][...].shape]
   if wrong:
     raise ConfigError(f'the weights are of another backbone: {", ".join(wrong[:3])}')
-  nnx.update(model, nnx.from_flat_state([(p, src[p]) for p in dst if p in src]))
-  fresh = sorted(name(p) for p in dst if p not in src)
-  left_out = sorted(set(left_out_fusion) | {name(p) for p in src if p not in dst})
+  nnx.update(model, nnx.from_flat_state([(p, src[p]) for p in carried]))
+  fresh = sorted(name(p) for p in dst if src.get(p) is None)
+  left_out = sorted(name(p) for p, v in src.items() if v is None or p not in dst)
   return model, fresh, left_out
