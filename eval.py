@@ -148,7 +148,7 @@ def _evaluate(F):
     metrics = evaluation.evaluate_model(model, config, dataset, split, mesh)
   except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
     _fail(str(e), 1)
-  flops = tpm_jax.count_flops(model)
+  flops = tpm_jax.count_flops(model, compile=False)  # the lowered program's count, as the sweep's
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, reduction=setting.name if setting else 'as trained',
                 **evaluation.describe_reduction(model, config),

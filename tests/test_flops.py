@@ -3,48 +3,56 @@ import pytest
 from flax import nnx
 
 import tpm_jax
+from tpm_jax.flops import analytic_macs
 
 METHODS = [dict(method='none'), dict(method='tpm'), dict(method='evit'), dict(method='drop'),
            dict(method='tpm', similarity='tokens', assign='soft'), dict(method='tpm', multiscale='cross')]
 
 
-def _flops(name, red, keep, compile=False):
+def _model(name, red, keep):
   red = dict(red)
   ms = red.pop('multiscale', 'none')
   if red['method'] != 'none':
     red['keep_rate'] = keep
-  model = nnx.eval_shape(lambda: tpm_jax.create_model(name, reduction=red, multiscale=ms))
-  return tpm_jax.count_flops(model, compile=compile)
+  return nnx.eval_shape(lambda: tpm_jax.create_model(name, reduction=red, multiscale=ms))
+
+
+def _flops(name, red, keep, compile=False):
+  return tpm_jax.count_flops(_model(name, red, keep), compile=compile)
+
+
+def _gmacs(name, red, keep):  # the analytic count alone (no program lowered)
+  return analytic_macs(_model(name, red, keep)) / 1e9
 
 
 @pytest.mark.parametrize('red', [dict(method='tpm'), dict(method='tome', r=13), dict(method='evit', multiscale='cross')])
 def test_compiled_and_lowered_counts_agree(red):
   """The sweeps below analyse the lowered program (10x faster); XLA's compiled count is the same."""
-  a = _flops('deit_small_patch16_224', red, 0.6, compile=True)
-  b = _flops('deit_small_patch16_224', red, 0.6, compile=False)
+  a = _flops('deit_tiny_patch16_224', red, 0.6, compile=True)  # (the model's size does not matter here)
+  b = _flops('deit_tiny_patch16_224', red, 0.6, compile=False)
   assert a['xla_gflops'] == pytest.approx(b['xla_gflops'], rel=1e-3)
   assert a['xla_matmul_gflops'] == b['xla_matmul_gflops']
 
 
 def test_deit_small_reference_numbers():
-  assert _flops('deit_small_patch16_224', dict(method='none'), 1.0)['analytic_gmacs'] == pytest.approx(4.6, abs=0.01)
+  assert _gmacs('deit_small_patch16_224', dict(method='none'), 1.0) == pytest.approx(4.6, abs=0.01)
   for method in ('tpm', 'evit', 'drop'):
-    assert _flops('deit_small_patch16_224', dict(method=method), 0.7)['analytic_gmacs'] == pytest.approx(3.0, abs=0.05)
-  plain = _flops('deit_small_patch16_224', dict(method='tpm'), 0.7)['analytic_gmacs']
+    assert _gmacs('deit_small_patch16_224', dict(method=method), 0.7) == pytest.approx(3.0, abs=0.05)
+  plain = _gmacs('deit_small_patch16_224', dict(method='tpm'), 0.7)
   for ms in ('pool', 'cross'):
-    extra = _flops('deit_small_patch16_224', dict(method='tpm', multiscale=ms), 0.7)['analytic_gmacs'] - plain
+    extra = _gmacs('deit_small_patch16_224', dict(method='tpm', multiscale=ms), 0.7) - plain
     assert 0 < extra <= 0.1
 
 
-@pytest.mark.parametrize('name, tol, keeps', [('deit_tiny_patch16_224', 0.06, (0.5, 0.8)),
-                                              ('deit_small_patch16_224', 0.03, (0.5, 0.6, 0.7, 0.8)),
-                                              ('deit_base_patch16_224', 0.03, (0.5, 0.8))])
+@pytest.mark.parametrize('name, tol, keeps', [('deit_tiny_patch16_224', 0.06, (0.8,)),
+                                              ('deit_small_patch16_224', 0.03, (0.5, 0.7)),
+                                              ('deit_base_patch16_224', 0.03, (0.5,))])
 def test_analytic_agrees_with_xla(name, tol, keeps):
   """The matmuls of the program XLA compiles match the analytic count within 3% (in fact 0.01%).
   XLA's cost_analysis total adds the elementwise ops the papers' convention leaves out (exact GELU
   alone is 64 XLA flops per element): within 3% for DeiT-S/B, 6% for DeiT-T (width 192).
   The compute *saved* by each method must agree within 1% between the counts. Every keep rate of
-  the grid on DeiT-S; its ends on DeiT-T and DeiT-B (the same formulas at other widths)."""
+  the grid's ends on DeiT-S, one keep rate on DeiT-T and DeiT-B (the same formulas at other widths)."""
   base = _flops(name, dict(method='none'), 1.0)
   for red in METHODS[1:]:
     for keep in keeps:
@@ -68,5 +76,5 @@ def test_tome_flops():
 
 def test_count_flops_at_another_image_size():
   model = nnx.eval_shape(lambda: tpm_jax.create_model('deit_small_patch16_224', reduction='tpm'))
-  f384 = tpm_jax.count_flops(model, img_size=384)
-  assert f384['analytic_gmacs'] > 2.5 * tpm_jax.count_flops(model)['analytic_gmacs']
+  f384 = tpm_jax.count_flops(model, img_size=384, compile=False)
+  assert f384['analytic_gmacs'] > 2.5 * tpm_jax.count_flops(model, compile=False)['analytic_gmacs']

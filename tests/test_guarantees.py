@@ -358,6 +358,7 @@ def test_a_train_split_with_other_classes_or_files_is_refused_on_resume(tmp_path
         Image.fromarray(rs.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / split / cls / f'{i}.png')
   c = deit.get_config('smoke')
   c.dataset.image_folder, c.model.num_classes, c.total_steps = str(root), 3, 2
+  c.model.depth, c.reduction.locations = 2, '1'  # SHALLOW
   trainer.train_and_evaluate(c, str(tmp_path / 'run'))
   c.total_steps = 4
 

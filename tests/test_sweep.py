@@ -114,10 +114,11 @@ def data_dir(tiny_imagenet):
   return tiny_imagenet
 
 
-def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, tensorflow_report):
+def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, tensorflow_report, capsys):
   """Also: the sweep, its train.py runs, export and eval import no TensorFlow (Grain reads the TFDS
   data source, TensorBoard's own writer writes the events), checked in every process (a
-  ``sitecustomize`` reports ``sys.modules`` at exit); TensorFlow is only for preparing a dataset."""
+  ``sitecustomize`` reports ``sys.modules`` at exit); TensorFlow is only for preparing a dataset.
+  The sweep's later calls, which train nothing, run in this process (``sweep.main``)."""
   from tpm_jax.flops import count_flops
   from tpm_jax.models.registry import model_from_config
   cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
@@ -164,33 +165,35 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, 
   def listing():  # every file of the runs' workdirs with its content hash
     return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / 'runs').rglob('*')) if p.is_file()}
   before = listing()
-  collect_only = subprocess.run(cmd + ['--collect_only'], env=env, capture_output=True, text=True, timeout=600)
-  assert collect_only.returncode == 0, collect_only.stderr[-3000:]
+  def sweep_main(*args):  # the sweep in this process: (exit code, stdout, stderr)
+    code = sweep.main(list(args))
+    return (code, *capsys.readouterr())
+  code, _, err = sweep_main(*cmd[3:], '--collect_only')
+  assert code == 0, err[-3000:]
   assert listing() == before  # the collection reads the runs and writes only the sweep's own tables
 
   logs = {r['name']: os.path.getmtime(tmp_path / 'runs' / r['name'] / 'train.log') for r in rows}
   os.remove(tmp_path / 'results.csv')
-  again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-  assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stdout.count('skipped (finished)') == 2 and 'running' not in again.stdout
+  code, out, err = sweep_main(*cmd[3:])
+  assert code == 0, err[-3000:]
+  assert out.count('skipped (finished)') == 2 and 'running' not in out
   assert logs == {n: os.path.getmtime(tmp_path / 'runs' / n / 'train.log') for n in logs}
   assert [r['top1'] for r in csv.DictReader(open(tmp_path / 'results.csv'))] == [r['top1'] for r in rows]
 
   # the same sweep asked with other settings: the finished runs are not reported under the new ones
-  other = subprocess.run(cmd + ['--config.optim.lr=0.5'], env=env, capture_output=True, text=True, timeout=600)
-  assert other.returncode == 2 and len(other.stderr.strip().splitlines()) == 1, other.stderr[-3000:]
-  assert '2 runs in this sweep' in other.stderr and 'optim.lr=' in other.stderr
+  code, _, err = sweep_main(*cmd[3:], '--config.optim.lr=0.5')
+  assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+  assert '2 runs in this sweep' in err and 'optim.lr=' in err
   assert listing() == before
   # a damaged final.json: collected without it, the file named, no traceback
   (tmp_path / 'runs' / 'method-drop' / 'final.json').write_text('{"step": 4, "eval_top1"')
-  damaged = subprocess.run(cmd + ['--collect_only'], env=env, capture_output=True, text=True, timeout=600)
-  assert damaged.returncode == 2 and len(damaged.stderr.strip().splitlines()) == 1, damaged.stderr[-3000:]
-  assert str(tmp_path / 'runs' / 'method-drop' / 'final.json') in damaged.stderr
-  collect = [sys.executable, '-m', 'tpm_jax.sweep', '--workdir', str(tmp_path), '--collect_only', '--throughput_batch',
-             '8']  # what sweep.json lists, without a config to check against: the damaged run left out, named
-  damaged = subprocess.run(collect, env=env, capture_output=True, text=True, timeout=600)
-  assert damaged.returncode == 0 and 'Traceback' not in damaged.stderr, damaged.stderr[-3000:]
-  assert str(tmp_path / 'runs' / 'method-drop' / 'final.json') in damaged.stderr
+  code, _, err = sweep_main(*cmd[3:], '--collect_only')
+  assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+  assert str(tmp_path / 'runs' / 'method-drop' / 'final.json') in err
+  # what sweep.json lists, without a config to check against: the damaged run left out, named
+  code, _, err = sweep_main('--workdir', str(tmp_path), '--collect_only', '--throughput_batch', '8')
+  assert code == 0, err[-3000:]
+  assert str(tmp_path / 'runs' / 'method-drop' / 'final.json') in err
   assert [r['name'] for r in csv.DictReader(open(tmp_path / 'results.csv'))] == ['method-tpm']
 
 
