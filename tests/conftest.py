@@ -50,6 +50,17 @@ def tiny_imagenet(tmp_path_factory):
                              num_val=16)[0]
 
 
+@pytest.fixture(scope='session')
+def four_steps(tmp_path_factory, tiny_imagenet):
+  """A finished train.py run (tests/test_checkpoint.py's smoke command) of 4 steps with checkpoints
+  at steps 2 and 4, made once per pytest worker; tests work on copies."""
+  from test_checkpoint import _run, _steps
+  workdir = tmp_path_factory.mktemp('four_steps') / 'run'
+  _run(workdir, tiny_imagenet, '--config.total_steps=4')
+  assert _steps(workdir) == [2, 4] and (workdir / 'final.json').exists()
+  return workdir
+
+
 # Files whose tests train in subprocesses: collected first, so the two workers start on the longest
 # work and finish together (test_checkpoint's tests form one xdist group: one worker, one set of its
 # module fixtures; test.sh runs pytest with --dist loadgroup).

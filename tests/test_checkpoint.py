@@ -109,15 +109,6 @@ def _assert_same_params(a, b):
     np.testing.assert_allclose(a[k], b[k], rtol=1e-6, atol=1e-7, err_msg=k)
 
 
-@pytest.fixture(scope='module')
-def four_steps(tmp_path_factory, data_dir):
-  """A finished run of 4 steps with checkpoints at steps 2 and 4 (tests work on copies)."""
-  workdir = tmp_path_factory.mktemp('four_steps') / 'run'
-  _run(workdir, data_dir, '--config.total_steps=4')
-  assert _steps(workdir) == [2, 4]
-  return workdir
-
-
 def _copy(src, dst):
   shutil.copytree(src, dst)
   return dst

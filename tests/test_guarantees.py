@@ -21,13 +21,9 @@ def data_dir(tiny_imagenet):
   return tiny_imagenet
 
 
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory, data_dir):
-  """A finished smoke run of 4 steps, checkpoints at 2 and 4 (tests work on copies)."""
-  workdir = tmp_path_factory.mktemp('finished') / 'run'
-  _run(workdir, data_dir, '--config.total_steps=4')
-  assert _steps(workdir) == [2, 4] and (workdir / 'final.json').exists()
-  return workdir
+@pytest.fixture
+def finished(four_steps):  # a finished smoke run of 4 steps, checkpoints at 2 and 4 (conftest.py)
+  return four_steps
 
 
 def _copy(src, dst):

@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 from absl import app, flags, logging
 
@@ -108,7 +109,12 @@ def describe_flag_error(e: Exception, argv) -> str:
 
 
 class Interrupted(Exception):
-  """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``)."""
+  """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``); ``signal_name``
+  is the signal's ('SIGINT')."""
+
+  def __init__(self, signal_name: str):
+    super().__init__(f'stopped by {signal_name}; nothing was written')
+    self.signal_name = signal_name
 
 
 def _in_finalizer(frame) -> bool:
@@ -132,10 +138,22 @@ def raise_from_signal(signum: int, frame, error: BaseException) -> None:
   raise error
 
 
+# After a signal was raised as ``Interrupted``, more signals within this many seconds are the same
+# request (Ctrl-C pressed again while the tool stops, JAX's exit clean-up running): not raised again.
+REPEAT_S = 2.0
+
+
 def stop_on_signals() -> None:
-  """For the read-only tools (eval.py, export): SIGINT and SIGTERM raise ``Interrupted`` where the
-  tool is, so its ``finally`` clauses clean up and it ends with one line instead of a traceback."""
+  """For the read-only tools (eval.py, export, the sweep): SIGINT and SIGTERM raise ``Interrupted``
+  where the tool is, so its ``finally`` clauses clean up and it ends with one line instead of a
+  traceback; signals that follow within ``REPEAT_S`` seconds are taken as the same request."""
+  raised = []
+
   def handler(signum, frame):
-    raise_from_signal(signum, frame, Interrupted(f'stopped by {signal.Signals(signum).name}; nothing was written'))
+    if raised and time.monotonic() - raised[-1] < REPEAT_S:
+      return
+    if not _in_finalizer(frame):
+      raised.append(time.monotonic())
+    raise_from_signal(signum, frame, Interrupted(signal.Signals(signum).name))
   for s in (signal.SIGINT, signal.SIGTERM):
     signal.signal(s, handler)

@@ -208,17 +208,24 @@ def export_holding(path: str) -> str | None:
   return _enclosing(path, is_export)
 
 
-def _check_outside_workdirs_and_exports(flag: str, path: str, p: str, what: str) -> None:
-  """A tool's output ``p`` is neither inside a training workdir (which read-only tools never change)
-  nor inside an export (whose files are checksummed: another one there makes it unusable)."""
+def check_outside_workdirs_and_exports(flag: str, path: str, *, what: str = 'path', folder: bool = False) -> None:
+  """A tool's output (a file, or with ``folder`` a folder it writes into) is neither inside a training
+  workdir (which read-only tools never change) nor inside an export (whose files are checksummed:
+  another one there makes it unusable)."""
+  p = os.path.abspath(os.path.expanduser(path))
   workdir = training_workdir_holding(p)
   if workdir is not None:
     raise ConfigError(f'{flag}={path} is not accepted: it is inside the training workdir {workdir}, which this tool '
                       f'does not change; choose a {what} outside it')
-  export = export_holding(os.path.dirname(p))
+  export = export_holding(p if folder else os.path.dirname(p))
   if export is not None:
     raise ConfigError(f'{flag}={path} is not accepted: it is inside the export {export}, whose files are checksummed '
                       f'(another file there makes it unusable); choose a {what} outside it')
+
+
+def sweep_folder_holding(path: str) -> str | None:
+  """The sweep folder (one with a sweep.json) that ``path`` is, or lies inside, if any."""
+  return _enclosing(path, lambda d: os.path.isfile(os.path.join(d, 'sweep.json')))
 
 
 def training_workdir_below(path: str) -> str | None:
@@ -235,9 +242,16 @@ def check_not_another_tool_s(workdir: str) -> None:
   if os.path.isfile(os.path.join(p, 'sweep.json')):
     raise ConfigError(f'workdir {workdir} is a sweep\'s folder (it has sweep.json), not a training workdir: choose '
                       f'another folder')
-  if is_export(p):
+  export = export_holding(p)
+  if export == os.path.realpath(p):
     raise ConfigError(f'workdir {workdir} is an export, not a training workdir: choose another folder (to start from '
                       f'the export: --config.init.checkpoint={workdir})')
+  if export is not None:
+    raise ConfigError(f'workdir {workdir} is inside the export {export}, whose files are checksummed (a run there '
+                      f'makes it unusable): choose a folder outside it')
+  held = training_workdir_holding(os.path.dirname(p))
+  if held is not None:
+    raise ConfigError(f'workdir {workdir} is inside the training workdir {held}: choose a folder of its own')
 
 
 def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwrite: bool = False,
@@ -249,7 +263,11 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
   p = os.path.abspath(os.path.expanduser(path))
   if suffix and not p.endswith(suffix):
     raise ConfigError(f'{flag}={path} is not accepted: expected a {suffix} file name')
-  _check_outside_workdirs_and_exports(flag, path, p, 'path')
+  check_outside_workdirs_and_exports(flag, path)
+  sweep = sweep_folder_holding(os.path.dirname(p))
+  if sweep is not None:
+    raise ConfigError(f'{flag}={path} is not accepted: it is inside the sweep folder {sweep}, whose files the sweep '
+                      f'writes and reads back; choose a path outside it')
   if os.path.lexists(p):
     if not os.path.isfile(p):
       raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
@@ -295,7 +313,7 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if real == src or real.startswith(src + os.sep):
     raise ConfigError(f'--output={output} is not accepted: it is inside the workdir being exported ({source_workdir}); '
                       f'choose a folder outside it')
-  _check_outside_workdirs_and_exports('--output', output, p, 'folder')
+  check_outside_workdirs_and_exports('--output', output, what='folder')  # (an earlier export there is replaced)
   check_workdir_path(p, what='--output')
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
     below = training_workdir_below(p)

@@ -19,6 +19,7 @@ configs scale DeiT's (3, 6, 9) to their depth), else (3, 6, 9) (ToMe with an int
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from tpm_jax.config import (
   DEFAULT_LOCATIONS,
@@ -125,6 +126,8 @@ def parse_setting(text: str) -> ReductionSetting:
       number = float(value)
     except ValueError:
       _refuse(text, f'{value!r} is not a number')
+    if not math.isfinite(number):
+      _refuse(text, f'{value!r} is not a finite number')
     if method == 'tome' and '.' not in value and 'e' not in value.lower():
       r = int(number)
       if r < 0:
@@ -150,13 +153,16 @@ def parse_setting(text: str) -> ReductionSetting:
         fields[key] = float(v)
       elif kind is tuple:
         fields[key] = tuple(int(b) for b in v.split('/'))
+        if min(fields[key]) < 0:
+          raise ValueError
       else:
         fields[key] = v
     except ValueError:
       _refuse(text, f'@{e}: {"on or off" if kind is bool else "a number" if kind is float else "blocks as 3/6/9"}')
   setting = ReductionSetting(text, method, multiscale if plus else 'none', keep, r, tuple(fields.items()))
   try:  # the fields' own checks (a similarity, weight or assign that does not exist), on a DeiT-S shape
-    setting.reduction(ViTConfig())
+    # deep enough for the blocks asked (they are checked against the real model when the setting is applied)
+    setting.reduction(ViTConfig(depth=max([12, *(b + 1 for b in fields.get('locations', ()))])))
   except ConfigError as e:
     _refuse(text, str(e))
   return setting

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -44,14 +45,15 @@ from flax import nnx
 from ml_collections import config_flags
 
 from tpm_jax import evaluation
-from tpm_jax.checkpoint import CheckpointError, WorkdirLock
+from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir
 from tpm_jax.cli import Interrupted as Stopped
 from tpm_jax.cli import describe_flag_error, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig, flat_dict
+from tpm_jax.data.input_pipeline import DataError
 from tpm_jax.files import read_json_object, sha256, write_json
 from tpm_jax.flops import count_flops
 from tpm_jax.models.registry import model_from_config, with_weights_of
-from tpm_jax.preflight import check_workdir_path, training_workdir_holding
+from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path
 from tpm_jax.reduction_setting import parse_settings
 from tpm_jax.throughput import images_per_sec
 
@@ -245,15 +247,30 @@ def _run_all(runs, python, failed, received, child):
   return failed
 
 
+def read_plan(workdir: str, kind: str) -> dict | None:
+  """``workdir``'s sweep.json (None if it has none); ConfigError (one line) if it is unreadable or
+  records the other kind of sweep: ``'training'`` (runs of train.py) or ``'reductions'`` (one
+  checkpoint under several token reductions)."""
+  path = os.path.join(workdir, PLAN)
+  if not os.path.lexists(path):
+    return None
+  try:
+    meta = read_json_object(path)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} is unreadable ({e}): use another --workdir') from None
+  if meta.get('kind', 'training') != kind:
+    held = ('a sweep of training runs' if kind == 'reductions' else
+            'the evaluations of one checkpoint under --reductions (read them with --checkpoint and --reductions)')
+    raise ConfigError(f'--workdir={workdir} holds {held}; this sweep needs a folder of its own')
+  return meta
+
+
 def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
   """Record the runs in ``workdir``'s sweep.json, added to those of earlier sweeps into the same
   workdir (a baseline swept on its own, ablations one key at a time): one table collects them all,
   with '-' where a run's sweep did not set a key."""
   path = os.path.join(workdir, PLAN)
-  meta = dict(config=config, keys=[], runs=[])
-  if os.path.exists(path):
-    with open(path) as f:
-      meta = json.load(f)
+  meta = read_plan(workdir, 'training') or dict(config=config, keys=[], runs=[])
   known = {r['name'] for r in meta['runs']}
   meta['keys'] += [k for k in runs[0].values if k not in meta['keys']]
   meta['runs'] += [dict(name=r.name, values=r.values, config=r.config) for r in runs if r.name not in known]
@@ -350,8 +367,9 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   """One row per finished run of the sweeps planned in ``workdir`` (its sweep.json): name, the swept
   values, top1, top5, analytic_gmacs, images_per_sec, steps, workdir. Writes results.csv,
   results.md and (with any finished run) pareto.png into ``workdir``."""
-  with open(os.path.join(workdir, PLAN)) as f:
-    meta = json.load(f)
+  meta = read_plan(workdir, 'training')
+  if meta is None:
+    raise ConfigError(f'--workdir={workdir} has no {PLAN}: no sweep was planned there')
   keys, rows, configs, missing = meta['keys'], [], {}, []
   for r in meta['runs']:
     rdir = os.path.join(os.path.abspath(workdir), 'runs', r['name'])
@@ -412,12 +430,22 @@ def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, th
 # Over one checkpoint: a trained model under several token reductions, no training (off-the-shelf)
 # ----------------------------------------------------------------------------------------------
 def _identity(path: str, source: str) -> dict:
-  """What names a checkpoint: its path, its source (export, or workdir and step) and, for an export,
-  the digest of its checksums (another export at the same path is another checkpoint)."""
+  """What names a checkpoint: its path, its source (export, or workdir and step) and the digest of the
+  checksums of what was read (another export at the same path, or a step saved again by a new run in
+  the same workdir, is another checkpoint). A step saved without checksums: the digest of its files'
+  names, sizes and times."""
   ident = dict(checkpoint=os.path.abspath(path), source=source)
-  sums = os.path.join(path, 'checksums.json')
-  if source == 'export' and os.path.exists(sums):
+  if source == 'export':
+    folder = path
+  else:
+    folder = os.path.join(checkpoint_dir(path), source.rsplit(' ', 1)[1])
+  sums = os.path.join(folder, 'checksums.json')
+  if os.path.exists(sums):
     ident['checksums_sha256'] = sha256(sums)
+  elif os.path.isdir(folder):
+    listing = sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_size,
+                      os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, files in os.walk(folder) for f in files)
+    ident['files_sha256'] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
   return ident
 
 
@@ -448,19 +476,13 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
   if len(names) < len(settings):
     raise ConfigError('--reductions: two settings get the same file name (they differ only in punctuation)')
   plan_path = os.path.join(workdir, PLAN)
-  meta = dict(kind='reductions', **ident, settings=[])
-  if os.path.exists(plan_path):
-    try:
-      meta = read_json_object(plan_path)
-    except (OSError, ValueError) as e:
-      raise ConfigError(f'{plan_path} is unreadable ({e}): use another --workdir') from None
-    if meta.get('kind') != 'reductions':
-      raise ConfigError(f'--workdir={workdir} holds a sweep of training runs; evaluations under --reductions '
-                        f'need a folder of their own')
-    other = [f'{k}={meta.get(k)!r} there, {v!r} now' for k, v in ident.items() if meta.get(k) != v]
-    if other:
-      raise ConfigError(f'--workdir={workdir} holds the evaluations of another checkpoint or split ({"; ".join(other)}): '
-                        f'use another --workdir')
+  meta = read_plan(workdir, 'reductions')
+  if meta is None:
+    meta = dict(kind='reductions', **ident, settings=[])
+  other = [f'{k}={meta.get(k)!r} there, {v!r} now' for k, v in ident.items() if meta.get(k) != v]
+  if other:
+    raise ConfigError(f'--workdir={workdir} holds the evaluations of another checkpoint or split ({"; ".join(other)}): '
+                      f'use another --workdir')
   dataset = evaluation.eval_dataset(run, split, '--split')
   with WorkdirLock(workdir, what='sweep workdir'):  # the checks passed: the first write
     meta['settings'] += [st.name for st in settings if st.name not in meta['settings']]
@@ -479,12 +501,15 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
     if os.path.exists(path):
       try:
         result = read_json_object(path)
-        other = [k for k, v in ident.items() if result.get(k) != v]
-        float(result['top1'])
+        other = [k for k, v in dict(ident, reduction=st.name).items() if result.get(k) != v]
+        for key in ('top1', 'top5', 'examples'):  # what the tables print
+          if isinstance(result[key], bool) or not isinstance(result[key], (int, float)):
+            raise TypeError(f'{key} is not a number')
       except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f'{path} is unreadable ({type(e).__name__}): remove it to evaluate {st.name} again') from None
+        raise ConfigError(f'{path} is unreadable ({type(e).__name__}: {e}): remove it to evaluate {st.name} '
+                          f'again') from None
       if other:
-        raise ConfigError(f'{path} is the evaluation of another checkpoint or split ({", ".join(other)} differ): '
+        raise ConfigError(f'{path} is the evaluation of another checkpoint, split or setting ({", ".join(other)} differ): '
                           f'remove it to evaluate {st.name} again')
       print(f'{head} evaluated before, top-1 {result["top1"]:.4f}', flush=True)
     elif collect_only:
@@ -534,13 +559,11 @@ def main(argv=None) -> int:
   if args.checkpoint or args.reductions:
     return _main_reductions(args, overrides)
   try:
-    held = training_workdir_holding(args.workdir)
-    if held is not None:
-      raise ConfigError(f'--workdir={args.workdir} is not accepted: it is inside the training workdir {held}; a sweep '
-                        f'needs a folder of its own')
+    check_outside_workdirs_and_exports('--workdir', args.workdir, what='folder of its own for the sweep', folder=True)
     if args.collect_only and not os.path.isdir(args.workdir):
       raise ConfigError(f'--workdir={args.workdir} is not accepted: no such sweep folder (--collect_only reads one)')
     check_workdir_path(args.workdir, what='--workdir')
+    read_plan(args.workdir, 'training')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
     if bad:
       raise ConfigError(f'{bad[0]}: not a sweep flag; only --config.<field>=<value> flags are passed to train.py')
@@ -589,10 +612,9 @@ def _main_reductions(args, overrides) -> int:
     if args.throughput_batch < 1:
       raise ConfigError(f'--throughput_batch={args.throughput_batch} is not accepted: expected a positive int')
     settings = parse_settings(args.reductions)
-    held = training_workdir_holding(args.workdir)
-    if held is not None:
-      raise ConfigError(f'--workdir={args.workdir} is not accepted: it is inside the training workdir {held}; a sweep '
-                        f'needs a folder of its own')
+    check_outside_workdirs_and_exports('--workdir', args.workdir, what='folder of its own for the sweep', folder=True)
+    if args.collect_only and not os.path.isdir(args.workdir):
+      raise ConfigError(f'--workdir={args.workdir} is not accepted: no such sweep folder (--collect_only reads one)')
     check_workdir_path(args.workdir, what='--workdir')
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
@@ -604,12 +626,12 @@ def _main_reductions(args, overrides) -> int:
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 2
-  except CheckpointError as e:
+  except (CheckpointError, DataError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 1
   except Stopped as e:
-    print(f'stopped: {e}; the settings evaluated so far are kept (run the same command to go on)', file=sys.stderr,
-          flush=True)
+    print(f'stopped by {e.signal_name}: the settings evaluated so far are kept in {os.path.join(args.workdir, "evals")} '
+          f'(run the same command to go on)', file=sys.stderr, flush=True)
     return 0
   print(f'collected {len(rows)} evaluations into {os.path.join(args.workdir, "results.md")}', flush=True)
   return 0
