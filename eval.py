@@ -43,6 +43,7 @@ from tpm_jax.files import read_json_object, write_json  # noqa: E402
 from tpm_jax.models.registry import with_weights_of  # noqa: E402
 from tpm_jax.reduction_setting import parse_setting  # noqa: E402
 from tpm_jax.throughput import images_per_sec  # noqa: E402
+from tpm_jax.timm_weights import not_in_timm_layout  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('checkpoint', None, 'A training workdir (latest checkpoint) or an export directory.')
@@ -111,6 +112,7 @@ def _evaluate(F):
         raise ConfigError(f'--reduction: {e}') from None
     given = RunConfig.from_any(F.config) if F.config else None
     output = preflight.check_output_file('--output', F.output, ours=_an_eval_result) if F.output else None
+    fresh = left_out = ()
     if F.checkpoint:
       model, saved, source = evaluation.load_trained(F.checkpoint)
       if given is not None:  # --config brings the data and preprocessing; the model is the checkpoint's
@@ -129,9 +131,9 @@ def _evaluate(F):
                           f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
                           f'model {config.model.name} as .safetensors, or a .pth state dict)') from e
       source = 'timm'
+      fresh = not_in_timm_layout(model)  # a timm file does not hold them: they start as in a new model
     else:
       raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
-    fresh = left_out = ()
     if setting is not None and F.checkpoint:  # the trained weights in the model of the other reduction
       config = _with(setting, config)
       model, fresh, left_out = with_weights_of(model, config)

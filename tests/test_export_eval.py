@@ -1,8 +1,10 @@
 """Export an inference checkpoint, load it, and evaluate it with eval.py: the accuracy is exactly
 what the training run logged for that step."""
+import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -13,7 +15,7 @@ from flax import nnx
 
 import tpm_jax
 from configs import deit
-from tpm_jax import export, trainer
+from tpm_jax import export, preflight, trainer
 from tpm_jax.checkpoint import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,11 +35,14 @@ def trained(tmp_path_factory):
   return tmp, final
 
 
-def test_export_load_and_eval_reproduce_the_logged_accuracy(trained):
+def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
   tmp, final = trained
   out = tmp / 'export'
-  export.main(['--workdir', str(tmp / 'run'), '--output', str(out), '--safetensors', str(tmp / 'model.safetensors')])
+  with caplog.at_level('WARNING', logger='tpm_jax'):
+    export.main(['--workdir', str(tmp / 'run'), '--output', str(out), '--safetensors', str(tmp / 'model.safetensors')])
   assert json.load(open(out / 'export.json'))['step'] == 8
+  # timm's layout has no place for the multi-scale fusion: the .safetensors leaves it out and says so
+  assert 'multiscale' in caplog.text and 'left out' in caplog.text
 
   from_export = tpm_jax.load_model(str(out))
   from_workdir = export.restore_from_workdir(str(tmp / 'run'))[0]  # the EMA parameters
@@ -129,6 +134,7 @@ def test_eval_py_on_timm_weights(trained):
   assert res.returncode == 0, res.stderr[-3000:]
   result = json.load(open(tmp / 'eval_timm.json'))
   assert result['source'] == 'timm' and result['examples'] == 16 and 0 <= result['top1'] <= 1
+  assert result['fresh_parameters'].startswith('multiscale: not in the checkpoint')  # timm files cannot hold it
 
 
 def test_a_backbone_export_initialises_a_multiscale_model(tmp_path):
@@ -296,7 +302,18 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
   again = sweep.evaluate_reductions(str(out), parse_settings('none,drop:0.5'), str(workdir), throughput_batch=2,
                                     rounds=1)
   assert {p.name: p.stat().st_mtime_ns for p in (workdir / 'evals').iterdir() if p.name in evaluated} == evaluated
-  assert again[0]['top1'] == rows[1]['top1'] and (workdir / 'evals' / 'drop-0.5.json').exists()
+  # one table for the folder: the earlier call's settings collected beside the new one
+  assert [r['name'] for r in again] == ['tpm+pool:0.7', 'none', 'tome:0.5', 'drop:0.5']
+  assert [r['top1'] for r in again[:3]] == [r['top1'] for r in rows] and (workdir / 'evals' / 'drop-0.5.json').exists()
+  assert [r['reduction'] for r in csv.DictReader(open(workdir / 'results.csv'))] == [r['name'] for r in again]
+  # a kept file that is another setting's evaluation (eval.py may not write there either): refused
+  shutil.copy(workdir / 'evals' / 'none.json', tmp_path / 'none.json')
+  shutil.copy(workdir / 'evals' / 'none.json', workdir / 'evals' / 'tome-0.5.json')
+  with pytest.raises(ConfigError, match='tome-0.5.json is the evaluation of another checkpoint, split or setting'):
+    sweep.evaluate_reductions(str(out), parse_settings('tome:0.5'), str(workdir))
+  with pytest.raises(ConfigError, match='inside the sweep folder'):
+    preflight.check_output_file('--output', str(workdir / 'evals' / 'tome-0.5.json'), ours=lambda p: True)
+  shutil.copy(tmp_path / 'none.json', workdir / 'evals' / 'tome-0.5.json')
   # another checkpoint (the workdir, at its step) into the same folder: refused, nothing written
   before = sorted(p.name for p in workdir.rglob('*'))
   with pytest.raises(ConfigError, match='holds the evaluations of another checkpoint'):
@@ -304,3 +321,30 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
   with pytest.raises(ConfigError, match="--reductions: reduction setting 'tpm:0.5@locations=9' does not fit"):
     sweep.evaluate_reductions(str(out), parse_settings('none,tpm:0.5@locations=9'), str(tmp_path / 'sw2'))
   assert sorted(p.name for p in workdir.rglob('*')) == before and not (tmp_path / 'sw2').exists()
+  # the folder is the --reductions kind: a training sweep or its collection there is one line, exit 2
+  config = os.path.join(ROOT, 'configs/deit.py') + ':smoke'
+  assert sweep.main(['--config', config, '--sweep', 'seed=0,1', '--workdir', str(workdir)]) == 2
+  assert sweep.main(['--workdir', str(workdir), '--collect_only']) == 2
+  # and no sweep goes into an export (its files are checksummed), nor into its folder
+  for folder in (out, out / 'sweep'):
+    with pytest.raises(ConfigError, match='inside the export'):
+      sweep.check_outside_workdirs_and_exports('--workdir', str(folder), folder=True)
+  assert sweep.main(['--checkpoint', str(out), '--reductions', 'none', '--workdir', str(out / 'sweep')]) == 2
+  assert sweep.main(['--checkpoint', str(out), '--reductions', 'none', '--workdir', str(tmp_path / 'typo'),
+                     '--collect_only']) == 2
+  assert not (out / 'sweep').exists() and not (tmp_path / 'typo').exists()
+  tpm_jax.load_model(str(out))  # still whole
+
+
+def test_a_sweep_names_a_workdir_step_by_its_checksums(trained, tmp_path):
+  """A run saved again to the same step (a new run with --config.overwrite=true) is another checkpoint:
+  the sweep's record of a workdir holds the step's checksums, not only its number."""
+  from tpm_jax import sweep
+  tmp, _ = trained
+  run = tmp_path / 'run'
+  shutil.copytree(tmp / 'run', run)
+  first = sweep._identity(str(run), 'workdir step 8')
+  assert first['checksums_sha256'] == hashlib.sha256((run / 'checkpoints' / '8' / 'checksums.json').read_bytes()).hexdigest()
+  sums = json.load(open(run / 'checkpoints' / '8' / 'checksums.json'))
+  json.dump(dict(sums, changed=True), open(run / 'checkpoints' / '8' / 'checksums.json', 'w'))
+  assert sweep._identity(str(run), 'workdir step 8') != first

@@ -29,7 +29,7 @@ from PIL import Image
 from configs import quickstart as qs
 from tpm_jax import augment, export, trainer, viz
 from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import raise_from_signal, show_messages
+from tpm_jax.cli import quiet_library_logs, raise_from_signal
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.input_pipeline import DataError
@@ -142,7 +142,7 @@ def main(argv=None):
   p.add_argument('--config_arg', default='', help='extra configs/quickstart.py arg string, e.g. "smoke"')
   args = p.parse_args(argv)
   extra = f',{args.config_arg}' if args.config_arg else ''
-  show_messages()  # the trainer's progress and notes
+  quiet_library_logs()  # the trainer's progress and notes; libraries' log lines (Orbax's) left out
 
   def interrupt(signum, frame):  # outside training (which saves first): stop where it is, nothing half-written
     raise_from_signal(signum, frame, Interrupted(f'{signal.Signals(signum).name} received'))

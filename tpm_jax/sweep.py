@@ -47,14 +47,14 @@ from ml_collections import config_flags
 from tpm_jax import evaluation
 from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir
 from tpm_jax.cli import Interrupted as Stopped
-from tpm_jax.cli import describe_flag_error, stop_on_signals
+from tpm_jax.cli import describe_flag_error, quiet_library_logs, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig, flat_dict
 from tpm_jax.data.input_pipeline import DataError
 from tpm_jax.files import read_json_object, sha256, write_json
 from tpm_jax.flops import count_flops
 from tpm_jax.models.registry import model_from_config, with_weights_of
 from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path
-from tpm_jax.reduction_setting import parse_settings
+from tpm_jax.reduction_setting import parse_setting, parse_settings
 from tpm_jax.throughput import images_per_sec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -459,19 +459,12 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
   (``reduction_setting.ReductionSetting``s) without training: one ``workdir/evals/<setting>.json``
   per setting (a setting already evaluated on the same checkpoint and split is not evaluated again),
   then results.csv, results.md and pareto.png with GMACs and images/s measured interleaved in this
-  process. Every setting is applied to the model before anything is evaluated: one that does not fit
-  raises ConfigError; a workdir holding the evaluations of another checkpoint or split too."""
+  process. The tables hold every setting of the folder, those of earlier calls too (collected, not
+  evaluated again). Every setting is applied to the model before anything is evaluated: one that does
+  not fit raises ConfigError; a workdir holding the evaluations of another checkpoint or split too."""
   trained, run, source = evaluation.load_trained(checkpoint)
   split = split or run.dataset.eval_split
   ident = dict(_identity(checkpoint, source), split=split)
-  models, configs, notes = {}, {}, {}
-  for st in settings:  # all applied first: a setting that does not fit stops the sweep before any work
-    try:
-      configs[st.name] = st.apply(run)
-    except ConfigError as e:
-      raise ConfigError(f'--reductions: {e}') from None
-    models[st.name], fresh, left_out = with_weights_of(trained, configs[st.name])
-    notes[st.name] = evaluation.parameter_notes(fresh, left_out)
   names = {setting_file_name(st.name) for st in settings}
   if len(names) < len(settings):
     raise ConfigError('--reductions: two settings get the same file name (they differ only in punctuation)')
@@ -483,16 +476,31 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
   if other:
     raise ConfigError(f'--workdir={workdir} holds the evaluations of another checkpoint or split ({"; ".join(other)}): '
                       f'use another --workdir')
+  # The folder's table holds the settings of earlier calls too (those not asked now are collected, not evaluated)
+  asked = {st.name for st in settings}
+  try:
+    earlier = [parse_setting(n) for n in meta['settings'] if n not in asked]
+  except (ConfigError, TypeError, KeyError) as e:
+    raise ConfigError(f'{plan_path}: its settings are unreadable ({e}): use another --workdir') from None
+  everything = sorted(earlier + settings, key=lambda st: [*meta['settings'], st.name].index(st.name))
+  models, configs, notes = {}, {}, {}
+  for st in everything:  # all applied first: a setting that does not fit stops the sweep before any work
+    try:
+      configs[st.name] = st.apply(run)
+    except ConfigError as e:
+      raise ConfigError(f'--reductions: {e}') from None
+    models[st.name], fresh, left_out = with_weights_of(trained, configs[st.name])
+    notes[st.name] = evaluation.parameter_notes(fresh, left_out)
   dataset = evaluation.eval_dataset(run, split, '--split')
   with WorkdirLock(workdir, what='sweep workdir'):  # the checks passed: the first write
     meta['settings'] += [st.name for st in settings if st.name not in meta['settings']]
     write_json(plan_path, meta)
-    return _evaluate_settings(workdir, settings, models, configs, notes, ident, run, dataset, split, checkpoint,
-                              throughput_batch, rounds, collect_only)
+    return _evaluate_settings(workdir, everything, models, configs, notes, ident, run, dataset, split, checkpoint,
+                              throughput_batch, rounds, collect_only, asked)
 
 
 def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, dataset, split, checkpoint,
-                       throughput_batch, rounds, collect_only):
+                       throughput_batch, rounds, collect_only, asked):
   os.makedirs(os.path.join(workdir, 'evals'), exist_ok=True)
   rows, missing = [], []
   for i, st in enumerate(settings, 1):
@@ -512,7 +520,7 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
         raise ConfigError(f'{path} is the evaluation of another checkpoint, split or setting ({", ".join(other)} differ): '
                           f'remove it to evaluate {st.name} again')
       print(f'{head} evaluated before, top-1 {result["top1"]:.4f}', flush=True)
-    elif collect_only:
+    elif collect_only or st.name not in asked:
       missing.append(st.name)
       continue
     else:
@@ -638,4 +646,5 @@ def _main_reductions(args, overrides) -> int:
 
 
 if __name__ == '__main__':
+  quiet_library_logs()  # tpm_jax's messages as the tool's own lines; libraries' log lines left out
   sys.exit(main())

@@ -187,11 +187,23 @@ def timm_state_dict(model) -> dict[str, np.ndarray]:
           for p, v in _params(model) if not _is_extension(p)}
 
 
+def not_in_timm_layout(model) -> list[str]:
+  """The model's parameters (dotted names) that timm's layout has no place for: tpm_jax's extensions
+  (the multi-scale fusion); a timm file neither holds nor brings them."""
+  return ['.'.join(map(str, p)) for p, _ in _params(model) if _is_extension(p)]
+
+
 def export_timm_weights(model, path) -> str:
-  """Write the model as a timm-named ``.safetensors`` file (loadable by ``timm.create_model``)."""
+  """Write the model as a timm-named ``.safetensors`` file (loadable by ``timm.create_model``); the
+  parameters timm has no place for (``not_in_timm_layout``) are left out, with a warning."""
   from safetensors.numpy import save_file
   path = os.fspath(path)
   if not path.endswith('.safetensors'):
     raise ValueError(f'{path}: export_timm_weights writes .safetensors files')
   save_file(timm_state_dict(model), path, metadata={'format': 'pt'})
+  left_out = not_in_timm_layout(model)
+  if left_out:
+    log.warning(f'warning: {path} holds the timm backbone only: {", ".join(sorted({p.split(".")[0] for p in left_out}))} '
+                f'({len(left_out)} arrays) has no place in timm\'s layout and is left out (the export folder or '
+                f'the workdir keeps it)')
   return path

@@ -17,6 +17,7 @@ import functools
 import io
 import math
 import os
+import signal
 import threading
 import time
 
@@ -112,14 +113,18 @@ def _prefetched(ds, data):
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a caller without absl.app has not parsed them
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=2),
-                        worker_init_fn=functools.partial(_exit_with_parent, os.getpid()))
+                        worker_init_fn=functools.partial(_worker_init, os.getpid()))
   return it
 
 
-def _exit_with_parent(parent: int, worker_index: int, worker_count: int) -> None:
-  """In each worker process: exit when ``parent``, the process that started it, is gone (killed with
-  -9, say), instead of living on as an orphan (Grain's workers do not watch their parent)."""
+def _worker_init(parent: int, worker_index: int, worker_count: int) -> None:
+  """In each of the input pipeline's worker processes (ours, not the caller's): Ctrl-C, which the
+  terminal sends to the whole process group, is left to ``parent``, which saves or stops and then
+  closes its workers (each worker would otherwise print a KeyboardInterrupt traceback); and the worker
+  exits when ``parent`` is gone (killed with -9, say), instead of living on as an orphan (Grain's
+  workers do not watch their parent)."""
   del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
 
   def watch():
     while os.getppid() == parent:
