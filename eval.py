@@ -14,6 +14,7 @@ tpm_jax.reduction_setting's. Parameters the checkpoint lacks (a multi-scale fusi
 had) start as in a new model, whose zero-initialised output leaves the function unchanged; the output
 names them. Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
 """
+import os
 import signal
 import sys
 
@@ -21,14 +22,13 @@ import sys
 def _stopped_early(signum, frame):  # while importing: nothing started, nothing written
   del frame
   print(f'error: stopped by {signal.Signals(signum).name}; nothing was written', file=sys.stderr, flush=True)
-  sys.exit(1)
+  os._exit(1)  # not sys.exit: raised in a garbage-collection callback (JAX has one) it would be swallowed
 
 
 if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
   signal.signal(signal.SIGTERM, _stopped_early)
   signal.signal(signal.SIGINT, _stopped_early)
 
-import os  # noqa: E402
 
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

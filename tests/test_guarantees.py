@@ -159,6 +159,22 @@ def test_sigterm_during_start_up_is_one_line_and_exit_0(tmp_path, data_dir):
   assert not (tmp_path / 'run').exists()
 
 
+@pytest.mark.parametrize('tool, code', [(('-m', 'tpm_jax.export', '--workdir', '{finished}', '--output', '{out}'), 1),
+                                        (('-m', 'tpm_jax.sweep', '--checkpoint', '{finished}', '--reductions', 'none',
+                                          '--workdir', '{out}'), 0)], ids=['export', 'sweep'])
+def test_ctrl_c_while_a_tool_imports_is_one_line(tmp_path, finished, tool, code):
+  """``python -m tpm_jax.export`` and ``python -m tpm_jax.sweep`` take SIGINT over before JAX is
+  imported (``import tpm_jax`` is light): Ctrl-C then is one line, nothing written, no traceback."""
+  args = [a.format(finished=finished, out=tmp_path / 'out') for a in tool]
+  p = subprocess.Popen([sys.executable, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                       cwd=ROOT)
+  time.sleep(0.5)  # Python is up, JAX is being imported
+  p.send_signal(signal.SIGINT)
+  out, err = p.communicate(timeout=120)
+  assert p.returncode == code and 'stopped by SIGINT' in err and 'Traceback' not in err, err[-2000:]
+  assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'out').exists()
+
+
 def test_a_signal_inside_a_garbage_collection_callback_still_stops_the_tool():
   # JAX registers a gc callback; an exception a signal handler raises inside one is 'ignored' by Python and
   # the program went on (found by CI: train.py printed that it stopped, then carried on)

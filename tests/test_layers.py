@@ -1,8 +1,8 @@
 """The package's imports run one way: config <- reduction <- models <- {checkpoint, data, sharding}
 <- trainer <- {export, sweep, quickstart}; no cycles; no function-local import of the package (local
 imports stay only for heavy optional dependencies). Read from the source (ast), so a violation fails
-here whatever order Python happens to import the modules in (tpm_jax/__init__.py imports every
-layer, which would let a cycle resolve by accident at run time)."""
+here whatever order Python happens to import the modules in (the package's front door imports
+names from every layer on first use, which would let a cycle resolve by accident at run time)."""
 import ast
 import os
 import subprocess

@@ -23,39 +23,52 @@ Python: ``runs = plan(config, sweeps, workdir)``, ``run(runs)``, ``rows = collec
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import dataclasses
-import hashlib
-import itertools
-import json
 import os
-import re
-import shlex
 import signal
-import statistics
-import subprocess
 import sys
-import threading
-import time
 
-import jax
-from absl import flags
-from flax import nnx
-from ml_collections import config_flags
 
-from tpm_jax import evaluation
-from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir
-from tpm_jax.cli import Interrupted as Stopped
-from tpm_jax.cli import describe_flag_error, quiet_library_logs, stop_on_signals
-from tpm_jax.config import ConfigError, RunConfig, flat_dict
-from tpm_jax.data.input_pipeline import DataError
-from tpm_jax.files import read_json_object, sha256, write_json
-from tpm_jax.flops import count_flops
-from tpm_jax.models.registry import model_from_config, with_weights_of
-from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path
-from tpm_jax.reduction_setting import parse_setting, parse_settings
-from tpm_jax.throughput import images_per_sec
+def _stopped_early(signum, frame):  # while importing: nothing started, nothing written
+  del frame
+  print(f'stopped by {signal.Signals(signum).name} during start-up: nothing was run or written', file=sys.stderr,
+        flush=True)
+  os._exit(0)  # not sys.exit: raised in a garbage-collection callback (JAX has one) it would be swallowed
+
+
+if __name__ == '__main__':  # python -m tpm_jax.sweep: until main takes the signals over
+  signal.signal(signal.SIGTERM, _stopped_early)
+  signal.signal(signal.SIGINT, _stopped_early)
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import shlex  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+from flax import nnx  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from tpm_jax import evaluation  # noqa: E402
+from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir  # noqa: E402
+from tpm_jax.cli import Interrupted as Stopped  # noqa: E402
+from tpm_jax.cli import describe_flag_error, quiet_library_logs, stop_on_signals  # noqa: E402
+from tpm_jax.config import ConfigError, RunConfig, flat_dict  # noqa: E402
+from tpm_jax.data.input_pipeline import DataError  # noqa: E402
+from tpm_jax.files import read_json_object, sha256, write_json  # noqa: E402
+from tpm_jax.flops import count_flops  # noqa: E402
+from tpm_jax.models.registry import model_from_config, with_weights_of  # noqa: E402
+from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path  # noqa: E402
+from tpm_jax.reduction_setting import parse_setting, parse_settings  # noqa: E402
+from tpm_jax.throughput import images_per_sec  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, 'train.py')

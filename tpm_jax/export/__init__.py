@@ -10,123 +10,23 @@ otherwise the live ones), ``OUT/config.json`` (the run's config, as saved with t
 Never destroys: every path is checked before any work; the export is written beside OUT and renamed
 into place whole, so OUT is either the old export or the new one; OUT must be new, empty or an
 earlier export (anything else only with ``--overwrite``), never the workdir or inside a workdir.
+
+The code is in ``tpm_jax.export.exporting``, imported on first use of a name below, so that
+``python -m tpm_jax.export`` can take over SIGINT and SIGTERM before JAX and Orbax are imported.
 """
-from __future__ import annotations
+import importlib
 
-import argparse
-import json
-import os
-import shutil
-import sys
-
-import orbax.checkpoint as ocp
-from flax import nnx
-
-from tpm_jax import checkpoint, preflight
-from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
-from tpm_jax.cli import Interrupted, stop_on_signals
-from tpm_jax.config import ConfigError, RunConfig
-from tpm_jax.models.registry import model_from_config
-from tpm_jax.timm_weights import export_timm_weights
+__all__ = ['export', 'load_model', 'main', 'read_config', 'restore_from_workdir', 'check_step']
 
 
-def read_config(path: str) -> RunConfig:
-  """The run config an export (or a config.json) holds."""
-  config = checkpoint.read_export_config(os.path.dirname(path) if path.endswith('.json') else path)
+def __getattr__(name):  # every name of tpm_jax.export.exporting (export.EXPORT_CONFIG too)
   try:
-    return RunConfig.from_any(config)
-  except ConfigError as e:
-    raise CheckpointError(f'{path}: the config is not readable by this version of tpm_jax ({e})') from e
+    value = getattr(importlib.import_module('tpm_jax.export.exporting'), name)
+  except AttributeError:
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}') from None
+  globals()[name] = value
+  return value
 
 
-def restore_from_workdir(workdir: str, step: int | None = None):
-  """(model, run, step) from a training workdir's checkpoint, read-only: the ``ema`` item when the
-  run kept one, else ``params``; the newest step that passes its checks, or ``step``."""
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    raise FileNotFoundError(f'{workdir} is not a training workdir: it has no checkpoints/ folder')
-  model, run, step, _ = checkpoint.restore_model(workdir, step=step)
-  return model, run, step
-
-
-def check_step(workdir: str, step: int | None) -> None:
-  """ConfigError (exit 2) for a ``--step`` the workdir does not hold."""
-  steps = checkpoint.list_steps(checkpoint.checkpoint_dir(workdir))
-  if step is not None and step not in steps:
-    raise ConfigError(f'--step={step} is not accepted: expected a saved step of {workdir} '
-                      f'({", ".join(map(str, steps)) or "none saved"})')
-
-
-def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None,
-           overwrite: bool = False) -> str:
-  """Export ``workdir``'s step (default: the newest good one) to ``output``; returns its absolute path.
-  Bad paths raise ConfigError before anything is read or written."""
-  if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
-    raise ConfigError(f'--workdir={workdir} is not a training workdir (it has no checkpoints/ folder)')
-  check_step(workdir, step)
-  output, safetensors = preflight.check_export_paths(output, safetensors, source_workdir=workdir, overwrite=overwrite)
-  model, run, step = restore_from_workdir(workdir, step)
-  tmp = f'{output}.writing-{os.getpid()}'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
-    checkpointer.wait_until_finished()
-    with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
-      json.dump(run.to_dict(), f, indent=2)
-    with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:
-      json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
-    checkpoint.write_checksums(tmp)  # last: SHA-256 of every file, verified by every reader
-    if safetensors:  # written beside, then renamed: an existing file is replaced whole or not at all
-      export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors')
-    _replace(tmp, output)
-    if safetensors:
-      os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
-    if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
-      os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
-  return output
-
-
-def _replace(new: str, output: str) -> None:
-  """Put the complete directory ``new`` at ``output``: renamed into place; an earlier ``output`` is
-  renamed away first and removed only once the new one is there."""
-  if not os.path.lexists(output):
-    os.rename(new, output)
-    return
-  old = f'{output}.replaced-{os.getpid()}'
-  os.rename(output, old)
-  os.rename(new, output)
-  shutil.rmtree(old, ignore_errors=True)
-
-
-def load_model(path: str):
-  """A ready model from an export directory (``python -m tpm_jax.export``) or a training workdir."""
-  if os.path.isdir(checkpoint.checkpoint_dir(path)) and not checkpoint.is_export(path):
-    return restore_from_workdir(path)[0]
-  path = checkpoint.check_export(path)
-  return load_params_into(model_from_config(read_config(path)), path)
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(prog='python -m tpm_jax.export', description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--workdir', required=True)
-  p.add_argument('--output', required=True)
-  p.add_argument('--step', type=int, default=None, help='default: the newest good checkpoint')
-  p.add_argument('--safetensors', default=None, help='also write timm-named weights here')
-  p.add_argument('--overwrite', action='store_true',
-                 help='replace an --output folder that holds other files, or an existing --safetensors file')
-  args = p.parse_args(argv)
-  stop_on_signals()
-  try:
-    out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
-  except (ConfigError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
-  except (CheckpointError, OSError, Interrupted) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
-  with open(os.path.join(out, EXPORT_INFO)) as f:
-    print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
+def __dir__():
+  return sorted([*globals(), *__all__])
