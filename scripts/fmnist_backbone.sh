@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The converged 12-block Fashion-MNIST backbone of docs/RESULTS.md section 1 and the comparisons on it
 # (2 CPU cores). Resumable: finished steps are skipped.
-#   bash scripts/fmnist_backbone.sh [backbone|offtheshelf|all]
+#   bash scripts/fmnist_backbone.sh [backbone|offtheshelf|variants|all]
 # backbone     train configs/fmnist_backbone.py:stage=pretrain into workdirs/fmnist_backbone (log:
 #              workdirs/fmnist_backbone.log) and export it to docs/results/fmnist_backbone
 # offtheshelf  the export evaluated on all 10,000 test images under none, tpm (the library's defaults:
 #              pool fusion, proportional attention), tpm as the paper specifies it (no fusion, no
 #              proportional attention), evit, drop and ToMe matched to the same token counts, at keep
 #              0.9 ... 0.5, no training: docs/results/fmnist_backbone_offtheshelf/
+# variants     why tpm trails ToMe off-the-shelf: tpm with each of its choices changed (similarity
+#              keys/tokens, merge weight importance/size/uniform, hard/soft assignment, proportional
+#              attention) at keep 0.7 and 0.5, beside tome and evit: docs/results/fmnist_backbone_tpm_variants/
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -29,4 +32,13 @@ if [ "$PART" = offtheshelf ] || [ "$PART" = all ]; then
   done
   $PY -m tpm_jax.sweep --checkpoint $OUT --split test --reductions "$S" \
       --workdir docs/results/fmnist_backbone_offtheshelf --throughput_batch 64
+fi
+if [ "$PART" = variants ] || [ "$PART" = all ]; then
+  S=""
+  for k in 0.7 0.5; do
+    S="$S,tpm:$k,tpm:$k@prop_attn=off,tpm:$k@similarity=tokens,tpm:$k@weight=size,tpm:$k@weight=uniform"
+    S="$S,tpm:$k@assign=soft,tpm:$k@similarity=tokens@weight=size,evit:$k,tome:$k"
+  done
+  $PY -m tpm_jax.sweep --checkpoint $OUT --split test --reductions "none$S" \
+      --workdir docs/results/fmnist_backbone_tpm_variants --throughput_batch 64
 fi
