@@ -82,5 +82,8 @@ def test_a_setting_that_does_not_fit_the_model_names_it_and_the_model():
   with pytest.raises(ConfigError, match=r"reduction setting 'tpm:0.7@locations=3/6/9' does not fit the model "
                                         r"\(vit_custom, depth 4, 49 patches\): reduction.locations"):
     parse_setting('tpm:0.7@locations=3/6/9').apply(depth4)
+  # a block past DeiT-S's 12 is refused by the model it is applied to, naming that model's depth
+  with pytest.raises(ConfigError, match=r'\[0, 4\) \(model depth 4\)'):
+    parse_setting('tpm:0.7@locations=12').apply(depth4)
   with pytest.raises(ConfigError, match='is given twice'):
     parse_settings('tpm:0.7,evit:0.7,tpm:0.7')
