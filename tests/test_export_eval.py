@@ -43,6 +43,7 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
   assert json.load(open(out / 'export.json'))['step'] == 8
   # timm's layout has no place for the multi-scale fusion: the .safetensors leaves it out and says so
   assert 'multiscale' in caplog.text and 'left out' in caplog.text
+  assert f'warning: {tmp / "model.safetensors"} holds the timm backbone only' in caplog.text  # its final name
 
   from_export = tpm_jax.load_model(str(out))
   from_workdir = export.restore_from_workdir(str(tmp / 'run'))[0]  # the EMA parameters

@@ -193,9 +193,10 @@ def not_in_timm_layout(model) -> list[str]:
   return ['.'.join(map(str, p)) for p, _ in _params(model) if _is_extension(p)]
 
 
-def export_timm_weights(model, path) -> str:
+def export_timm_weights(model, path, *, name: str | None = None) -> str:
   """Write the model as a timm-named ``.safetensors`` file (loadable by ``timm.create_model``); the
-  parameters timm has no place for (``not_in_timm_layout``) are left out, with a warning."""
+  parameters timm has no place for (``not_in_timm_layout``) are left out, with a warning naming the
+  file as ``name`` (default ``path``; the export writes beside its final name, then renames)."""
   from safetensors.numpy import save_file
   path = os.fspath(path)
   if not path.endswith('.safetensors'):
@@ -203,7 +204,7 @@ def export_timm_weights(model, path) -> str:
   save_file(timm_state_dict(model), path, metadata={'format': 'pt'})
   left_out = not_in_timm_layout(model)
   if left_out:
-    log.warning(f'warning: {path} holds the timm backbone only: {", ".join(sorted({p.split(".")[0] for p in left_out}))} '
+    log.warning(f'warning: {name or path} holds the timm backbone only: {", ".join(sorted({p.split(".")[0] for p in left_out}))} '
                 f'({len(left_out)} arrays) has no place in timm\'s layout and is left out (the export folder or '
                 f'the workdir keeps it)')
   return path

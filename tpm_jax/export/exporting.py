@@ -67,7 +67,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
       json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
     checkpoint.write_checksums(tmp)  # last: SHA-256 of every file, verified by every reader
     if safetensors:  # written beside, then renamed: an existing file is replaced whole or not at all
-      export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors')
+      export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors', name=safetensors)
     _replace(tmp, output)
     if safetensors:
       os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
