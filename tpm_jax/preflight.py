@@ -223,9 +223,14 @@ def check_outside_workdirs_and_exports(flag: str, path: str, *, what: str = 'pat
                       f'(another file there makes it unusable); choose a {what} outside it')
 
 
+def is_sweep_folder(path: str) -> bool:
+  """Whether ``path`` is a sweep's folder (it has the sweep's sweep.json)."""
+  return os.path.isfile(os.path.join(path, 'sweep.json'))
+
+
 def sweep_folder_holding(path: str) -> str | None:
-  """The sweep folder (one with a sweep.json) that ``path`` is, or lies inside, if any."""
-  return _enclosing(path, lambda d: os.path.isfile(os.path.join(d, 'sweep.json')))
+  """The sweep folder that ``path`` is, or lies inside, if any."""
+  return _enclosing(path, is_sweep_folder)
 
 
 def training_workdir_below(path: str) -> str | None:
@@ -239,7 +244,7 @@ def training_workdir_below(path: str) -> str | None:
 def check_not_another_tool_s(workdir: str) -> None:
   """A training workdir is not a sweep's folder nor an export (a run would mix its files with theirs)."""
   p = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.isfile(os.path.join(p, 'sweep.json')):
+  if is_sweep_folder(p):
     raise ConfigError(f'workdir {workdir} is a sweep\'s folder (it has sweep.json), not a training workdir: choose '
                       f'another folder')
   export = export_holding(p)

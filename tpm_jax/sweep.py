@@ -456,8 +456,9 @@ def _identity(path: str, source: str) -> dict:
   if os.path.exists(sums):
     ident['checksums_sha256'] = sha256(sums)
   elif os.path.isdir(folder):
-    listing = sorted((os.path.relpath(os.path.join(d, f), folder), os.stat(os.path.join(d, f)).st_size,
-                      os.stat(os.path.join(d, f)).st_mtime_ns) for d, _, files in os.walk(folder) for f in files)
+    stats = {os.path.relpath(os.path.join(d, f), folder): os.stat(os.path.join(d, f))
+             for d, _, files in os.walk(folder) for f in files}
+    listing = sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats.items())
     ident['files_sha256'] = hashlib.sha256(json.dumps(listing).encode()).hexdigest()
   return ident
 
@@ -580,10 +581,7 @@ def main(argv=None) -> int:
   if args.checkpoint or args.reductions:
     return _main_reductions(args, overrides)
   try:
-    check_outside_workdirs_and_exports('--workdir', args.workdir, what='folder of its own for the sweep', folder=True)
-    if args.collect_only and not os.path.isdir(args.workdir):
-      raise ConfigError(f'--workdir={args.workdir} is not accepted: no such sweep folder (--collect_only reads one)')
-    check_workdir_path(args.workdir, what='--workdir')
+    _check_sweep_folder(args.workdir, args.collect_only)
     read_plan(args.workdir, 'training')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
     if bad:
@@ -621,6 +619,15 @@ def main(argv=None) -> int:
   return 1 if failed else 0
 
 
+def _check_sweep_folder(workdir: str, collect_only: bool) -> None:
+  """Either kind of sweep: its folder is its own (not inside a training workdir or an export), and
+  ``--collect_only`` reads one that exists."""
+  check_outside_workdirs_and_exports('--workdir', workdir, what='folder of its own for the sweep', folder=True)
+  if collect_only and not os.path.isdir(workdir):
+    raise ConfigError(f'--workdir={workdir} is not accepted: no such sweep folder (--collect_only reads one)')
+  check_workdir_path(workdir, what='--workdir')
+
+
 def _main_reductions(args, overrides) -> int:
   try:
     if not (args.checkpoint and args.reductions):
@@ -633,10 +640,7 @@ def _main_reductions(args, overrides) -> int:
     if args.throughput_batch < 1:
       raise ConfigError(f'--throughput_batch={args.throughput_batch} is not accepted: expected a positive int')
     settings = parse_settings(args.reductions)
-    check_outside_workdirs_and_exports('--workdir', args.workdir, what='folder of its own for the sweep', folder=True)
-    if args.collect_only and not os.path.isdir(args.workdir):
-      raise ConfigError(f'--workdir={args.workdir} is not accepted: no such sweep folder (--collect_only reads one)')
-    check_workdir_path(args.workdir, what='--workdir')
+    _check_sweep_folder(args.workdir, args.collect_only)
   except ConfigError as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 2
