@@ -15,19 +15,12 @@ had) start as in a new model, whose zero-initialised output leaves the function 
 names them. Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
 """
 import os
-import signal
 import sys
 
-
-def _stopped_early(signum, frame):  # while importing: nothing started, nothing written
-  del frame
-  print(f'error: stopped by {signal.Signals(signum).name}; nothing was written', file=sys.stderr, flush=True)
-  os._exit(1)  # not sys.exit: raised in a garbage-collection callback (JAX has one) it would be swallowed
-
+from tpm_jax.cli import stop_during_start_up
 
 if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
-  signal.signal(signal.SIGTERM, _stopped_early)
-  signal.signal(signal.SIGINT, _stopped_early)
+  stop_during_start_up('error: stopped by {signal}; nothing was written', 1)  # while importing
 
 
 from absl import flags  # noqa: E402

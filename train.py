@@ -8,21 +8,13 @@ Writes WORKDIR/config.json, WORKDIR/metrics.jsonl, checkpoints and TensorBoard e
 fault (one line); 2 bad input or a workdir that cannot continue as asked (one line, nothing written).
 """
 import os
-import signal
 import sys
 
-
-def _stopped_early(signum, frame):  # until the trainer takes over the signals: nothing started or written yet
-  del frame
-  print(f'stopped ({signal.Signals(signum).name}) during start-up: nothing was trained or written', file=sys.stderr,
-        flush=True)
-  # not sys.exit: raised inside a garbage-collection callback (JAX has one) it is swallowed and the run goes on
-  os._exit(0)
-
+from tpm_jax.cli import stop_during_start_up
 
 if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
-  signal.signal(signal.SIGTERM, _stopped_early)
-  signal.signal(signal.SIGINT, _stopped_early)
+  # until the trainer takes the signals over
+  stop_during_start_up('stopped ({signal}) during start-up: nothing was trained or written', 0)
 
 import json  # noqa: E402
 

@@ -108,6 +108,19 @@ def describe_flag_error(e: Exception, argv) -> str:
   return first
 
 
+def stop_during_start_up(message: str, code: int) -> None:
+  """For an entry point, first thing (before JAX and the rest are imported): until the tool takes
+  SIGINT and SIGTERM over, either prints ``message`` (``{signal}``: the signal's name) and ends the
+  process with ``code``: nothing has started, nothing was written. ``os._exit``, not ``sys.exit``:
+  raised inside a garbage-collection callback (JAX has one), SystemExit would be swallowed."""
+  def handler(signum, frame):
+    del frame
+    print(message.format(signal=signal.Signals(signum).name), file=sys.stderr, flush=True)
+    os._exit(code)
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, handler)
+
+
 class Interrupted(Exception):
   """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``); ``signal_name``
   is the signal's ('SIGINT')."""

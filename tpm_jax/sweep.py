@@ -24,20 +24,12 @@ Python: ``runs = plan(config, sweeps, workdir)``, ``run(runs)``, ``rows = collec
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
-
-def _stopped_early(signum, frame):  # while importing: nothing started, nothing written
-  del frame
-  print(f'stopped by {signal.Signals(signum).name} during start-up: nothing was run or written', file=sys.stderr,
-        flush=True)
-  os._exit(0)  # not sys.exit: raised in a garbage-collection callback (JAX has one) it would be swallowed
-
+from tpm_jax.cli import stop_during_start_up
 
 if __name__ == '__main__':  # python -m tpm_jax.sweep: until main takes the signals over
-  signal.signal(signal.SIGTERM, _stopped_early)
-  signal.signal(signal.SIGINT, _stopped_early)
+  stop_during_start_up('stopped by {signal} during start-up: nothing was run or written', 0)
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
@@ -47,6 +39,7 @@ import itertools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import shlex  # noqa: E402
+import signal  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402

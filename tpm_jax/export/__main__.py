@@ -2,20 +2,10 @@
 that running it does not execute the export code a second time (the package's front door imports it).
 SIGINT and SIGTERM are taken over first: while JAX and Orbax are imported, one line and exit code 1
 (nothing started, nothing written); then ``main`` takes them over for the export itself."""
-import os
-import signal
-import sys
-
-
-def _stopped_early(signum, frame):
-  del frame
-  print(f'error: stopped by {signal.Signals(signum).name}; nothing was written', file=sys.stderr, flush=True)
-  os._exit(1)  # not sys.exit: raised in a garbage-collection callback (JAX has one) it would be swallowed
-
+from tpm_jax.cli import stop_during_start_up
 
 if __name__ == '__main__':
-  signal.signal(signal.SIGTERM, _stopped_early)
-  signal.signal(signal.SIGINT, _stopped_early)
+  stop_during_start_up('error: stopped by {signal}; nothing was written', 1)
 
 from tpm_jax.cli import quiet_library_logs  # noqa: E402
 from tpm_jax.export import main  # noqa: E402
