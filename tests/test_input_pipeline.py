@@ -210,27 +210,47 @@ def test_folder_entries_that_are_not_files_are_not_examples(tmp_path):
 
 
 def test_worker_processes_exit_when_the_trainer_is_killed(image_folder):
-  """kill -9 of the process that reads with workers: its Grain workers do not live on as orphans."""
+  """Ctrl-C to the process group while the Grain workers start (before ``_worker_init`` ignores it)
+  leaves them unharmed, with no traceback; kill -9 of the process that reads with workers: its Grain
+  workers do not live on as orphans."""
   import signal
   import time
   code = f"""
-import os, time
+import signal, sys, time
+signal.signal(signal.SIGINT, lambda *a: print('SIGINT', flush=True))  # the trainer's handler stands in
+print('ARMED', flush=True)
+import os
 from tpm_jax import trainer
 from configs import deit
 from tpm_jax.data import input_pipeline
 if __name__ == '__main__':
   c = deit.get_config('smoke'); c.dataset.image_folder = {image_folder!r}; c.dataset.workers = 2
   it = trainer.train_batches(c, input_pipeline.get_dataset(c.dataset), local_batch=4)
-  next(it)
+  input_pipeline.next_batch(it)
+  input_pipeline.next_batch(it)
   print('READY', flush=True)
   time.sleep(600)
 """
-  p = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                       env=dict(os.environ, PYTHONPATH=ROOT))
-  assert p.stdout.readline().strip() == 'READY'
+  p = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True, env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True)
+  assert p.stdout.readline().strip() == 'ARMED'
   children = lambda pid: [int(c) for t in os.listdir(f'/proc/{pid}/task')
                           for c in open(f'/proc/{pid}/task/{t}/children').read().split()]
-  workers = children(p.pid)
+  spawned = lambda: [w for w in children(p.pid) if b'spawn_main' in open(f'/proc/{w}/cmdline', 'rb').read()]
+  deadline = time.time() + 60
+  while len(spawned()) < 2 and time.time() < deadline:  # Ctrl-C, again and again, as the workers start
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.05)
+  for _ in range(40):
+    os.killpg(p.pid, signal.SIGINT)
+    time.sleep(0.05)
+  lines = ['']
+  while lines[-1] != 'READY' and (lines == [''] or lines[-1]):
+    lines.append(p.stdout.readline().strip())
+  if lines[-1] != 'READY':
+    p.kill()
+  assert lines[-1] == 'READY' and 'SIGINT' in lines, (lines, p.stderr.read()[-2000:])  # saw Ctrl-C, read on
+  workers = spawned()
   assert len(workers) >= 2
   os.kill(p.pid, signal.SIGKILL)
   p.wait()
@@ -240,3 +260,5 @@ if __name__ == '__main__':
   while alive() and time.time() < deadline:
     time.sleep(0.2)
   assert not alive(), alive()
+  err = p.stderr.read()
+  assert 'Traceback' not in err and 'KeyboardInterrupt' not in err, err

@@ -553,7 +553,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
                              train_fingerprint=fingerprint, process_count=nproc)
     for step in range(start + 1, total_steps + 1):
-      batch = sharding.global_batch(next(train_iter), batch_sh)
+      batch = sharding.global_batch(input_pipeline.next_batch(train_iter), batch_sh)
       ckpt.poll()
       state, metrics = train_step_for(step)(state, batch, jax.random.fold_in(rng, step))
       log_now = step % run.log_every_steps == 0 or step == total_steps

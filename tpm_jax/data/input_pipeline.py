@@ -13,6 +13,7 @@ An image that cannot be decoded stops the iterators with ``DataError``, one line
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -20,6 +21,7 @@ import os
 import signal
 import threading
 import time
+from multiprocessing import resource_tracker
 
 import grain
 import numpy as np
@@ -112,9 +114,33 @@ def _prefetched(ds, data):
   if data.workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read its absl flags; a caller without absl.app has not parsed them
       flags.FLAGS.mark_as_parsed()
+    # The resource tracker that Grain's shared memory needs, started now rather than by the first
+    # worker's start: starting it unblocks SIGINT in the thread that starts it (multiprocessing's
+    # own code), which would undo ``_sigint_held`` for that worker.
+    resource_tracker.ensure_running()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data.workers, per_worker_buffer_size=2),
                         worker_init_fn=functools.partial(_worker_init, os.getpid()))
   return it
+
+
+@contextlib.contextmanager
+def _sigint_held():
+  """SIGINT held back (blocked) in this thread while Grain may start its worker processes and threads
+  from it: they inherit the block, so a Ctrl-C to the process group cannot interrupt a worker that is
+  still starting up, before ``_worker_init`` ignores it (a KeyboardInterrupt traceback per worker).
+  This process still gets the Ctrl-C: through another of its threads, or as the block is lifted."""
+  held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def next_batch(iterator):
+  """``next(iterator)`` for an iterator of this module: Grain starts its worker processes on the first
+  calls, so they are made with SIGINT held back (``_sigint_held``)."""
+  with _sigint_held():
+    return next(iterator)
 
 
 def _worker_init(parent: int, worker_index: int, worker_count: int) -> None:
@@ -146,9 +172,12 @@ def train_dataset(data: DataConfig, aug: AugConfig, dataset, *, img_size: int, c
 
 
 def train_iterator(data: DataConfig, aug: AugConfig, dataset, **kw):
-  """An iterator over ``train_dataset`` (same arguments); its ``get_state()``/``set_state()``
-  (Grain's) go into checkpoints, so a resumed run continues where it stopped."""
-  return iter(train_dataset(data, aug, dataset, **kw))
+  """An iterator over ``train_dataset`` (same arguments), read with ``next_batch``; its
+  ``get_state()``/``set_state()`` (Grain's) go into checkpoints, so a resumed run continues where it
+  stopped."""
+  ds = train_dataset(data, aug, dataset, **kw)
+  with _sigint_held():  # Grain may make the threads that start its workers here
+    return iter(ds)
 
 
 def close(iterator) -> None:
@@ -172,8 +201,15 @@ def eval_batches(data: DataConfig, aug: AugConfig, dataset, split: str, *, img_s
   mine = grain.MapDataset.source(source)[process_index::process_count]
   fn = _EvalExample(mine, aug, img_size, channels, num_classes)
   ds = grain.MapDataset.range(n_batches * local_batch).map(fn).batch(local_batch)
-  it = iter(_prefetched(ds, data))
+  ds = _prefetched(ds, data)
+  with _sigint_held():
+    it = iter(ds)
   try:
-    yield from it
+    while True:
+      try:
+        batch = next_batch(it)
+      except StopIteration:
+        return
+      yield batch
   finally:
     close(it)
