@@ -229,6 +229,33 @@ def test_signals_while_a_tool_stops_are_the_same_request():
       signal.signal(s, h)
 
 
+def test_a_tool_stopped_while_jax_compiles_ends_with_its_line_not_a_crash():
+  """Ctrl-C during a compile: JAX goes on compiling in its own threads after the wait is cut short;
+  a plain ``sys.exit`` then tears the backend down under them (a segfault after the tool's last
+  line, found by the hostile pass in the sweep); ``cli.exit_process`` ends the process cleanly."""
+  code = """
+import os, signal, sys, threading
+import jax, jax.numpy as jnp
+from tpm_jax import cli
+cli.stop_on_signals()
+def f(x):  # about 5 s to compile
+  for i in range(300):
+    x = jnp.tanh(x @ x.T + i) * jnp.sin(x)
+  return x
+lowered = jax.jit(f).lower(jnp.ones((64, 64)))
+threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+try:
+  lowered.compile()
+  print('compiled', flush=True)
+except cli.Interrupted as e:
+  print(f'stopped by {e.signal_name}', flush=True)
+cli.exit_process(0)
+"""
+  env = {k: v for k, v in _env().items() if k not in ('XLA_FLAGS', 'JAX_COMPILATION_CACHE_DIR')}  # a real compile
+  res = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=120)
+  assert (res.returncode, res.stdout) == (0, 'stopped by SIGINT\n'), (res.returncode, res.stdout, res.stderr[-2000:])
+
+
 # -- outputs that never destroy -----------------------------------------------------------------
 def test_export_never_destroys(tmp_path, finished, capsys):
   workdir = _copy(finished, tmp_path / 'run')

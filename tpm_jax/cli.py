@@ -156,11 +156,16 @@ def raise_from_signal(signum: int, frame, error: BaseException) -> None:
 REPEAT_S = 2.0
 
 
+# When ``stop_on_signals``' handler raised ``Interrupted`` (time.monotonic()), newest last.
+_RAISED: list[float] = []
+
+
 def stop_on_signals() -> None:
   """For the read-only tools (eval.py, export, the sweep): SIGINT and SIGTERM raise ``Interrupted``
   where the tool is, so its ``finally`` clauses clean up and it ends with one line instead of a
-  traceback; signals that follow within ``REPEAT_S`` seconds are taken as the same request."""
-  raised = []
+  traceback (then ``exit_process``); signals that follow within ``REPEAT_S`` seconds are taken as the
+  same request."""
+  raised = _RAISED
 
   def handler(signum, frame):
     if raised and time.monotonic() - raised[-1] < REPEAT_S:
@@ -170,3 +175,15 @@ def stop_on_signals() -> None:
     raise_from_signal(signum, frame, Interrupted(signal.Signals(signum).name))
   for s in (signal.SIGINT, signal.SIGTERM):
     signal.signal(s, handler)
+
+
+def exit_process(code: int) -> None:
+  """End a tool's process with ``code``, its output flushed. After ``stop_on_signals`` raised
+  ``Interrupted``, with ``os._exit``: the signal may have cut short a wait on a compile that JAX goes
+  on running in its own threads, and the interpreter's clean-up would destroy the backend under it (a
+  segmentation fault after the tool's last line). Otherwise ``sys.exit``."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  if _RAISED:
+    os._exit(code)
+  sys.exit(code)

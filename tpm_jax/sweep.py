@@ -53,7 +53,7 @@ from ml_collections import config_flags  # noqa: E402
 from tpm_jax import evaluation  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir  # noqa: E402
 from tpm_jax.cli import Interrupted as Stopped  # noqa: E402
-from tpm_jax.cli import describe_flag_error, quiet_library_logs, stop_on_signals  # noqa: E402
+from tpm_jax.cli import describe_flag_error, exit_process, quiet_library_logs, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig, flat_dict  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 from tpm_jax.files import read_json_object, sha256, write_json  # noqa: E402
@@ -657,4 +657,4 @@ def _main_reductions(args, overrides) -> int:
 
 if __name__ == '__main__':
   quiet_library_logs()  # tpm_jax's messages as the tool's own lines; libraries' log lines left out
-  sys.exit(main())
+  exit_process(main())
