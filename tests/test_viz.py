@@ -1,10 +1,12 @@
 """Visualisation on a real photograph (scikit-image's astronaut)."""
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from PIL import Image
 
 import tpm_jax
 from tpm_jax import viz
+from tpm_jax.forward import jitted_forward
 
 
 def test_png_for_a_real_image(tmp_path):
@@ -19,7 +21,8 @@ def test_png_for_a_real_image(tmp_path):
 
   # The source tracking agrees with the sizes the model reports: every final token holds exactly
   # the patches that were followed into it, and each crucial token holds its own patch.
-  _, aux = model(jnp.asarray(x[None], jnp.float32), return_aux=True)
+  graphdef, state = nnx.split(model)
+  _, aux = jitted_forward(graphdef, return_aux=True)(state, jnp.asarray(x[None], jnp.float32))
   dest, kept = viz.patch_destinations(aux, 0, 196, 1)
   counts = np.bincount(dest, minlength=aux[-1]['sizes'].shape[1])
   np.testing.assert_allclose(counts[1:], np.asarray(aux[-1]['sizes'][0, 1:]))

@@ -19,11 +19,12 @@ from flax import nnx
 from tpm_jax.compile_options import compiler_options
 
 
-def jitted_forward(graphdef) -> Callable:
+def jitted_forward(graphdef, *, return_aux: bool = False) -> Callable:
   """``jax.jit`` of ``(state, images) -> nnx.merge(graphdef, state)(images, train=False)`` for the
-  model whose ``nnx.split`` graph definition is ``graphdef``, compiled with ``compiler_options()``."""
+  model whose ``nnx.split`` graph definition is ``graphdef``, compiled with ``compiler_options()``;
+  with ``return_aux``, ``(logits, aux)`` as the model returns them (the token bookkeeping)."""
   def forward(state, images):
-    return nnx.merge(graphdef, state)(images, train=False)
+    return nnx.merge(graphdef, state)(images, train=False, return_aux=return_aux)
   return jax.jit(forward, compiler_options=compiler_options())
 
 
