@@ -156,8 +156,8 @@ def raise_from_signal(signum: int, frame, error: BaseException) -> None:
 REPEAT_S = 2.0
 
 
-# When ``stop_on_signals``' handler raised ``Interrupted`` (time.monotonic()), newest last.
-_RAISED: list[float] = []
+# The signals ``stop_on_signals``' handlers raised as ``Interrupted`` in this process (for ``exit_process``).
+_RAISED: list[int] = []
 
 
 def stop_on_signals() -> None:
@@ -165,16 +165,29 @@ def stop_on_signals() -> None:
   where the tool is, so its ``finally`` clauses clean up and it ends with one line instead of a
   traceback (then ``exit_process``); signals that follow within ``REPEAT_S`` seconds are taken as the
   same request."""
-  raised = _RAISED
+  raised = []
 
   def handler(signum, frame):
     if raised and time.monotonic() - raised[-1] < REPEAT_S:
       return
     if not _in_finalizer(frame):
       raised.append(time.monotonic())
+      _RAISED.append(signum)
     raise_from_signal(signum, frame, Interrupted(signal.Signals(signum).name))
   for s in (signal.SIGINT, signal.SIGTERM):
     signal.signal(s, handler)
+  swallowed = sys.unraisablehook
+
+  def unraisable(u):
+    """``Interrupted`` raised where Python swallows exceptions that ``_in_finalizer`` does not
+    recognise (a weakref callback during a garbage collection, say): the signal is sent again."""
+    if not isinstance(u.exc_value, Interrupted):
+      return swallowed(u)
+    raised.clear()
+    if _RAISED:
+      _RAISED.pop()
+    threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[u.exc_value.signal_name])).start()
+  sys.unraisablehook = unraisable
 
 
 def exit_process(code: int) -> None:
