@@ -2,6 +2,7 @@
 async save), resume determinism, NaN, corrupted checkpoints, restoring on another mesh."""
 import hashlib
 import json
+import logging
 import os
 import shutil
 import signal
@@ -11,6 +12,10 @@ import time
 
 import numpy as np
 import pytest
+
+from tpm_jax import trainer
+from tpm_jax.checkpoint import CheckpointError
+from tpm_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -56,6 +61,40 @@ def _run(workdir, data_dir, *extra, devices=1, check=True):
   if check:
     assert res.returncode == 0, res.stderr[-3000:]
   return res
+
+
+def _train_here(workdir, data_dir, *extra):
+  """``_run``'s train.py command, in this process: ``trainer.train_and_evaluate`` on the config the
+  command line builds (``_smoke_config`` with ``_cmd``'s and ``extra``'s ``--config.FIELD=VALUE``,
+  each value read as the field's type). For the tests of what a resume reads, sets aside or refuses;
+  how train.py turns each error into its one line and exit code is tested with processes.
+  Returns (final metrics or None, the error raised or None, tpm_jax's log lines)."""
+  c = _smoke_config()
+  for arg in _cmd(workdir, data_dir, *extra)[6:]:
+    if arg in SHALLOW:
+      continue
+    path, value = arg[len('--config.'):].split('=', 1)
+    *parents, field = path.split('.')
+    node = c
+    for name in parents:
+      node = node[name]
+    old = node[field]
+    node[field] = (value == 'true' if isinstance(old, bool) else type(old)(value) if old is not None else value)
+  lines = []
+  handler = logging.Handler(logging.INFO)
+  handler.emit = lambda record: lines.append(record.getMessage())
+  log = logging.getLogger('tpm_jax')
+  level = log.level
+  log.addHandler(handler)
+  log.setLevel(logging.INFO)
+  try:
+    return trainer.train_and_evaluate(c, str(workdir)), None, '\n'.join(lines)
+  except (ConfigError, CheckpointError) as e:
+    assert '\n' not in str(e)  # one line
+    return None, e, '\n'.join(lines)
+  finally:
+    log.removeHandler(handler)
+    log.setLevel(level)
 
 
 def _steps(workdir):
@@ -156,8 +195,8 @@ def test_an_unverified_step_with_a_garbled_input_position_is_set_aside(tmp_path,
     os.remove(workdir / name)
   os.remove(ckpts / str(newest) / 'checksums.json')
   (ckpts / str(newest) / 'data' / 'process_0-of-1.json').write_text('{"next_index": ')
-  res = _run(workdir, data_dir)
-  out = res.stdout + res.stderr
+  _, error, out = _train_here(workdir, data_dir)
+  assert error is None, error
   assert f'set aside as {newest}.unreadable' in out and f'resuming from the older good step {older}' in out, out[-2000:]
   assert (ckpts / f'{newest}.unreadable').is_dir()
   _assert_same_params(_final_params(workdir), uninterrupted)
@@ -177,10 +216,9 @@ def test_a_train_split_of_another_size_is_refused_on_resume(tmp_path, data_dir, 
   json.dump(meta, open(meta_path, 'w'))
   checkpoint.write_checksums(str(step_dir))
   before = sorted(os.listdir(workdir))
-  res = _run(workdir, data_dir, '--config.total_steps=10', check=False)
-  assert res.returncode == 2, res.stderr[-2000:]
-  line = _one_line_error(res)
-  assert "dataset.train_split='train' has 48 examples now and had 50" in line, line
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=10')
+  assert isinstance(error, ConfigError), error
+  assert "dataset.train_split='train' has 48 examples now and had 50" in str(error), error
   assert sorted(os.listdir(workdir)) == before and max(_steps(workdir)) == newest
 
 
@@ -236,9 +274,8 @@ def _one_line_error(res):
 def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, data_dir, four_steps):
   workdir = _copy(four_steps, tmp_path / 'run')
   _truncate(os.path.join(workdir, 'checkpoints', '4'))
-  res = _run(workdir, data_dir, '--config.total_steps=6')
-  out = res.stdout + res.stderr
-  assert 'checkpoint step 4' in out and '4.unreadable' in out, out[-2000:]
+  _, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert error is None and 'checkpoint step 4' in out and '4.unreadable' in out, (error, out[-2000:])
   assert 'resuming from the older good step 2' in out and 'resuming from step 2' in out
 
 
@@ -249,19 +286,18 @@ def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, d
   out = tmp_path / 'export'
   export.main(['--workdir', str(workdir), '--output', str(out)])  # read-only: uses step 2, says so
   assert json.load(open(out / 'export.json'))['step'] == 2
-  res = _run(workdir, data_dir, '--config.total_steps=6')
-  assert f'checkpoint step 4: {bad} fails its SHA-256 check' in res.stderr, res.stderr[-2000:]
-  assert 'resuming from step 2' in res.stdout
-  assert np.isfinite(json.loads(res.stdout.strip().splitlines()[-1])['final']['loss'])
+  final, _, out = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert f'checkpoint step 4: {bad} fails its SHA-256 check' in out, out[-2000:]
+  assert 'resuming from step 2' in out
+  assert np.isfinite(final['loss'])
 
 
 def test_case1_a_field_that_changes_the_state_is_refused_and_nothing_is_renamed(tmp_path, data_dir, four_steps):
   workdir = _copy(four_steps, tmp_path / 'run')
   before = _listing(workdir)
-  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.optim.ema_decay=0.9', check=False)
-  assert res.returncode == 2
-  line = _one_line_error(res)
-  assert 'optim.ema_decay=0.0 there, 0.9 now' in line and '--config.overwrite=true' in line, line
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6', '--config.optim.ema_decay=0.9')
+  assert isinstance(error, ConfigError), error
+  assert 'optim.ema_decay=0.0 there, 0.9 now' in str(error) and '--config.overwrite=true' in str(error), error
   assert _listing(workdir) == before
 
 
@@ -269,19 +305,19 @@ def test_case1_fields_that_keep_the_state_resume_where_the_run_stopped(tmp_path,
   """Clipping off (its optimizer state is empty) and distillation on (the teacher is rebuilt from
   the run's initial weights, not saved): the same items, so the run continues from step 4."""
   workdir = _copy(four_steps, tmp_path / 'run')
-  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.optim.grad_clip=0.0', '--config.distill.alpha=0.5')
-  assert 'resuming from step 4' in res.stdout and _steps(workdir)[-1] == 6
+  _, error, out = _train_here(workdir, data_dir, '--config.total_steps=6', '--config.optim.grad_clip=0.0',
+                              '--config.distill.alpha=0.5')
+  assert error is None and 'resuming from step 4' in out and _steps(workdir)[-1] == 6, (error, out[-2000:])
 
 
 def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_path, data_dir, four_steps):
   workdir = _copy(four_steps, tmp_path / 'run')
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # keep_checkpoints=1: only the newest step
   _truncate(os.path.join(workdir, 'checkpoints', '4'))
-  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.keep_checkpoints=1', check=False)
-  assert res.returncode == 1
-  line = _one_line_error(res)
-  assert 'no good checkpoint left' in line and '--config.overwrite=true' in line
-  assert not _steps(workdir) and 'step 2/6' not in res.stdout  # nothing trained from step 0
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6', '--config.keep_checkpoints=1')
+  assert isinstance(error, CheckpointError), error  # train.py: exit code 1
+  assert 'no good checkpoint left' in str(error) and '--config.overwrite=true' in str(error)
+  assert not _steps(workdir)  # nothing trained from step 0
 
 
 def test_case2_read_only_tools_leave_the_workdir_unchanged(tmp_path, data_dir, four_steps):

@@ -11,7 +11,10 @@ import sys
 import time
 
 import pytest
-from test_checkpoint import _cmd, _env, _listing, _one_line_error, _run, _smoke_config, _steps
+from test_checkpoint import _cmd, _env, _listing, _one_line_error, _run, _smoke_config, _steps, _train_here
+
+from tpm_jax.checkpoint import CheckpointError
+from tpm_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,9 +42,9 @@ def _tool(*args, timeout=300):
 def test_a_finished_run_rerun_changes_nothing_and_says_so(tmp_path, data_dir, finished):
   workdir = _copy(finished, tmp_path / 'run')
   before = _listing(workdir)
-  res = _run(workdir, data_dir, '--config.total_steps=4')
-  assert 'finished at step 4' in res.stdout, res.stdout[-2000:]
-  assert json.loads(res.stdout.strip().splitlines()[-1])['final']['eval_top1'] is not None
+  final, error, out = _train_here(workdir, data_dir, '--config.total_steps=4')
+  assert error is None and 'finished at step 4' in out, (error, out[-2000:])
+  assert final['eval_top1'] is not None
   after = _listing(workdir)
   assert {k: v for k, v in after.items() if k != '.lock'} == {k: v for k, v in before.items() if k != '.lock'}
 
@@ -49,9 +52,8 @@ def test_a_finished_run_rerun_changes_nothing_and_says_so(tmp_path, data_dir, fi
 def test_a_step_past_total_steps_is_refused_and_nothing_written(tmp_path, data_dir, finished):
   workdir = _copy(finished, tmp_path / 'run')
   before = _listing(workdir)
-  res = _run(workdir, data_dir, '--config.total_steps=2', check=False)
-  assert res.returncode == 2
-  assert 'past total_steps=2' in _one_line_error(res)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=2')
+  assert isinstance(error, ConfigError) and 'past total_steps=2' in str(error), error
   assert _listing(workdir) == before
 
 
@@ -60,27 +62,27 @@ def test_all_steps_set_aside_is_never_started_over(tmp_path, data_dir, finished)
   os.remove(workdir / 'final.json')
   for s in _steps(workdir):  # every step damaged: the first run sets them aside (exit 1) ...
     (workdir / 'checkpoints' / str(s) / 'meta' / 'metadata').write_text('{"step": ')
-  res = _run(workdir, data_dir, '--config.total_steps=6', check=False)
-  assert res.returncode == 1 and 'no good checkpoint left' in _one_line_error(res)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert isinstance(error, CheckpointError) and 'no good checkpoint left' in str(error), error  # exit code 1
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2.unreadable', '4.unreadable']
-  res = _run(workdir, data_dir, '--config.total_steps=6', check=False)  # ... and the same command again
-  assert res.returncode == 1 and 'every step was set aside' in _one_line_error(res)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6')  # ... and the same command again
+  assert isinstance(error, CheckpointError) and 'every step was set aside' in str(error), error
   assert not _steps(workdir)  # nothing trained from step 0
 
 
 def test_an_empty_step_folder_is_set_aside_and_the_older_step_resumes(tmp_path, data_dir, finished):
   workdir = _copy(finished, tmp_path / 'run')
   (workdir / 'checkpoints' / '6').mkdir()
-  res = _run(workdir, data_dir, '--config.total_steps=6')
-  out = res.stdout + res.stderr
-  assert '6.unreadable' in out and 'resuming from the older good step 4' in out, out[-2000:]
+  _, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert error is None and '6.unreadable' in out and 'resuming from the older good step 4' in out, (error, out[-2000:])
   assert _steps(workdir)[-1] == 6
 
 
 def test_overwrite_moves_the_old_run_aside_even_without_config_json(tmp_path, data_dir, finished):
   workdir = _copy(finished, tmp_path / 'run')
   os.remove(workdir / 'config.json')
-  _run(workdir, data_dir, '--config.total_steps=2', '--config.overwrite=true')
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=2', '--config.overwrite=true')
+  assert error is None, error
   kept = [n for n in os.listdir(workdir) if n.startswith('checkpoints.replaced-')]
   assert len(kept) == 1 and sorted(os.listdir(workdir / kept[0])) == ['2', '4']
   assert _steps(workdir) == [2]
@@ -94,16 +96,16 @@ def test_overwrite_moves_the_old_run_aside_even_without_config_json(tmp_path, da
 def test_a_resume_that_would_change_the_run_is_refused(tmp_path, data_dir, finished, extra, refusal):
   workdir = _copy(finished, tmp_path / 'run')
   before = _listing(workdir)
-  res = _run(workdir, data_dir, '--config.total_steps=6', *extra, check=False)
-  assert res.returncode == 2 and refusal in _one_line_error(res), res.stderr[-2000:]
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6', *extra)
+  assert isinstance(error, ConfigError) and refusal in str(error), error
   assert _listing(workdir) == before
 
 
 def test_the_checkpoint_s_own_config_identifies_the_run_without_config_json(tmp_path, data_dir, finished):
   workdir = _copy(finished, tmp_path / 'run')
   os.remove(workdir / 'config.json')
-  res = _run(workdir, data_dir, '--config.total_steps=6', '--config.seed=5', check=False)
-  assert res.returncode == 2 and 'seed=0 there, 5 now' in _one_line_error(res)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6', '--config.seed=5')
+  assert isinstance(error, ConfigError) and 'seed=0 there, 5 now' in str(error), error
 
 
 # -- one process group per workdir --------------------------------------------------------------
@@ -203,6 +205,34 @@ def test_a_signal_inside_a_garbage_collection_callback_still_stops_the_tool():
     for s, h in previous.items():
       signal.signal(s, h)
   assert sent
+
+
+def test_a_signal_inside_a_weakref_callback_still_stops_the_tool():
+  """Python swallows an exception raised in a weakref callback too ('Exception ignored in', found when
+  a collection ran the callbacks of a finished run's objects): the signal is sent again."""
+  import weakref
+
+  from tpm_jax.cli import Interrupted, stop_on_signals
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+  class Thing:
+    pass
+
+  def callback(_):
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10000):  # the handler runs here, inside the callback
+      pass
+  stop_on_signals()
+  try:
+    thing = Thing()
+    ref = weakref.ref(thing, callback)
+    with pytest.raises(Interrupted, match='SIGTERM'):
+      del thing
+      time.sleep(5)  # the signal, sent again, lands here
+    assert ref() is None
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def test_signals_while_a_tool_stops_are_the_same_request():
