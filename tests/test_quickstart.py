@@ -86,9 +86,9 @@ def test_prop_attn_default_is_on_for_the_merging_methods():
   # and the model uses it: tpm's default gives prop_attn=True's logits, not False's
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   tiny = dict(img_size=32, patch_size=4, embed_dim=48, depth=4, num_heads=3, num_classes=10)
-  logits = {p: tpm_jax.create_model('vit_custom', reduction=dict(method='tpm', keep_rate=0.5, locations=(1, 2),
-                                                                prop_attn=p), rngs=nnx.Rngs(0), **tiny)(x)
-            for p in (None, True, False)}
+  logits = {p: tpm_jax.jit_forward(tpm_jax.create_model(
+      'vit_custom', reduction=dict(method='tpm', keep_rate=0.5, locations=(1, 2), prop_attn=p), rngs=nnx.Rngs(0),
+      **tiny))(x) for p in (None, True, False)}
   np.testing.assert_array_equal(logits[None], logits[True])
   assert np.abs(logits[None] - logits[False]).max() > 1e-4
 
