@@ -24,7 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from tpm_jax import distributed, trainer  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError, checkpoint_dir, list_steps  # noqa: E402
-from tpm_jax.cli import quiet_library_logs, run  # noqa: E402
+from tpm_jax.cli import quiet_closed_event_loop, quiet_library_logs, run  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 
@@ -50,12 +50,7 @@ def main(argv):
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
   F = flags.FLAGS
   quiet_library_logs()
-  default_hook = sys.unraisablehook
-
-  def quiet_closed_loop(u):  # TensorStore's callbacks into Orbax's event loop after a failed save has closed it
-    if not (isinstance(u.exc_value, RuntimeError) and 'Event loop is closed' in str(u.exc_value)):
-      default_hook(u)
-  sys.unraisablehook = quiet_closed_loop
+  quiet_closed_event_loop()
   try:
     config = RunConfig.from_any(F.config)  # the one reading of the ConfigDict
   except ConfigError as e:

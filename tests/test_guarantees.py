@@ -259,6 +259,23 @@ def test_signals_while_a_tool_stops_are_the_same_request():
       signal.signal(s, h)
 
 
+def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_damaged_checkpoint(finished, monkeypatch):
+  """Ctrl-C while Orbax restores (found by the hostile pass: eval.py said the export was 'not an
+  export of this model'): ``Interrupted`` is a BaseException, as KeyboardInterrupt is, so the code
+  that turns a library's errors into 'this file is damaged' lets it through."""
+  import orbax.checkpoint as ocp
+
+  from tpm_jax import export
+  from tpm_jax.cli import Interrupted
+  assert not issubclass(Interrupted, Exception)
+
+  def restore(*args, **kwargs):
+    raise Interrupted('SIGINT')
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'restore', restore)
+  with pytest.raises(Interrupted):
+    export.restore_from_workdir(str(finished))
+
+
 def test_a_tool_stopped_while_jax_compiles_ends_with_its_line_not_a_crash():
   """Ctrl-C during a compile: JAX goes on compiling in its own threads after the wait is cut short;
   a plain ``sys.exit`` then tears the backend down under them (a segfault after the tool's last

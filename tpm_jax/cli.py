@@ -121,9 +121,11 @@ def stop_during_start_up(message: str, code: int) -> None:
     signal.signal(s, handler)
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
   """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``); ``signal_name``
-  is the signal's ('SIGINT')."""
+  is the signal's ('SIGINT'). A ``BaseException``, as ``KeyboardInterrupt`` is: code that turns any
+  ``Exception`` of a library into its own error (a file "is unreadable", an export "is not of this
+  model") lets it through instead of blaming the file."""
 
   def __init__(self, signal_name: str):
     super().__init__(f'stopped by {signal_name}; nothing was written')
@@ -160,11 +162,32 @@ REPEAT_S = 2.0
 _RAISED: list[int] = []
 
 
+def _closed_event_loop(exc) -> bool:
+  return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+
+def quiet_closed_event_loop() -> None:
+  """For the tools: TensorStore's callbacks into Orbax's event loop after that loop was closed (a
+  failed save, a restore cut short by a stop signal) print nothing; they would print a traceback
+  from a background thread after the tool's one line."""
+  unraisable, excepthook = sys.unraisablehook, sys.excepthook
+
+  def quiet_unraisable(u):
+    if not _closed_event_loop(u.exc_value):
+      unraisable(u)
+
+  def quiet_excepthook(kind, value, tb):
+    if not _closed_event_loop(value):
+      excepthook(kind, value, tb)
+  sys.unraisablehook, sys.excepthook = quiet_unraisable, quiet_excepthook
+
+
 def stop_on_signals() -> None:
   """For the read-only tools (eval.py, export, the sweep): SIGINT and SIGTERM raise ``Interrupted``
   where the tool is, so its ``finally`` clauses clean up and it ends with one line instead of a
   traceback (then ``exit_process``); signals that follow within ``REPEAT_S`` seconds are taken as the
   same request."""
+  quiet_closed_event_loop()
   raised = []
 
   def handler(signum, frame):
