@@ -29,7 +29,7 @@ from ml_collections import config_flags  # noqa: E402
 import tpm_jax  # noqa: E402
 from tpm_jax import evaluation, preflight, sharding  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError  # noqa: E402
-from tpm_jax.cli import Interrupted, quiet_library_logs, run, stop_on_signals  # noqa: E402
+from tpm_jax.cli import Interrupted, quiet_library_logs, raise_if_stopped, run, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data import input_pipeline  # noqa: E402
 from tpm_jax.files import read_json_object, write_json  # noqa: E402
@@ -138,10 +138,12 @@ def _evaluate(F):
   except (ConfigError, FileNotFoundError) as e:
     _fail(str(e), 2)
   except CheckpointError as e:
+    raise_if_stopped()
     _fail(str(e), 1)
   try:
     metrics = evaluation.evaluate_model(model, config, dataset, split, mesh)
   except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
+    raise_if_stopped()
     _fail(str(e), 1)
   flops = tpm_jax.count_flops(model, compile=False)  # the lowered program's count, as the sweep's
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,

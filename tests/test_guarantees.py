@@ -267,13 +267,60 @@ def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_damaged_checkpoint(fi
 
   from tpm_jax import export
   from tpm_jax.cli import Interrupted
-  assert not issubclass(Interrupted, Exception)
+  assert not issubclass(Interrupted, Exception)  # as KeyboardInterrupt
 
   def restore(*args, **kwargs):
     raise Interrupted('SIGINT')
   monkeypatch.setattr(ocp.StandardCheckpointer, 'restore', restore)
   with pytest.raises(Interrupted):
     export.restore_from_workdir(str(finished))
+
+
+def test_a_stop_a_library_turns_into_its_own_error_is_reported_as_the_stop(tmp_path, finished):
+  """TensorStore turns a read cut short by the stop into 'Encountered error while reading ...' (found
+  by the hostile pass, via Orbax's restore): the tool reports the stop, not a damaged checkpoint."""
+  code = f"""
+import os, signal, sys
+import orbax.checkpoint as ocp
+from tpm_jax.export import main
+def restore(*args, **kwargs):
+  try:
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(100000):  # the handler raises here, as in a read
+      pass
+  except BaseException:
+    raise ValueError('Encountered error while reading array index') from None
+ocp.StandardCheckpointer.restore = restore
+main(['--workdir', {str(finished)!r}, '--output', {str(tmp_path / 'out')!r}])
+"""
+  res = subprocess.run([sys.executable, '-c', code], env=_env(), capture_output=True, text=True, timeout=300)
+  assert (res.returncode, res.stderr.strip()) == (1, 'error: stopped by SIGINT; nothing was written'), res.stderr[-2000:]
+  assert not (tmp_path / 'out').exists()
+
+
+def test_a_stop_inside_an_asyncio_callback_is_not_lost():
+  """Orbax restores inside asyncio, which logs an exception raised in a callback and goes on (found by
+  the hostile pass: eval.py stopped during a restore ran to the end): asyncio re-raises ``Interrupted``."""
+  import asyncio
+
+  from tpm_jax.cli import Interrupted, stop_on_signals
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+  def callback():
+    os.kill(os.getpid(), signal.SIGTERM)
+    for _ in range(10000):  # the handler runs here, inside the callback
+      pass
+
+  async def restore():
+    asyncio.get_running_loop().call_soon(callback)
+    await asyncio.sleep(2)
+  stop_on_signals()
+  try:
+    with pytest.raises(Interrupted, match='SIGTERM'):
+      asyncio.run(restore())
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 def test_a_tool_stopped_while_jax_compiles_ends_with_its_line_not_a_crash():

@@ -121,11 +121,12 @@ def stop_during_start_up(message: str, code: int) -> None:
     signal.signal(s, handler)
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
   """SIGINT or SIGTERM reached a tool that has nothing to save (``stop_on_signals``); ``signal_name``
-  is the signal's ('SIGINT'). A ``BaseException``, as ``KeyboardInterrupt`` is: code that turns any
-  ``Exception`` of a library into its own error (a file "is unreadable", an export "is not of this
-  model") lets it through instead of blaming the file."""
+  is the signal's ('SIGINT'). A ``KeyboardInterrupt``, which libraries let through: code that turns
+  any ``Exception`` of a library into its own error (a file "is unreadable", an export "is not of
+  this model") does not blame the file for it, and asyncio (Orbax's restores) re-raises it instead of
+  logging it and going on (both found by the hostile pass)."""
 
   def __init__(self, signal_name: str):
     super().__init__(f'stopped by {signal_name}; nothing was written')
@@ -211,6 +212,15 @@ def stop_on_signals() -> None:
       _RAISED.pop()
     threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[u.exc_value.signal_name])).start()
   sys.unraisablehook = unraisable
+
+
+def raise_if_stopped() -> None:
+  """For a tool's handler of a run-time error (a damaged checkpoint, an unreadable file): when a stop
+  signal was raised as ``Interrupted`` and a library turned it into an error of its own (a TensorStore
+  read cut short: 'Encountered error while reading ...'), the stop is what happened: it is raised
+  again, for the tool's own stop line."""
+  if _RAISED:
+    raise Interrupted(signal.Signals(_RAISED[-1]).name)
 
 
 def exit_process(code: int) -> None:

@@ -53,7 +53,7 @@ from ml_collections import config_flags  # noqa: E402
 from tpm_jax import evaluation  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir  # noqa: E402
 from tpm_jax.cli import Interrupted as Stopped  # noqa: E402
-from tpm_jax.cli import describe_flag_error, exit_process, quiet_library_logs, stop_on_signals  # noqa: E402
+from tpm_jax.cli import describe_flag_error, exit_process, quiet_library_logs, raise_if_stopped, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig, flat_dict  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 from tpm_jax.files import read_json_object, sha256, write_json  # noqa: E402
@@ -639,8 +639,12 @@ def _main_reductions(args, overrides) -> int:
     return 2
   stop_on_signals()
   try:
-    rows = evaluate_reductions(args.checkpoint, settings, args.workdir, split=args.split,
-                               throughput_batch=args.throughput_batch, collect_only=args.collect_only)
+    try:
+      rows = evaluate_reductions(args.checkpoint, settings, args.workdir, split=args.split,
+                                 throughput_batch=args.throughput_batch, collect_only=args.collect_only)
+    except (CheckpointError, DataError):
+      raise_if_stopped()  # a stop that a library turned into a read error is the stop
+      raise
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     return 2

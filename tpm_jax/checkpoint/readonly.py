@@ -13,6 +13,7 @@ import jax
 from tpm_jax.checkpoint.errors import CheckpointError
 from tpm_jax.checkpoint.items import abstract_params, params_into_model
 from tpm_jax.checkpoint.steps import check_layout, checkpoint_dir, list_steps, read_meta, restore_items, step_items
+from tpm_jax.cli import raise_if_stopped
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 
@@ -55,6 +56,7 @@ def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = T
         target = abstract_params(model, jax.local_devices()[0])
         params = restore_items(step_dir, s, {item: target}, [item], warn=log.warning)[item]
       except (CheckpointError, OSError) as e:
+        raise_if_stopped()  # a stop that a library turned into a read error: the step is not to blame
         if not os.path.isdir(step_dir):  # removed meanwhile by the run that owns the workdir
           vanished = True
           break

@@ -13,7 +13,7 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
-from tpm_jax.cli import Interrupted, exit_process, stop_on_signals
+from tpm_jax.cli import Interrupted, exit_process, raise_if_stopped, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
@@ -110,7 +110,11 @@ def main(argv=None):
   args = p.parse_args(argv)
   stop_on_signals()
   try:
-    out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
+    try:
+      out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
+    except (CheckpointError, OSError):
+      raise_if_stopped()  # a stop that a library turned into a read error is the stop
+      raise
   except (ConfigError, FileNotFoundError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
