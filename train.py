@@ -14,7 +14,7 @@ from tpm_jax.cli import stop_during_start_up
 
 if __name__ == '__main__':  # not in the input pipeline's worker processes, which import this file again
   # until the trainer takes the signals over
-  stop_during_start_up('stopped ({signal}) during start-up: nothing was trained or written', 0)
+  stop_during_start_up('stopped by {signal} during start-up: nothing was trained or written', 0)
 
 import json  # noqa: E402
 
@@ -58,8 +58,8 @@ def main(argv):
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   try:
     final = trainer.train_and_evaluate(config, F.workdir)
-  except trainer.Stopped as e:
-    print(f'stopped: {e}', file=sys.stderr, flush=True)
+  except trainer.Stopped as e:  # the same line as the start-up's, a moment later
+    print(f'stopped by {e}', file=sys.stderr, flush=True)
     sys.exit(0)
   except ConfigError as e:  # bad input, another run in the workdir, a busy workdir: one line, nothing written
     _fail(str(e), 2)

@@ -397,7 +397,7 @@ class StopSignals:
 
   def check(self, phase: str) -> None:
     if self.received and jax.process_count() == 1:
-      raise Stopped(f'{self.received} during {phase}: stopped before training; nothing was trained or saved')
+      raise Stopped(f'{self.received} during {phase}: nothing was trained or written')  # train.py: 'stopped by ...'
 
   def requested(self, step: int) -> bool:
     if jax.process_count() == 1:
