@@ -37,8 +37,10 @@ from tpm_jax.flops import count_flops, token_schedule
 from tpm_jax.throughput import images_per_sec
 
 
-class Interrupted(Exception):
-  """A stage was preempted (saved) or stopped before training: run the quickstart again to go on."""
+class Interrupted(KeyboardInterrupt):
+  """A stage was preempted (saved) or stopped before training: run the quickstart again to go on. A
+  ``KeyboardInterrupt``, as ``cli.Interrupted`` is: no library's ``except Exception`` takes it for
+  an error of its own, and asyncio re-raises it."""
 
 
 def run_stage(config: RunConfig, workdir: str) -> dict:
