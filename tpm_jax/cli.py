@@ -149,9 +149,14 @@ def raise_from_signal(signum: int, frame, error: BaseException) -> None:
   garbage-collection callback or a ``__del__`` (where it would be swallowed), the same signal is sent
   again 50 ms later instead, to land in the program's own code."""
   if _in_finalizer(frame):
-    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+    _send_again(signum)
     return
   raise error
+
+
+def _send_again(signum: int) -> None:
+  """The same signal to this process 50 ms from now, to land in the program's own code."""
+  threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
 
 
 # After a signal was raised as ``Interrupted``, more signals within this many seconds are the same
@@ -210,7 +215,7 @@ def stop_on_signals() -> None:
     raised.clear()
     if _RAISED:
       _RAISED.pop()
-    threading.Timer(0.05, os.kill, (os.getpid(), signal.Signals[u.exc_value.signal_name])).start()
+    _send_again(signal.Signals[u.exc_value.signal_name])
   sys.unraisablehook = unraisable
 
 
