@@ -19,21 +19,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 
 import numpy as np
+from flax import nnx
 from PIL import Image
 
 from configs import quickstart as qs
-from tpm_jax import augment, export, trainer, viz
+from tpm_jax import augment, cli, export, trainer, viz
 from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.cli import quiet_library_logs, raise_from_signal
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.input_pipeline import DataError
 from tpm_jax.flops import count_flops, token_schedule
+from tpm_jax.forward import jitted_forward
 from tpm_jax.throughput import images_per_sec
 
 
@@ -66,7 +66,9 @@ def visualise(model, config, path: str, num_images: int = 6) -> str:
   (outlined) and which it merged into which (same colour)."""
   dataset = input_pipeline.get_dataset(config.dataset)
   batch = next(iter(trainer.eval_batches(config, dataset, config.dataset.eval_split, local_batch=num_images)))
-  _, aux = model(augment.normalize(batch['image'], config.aug.mean, config.aug.std), return_aux=True)
+  graphdef, state = nnx.split(model)
+  images = augment.normalize(batch['image'], config.aug.mean, config.aug.std)
+  _, aux = jitted_forward(graphdef, return_aux=True)(state, images)  # compiled: not op by op
   aux = [{k: np.asarray(v) for k, v in step.items()} for step in aux]
   scale = max(1, 224 // model.cfg.img_size)
   tiles = []
@@ -144,12 +146,9 @@ def main(argv=None):
   p.add_argument('--config_arg', default='', help='extra configs/quickstart.py arg string, e.g. "smoke"')
   args = p.parse_args(argv)
   extra = f',{args.config_arg}' if args.config_arg else ''
-  quiet_library_logs()  # the trainer's progress and notes; libraries' log lines (Orbax's) left out
+  cli.quiet_library_logs()  # the trainer's progress and notes; libraries' log lines (Orbax's) left out
 
-  def interrupt(signum, frame):  # outside training (which saves first): stop where it is, nothing half-written
-    raise_from_signal(signum, frame, Interrupted(f'{signal.Signals(signum).name} received'))
-  signal.signal(signal.SIGTERM, interrupt)
-  signal.signal(signal.SIGINT, interrupt)
+  cli.stop_on_signals()  # outside training (which saves first): stop where it is, nothing half-written
   try:
     configs = {'pretrain': qs.get_config('stage=pretrain' + extra),
                args.method: qs.get_config(f'stage=finetune,method={args.method},keep={args.keep}' + extra)}
@@ -158,9 +157,12 @@ def main(argv=None):
   except (ConfigError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(2)
-  except Interrupted as e:
+  except cli.Interrupted as e:  # a signal outside training
+    print(f'[quickstart] stopped by {e.signal_name}; run the same command to go on', file=sys.stderr, flush=True)
+    cli.exit_process(0)
+  except Interrupted as e:  # a stage preempted (saved) or stopped before training
     print(f'[quickstart] stopped: {e}; run the same command to go on', file=sys.stderr, flush=True)
-    sys.exit(0)
+    cli.exit_process(0)
   except (CheckpointError, FloatingPointError, DataError, OSError) as e:
     print(f'error: {e}', file=sys.stderr, flush=True)
     sys.exit(1)
