@@ -21,13 +21,16 @@ from tpm_jax.checkpoint import CheckpointError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+# One worker runs this file's tests (test.sh: --dist loadgroup), so the trained fixture is built once.
+pytestmark = pytest.mark.xdist_group('export_eval')
+
+
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  from imagenet_fixture import make_imagenet_manual_dir
+def trained(tmp_path_factory, tiny_imagenet):
   tmp = tmp_path_factory.mktemp('export')
-  make_imagenet_manual_dir(str(tmp / 'manual'), num_classes=4, train_per_class=12, num_val=16)
   c = deit.get_config('smoke')
-  c.dataset.manual_dir, c.dataset.data_dir = str(tmp / 'manual'), str(tmp / 'tfds')
+  os.symlink(tiny_imagenet, tmp / 'tfds')  # the session's tiny imagenet2012 (4 classes, 16 validation images)
+  c.dataset.data_dir = str(tmp / 'tfds')
   c.optim.ema_decay = 0.5
   c.optim.lr = 3e-3 * 512 / 16
   c.total_steps = c.eval_every_steps = c.checkpoint_every_steps = 8
@@ -52,12 +55,16 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
   from tpm_jax.timm_weights import read_state_dict
   assert 'blocks.0.attn.qkv.weight' in read_state_dict(str(tmp / 'model.safetensors'))
 
-  # on 8 devices (as a GPU or TPU host has several): the loaded state must be put on the batches' mesh
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out),
-                        '--output', str(tmp / 'eval.json'), '--batch_size', '8', '--timed_runs', '2'],
+  # On 8 devices (as a GPU or TPU host has several), in one process: a loaded model takes a batch
+  # sharded over 8 devices, as a freshly built one does (its restored parameters are not committed to
+  # device 0), then eval.py (the loaded state must be put on the batches' mesh)
+  res = subprocess.run([sys.executable, '-c', SHARDED_BATCH_THEN_EVAL_PY, str(out), str(tmp / 'run'),
+                        os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out), '--output', str(tmp / 'eval.json'),
+                        '--batch_size', '8', '--timed_runs', '2'],
                        env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES='8'),
                        capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
+  assert res.stdout.split()[:3] == ['8', 'ok', 'ok'], res.stdout
   result = json.load(open(tmp / 'eval.json'))
   assert result['examples'] == 16
   assert result['top1'] == final['eval_top1'] and result['top5'] == final['eval_top5']
@@ -66,17 +73,9 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
   absl_lines = [l for l in res.stderr.splitlines() if re.match(r'[IWE]\d{4} ', l)]
   assert not absl_lines, absl_lines[:5]  # libraries' log lines only with -v (cli.quiet_library_logs)
 
-  # a loaded model takes a batch sharded over 8 devices, as a freshly built one does (its restored
-  # parameters are not committed to device 0)
-  res = subprocess.run([sys.executable, '-c', SHARDED_BATCH, str(out), str(tmp / 'run')],
-                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES='8'),
-                       capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
-  assert res.stdout.split() == ['8', 'ok', 'ok'], res.stdout
 
-
-SHARDED_BATCH = """
-import sys, jax, jax.numpy as jnp, numpy as np, tpm_jax
+SHARDED_BATCH_THEN_EVAL_PY = """
+import runpy, sys, jax, jax.numpy as jnp, numpy as np, tpm_jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 from tpm_jax import export
 print(jax.device_count())
@@ -85,6 +84,8 @@ sharded = jax.device_put(x, NamedSharding(jax.make_mesh((8,), ('d',)), P('d')))
 for model in (tpm_jax.load_model(sys.argv[1]), export.restore_from_workdir(sys.argv[2])[0]):
   np.testing.assert_allclose(np.asarray(model(sharded)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
   print('ok')
+sys.argv = sys.argv[3:]
+runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 

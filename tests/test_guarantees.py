@@ -18,6 +18,10 @@ from tpm_jax.config import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# On test_checkpoint's worker (test.sh: --dist loadgroup): the finished run (conftest's four_steps)
+# both files copy is trained once.
+pytestmark = pytest.mark.xdist_group('checkpoint')
+
 
 @pytest.fixture(scope='module')
 def data_dir(tiny_imagenet):

@@ -94,10 +94,8 @@ def test_prop_attn_default_is_on_for_the_merging_methods():
 
 
 @pytest.fixture(scope='module')
-def tiny_data(tmp_path_factory):
-  from imagenet_fixture import build_tiny_imagenet
-  data_dir, _ = build_tiny_imagenet(tmp_path_factory.mktemp('qs_data'), num_classes=4, train_per_class=8, num_val=12)
-  return data_dir
+def tiny_data(tiny_imagenet):  # the session's tiny imagenet2012: 4 classes, 16 validation images
+  return tiny_imagenet
 
 
 def _configs(data_dir):
@@ -124,7 +122,7 @@ def test_quickstart_report_on_tiny_runs(tiny_data, tmp_path, tensorflow_report):
   for name in ('pretrain', 'tpm'):
     final = json.load(open(os.path.join(workdir, name, 'final.json')))
     row = result['runs'][name]
-    assert row['top1'] == final['eval_top1'] and row['eval_examples'] == 12
+    assert row['top1'] == final['eval_top1'] and row['eval_examples'] == 16
     assert row['images_per_sec'] > 0
   # the fine-tune started from the export of the unpruned run
   assert json.load(open(os.path.join(workdir, 'tpm', 'final.json')))['config']['init']['checkpoint'] == \
