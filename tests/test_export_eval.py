@@ -51,7 +51,8 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
   from_export = tpm_jax.load_model(str(out))
   from_workdir = export.restore_from_workdir(str(tmp / 'run'))[0]  # the EMA parameters
   x = jnp.asarray(np.random.RandomState(0).randn(2, 32, 32, 3), jnp.float32)
-  np.testing.assert_array_equal(np.asarray(from_export(x)), np.asarray(from_workdir(x)))
+  np.testing.assert_array_equal(np.asarray(tpm_jax.jit_forward(from_export)(x)),
+                                np.asarray(tpm_jax.jit_forward(from_workdir)(x)))
   from tpm_jax.timm_weights import read_state_dict
   assert 'blocks.0.attn.qkv.weight' in read_state_dict(str(tmp / 'model.safetensors'))
 
@@ -82,7 +83,8 @@ print(jax.device_count())
 x = jnp.asarray(np.random.RandomState(0).randn(8, 32, 32, 3), jnp.float32)
 sharded = jax.device_put(x, NamedSharding(jax.make_mesh((8,), ('d',)), P('d')))
 for model in (tpm_jax.load_model(sys.argv[1]), export.restore_from_workdir(sys.argv[2])[0]):
-  np.testing.assert_allclose(np.asarray(model(sharded)), np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+  forward = tpm_jax.jit_forward(model)  # as the README runs a model: placed parameters or an error
+  np.testing.assert_allclose(np.asarray(forward(sharded)), np.asarray(forward(x)), rtol=1e-5, atol=1e-5)
   print('ok')
 sys.argv = sys.argv[3:]
 runpy.run_path(sys.argv[0], run_name='__main__')
@@ -99,7 +101,8 @@ def test_init_from_an_export(trained, tmp_path):
   setup = trainer.setup_training(c, total_steps=1, steps_per_epoch=1)
   model = nnx.merge(setup.graphdef, setup.state).model
   x = jnp.asarray(np.random.RandomState(1).randn(2, 32, 32, 3), jnp.float32)
-  np.testing.assert_array_equal(np.asarray(model(x)), np.asarray(tpm_jax.load_model(str(out))(x)))
+  np.testing.assert_array_equal(np.asarray(tpm_jax.jit_forward(model)(x)),
+                                np.asarray(tpm_jax.jit_forward(tpm_jax.load_model(str(out)))(x)))
 
 
 def test_an_export_of_another_model_is_refused_up_front(trained, tmp_path):
@@ -225,7 +228,8 @@ def test_off_the_shelf_equals_create_model_with_the_checkpoint_s_weights(trained
                              num_heads=3, reduction=reduction)
   tpm_jax.load_timm_weights(ref, str(weights))
   x = jnp.asarray(np.random.RandomState(3).randn(4, 32, 32, 3), jnp.float32)
-  np.testing.assert_allclose(np.asarray(model(x)), np.asarray(ref(x)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(tpm_jax.jit_forward(model)(x)), np.asarray(tpm_jax.jit_forward(ref)(x)),
+                             rtol=1e-6, atol=1e-6)
   assert str(tpm_jax.token_schedule(model)) == str(tpm_jax.token_schedule(ref))
   if setting == 'tome:0.5':
     assert str(tpm_jax.token_schedule(model)) == str(tpm_jax.token_schedule(
