@@ -15,7 +15,6 @@ had) start as in a new model, whose zero-initialised output leaves the function 
 names them. Throughput: images/s at --batch_size after warm-up, median of --timed_runs runs.
 """
 import os
-import sys
 
 from tpm_jax.cli import stop_during_start_up
 
@@ -29,7 +28,7 @@ from ml_collections import config_flags  # noqa: E402
 import tpm_jax  # noqa: E402
 from tpm_jax import evaluation, preflight, sharding  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError  # noqa: E402
-from tpm_jax.cli import Interrupted, quiet_library_logs, raise_if_stopped, run, stop_on_signals  # noqa: E402
+from tpm_jax.cli import Interrupted, fail, quiet_library_logs, raise_if_stopped, run, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data import input_pipeline  # noqa: E402
 from tpm_jax.files import read_json_object, write_json  # noqa: E402
@@ -75,12 +74,6 @@ def _an_eval_result(path: str) -> bool:
     return False
 
 
-def _fail(message: str, code: int):
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  os._exit(code)  # no waiting on the pipeline's threads
-
-
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
@@ -89,7 +82,7 @@ def main(argv):
   try:
     _evaluate(flags.FLAGS)
   except Interrupted as e:
-    _fail(str(e), 1)
+    fail(str(e), 1, hard=True)
 
 
 def _evaluate(F):
@@ -136,15 +129,15 @@ def _evaluate(F):
     mesh = sharding.make_mesh(given.mesh if given is not None else None)
     dataset = evaluation.eval_dataset(config, split, '--split' if F.split else None)
   except (ConfigError, FileNotFoundError) as e:
-    _fail(str(e), 2)
+    fail(str(e), 2, hard=True)
   except CheckpointError as e:
     raise_if_stopped()
-    _fail(str(e), 1)
+    fail(str(e), 1, hard=True)
   try:
     metrics = evaluation.evaluate_model(model, config, dataset, split, mesh)
   except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
     raise_if_stopped()
-    _fail(str(e), 1)
+    fail(str(e), 1, hard=True)
   flops = tpm_jax.count_flops(model, compile=False)  # the lowered program's count, as the sweep's
   result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, reduction=setting.name if setting else 'as trained',

@@ -24,7 +24,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from tpm_jax import distributed, trainer  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError, checkpoint_dir, list_steps  # noqa: E402
-from tpm_jax.cli import quiet_closed_event_loop, quiet_library_logs, run  # noqa: E402
+from tpm_jax.cli import fail, quiet_closed_event_loop, quiet_library_logs, run  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 
@@ -37,14 +37,6 @@ flags.DEFINE_integer('process_id', None, 'Multi-process: this process (or JAX_PR
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _fail(message: str, code: int, *, hard: bool = False):
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.stdout.flush()
-  if hard:  # no waiting on the pipeline's, the checkpointer's or the runtime's threads at shutdown
-    os._exit(code)
-  sys.exit(code)
-
-
 def main(argv):
   del argv
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow's C++ log level (when it prepares a dataset)
@@ -54,7 +46,7 @@ def main(argv):
   try:
     config = RunConfig.from_any(F.config)  # the one reading of the ConfigDict
   except ConfigError as e:
-    _fail(str(e), 2)
+    fail(str(e), 2)
   distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   try:
     final = trainer.train_and_evaluate(config, F.workdir)
@@ -62,20 +54,20 @@ def main(argv):
     print(f'stopped by {e}', file=sys.stderr, flush=True)
     sys.exit(0)
   except ConfigError as e:  # bad input, another run in the workdir, a busy workdir: one line, nothing written
-    _fail(str(e), 2)
+    fail(str(e), 2)
   except (FloatingPointError, CheckpointError) as e:
-    _fail(str(e), 1, hard=True)
+    fail(str(e), 1, hard=True)
   except DataError as e:  # an example that cannot be used at run time: one line naming its file
-    _fail(str(e), 1, hard=True)
+    fail(str(e), 1, hard=True)
   except OSError as e:  # the file system at run time (read-only, disk full)
     where = getattr(e, 'filename', None) or F.workdir
     steps = list_steps(checkpoint_dir(F.workdir))
     kept = f'; the last complete checkpoint, step {steps[-1]}, is kept' if steps else ''
-    _fail(f'{where}: {e.strerror or e}{kept}', 1, hard=True)
+    fail(f'{where}: {e.strerror or e}{kept}', 1, hard=True)
   except jax.errors.JaxRuntimeError as e:  # a collective failed: in a multi-process run, a peer was lost
     text = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
     peer = ' (another process of the run stopped or was lost)' if jax.process_count() > 1 else ''
-    _fail(f'the runtime failed{peer}: {text}', 1, hard=True)
+    fail(f'the runtime failed{peer}: {text}', 1, hard=True)
   print(json.dumps({'process_index': jax.process_index(), 'final': final}), flush=True)
 
 

@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from typing import NoReturn
 
 from absl import app, flags, logging
 
@@ -69,7 +70,7 @@ def parse_flags_or_exit(argv=None) -> list[str]:
         config.to_dict()
     return remaining
   except Exception as e:  # noqa: BLE001 - absl, the config loader and our get_config raise many kinds
-    print(f'error: {describe_flag_error(e, argv)}', file=sys.stderr, flush=True)
+    error_line(describe_flag_error(e, argv))
     sys.exit(2)
 
 
@@ -228,7 +229,23 @@ def raise_if_stopped() -> None:
     raise Interrupted(signal.Signals(_RAISED[-1]).name)
 
 
-def exit_process(code: int) -> None:
+def error_line(message) -> None:
+  """A tool's one line for a failure: ``error: <message>`` on stderr, flushed (the one format)."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+
+
+def fail(message, code: int, *, hard: bool = False) -> NoReturn:
+  """``error_line(message)``, then the process ends with ``code``: at once (``os._exit``) when
+  ``hard`` (no waiting on the input pipeline's, the checkpointer's or the runtime's threads at
+  shutdown), otherwise as ``exit_process`` ends it."""
+  error_line(message)
+  if hard:
+    sys.stdout.flush()
+    os._exit(code)
+  exit_process(code)
+
+
+def exit_process(code: int) -> NoReturn:
   """End a tool's process with ``code``, its output flushed. After ``stop_on_signals`` raised
   ``Interrupted``, with ``os._exit``: the signal may have cut short a wait on a compile that JAX goes
   on running in its own threads, and the interpreter's clean-up would destroy the backend under it (a

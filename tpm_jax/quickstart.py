@@ -155,8 +155,7 @@ def main(argv=None):
     configs = {k: RunConfig.from_any(c).replace(dataset=dict(data_dir=args.data_dir)) for k, c in configs.items()}
     return run(args.workdir, configs)
   except (ConfigError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    cli.fail(e, 2)
   except cli.Interrupted as e:  # a signal outside training
     print(f'[quickstart] stopped by {e.signal_name}; run the same command to go on', file=sys.stderr, flush=True)
     cli.exit_process(0)
@@ -164,8 +163,7 @@ def main(argv=None):
     print(f'[quickstart] stopped: {e}; run the same command to go on', file=sys.stderr, flush=True)
     cli.exit_process(0)
   except (CheckpointError, FloatingPointError, DataError, OSError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(1)
+    cli.fail(e, 1)
 
 
 def run(workdir: str, configs: dict) -> dict:

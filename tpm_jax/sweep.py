@@ -53,7 +53,14 @@ from ml_collections import config_flags  # noqa: E402
 from tpm_jax import evaluation  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir  # noqa: E402
 from tpm_jax.cli import Interrupted as Stopped  # noqa: E402
-from tpm_jax.cli import describe_flag_error, exit_process, quiet_library_logs, raise_if_stopped, stop_on_signals  # noqa: E402
+from tpm_jax.cli import (  # noqa: E402
+  describe_flag_error,
+  error_line,
+  exit_process,
+  quiet_library_logs,
+  raise_if_stopped,
+  stop_on_signals,
+)
 from tpm_jax.config import ConfigError, RunConfig, flat_dict  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 from tpm_jax.files import read_json_object, sha256, write_json  # noqa: E402
@@ -587,7 +594,7 @@ def main(argv=None) -> int:
     elif args.print_commands:
       raise ConfigError('--print_commands needs --config (the runs\' commands come from the config and --sweep)')
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    error_line(e)
     return 2
   if args.print_commands:
     for r in runs:
@@ -601,14 +608,14 @@ def main(argv=None) -> int:
       failed = [] if args.collect_only else run(runs, args.python)
       rows = collect(args.workdir, throughput_batch=args.throughput_batch)
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    error_line(e)
     return 2
   except Interrupted as e:
     print(f'stopped: {e}', file=sys.stderr, flush=True)
     return 0
   print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)
   if failed:
-    print(f'error: {len(failed)} runs failed: {", ".join(r.name for r in failed)}', file=sys.stderr, flush=True)
+    error_line(f'{len(failed)} runs failed: {", ".join(r.name for r in failed)}')
   return 1 if failed else 0
 
 
@@ -635,7 +642,7 @@ def _main_reductions(args, overrides) -> int:
     settings = parse_settings(args.reductions)
     _check_sweep_folder(args.workdir, args.collect_only)
   except ConfigError as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    error_line(e)
     return 2
   stop_on_signals()
   try:
@@ -646,10 +653,10 @@ def _main_reductions(args, overrides) -> int:
       raise_if_stopped()  # a stop that a library turned into a read error is the stop
       raise
   except (ConfigError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    error_line(e)
     return 2
   except (CheckpointError, DataError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
+    error_line(e)
     return 1
   except Stopped as e:
     print(f'stopped by {e.signal_name}: the settings evaluated so far are kept in {os.path.join(args.workdir, "evals")} '

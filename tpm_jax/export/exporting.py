@@ -13,7 +13,7 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
-from tpm_jax.cli import Interrupted, exit_process, raise_if_stopped, stop_on_signals
+from tpm_jax.cli import Interrupted, fail, raise_if_stopped, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
@@ -116,10 +116,8 @@ def main(argv=None):
       raise_if_stopped()  # a stop that a library turned into a read error is the stop
       raise
   except (ConfigError, FileNotFoundError) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    fail(e, 2)
   except (CheckpointError, OSError, Interrupted) as e:
-    print(f'error: {e}', file=sys.stderr, flush=True)
-    exit_process(1)
+    fail(e, 1)
   with open(os.path.join(out, EXPORT_INFO)) as f:
     print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')

@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 
 import tensorflow_datasets as tfds
 
+from tpm_jax.cli import error_line
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
   try:
     builder = prepare(DataConfig(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir))
   except (ConfigError, tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as e:
-    print(f'error: {str(e).strip().splitlines()[0]}', file=sys.stderr)
+    error_line(str(e).strip().splitlines()[0])
     return 2
   splits = ', '.join(f'{k} ({v.num_examples} examples)' for k, v in sorted(builder.info.splits.items()))
   print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
