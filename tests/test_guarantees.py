@@ -154,6 +154,22 @@ def test_sigint_saves_like_sigterm(tmp_path, data_dir):
   assert _steps(tmp_path / 'run')
 
 
+def test_a_workdir_the_lock_created_is_removed_when_nothing_was_written(tmp_path):
+  """A run refused or stopped after taking the lock but before writing leaves no empty workdir behind;
+  a folder that existed, or one written into, stays."""
+  from tpm_jax.checkpoint import WorkdirLock
+  fresh, kept, existing = tmp_path / 'a' / 'fresh', tmp_path / 'kept', tmp_path / 'existing'
+  WorkdirLock(str(fresh)).acquire().release()
+  assert not fresh.exists() and (tmp_path / 'a').is_dir()  # only the folder it made for the run
+  lock = WorkdirLock(str(kept)).acquire()
+  lock.record_holder()
+  lock.release()
+  assert (kept / '.lock').is_file()
+  existing.mkdir()
+  WorkdirLock(str(existing)).acquire().release()
+  assert existing.is_dir()
+
+
 def test_sigterm_during_start_up_is_one_line_and_exit_0(tmp_path, data_dir):
   p = subprocess.Popen(_cmd(tmp_path / 'run', data_dir), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True)
@@ -181,13 +197,27 @@ def test_ctrl_c_while_a_tool_imports_is_one_line(tmp_path, finished, tool, code)
   assert len(err.strip().splitlines()) == 1 and not (tmp_path / 'out').exists()
 
 
-def test_a_signal_inside_a_garbage_collection_callback_still_stops_the_tool():
+@pytest.fixture
+def tool_signals():
+  """For a test that calls ``cli.stop_on_signals`` in this process: the signal handlers, the hooks it
+  installs and its record of raised signals as they were, afterwards (a later in-process tool would
+  otherwise end as after a stop: ``os._exit``)."""
+  from tpm_jax import cli
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  hooks = sys.unraisablehook, sys.excepthook
+  yield
+  for s, h in previous.items():
+    signal.signal(s, h)
+  sys.unraisablehook, sys.excepthook = hooks
+  cli._RAISED.clear()
+
+
+def test_a_signal_inside_a_garbage_collection_callback_still_stops_the_tool(tool_signals):
   # JAX registers a gc callback; an exception a signal handler raises inside one is 'ignored' by Python and
   # the program went on (found by CI: train.py printed that it stopped, then carried on)
   import gc
 
   from tpm_jax.cli import Interrupted, stop_on_signals
-  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   sent = []
 
   def callback(phase, info):
@@ -206,18 +236,15 @@ def test_a_signal_inside_a_garbage_collection_callback_still_stops_the_tool():
   finally:
     if callback in gc.callbacks:
       gc.callbacks.remove(callback)
-    for s, h in previous.items():
-      signal.signal(s, h)
   assert sent
 
 
-def test_a_signal_inside_a_weakref_callback_still_stops_the_tool():
+def test_a_signal_inside_a_weakref_callback_still_stops_the_tool(tool_signals):
   """Python swallows an exception raised in a weakref callback too ('Exception ignored in', found when
   a collection ran the callbacks of a finished run's objects): the signal is sent again."""
   import weakref
 
   from tpm_jax.cli import Interrupted, stop_on_signals
-  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
   class Thing:
     pass
@@ -227,40 +254,31 @@ def test_a_signal_inside_a_weakref_callback_still_stops_the_tool():
     for _ in range(10000):  # the handler runs here, inside the callback
       pass
   stop_on_signals()
-  try:
-    thing = Thing()
-    ref = weakref.ref(thing, callback)
-    with pytest.raises(Interrupted, match='SIGTERM'):
-      del thing
-      time.sleep(5)  # the signal, sent again, lands here
-    assert ref() is None
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  thing = Thing()
+  ref = weakref.ref(thing, callback)
+  with pytest.raises(Interrupted, match='SIGTERM'):
+    del thing
+    time.sleep(5)  # the signal, sent again, lands here
+  assert ref() is None
 
 
-def test_signals_while_a_tool_stops_are_the_same_request():
+def test_signals_while_a_tool_stops_are_the_same_request(tool_signals):
   """Ctrl-C pressed again while the tool is stopping (or JAX's exit clean-up runs) raises nothing more
   (found by the hostile pass: a traceback from an atexit callback after the one line); a signal
   REPEAT_S later is a new request."""
   from tpm_jax import cli
-  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   cli.stop_on_signals()
-  try:
-    with pytest.raises(cli.Interrupted) as first:
-      os.kill(os.getpid(), signal.SIGINT)
-      time.sleep(5)
-    assert first.value.signal_name == 'SIGINT'
-    for s in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
-      os.kill(os.getpid(), s)
-      time.sleep(0.05)  # handled here, without an exception
-    time.sleep(cli.REPEAT_S)
-    with pytest.raises(cli.Interrupted, match='SIGTERM'):
-      os.kill(os.getpid(), signal.SIGTERM)
-      time.sleep(5)
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  with pytest.raises(cli.Interrupted) as first:
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(5)
+  assert first.value.signal_name == 'SIGINT'
+  for s in (signal.SIGINT, signal.SIGTERM, signal.SIGINT):
+    os.kill(os.getpid(), s)
+    time.sleep(0.05)  # handled here, without an exception
+  time.sleep(cli.REPEAT_S)
+  with pytest.raises(cli.Interrupted, match='SIGTERM'):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
 
 
 def test_a_stop_while_a_checkpoint_is_read_is_a_stop_not_a_damaged_checkpoint(finished, monkeypatch):
@@ -302,13 +320,12 @@ main(['--workdir', {str(finished)!r}, '--output', {str(tmp_path / 'out')!r}])
   assert not (tmp_path / 'out').exists()
 
 
-def test_a_stop_inside_an_asyncio_callback_is_not_lost():
+def test_a_stop_inside_an_asyncio_callback_is_not_lost(tool_signals):
   """Orbax restores inside asyncio, which logs an exception raised in a callback and goes on (found by
   the hostile pass: eval.py stopped during a restore ran to the end): asyncio re-raises ``Interrupted``."""
   import asyncio
 
   from tpm_jax.cli import Interrupted, stop_on_signals
-  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
   def callback():
     os.kill(os.getpid(), signal.SIGTERM)
@@ -319,12 +336,8 @@ def test_a_stop_inside_an_asyncio_callback_is_not_lost():
     asyncio.get_running_loop().call_soon(callback)
     await asyncio.sleep(2)
   stop_on_signals()
-  try:
-    with pytest.raises(Interrupted, match='SIGTERM'):
-      asyncio.run(restore())
-  finally:
-    for s, h in previous.items():
-      signal.signal(s, h)
+  with pytest.raises(Interrupted, match='SIGTERM'):
+    asyncio.run(restore())
 
 
 def test_a_tool_stopped_while_jax_compiles_ends_with_its_line_not_a_crash():

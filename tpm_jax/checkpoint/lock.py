@@ -20,10 +20,14 @@ class WorkdirLock:
     self.directory = os.path.abspath(os.path.expanduser(directory))
     self.what = what
     self.fd = None
+    self.created = False
 
   def acquire(self) -> 'WorkdirLock':
     """Take the lock (creating the directory if needed); WorkdirBusy naming the holder if another
-    process has it. Writes nothing in an existing directory (``record_holder`` does, later)."""
+    process has it. Writes nothing in an existing directory (``record_holder`` does, later); a
+    directory it creates is removed again on ``release`` if nothing was written into it (a run
+    refused or stopped before it wrote anything leaves no trace)."""
+    self.created = not os.path.lexists(self.directory)
     os.makedirs(self.directory, exist_ok=True)
     fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -53,6 +57,12 @@ class WorkdirLock:
     if self.fd is not None:
       os.close(self.fd)  # closing drops the flock
       self.fd = None
+      if self.created:
+        self.created = False
+        try:
+          os.rmdir(self.directory)  # only if still empty: nothing was written
+        except OSError:
+          pass
 
   def __enter__(self):
     return self.acquire()
