@@ -52,11 +52,12 @@ def tiny_imagenet(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def four_steps(tmp_path_factory, tiny_imagenet):
-  """A finished train.py run (tests/test_checkpoint.py's smoke command) of 4 steps with checkpoints
+  """A finished run of tests/test_checkpoint.py's smoke command (in the worker's process) of 4 steps with checkpoints
   at steps 2 and 4, made once per pytest worker; tests work on copies."""
-  from test_checkpoint import _run, _steps
+  from test_checkpoint import _steps, _train_here
   workdir = tmp_path_factory.mktemp('four_steps') / 'run'
-  _run(workdir, tiny_imagenet, '--config.total_steps=4')
+  _, error, _ = _train_here(workdir, tiny_imagenet, '--config.total_steps=4')  # train.py's run, in this process
+  assert error is None, error
   assert _steps(workdir) == [2, 4] and (workdir / 'final.json').exists()
   return workdir
 

@@ -133,7 +133,8 @@ def _start_and_signal(workdir, data_dir, sig, *extra, after_step, extra_delay=0.
 @pytest.fixture(scope='module')
 def uninterrupted_workdir(tmp_path_factory, data_dir):
   workdir = tmp_path_factory.mktemp('uninterrupted')
-  _run(workdir, data_dir)
+  final, error, _ = _train_here(workdir, data_dir)  # train.py's run, in this process
+  assert error is None and final['step'] == STEPS, error
   return workdir
 
 
@@ -226,9 +227,10 @@ def test_kill_9_during_async_saves_resumes_from_the_last_complete_step(tmp_path,
   code, _, _ = _start_and_signal(tmp_path, data_dir, signal.SIGKILL, after_step=2, extra_delay=0.3)
   assert code == -signal.SIGKILL
   complete = _steps(tmp_path)  # Orbax lists only finished steps (temporary directories are not digits)
-  res = _run(tmp_path, data_dir)
+  _, error, out = _train_here(tmp_path, data_dir)
+  assert error is None, error
   if complete:
-    assert f'resuming from step {max(complete)}' in res.stdout
+    assert f'resuming from step {max(complete)}' in out
   _assert_same_params(_final_params(tmp_path), uninterrupted)
 
 
