@@ -53,6 +53,17 @@ def test_a_finished_run_rerun_changes_nothing_and_says_so(tmp_path, data_dir, fi
   assert {k: v for k, v in after.items() if k != '.lock'} == {k: v for k, v in before.items() if k != '.lock'}
 
 
+def test_a_finished_run_whose_checkpoints_are_gone_is_not_trained_again(tmp_path, data_dir, finished):
+  """final.json without checkpoints (deleted by hand, found by the hostile pass): the same command
+  trained from step 0 and replaced the results; now refused, nothing written."""
+  workdir = _copy(finished, tmp_path / 'run')
+  shutil.rmtree(workdir / 'checkpoints')
+  before = _listing(workdir)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=4')
+  assert isinstance(error, ConfigError) and 'holds a finished run (final.json) but no checkpoint' in str(error), error
+  assert _listing(workdir) == before
+
+
 def test_a_step_past_total_steps_is_refused_and_nothing_written(tmp_path, data_dir, finished):
   workdir = _copy(finished, tmp_path / 'run')
   before = _listing(workdir)
@@ -447,6 +458,40 @@ def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, f
   res = _run(tmp_path / 'run', data_dir, f'--config.init.checkpoint={tmp_path / "export"}', check=False)
   assert res.returncode == 2 and 'has no checksums.json' in _one_line_error(res)
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_blocking(tmp_path, finished):
+  """A FIFO as a step's or an export's checksums.json, or as a sweep run's final.json (found by the
+  hostile pass: every reader waited for a writer forever), and a symlink to itself: refused, never
+  opened (stat before open)."""
+  from tpm_jax import export, sweep
+  from tpm_jax.checkpoint import verify_checksums
+  from tpm_jax.files import read_json_object
+  signal.alarm(60)  # a regression blocks in open(): fail instead of hanging the suite
+  try:
+    run = _copy(finished, tmp_path / 'run')
+    os.remove(run / 'checkpoints' / '4' / 'checksums.json')
+    os.mkfifo(run / 'checkpoints' / '4' / 'checksums.json')
+    with pytest.raises(CheckpointError, match='checksums.json is unreadable'):
+      verify_checksums(str(run / 'checkpoints' / '4'), 4)
+    out = tmp_path / 'export'
+    export.export(str(finished), str(out))
+    os.remove(out / 'checksums.json')
+    os.mkfifo(out / 'checksums.json')
+    with pytest.raises(CheckpointError, match='checksums.json is unreadable'):
+      export.load_model(str(out))
+    os.remove(run / 'final.json')
+    os.mkfifo(run / 'final.json')
+    with pytest.raises(ConfigError, match='final.json is unreadable'):
+      sweep._final(str(run))
+    os.remove(run / 'final.json')
+    os.symlink(run / 'final.json', run / 'final.json')  # a link to itself
+    with pytest.raises(OSError):
+      read_json_object(str(run / 'final.json'))
+    with pytest.raises(ConfigError, match='final.json is unreadable'):
+      sweep._final(str(run))
+  finally:
+    signal.alarm(0)
 
 
 def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir, finished):

@@ -2,9 +2,11 @@
 (beside it, then renamed: a reader sees the old file or the new one, never half of one)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 
 
 def sha256(path: str) -> str:
@@ -27,7 +29,11 @@ def write_json(path: str, value, *, indent: int | None = 2) -> None:
 
 
 def read_json_object(path: str) -> dict:
-  """The JSON object in ``path``; OSError or ValueError (also for JSON that is not an object)."""
+  """The JSON object in ``path``; OSError or ValueError (also for JSON that is not an object). A path
+  that is not a regular file (a FIFO, whose open would wait for a writer forever; a device; a
+  directory) is an OSError without being opened."""
+  if not stat.S_ISREG(os.stat(path).st_mode):
+    raise OSError(errno.EINVAL, 'not a regular file', path)
   with open(path) as f:
     value = json.load(f)
   if not isinstance(value, dict):

@@ -89,10 +89,9 @@ class Run:
     when it holds neither. ConfigError naming the file when it is unreadable."""
     for name in ('final.json', 'config.json'):
       path = os.path.join(self.workdir, name)
-      if os.path.exists(path):
+      if os.path.lexists(path):
         try:
-          with open(path) as f:
-            d = json.load(f)
+          d = read_json_object(path)
           return path, (d['config'] if name == 'final.json' else d)
         except (OSError, ValueError, KeyError, TypeError) as e:
           raise ConfigError(f'{path} is unreadable ({type(e).__name__}): move the run\'s folder '
@@ -116,7 +115,7 @@ class Run:
   @property
   def finished(self) -> bool:
     """It has final.json, made with exactly the config asked for (``differences`` is empty)."""
-    return os.path.exists(os.path.join(self.workdir, 'final.json')) and not self.differences()
+    return os.path.lexists(os.path.join(self.workdir, 'final.json')) and not self.differences()
 
   def command(self, python: str | None = None) -> list[str]:
     return [python or sys.executable, TRAIN_PY, '--config', self.config, '--workdir', self.workdir, *self.overrides]
@@ -298,8 +297,7 @@ def _final(workdir: str) -> dict:
   naming the file when it is unreadable or lacks the run's config."""
   path = os.path.join(workdir, 'final.json')
   try:
-    with open(path) as f:
-      final = json.load(f)
+    final = read_json_object(path)
     RunConfig.from_any(final['config'])
   except (OSError, ValueError, KeyError, TypeError) as e:
     raise ConfigError(f'{path} is unreadable or has no readable run config ({type(e).__name__}: '
@@ -386,7 +384,7 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   keys, rows, configs, missing = meta['keys'], [], {}, []
   for r in meta['runs']:
     rdir = os.path.join(os.path.abspath(workdir), 'runs', r['name'])
-    if not os.path.exists(os.path.join(rdir, 'final.json')):
+    if not os.path.lexists(os.path.join(rdir, 'final.json')):
       missing.append(r['name'])
       continue
     try:

@@ -35,7 +35,7 @@ from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import AugConfig, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
-from tpm_jax.files import write_json
+from tpm_jax.files import read_json_object, write_json
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import load_timm_weights
 from tpm_jax.version import __version__
@@ -441,9 +441,7 @@ def _keep_metrics_until(path: str, step: int) -> None:
 def read_final(workdir: str) -> dict | None:
   """A finished run's final.json, None when there is none or it is unreadable."""
   try:
-    with open(os.path.join(workdir, 'final.json')) as f:
-      final = json.load(f)
-    return final if isinstance(final, dict) else None
+    return read_json_object(os.path.join(workdir, 'final.json'))
   except (OSError, ValueError):
     return None
 

@@ -2,14 +2,13 @@
 and finite parameters."""
 from __future__ import annotations
 
-import json
 import os
 
 import jax
 import numpy as np
 
 from tpm_jax.checkpoint.errors import CheckpointError
-from tpm_jax.files import sha256, write_json
+from tpm_jax.files import read_json_object, sha256, write_json
 
 CHECKSUMS = 'checksums.json'
 
@@ -34,11 +33,10 @@ def verify_checksums(directory: str, step: int | None, *, label: str | None = No
   in messages (default: 'checkpoint step <step>')."""
   what = label or f'checkpoint step {step}'
   path = os.path.join(directory, CHECKSUMS)
-  if not os.path.exists(path):
+  if not os.path.lexists(path):
     return False
   try:
-    with open(path) as f:
-      sums = json.load(f)['files']
+    sums = read_json_object(path)['files']
     items = sums.items()
   except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
     raise CheckpointError(f'{what}: {path} is unreadable ({type(e).__name__})') from e

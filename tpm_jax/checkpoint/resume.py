@@ -16,7 +16,6 @@ With ``overwrite`` the policy is not asked: the trainer moves the old run aside 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 
@@ -37,6 +36,7 @@ from tpm_jax.checkpoint.steps import (
   tree_differences,
 )
 from tpm_jax.config import ConfigError, RunConfig, flat_dict
+from tpm_jax.files import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,7 @@ def check_config_json(workdir: str, run: RunConfig) -> None:
   if not os.path.isfile(path):
     return
   try:
-    with open(path) as f:
-      old = RunConfig.from_any(json.load(f))
+    old = RunConfig.from_any(read_json_object(path))
   except (OSError, ValueError, ConfigError) as e:
     raise ResumeMismatch(f'workdir {workdir}: {path} is not a readable run config ({e}): '
                          f'{_overwrite_hint(workdir)}') from None
@@ -118,6 +117,9 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
     raise CheckpointError(f'no good checkpoint left in {directory}: every step was set aside as unreadable '
                           f'({", ".join(aside)}); nothing was trained. Inspect or remove them, or '
                           f'--config.overwrite=true to start over (the old run is kept aside)')
+  if has_final:  # a finished run whose checkpoints are gone: training again would replace its results
+    raise ResumeMismatch(f'workdir {workdir} holds a finished run (final.json) but no checkpoint to continue '
+                         f'from ({directory} is empty or gone); nothing was trained: {_overwrite_hint(workdir)}')
   return None
 
 

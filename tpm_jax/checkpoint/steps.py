@@ -4,7 +4,6 @@ iterator's Grain state, one JSON file per process) and ``checksums.json``. A ste
 checks is set aside as ``<step>.unreadable`` (only by the resume policy); those are listed too."""
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -135,8 +134,7 @@ def saved_workers(step_dir: str, step: int, process_index: int, process_count: i
   if not os.path.isfile(path):
     return None
   try:
-    with open(path) as f:
-      state = json.load(f)
+    state = read_json_object(path)
     return len(state['iterators_in_use_states']) if 'iterators_in_use_states' in state else 0
   except (OSError, ValueError, TypeError, KeyError) as e:
     raise CheckpointError(f'checkpoint step {step}: {path} is unreadable ({type(e).__name__})') from e
