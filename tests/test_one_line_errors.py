@@ -72,3 +72,11 @@ def test_prepare_errors_are_one_line(tmp_path):
   assert res.returncode == 2
   assert 'no_such_dataset_xyz' in _one_line(res)
   assert 'RuntimeWarning' not in res.stderr, res.stderr  # runpy's, when the module ran twice (imported, then as __main__)
+
+
+def test_help_lists_the_flags_and_exits_0():
+  """train.py --help (found by the hostile pass: 'Unknown command line flag help', exit 2); eval.py's
+  goes through the same cli.parse_flags_or_exit."""
+  res = _run('train.py', '--help')
+  assert res.returncode == 0 and '--workdir' in res.stdout and '--config' in res.stdout, res.stderr[-2000:]
+  assert res.stdout.startswith('Train a ViT/DeiT with token reduction.') and not res.stderr

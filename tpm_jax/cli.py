@@ -58,6 +58,11 @@ def parse_flags_or_exit(argv=None) -> list[str]:
   """Parse absl flags (and the ``--config.*`` overrides of a config file) up front, so that a bad flag, an
   unknown config field or a bad arg string is one line on stderr and exit code 2, not a traceback."""
   argv = list(sys.argv if argv is None else argv)
+  if any(a in ('-h', '--help', '--helpshort', '--helpfull') for a in argv[1:]):
+    main = sys.modules.get('__main__')
+    print((getattr(main, '__doc__', None) or '').strip() + '\n')
+    print(flags.FLAGS.main_module_help(), flush=True)
+    sys.exit(0)
   try:
     _check_config_file(argv)
     remaining = flags.FLAGS(argv)
