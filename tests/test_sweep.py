@@ -197,7 +197,7 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, 
   assert [r['name'] for r in csv.DictReader(open(tmp_path / 'results.csv'))] == ['method-tpm']
 
 
-def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir):
+def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir, capsys):
   import signal
   import time
   cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
@@ -209,6 +209,10 @@ def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir):
   deadline = time.time() + 300
   while time.time() < deadline and not (run / 'metrics.jsonl').exists():
     time.sleep(0.1)
+  # a second sweep on the folder meanwhile: refused, naming the running one (as train.py's lock does)
+  assert sweep.main(cmd[3:]) == 2
+  busy = capsys.readouterr().err.strip()
+  assert len(busy.splitlines()) == 1 and f'is in use by pid {p.pid} ' in busy and 'sweep.py --config' in busy, busy
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0 and 'stopped' in err and 'Traceback' not in err, err[-3000:]

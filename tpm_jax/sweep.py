@@ -504,7 +504,8 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
     models[st.name], fresh, left_out = with_weights_of(trained, configs[st.name])
     notes[st.name] = evaluation.parameter_notes(fresh, left_out)
   dataset = evaluation.eval_dataset(run, split, '--split')
-  with WorkdirLock(workdir, what='sweep workdir'):  # the checks passed: the first write
+  with WorkdirLock(workdir, what='sweep workdir') as lock:  # the checks passed: the first write
+    lock.record_holder()  # for the line a second sweep gets
     meta['settings'] += [st.name for st in settings if st.name not in meta['settings']]
     write_json(plan_path, meta)
     return _evaluate_settings(workdir, everything, models, configs, notes, ident, run, dataset, split, checkpoint,
@@ -600,7 +601,8 @@ def main(argv=None) -> int:
         print(shlex.join(r.command(args.python)))
     return 0
   try:
-    with WorkdirLock(args.workdir, what='sweep workdir'):
+    with WorkdirLock(args.workdir, what='sweep workdir') as lock:
+      lock.record_holder()  # for the line a second sweep gets
       if args.config:
         save_plan(args.workdir, args.config, runs, overrides)
       failed = [] if args.collect_only else run(runs, args.python)
