@@ -494,6 +494,29 @@ def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_b
     signal.alarm(0)
 
 
+def test_an_init_export_with_non_finite_weights_is_bad_input_and_nothing_is_written(tmp_path, data_dir, finished):
+  """NaN parameters behind valid checksums in the export named by init.checkpoint (hostile pass 5:
+  exit 1 and an empty workdir left behind): refused as bad input (ConfigError: exit 2), no workdir."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  from tpm_jax import export
+  from tpm_jax.checkpoint.integrity import write_checksums
+  out = tmp_path / 'export'
+  export.export(str(finished), str(out))
+  params = ocp.StandardCheckpointer().restore(str(out / 'params'))
+  leaves, tree = jax.tree.flatten(params)
+  leaves[0] = np.full_like(np.asarray(leaves[0]), np.nan)
+  shutil.rmtree(out / 'params')
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(str(out / 'params'), jax.tree.unflatten(tree, leaves))
+  write_checksums(str(out))
+  _, error, _ = _train_here(tmp_path / 'run', data_dir, f'--config.init.checkpoint={out}')
+  assert isinstance(error, ConfigError) and 'is not accepted' in str(error) and 'non-finite' in str(error), error
+  assert not (tmp_path / 'run').exists()
+
+
 def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir, finished):
   """Weights, exports and workdirs that are FIFOs, directories, files or workdirs: one line each,
   before anything is written; train.py and eval.py on a FIFO return at once (stat before open)."""
