@@ -517,6 +517,17 @@ def test_an_init_export_with_non_finite_weights_is_bad_input_and_nothing_is_writ
   assert not (tmp_path / 'run').exists()
 
 
+def test_a_checkpoint_that_is_not_a_directory_and_a_looping_workdir_link_are_named_as_such(tmp_path):
+  """Hostile pass 5: eval.py --checkpoint /dev/zero exited 1 (a missing path exits 2); a workdir that is
+  a link to itself was called 'a file'."""
+  from tpm_jax import evaluation, preflight
+  with pytest.raises(ConfigError, match='--checkpoint=/dev/zero is not accepted: not a directory'):
+    evaluation.load_trained('/dev/zero')
+  os.symlink(tmp_path / 'loop', tmp_path / 'loop')
+  with pytest.raises(ConfigError, match='is a link that leads nowhere'):
+    preflight.check_workdir_path(str(tmp_path / 'loop'))
+
+
 def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir, finished):
   """Weights, exports and workdirs that are FIFOs, directories, files or workdirs: one line each,
   before anything is written; train.py and eval.py on a FIFO return at once (stat before open)."""

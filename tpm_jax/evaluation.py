@@ -24,6 +24,8 @@ def load_trained(path: str, flag: str = '--checkpoint'):
   CheckpointError for one that fails its checks."""
   if not os.path.exists(path):
     raise ConfigError(f'{flag}={path} is not accepted: no such directory')
+  if not os.path.isdir(path):  # a file, a device, a FIFO: bad input, never opened
+    raise ConfigError(f'{flag}={path} is not accepted: not a directory (a training workdir or an export)')
   if checkpoint.is_export(path) or not os.path.isdir(checkpoint.checkpoint_dir(path)):
     path = checkpoint.check_export(path)
     saved = export.read_config(path)

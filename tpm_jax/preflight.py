@@ -159,7 +159,9 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
   """A path a run can create and write: not under a file, a name the file system accepts, writable."""
   p = os.path.abspath(os.path.expanduser(workdir))
   if os.path.lexists(p) and not os.path.isdir(p):
-    raise ConfigError(f'{what} {workdir} is a file: expected a directory (existing or to be created)')
+    kind = 'a link that leads nowhere (dangling or a loop)' if os.path.islink(p) and not os.path.exists(p) else \
+        'a file'
+    raise ConfigError(f'{what} {workdir} is {kind}: expected a directory (existing or to be created)')
   existing = p
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
