@@ -28,6 +28,13 @@ def data_dir(tiny_imagenet):
   return tiny_imagenet
 
 
+@pytest.fixture(scope='module')
+def finished_export(tmp_path_factory, four_steps):
+  """An export of the finished run (python -m tpm_jax.export's function); tests that change it copy it."""
+  from tpm_jax import export
+  return export.export(str(four_steps), str(tmp_path_factory.mktemp('finished_export') / 'export'))
+
+
 @pytest.fixture
 def finished(four_steps):  # a finished smoke run of 4 steps, checkpoints at 2 and 4 (conftest.py)
   return four_steps
@@ -425,17 +432,21 @@ def test_export_never_destroys(tmp_path, finished, capsys):
   assert _listing(workdir) == before
 
 
-def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished):
-  """--output: a missing folder, a file eval.py did not write, a path inside a training workdir: one
-  line before anything is evaluated, nothing changed."""
+def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished, finished_export):
+  """--output: a missing folder, a file eval.py did not write, a path inside a training workdir or an
+  export: one line before anything is evaluated, nothing changed. eval.py's check of --output is
+  ``preflight.check_output_file`` with ``ours=eval._an_eval_result``: the cases through it here, and
+  two through eval.py's process (the line, the exit code, nothing evaluated)."""
+  from tpm_jax import preflight
   (tmp_path / 'notes.json').write_text('{"mine": 1}')
   before = _listing(finished)
-  from tpm_jax import export
-  export.export(str(finished), str(tmp_path / 'export'))
+  not_ours = lambda path: False  # eval.py's _an_eval_result on the files below: none is an eval result
   for output, words in ((tmp_path / 'missing' / 'eval.json', 'does not exist'),
-                        (tmp_path / 'notes.json', 'was not written by this tool'),
                         (finished / 'metrics.jsonl', 'inside the training workdir'),
-                        (tmp_path / 'export' / 'eval.json', 'inside the export'),
+                        (os.path.join(finished_export, 'eval.json'), 'inside the export')):
+    with pytest.raises(ConfigError, match=words):
+      preflight.check_output_file('--output', str(output), ours=not_ours)
+  for output, words in ((tmp_path / 'notes.json', 'was not written by this tool'),
                         (tmp_path / 'eval.json', '--batch_size=0')):
     res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output', str(output),
                 *(['--batch_size', '0'] if words == '--batch_size=0' else []))
@@ -445,11 +456,10 @@ def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished):
 
 
 # -- verification without holes; nothing hangs --------------------------------------------------
-def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, finished):
+def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, finished_export):
   import tpm_jax
   from tpm_jax.checkpoint import CheckpointError
-  res = _tool('-m', 'tpm_jax.export', '--workdir', str(finished), '--output', str(tmp_path / 'export'))
-  assert res.returncode == 0, res.stderr[-2000:]
+  _copy(finished_export, tmp_path / 'export')
   os.remove(tmp_path / 'export' / 'checksums.json')
   with pytest.raises(CheckpointError, match='has no checksums.json'):
     tpm_jax.load_model(str(tmp_path / 'export'))
@@ -460,7 +470,8 @@ def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, f
   assert not (tmp_path / 'run').exists()
 
 
-def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_blocking(tmp_path, finished):
+def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_blocking(tmp_path, finished,
+                                                                                           finished_export):
   """A FIFO as a step's or an export's checksums.json, or as a sweep run's final.json (found by the
   hostile pass: every reader waited for a writer forever), and a symlink to itself: refused, never
   opened (stat before open)."""
@@ -474,8 +485,7 @@ def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_b
     os.mkfifo(run / 'checkpoints' / '4' / 'checksums.json')
     with pytest.raises(CheckpointError, match='checksums.json is unreadable'):
       verify_checksums(str(run / 'checkpoints' / '4'), 4)
-    out = tmp_path / 'export'
-    export.export(str(finished), str(out))
+    out = _copy(finished_export, tmp_path / 'export')
     os.remove(out / 'checksums.json')
     os.mkfifo(out / 'checksums.json')
     with pytest.raises(CheckpointError, match='checksums.json is unreadable'):
@@ -494,17 +504,16 @@ def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_b
     signal.alarm(0)
 
 
-def test_an_init_export_with_non_finite_weights_is_bad_input_and_nothing_is_written(tmp_path, data_dir, finished):
+def test_an_init_export_with_non_finite_weights_is_bad_input_and_nothing_is_written(tmp_path, data_dir,
+                                                                                   finished_export):
   """NaN parameters behind valid checksums in the export named by init.checkpoint (hostile pass 5:
   exit 1 and an empty workdir left behind): refused as bad input (ConfigError: exit 2), no workdir."""
   import jax
   import numpy as np
   import orbax.checkpoint as ocp
 
-  from tpm_jax import export
   from tpm_jax.checkpoint.integrity import write_checksums
-  out = tmp_path / 'export'
-  export.export(str(finished), str(out))
+  out = _copy(finished_export, tmp_path / 'export')
   params = ocp.StandardCheckpointer().restore(str(out / 'params'))
   leaves, tree = jax.tree.flatten(params)
   leaves[0] = np.full_like(np.asarray(leaves[0]), np.nan)
