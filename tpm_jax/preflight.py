@@ -7,12 +7,13 @@ in the tools). Files are ``stat``-ed before they are opened, so a FIFO or a devi
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
 from flax import nnx
 
-from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export
+from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export, load_params_into
 from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes, is_export
 from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.steps import checkpoint_dir
@@ -136,13 +137,27 @@ def check_init(run: RunConfig, abstract_model) -> None:
     check_export_fits('init.checkpoint', run.init.checkpoint, abstract_model)
 
 
+@contextlib.contextmanager
+def _export_refused_as(field: str, path: str):
+  """A CheckpointError of the export ``field`` names, as the bad input it is (ConfigError, exit 2)."""
+  try:
+    yield
+  except CheckpointError as e:
+    raise ConfigError(f'{field}={path!r} is not accepted: {e}') from None
+
+
+def load_export_into(field: str, model, path: str):
+  """``load_params_into(model, path)`` for the export ``field`` names; weights that fail to load
+  (non-finite, or damaged behind valid checksums) are bad input, as a failed check is."""
+  with _export_refused_as(field, path):
+    return load_params_into(model, path)
+
+
 def check_export_fits(field: str, path: str, abstract_model) -> None:
   """An export (checked and verified) whose parameters fit ``abstract_model``; a backbone's export
   without the multi-scale fusion fits a model with one (the fusion starts as a new model's)."""
-  try:
+  with _export_refused_as(field, path):
     path = check_export(path)
-  except CheckpointError as e:
-    raise ConfigError(f'{field}={path!r} is not accepted: {e}') from None
   saved = export_param_shapes(path)
   has_multiscale = any(k.startswith('multiscale.') for k in saved)
   for p, v in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param)):

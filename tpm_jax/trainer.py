@@ -31,9 +31,9 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from tpm_jax import augment, checkpoint, preflight, sharding
-from tpm_jax.checkpoint import Checkpointer, CheckpointError
+from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
-from tpm_jax.config import AugConfig, ConfigError, OptimConfig, ReductionConfig, RunConfig
+from tpm_jax.config import AugConfig, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object, write_json
 from tpm_jax.models.registry import model_from_config
@@ -111,10 +111,7 @@ def initial_params(run: RunConfig):
   if run.init.timm_checkpoint:
     load_timm_weights(model, os.path.expanduser(run.init.timm_checkpoint))
   if run.init.checkpoint:
-    try:
-      checkpoint.load_params_into(model, run.init.checkpoint)
-    except CheckpointError as e:  # bad input (non-finite or damaged weights behind valid checksums): exit 2
-      raise ConfigError(f'init.checkpoint={run.init.checkpoint!r} is not accepted: {e}') from None
+    preflight.load_export_into('init.checkpoint', model, run.init.checkpoint)
   return nnx.state(model, nnx.Param)
 
 
