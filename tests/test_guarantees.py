@@ -430,6 +430,19 @@ def test_export_never_destroys(tmp_path, finished, capsys):
   assert info['step'] in (2, 4)  # the old export or the new one, whole
   tpm_jax.load_model(str(tmp_path / 'out'))  # verified against its checksums
   assert _listing(workdir) == before
+  # what a re-export killed part-way leaves (its files under its dead pid) is tidied by the next one;
+  # an earlier export it had moved aside comes back when the output is missing
+  from tpm_jax.export import exporting
+  out, dead = tmp_path / 'out', p.pid
+  os.rename(out, f'{out}.replaced-{dead}')
+  os.makedirs(f'{out}.writing-{dead}/params')
+  (tmp_path / f'w.safetensors.writing-{dead}.safetensors').write_text('half')
+  exporting._recover_interrupted(str(out), str(tmp_path / 'w.safetensors'))
+  assert json.load(open(out / 'export.json'))['step'] == info['step']
+  os.rename(out, f'{out}.replaced-{dead}')
+  export.export(str(workdir), str(out), step=4)
+  assert json.load(open(out / 'export.json'))['step'] == 4
+  assert not [n for n in os.listdir(tmp_path) if '.writing-' in n or '.replaced-' in n]
 
 
 def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished, finished_export):

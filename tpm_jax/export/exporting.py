@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 
@@ -13,10 +15,12 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
-from tpm_jax.cli import Interrupted, fail, raise_if_stopped, stop_on_signals
+from tpm_jax.cli import Interrupted, fail, raise_if_stopped, show_messages, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
+
+log = logging.getLogger(__name__)
 
 
 def read_config(path: str) -> RunConfig:
@@ -54,6 +58,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   check_step(workdir, step)
   output, safetensors = preflight.check_export_paths(output, safetensors, source_workdir=workdir, overwrite=overwrite)
   model, run, step = restore_from_workdir(workdir, step)
+  _recover_interrupted(output, safetensors)
   tmp = f'{output}.writing-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
@@ -76,6 +81,39 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
       os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
   return output
+
+
+def _recover_interrupted(output: str, safetensors: str | None) -> None:
+  """Tidy what an export killed part-way (kill -9, power loss) left beside ``output``: its
+  ``.writing-<pid>`` files are removed, and an earlier export it had renamed away
+  (``.replaced-<pid>``) is put back if ``output`` is missing, else removed. Only names this module
+  writes, and only those of a process that no longer runs."""
+  for path, pattern in ((output, r'(writing|replaced)-(\d+)'), (safetensors, r'(writing)-(\d+)\.safetensors')):
+    if not path:
+      continue
+    folder, base = os.path.split(os.path.abspath(path))
+    for name in os.listdir(folder):
+      match = re.fullmatch(re.escape(base + '.') + pattern, name)
+      if not match or _running(int(match[2])):
+        continue
+      stale = os.path.join(folder, name)
+      if match[1] == 'replaced' and not os.path.lexists(path):
+        os.rename(stale, path)
+        log.warning('note: put back %s, which an interrupted export (pid %s) had moved to %s', path, match[2], stale)
+      elif os.path.isdir(stale) and not os.path.islink(stale):
+        shutil.rmtree(stale)
+      else:
+        os.remove(stale)
+
+
+def _running(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)  # no signal sent: only whether the process exists
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # it exists, another user's
+    pass
+  return True
 
 
 def _replace(new: str, output: str) -> None:
@@ -108,6 +146,7 @@ def main(argv=None):
   p.add_argument('--overwrite', action='store_true',
                  help='replace an --output folder that holds other files, or an existing --safetensors file')
   args = p.parse_args(argv)
+  show_messages()
   stop_on_signals()
   try:
     try:
