@@ -274,8 +274,11 @@ def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, t
   assert (result['reduction'], result['method'], result['r'], result['locations']) == ('tome:0.5', 'tome', '32,16', '1,2')
   assert result['tokens'] == '65 -> 33 -> 17' and result['examples'] == 16 and result['multiscale'] == 'none'
   assert 'multiscale' in result['unused_parameters'] and 'fresh_parameters' not in result
+  from tpm_jax.evaluation import describe_reduction
   from tpm_jax.models.registry import model_from_config
   from tpm_jax.reduction_setting import parse_setting
+  capped = parse_setting('tome:100000').apply(export.read_config(str(out)))  # r as applied, capped at half
+  assert describe_reduction(model_from_config(capped), capped)['r'] == '32,16,8,4'  # 65 -> 33 -> 17 -> 9 -> 5
   expected = tpm_jax.count_flops(model_from_config(parse_setting('tome:0.5').apply(export.read_config(str(out)))),
                                  compile=False)['analytic_gmacs']
   assert result['analytic_gmacs'] == pytest.approx(expected)

@@ -63,11 +63,13 @@ def evaluate_model(model, run: RunConfig, dataset, split: str, mesh=None) -> dic
 def describe_reduction(model, run: RunConfig) -> dict:
   """The reduction a model runs, as eval.py's output and the sweep's tables name it."""
   red = run.reduction
+  tokens = token_schedule(model)
+  merged = [a - b for a, b in zip(tokens.stages, tokens.stages[1:])]  # r as applied: ToMe caps it at half
   return dict(method=red.method, keep_rate=str(red.keep_rate) if red.method not in ('tome', 'none') else '-',
-              r=','.join(map(str, red.per_location(red.r))) if red.method == 'tome' else '-',
+              r=','.join(map(str, merged)) if red.method == 'tome' else '-',
               locations=','.join(map(str, red.locations or ())) if red.enabled else '-',
               multiscale=run.multiscale.method, prop_attn=red.use_prop_attn if red.enabled else '-',
-              tokens=str(token_schedule(model)))
+              tokens=str(tokens))
 
 
 def parameter_notes(fresh, left_out) -> dict:
