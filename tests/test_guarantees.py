@@ -483,6 +483,23 @@ def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, f
   assert not (tmp_path / 'run').exists()
 
 
+def test_an_export_damaged_as_written_is_named_damaged_not_another_model(tmp_path, finished_export):
+  import tpm_jax
+  from tpm_jax import checkpoint
+  from tpm_jax.checkpoint import CheckpointError
+  out = _copy(finished_export, tmp_path / 'export')
+  files = [os.path.join(d, f) for d, _, fs in os.walk(out / 'params') for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, 'r+b') as f:  # truncated, then checksummed again: it passes verification
+    f.truncate(100)
+  os.remove(out / 'checksums.json')
+  checkpoint.write_checksums(str(out))
+  with pytest.raises(CheckpointError) as e:
+    tpm_jax.load_model(str(out))
+  assert 'cannot be read' in str(e.value) and 'not an export of this model' not in str(e.value), e.value
+  assert '<bound method' not in str(e.value) and len(str(e.value).splitlines()) == 1, e.value
+
+
 def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_blocking(tmp_path, finished,
                                                                                            finished_export):
   """A FIFO as a step's or an export's checksums.json, or as a sweep run's final.json (found by the

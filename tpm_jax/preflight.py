@@ -14,7 +14,7 @@ import stat
 from flax import nnx
 
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export, load_params_into
-from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes, is_export
+from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes, is_export, param_mismatch
 from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
@@ -158,16 +158,9 @@ def check_export_fits(field: str, path: str, abstract_model) -> None:
   without the multi-scale fusion fits a model with one (the fusion starts as a new model's)."""
   with _export_refused_as(field, path):
     path = check_export(path)
-  saved = export_param_shapes(path)
-  has_multiscale = any(k.startswith('multiscale.') for k in saved)
-  for p, v in nnx.to_flat_state(nnx.state(abstract_model, nnx.Param)):
-    key = '.'.join(str(k) for k in p)
-    if key.startswith('multiscale.') and not has_multiscale:
-      continue
-    got = saved.get(key, (None,))[0]
-    if got != tuple(v.shape):
-      raise ConfigError(f'{field}={path!r} does not fit the model: {key} is '
-                        f'{got if got is not None else "missing"} there, the model needs {tuple(v.shape)}')
+  why = param_mismatch(export_param_shapes(path), nnx.state(abstract_model, nnx.Param))
+  if why:
+    raise ConfigError(f'{field}={path!r} does not fit the model: {why}')
 
 
 def check_workdir_path(workdir: str, what: str = 'workdir') -> None:

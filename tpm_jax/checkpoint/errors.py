@@ -22,5 +22,5 @@ class WorkdirBusy(ConfigError):
 
 def first_line(e: BaseException, limit: int = 200) -> str:
   """'<type>: <first line of the message>' of a library exception, for one-line errors."""
-  text = str(e).strip()
+  text = str(e).strip().split(' See full TensorStore details')[0]  # then a pybind repr, no detail
   return f'{type(e).__name__}: {text.splitlines()[0][:limit]}' if text else type(e).__name__

@@ -65,6 +65,21 @@ def export_param_shapes(path: str) -> dict:
     raise CheckpointError(f'export {path}: {os.path.join(path, "params")} is unreadable ({first_line(e)})') from e
 
 
+def param_mismatch(saved: dict, state) -> str | None:
+  """Which parameter of ``state`` (an nnx.State of Params) an export's ``saved`` shapes
+  (``export_param_shapes``) do not fit, in words; None when all fit. An export without multi-scale
+  parameters (an unpruned backbone's) fits a model with a fusion: it starts as a new model's."""
+  has_multiscale = any(k.startswith('multiscale.') for k in saved)
+  for p, v in nnx.to_flat_state(state):
+    key = '.'.join(str(k) for k in p)
+    if key.startswith('multiscale.') and not has_multiscale:
+      continue
+    got = saved.get(key, (None,))[0]
+    if got != tuple(v.shape):
+      return f'{key} is {got if got is not None else "missing"} there, the model needs {tuple(v.shape)}'
+  return None
+
+
 def load_params_into(model, path: str):
   """Set ``model``'s parameters from an export (same architecture); returns the model. An export
   without multi-scale parameters (an unpruned backbone's) leaves ``model``'s multi-scale fusion at
@@ -73,12 +88,15 @@ def load_params_into(model, path: str):
   state = nnx.state(model, nnx.Param)
   if 'multiscale' in state and not any(k.startswith('multiscale.') for k in export_param_shapes(path)):
     state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('multiscale'))))
+  why = param_mismatch(export_param_shapes(path), state)
+  if why:
+    raise CheckpointError(f'export {path}: not an export of this model ({why})')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), state)
   try:
     params = ocp.StandardCheckpointer().restore(os.path.join(path, 'params'), target)
-  except Exception as e:  # noqa: BLE001
-    raise CheckpointError(f'export {path}: not an export of this model ({first_line(e)})') from e
+  except Exception as e:  # noqa: BLE001  (its shapes fit and its files match their checksums: damaged as written)
+    raise CheckpointError(f'export {path}: its params/ cannot be read ({first_line(e)}); export it again') from e
   params = jax.tree.map(np.asarray, params)  # on the host once: checked, then set uncommitted
   bad = nonfinite(params)
   if bad:

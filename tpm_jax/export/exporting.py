@@ -15,7 +15,7 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
-from tpm_jax.cli import Interrupted, fail, raise_if_stopped, show_messages, stop_on_signals
+from tpm_jax.cli import Interrupted, fail, raise_if_stopped, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
@@ -146,7 +146,6 @@ def main(argv=None):
   p.add_argument('--overwrite', action='store_true',
                  help='replace an --output folder that holds other files, or an existing --safetensors file')
   args = p.parse_args(argv)
-  show_messages()
   stop_on_signals()
   try:
     try:
