@@ -43,6 +43,38 @@ def test_logits_match_timm(timm, name, overrides):
   _assert_logits_close(tpm_jax.jit_forward(model)(jnp.asarray(x)), ref)
 
 
+# One name per family (timm's VisionTransformer arguments), small: 2 blocks, width 64, every parameter
+# moved off its initial value (LayerScale's 1e-5 gains, unit norms) so each enters the logits.
+FAMILIES = [('vit_base_patch16_clip_224', dict(num_classes=10)), ('vit_base_patch16_clip_quickgelu_224', {}),
+            ('vit_base_patch16_siglip_224', dict(num_classes=10)), ('vit_base_patch16_siglip_gap_224', {}),
+            ('vit_small_patch14_dinov2', dict(img_size=56)), ('vit_small_patch14_reg4_dinov2', dict(img_size=56)),
+            ('deit3_small_patch16_224', {}), ('vit_base_patch16_gap_224', dict(num_heads=4)),
+            ('vit_medium_patch16_reg4_gap_256', dict(img_size=64))]
+
+
+def _small_family(timm, name, overrides, depth=2):
+  import torch
+  kw = dict(dict(depth=depth, embed_dim=64, num_heads=2, img_size=32), **overrides)
+  tm = _timm_model(timm, name, **kw)
+  with torch.no_grad():
+    for p in tm.parameters():
+      p.add_(torch.randn_like(p) * 0.1)
+  return tm, kw
+
+
+@pytest.mark.parametrize('name, overrides', FAMILIES, ids=[name for name, _ in FAMILIES])
+def test_every_family_matches_timm(timm, name, overrides):
+  """CLIP (pre-norm, quick_gelu), SigLIP (MAP and GAP heads, no class token), DINOv2 and DeiT III
+  (LayerScale, registers, no_embed_class), GAP ViTs: logits, or the pooled features where timm's
+  model has no head (num_classes 0), equal timm's."""
+  tm, kw = _small_family(timm, name, overrides)
+  x = _images(2, kw['img_size'])
+  ref = _timm_logits(tm, x)
+  model = tpm_jax.load_timm_weights(tpm_jax.create_model(name, **kw), tm.state_dict())
+  assert ref.shape == (2, tm.num_classes or 64)
+  _assert_logits_close(tpm_jax.jit_forward(model)(jnp.asarray(x)), ref)
+
+
 def test_export_round_trip_into_timm(timm, tmp_path):
   import torch
   name = 'deit_tiny_distilled_patch16_224'

@@ -81,6 +81,8 @@ def _int_tuple(field: str, value: Any) -> tuple[int, ...]:
 # ----------------------------------------------------------------------------------------------
 # Backbone
 # ----------------------------------------------------------------------------------------------
+GLOBAL_POOLS = ('token', 'avg', 'map')
+ACTIVATIONS = ('gelu', 'quick_gelu')
 POS_EMBED_INITS = ('trunc_normal', 'sincos2d')
 
 
@@ -101,6 +103,18 @@ class ViTConfig:
   # How the learned pos_embed starts: 'trunc_normal' (timm, std 0.02) or 'sincos2d' (big_vision's
   # 2-D sin-cos table, prefix tokens 0): from scratch on small data it learns much faster.
   pos_embed_init: str = 'trunc_normal'
+  # The families (timm's VisionTransformer arguments): CLIP (pre_norm, act='quick_gelu', norm_eps=1e-5),
+  # SigLIP (class_token=False, global_pool='map'), DINOv2 / DeiT III (layer_scale, reg_tokens,
+  # no_embed_class), GAP ViTs (class_token=False, global_pool='avg').
+  class_token: bool = True
+  reg_tokens: int = 0            # register tokens after the class token (protected, like it)
+  no_embed_class: bool = False   # pos_embed covers the patches only; prefix tokens get none
+  pre_norm: bool = False         # CLIP: a LayerNorm after the embedding (norm_pre), patch_embed without bias
+  global_pool: str = 'token'     # token (the class token) | avg (size-weighted patch mean) | map (attention pool)
+  fc_norm: bool | None = None    # the final norm after pooling instead of before; None: for avg pooling
+  layer_scale: float | None = None  # LayerScale's initial value (timm's init_values); None: none
+  act: str = 'gelu'              # the MLPs' activation: gelu (exact) | quick_gelu (CLIP's x * sigmoid(1.702 x))
+  norm_eps: float = 1e-6
 
   @property
   def grid_size(self) -> int:
@@ -112,8 +126,17 @@ class ViTConfig:
 
   @property
   def num_prefix_tokens(self) -> int:
-    """Protected tokens in front of the patches: CLS, plus the distillation token."""
-    return 2 if self.distilled else 1
+    """Protected tokens in front of the patches: the class token, the distillation token, the registers."""
+    return int(self.class_token) + int(self.distilled) + self.reg_tokens
+
+  @property
+  def pos_embed_prefix(self) -> int:
+    """Rows of pos_embed in front of the patches' (none with ``no_embed_class``)."""
+    return 0 if self.no_embed_class else self.num_prefix_tokens
+
+  @property
+  def use_fc_norm(self) -> bool:
+    return self.global_pool == 'avg' if self.fc_norm is None else bool(self.fc_norm)
 
   def replace(self, **kw) -> 'ViTConfig':
     fields = {f.name for f in dataclasses.fields(self)}
@@ -121,10 +144,12 @@ class ViTConfig:
     return dataclasses.replace(self, **kw).validated()
 
   def validated(self) -> 'ViTConfig':
-    for name in ('img_size', 'patch_size', 'in_chans', 'num_classes', 'embed_dim', 'depth', 'num_heads'):
+    for name in ('img_size', 'patch_size', 'in_chans', 'embed_dim', 'depth', 'num_heads'):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         _fail(f'model.{name}', v, 'a positive int')
+    if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
+      _fail('model.num_classes', self.num_classes, 'a non-negative int (0: no head, the pooled features)')
     if self.img_size % self.patch_size:
       _fail('model.img_size', self.img_size, f'a multiple of model.patch_size={self.patch_size}')
     if self.embed_dim % self.num_heads:
@@ -136,6 +161,25 @@ class ViTConfig:
     _choice('model.pos_embed_init', self.pos_embed_init, POS_EMBED_INITS)
     if self.pos_embed_init == 'sincos2d' and self.embed_dim % 4:
       _fail('model.embed_dim', self.embed_dim, "a multiple of 4 for model.pos_embed_init='sincos2d'")
+    for name in ('class_token', 'no_embed_class', 'pre_norm', 'distilled', 'qkv_bias'):
+      if not isinstance(getattr(self, name), bool):
+        _fail(f'model.{name}', getattr(self, name), 'true or false')
+    if isinstance(self.reg_tokens, bool) or not isinstance(self.reg_tokens, int) or self.reg_tokens < 0:
+      _fail('model.reg_tokens', self.reg_tokens, 'a non-negative int')
+    _choice('model.global_pool', self.global_pool, GLOBAL_POOLS)
+    _choice('model.act', self.act, ACTIVATIONS)
+    if self.global_pool == 'token' and not self.class_token:
+      _fail('model.global_pool', self.global_pool, "avg or map for a model without a class token (class_token=false)")
+    if self.distilled and (not self.class_token or self.reg_tokens or self.global_pool != 'token'):
+      _fail('model.distilled', self.distilled, 'false unless the model has a class token, no registers and '
+            "global_pool='token' (DeiT's layout)")
+    if self.fc_norm is not None and not isinstance(self.fc_norm, bool):
+      _fail('model.fc_norm', self.fc_norm, 'true, false or None (None: for avg pooling)')
+    if self.layer_scale is not None and (isinstance(self.layer_scale, bool) or not isinstance(self.layer_scale, (int, float))
+                                         or not self.layer_scale > 0):
+      _fail('model.layer_scale', self.layer_scale, 'a positive float (initial value) or None')
+    if isinstance(self.norm_eps, bool) or not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
+      _fail('model.norm_eps', self.norm_eps, 'a positive float')
     return self
 
 
@@ -323,6 +367,21 @@ MODELS: dict[str, dict] = {
     'vit_base_patch16_384': dict(_B, img_size=384),
     'vit_large_patch16_384': dict(_L, img_size=384),
     'vit_base_patch32_224': dict(_B, patch_size=32),
+    # CLIP image towers: pre-norm, LayerNorm eps 1e-5, patch embedding without bias
+    'vit_base_patch16_clip_224': dict(_B, pre_norm=True, norm_eps=1e-5),
+    'vit_base_patch16_clip_quickgelu_224': dict(_B, pre_norm=True, norm_eps=1e-5, act='quick_gelu', num_classes=512),
+    # SigLIP image towers: no class token; attention pooling (MAP) or the patches' mean
+    'vit_base_patch16_siglip_224': dict(_B, class_token=False, global_pool='map', num_classes=0),
+    'vit_base_patch16_siglip_gap_224': dict(_B, class_token=False, global_pool='avg', fc_norm=False, num_classes=0),
+    # DINOv2 (patch 14 at 518) and DeiT III: LayerScale; registers without position embedding
+    'vit_small_patch14_dinov2': dict(_S, patch_size=14, img_size=518, layer_scale=1e-5, num_classes=0),
+    'vit_small_patch14_reg4_dinov2': dict(_S, patch_size=14, img_size=518, layer_scale=1e-5, reg_tokens=4,
+                                          no_embed_class=True, num_classes=0),
+    'deit3_small_patch16_224': dict(_S, layer_scale=1e-6, no_embed_class=True),
+    # global-average-pool ViTs, without a class token (and with registers)
+    'vit_base_patch16_gap_224': dict(_B, num_heads=16, class_token=False, global_pool='avg', fc_norm=False),
+    'vit_medium_patch16_reg4_gap_256': dict(embed_dim=512, depth=12, num_heads=8, img_size=256, layer_scale=1e-5,
+                                            class_token=False, no_embed_class=True, reg_tokens=4, global_pool='avg'),
     # Not a timm model: a base for small test/quickstart models; override any size.
     'vit_custom': dict(embed_dim=192, depth=12, num_heads=3),
 }
@@ -465,6 +524,8 @@ class ModelSpec(_Section):
 
   def validated(self):
     _choice('model.dtype', self.dtype, ('float32', 'bfloat16'))
+    if isinstance(self.num_classes, int) and not isinstance(self.num_classes, bool) and self.num_classes == 0:
+      _fail('model.num_classes', 0, 'a positive int (the classes of the dataset: a run trains a head)')
     self.vit()
     return self
 

@@ -165,11 +165,12 @@ def load_timm_weights(model, source, *, strict: bool = True):
     value = sd[key]
     if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
       raise ValueError(f'{key}: the checkpoint holds non-finite values (NaN or Inf)')
-    if key == 'pos_embed':
-      src_prefix = 1 + int('dist_token' in sd)
-      if src_prefix != cfg.num_prefix_tokens:
-        raise ValueError(f'pos_embed: checkpoint has {src_prefix} prefix tokens, model has {cfg.num_prefix_tokens}')
-      value = resample_pos_embed(value, (cfg.grid_size, cfg.grid_size), src_prefix)
+    if key == 'pos_embed':  # prefix rows: the model's (a checkpoint of the same family has as many)
+      prefix = cfg.pos_embed_prefix
+      if value.ndim != 3 or value.shape[1] <= prefix or round((value.shape[1] - prefix) ** 0.5) ** 2 != value.shape[1] - prefix:
+        raise ValueError(f'pos_embed: checkpoint shape {tuple(value.shape)} is not {prefix} prefix rows and a square '
+                         f'grid of patches (the model: {tuple(var.shape)})')
+      value = resample_pos_embed(value, (cfg.grid_size, cfg.grid_size), prefix)
     value = from_timm_layout(path, value)
     if value.shape != var.shape:
       raise ValueError(f'{key}: checkpoint shape {tuple(sd[key].shape)} does not fit the model '
