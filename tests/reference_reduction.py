@@ -107,7 +107,8 @@ def ref_tome(x, metric, size, P, r):
     """ToMe bipartite soft matching (Bolya et al. 2023) with size-weighted average.
 
     A = even indices, B = odd indices; scores_ab = cos(metric_a, metric_b).
-    CLS (index 0) row := -inf; if P == 2, distill token (index 1) column := -inf.
+    Protected tokens (the first P): an even index's row (in A) := -inf, an odd index's column (in B)
+    := -inf (ToMe: the CLS row; the distillation token's column).
     r := min(r, (N - P) // 2). Each a gets best b (argmax, ties lowest b) and
     best score; A sorted by best score descending (stable); first r merge:
     x'_b = (size_b x_b + sum_s size_s x_s) / (size_b + sum_s size_s),
@@ -125,9 +126,11 @@ def ref_tome(x, metric, size, P, r):
     for b in range(Bn):
         m = _unit(metric[b])
         scores = m[ia] @ m[ib].T                         # (|A|, |B|)
-        scores[0, :] = -np.inf
-        if P == 2:
-            scores[:, 0] = -np.inf
+        for i in range(P):                               # protected: CLS row, dist/register rows and columns
+            if i % 2 == 0:
+                scores[i // 2, :] = -np.inf
+            else:
+                scores[:, i // 2] = -np.inf
         best_idx = np.argmax(scores, axis=1)             # ties -> lowest b
         best_val = scores[np.arange(len(ia)), best_idx]
         order = np.argsort(-best_val, kind="stable")
