@@ -152,3 +152,82 @@ def test_load_errors_name_the_parameter(timm):
   extra = dict(sd, **{'blocks.5.ls1.gamma': np.ones(192, np.float32)})
   with pytest.raises(ValueError, match=r'unexpected keys: blocks\.5\.ls1\.gamma'):
     tpm_jax.load_timm_weights(model, extra)
+
+
+def _big_vision_npz(sd, path, *, prefix, scanned, augreg):
+  """A timm state dict written in big_vision's .npz layout (the inverse of timm's ``_load_weights``):
+  ``augreg`` the older per-block naming (MultiHeadDotProductAttention_1, MlpBlock_3, LayerNorm_2,
+  Transformer/posembed_input), else big_vision's (``_0``, ``_0``, ``_1``, ``pos_embedding``)."""
+  sd = {k: v.detach().numpy().astype(np.float32) for k, v in sd.items()}
+  D = sd['pos_embed'].shape[-1]
+  heads = lambda w, b, H: (w.T.reshape(D, H, -1), b.reshape(H, -1))  # Linear rows -> (D, H, hd)
+  out = {'embedding/kernel': sd['patch_embed.proj.weight'].transpose(2, 3, 1, 0),
+         'embedding/bias': sd['patch_embed.proj.bias'],
+         ('Transformer/posembed_input/pos_embedding' if augreg else 'pos_embedding'): sd['pos_embed'],
+         'Transformer/encoder_norm/scale': sd['norm.weight'], 'Transformer/encoder_norm/bias': sd['norm.bias']}
+  if 'cls_token' in sd:
+    out['cls'] = sd['cls_token']
+  if 'head.weight' in sd:
+    out['head/kernel'], out['head/bias'] = sd['head.weight'].T, sd['head.bias']
+
+  def attention(to, qkv_w, qkv_b, names, proj_w, proj_b, H):
+    for n, w, b in zip(names, np.split(qkv_w, len(names)), np.split(qkv_b, len(names))):
+      out[f'{to}{n}/kernel'], out[f'{to}{n}/bias'] = heads(w, b, H)
+    out[f'{to}out/kernel'], out[f'{to}out/bias'] = proj_w.T.reshape(H, -1, D), proj_b
+
+  H = 2
+  if 'attn_pool.latent' in sd:
+    m = 'MAPHead_0/'
+    out[f'{m}probe'] = sd['attn_pool.latent']
+    attention(f'{m}MultiHeadDotProductAttention_0/', sd['attn_pool.q.weight'], sd['attn_pool.q.bias'], ['query'],
+              sd['attn_pool.proj.weight'], sd['attn_pool.proj.bias'], H)
+    attention(f'{m}MultiHeadDotProductAttention_0/', sd['attn_pool.kv.weight'], sd['attn_pool.kv.bias'],
+              ['key', 'value'], sd['attn_pool.proj.weight'], sd['attn_pool.proj.bias'], H)
+    out[f'{m}LayerNorm_0/scale'], out[f'{m}LayerNorm_0/bias'] = sd['attn_pool.norm.weight'], sd['attn_pool.norm.bias']
+    for r in range(2):
+      out[f'{m}MlpBlock_0/Dense_{r}/kernel'] = sd[f'attn_pool.mlp.fc{r + 1}.weight'].T
+      out[f'{m}MlpBlock_0/Dense_{r}/bias'] = sd[f'attn_pool.mlp.fc{r + 1}.bias']
+  mha, mlp, ln2 = (1, 3, 2) if augreg else (0, 0, 1)
+  blocks = []
+  for i in range(len({k.split('.')[1] for k in sd if k.startswith('blocks.')})):
+    b, blk = f'blocks.{i}.', {}
+    saved, out_ = out, blk
+    out = blk
+    out['LayerNorm_0/scale'], out['LayerNorm_0/bias'] = sd[b + 'norm1.weight'], sd[b + 'norm1.bias']
+    attention(f'MultiHeadDotProductAttention_{mha}/', sd[b + 'attn.qkv.weight'], sd[b + 'attn.qkv.bias'],
+              ['query', 'key', 'value'], sd[b + 'attn.proj.weight'], sd[b + 'attn.proj.bias'], H)
+    out[f'LayerNorm_{ln2}/scale'], out[f'LayerNorm_{ln2}/bias'] = sd[b + 'norm2.weight'], sd[b + 'norm2.bias']
+    for r in range(2):
+      out[f'MlpBlock_{mlp}/Dense_{r}/kernel'] = sd[f'{b}mlp.fc{r + 1}.weight'].T
+      out[f'MlpBlock_{mlp}/Dense_{r}/bias'] = sd[f'{b}mlp.fc{r + 1}.bias']
+    out = saved
+    blocks.append(out_)
+  for name in blocks[0]:
+    if scanned:
+      out[f'Transformer/encoderblock/{name}'] = np.stack([blk[name] for blk in blocks])
+    else:
+      out.update({f'Transformer/encoderblock_{i}/{name}': blk[name] for i, blk in enumerate(blocks)})
+  np.savez(path, **{prefix + k: v for k, v in out.items()})
+
+
+@pytest.mark.parametrize('name, overrides, prefix, scanned, augreg',
+                         [('vit_base_patch16_siglip_224', dict(num_classes=0), 'params/img/', True, False),
+                          ('vit_base_patch16_224', dict(num_classes=10), '', False, True)],
+                         ids=['siglip-scanned', 'augreg'])
+def test_big_vision_npz_loads_as_timm_loads_it(timm, tmp_path, name, overrides, prefix, scanned, augreg):
+  """A big_vision checkpoint (SigLIP's scanned layout under params/img/; AugReg's per-block one)
+  written from a random model: ours, through load_big_vision_weights and through load_timm_weights by
+  file type, equals timm's own .npz loader fed the same file, at a resampled position grid too."""
+  from timm.models.vision_transformer import _load_weights
+  tm, kw = _small_family(timm, name, overrides)
+  path = tmp_path / 'bv.npz'
+  _big_vision_npz(tm.state_dict(), path, prefix=prefix, scanned=scanned, augreg=augreg)
+  for size in (32, 48):
+    theirs = _timm_model(timm, name, seed=5, **dict(kw, img_size=size))
+    _load_weights(theirs, str(path))
+    x = _images(2, size)
+    ref = _timm_logits(theirs, x)
+    ours = tpm_jax.load_big_vision_weights(tpm_jax.create_model(name, **dict(kw, img_size=size)), path)
+    _assert_logits_close(tpm_jax.jit_forward(ours)(jnp.asarray(x)), ref)
+  by_type = tpm_jax.load_timm_weights(tpm_jax.create_model(name, **kw), str(path))
+  _assert_logits_close(tpm_jax.jit_forward(by_type)(jnp.asarray(_images(2, 32))), _timm_logits(tm, _images(2, 32)))

@@ -15,14 +15,14 @@ _FROM = {
     'tpm_jax.flops': ('TokenSchedule', 'count_flops', 'token_schedule'),
     'tpm_jax.forward': ('jit_forward',),
     'tpm_jax.models.registry': ('create_model', 'list_models', 'model_config'),
-    'tpm_jax.timm_weights': ('export_timm_weights', 'load_timm_weights'),
+    'tpm_jax.timm_weights': ('export_timm_weights', 'load_big_vision_weights', 'load_timm_weights'),
 }
 _MODULE_OF = {name: module for module, names in _FROM.items() for name in names}
 
 __all__ = [
     'ConfigError', 'MultiscaleConfig', 'ReductionConfig', 'RunConfig', 'ViTConfig',
     'create_model', 'list_models', 'model_config', 'jit_forward',
-    'export_timm_weights', 'load_timm_weights',
+    'export_timm_weights', 'load_timm_weights', 'load_big_vision_weights',
     'TokenSchedule', 'count_flops', 'token_schedule', 'load_model', '__version__',
 ]
 

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from tpm_jax.big_vision_weights import read_big_vision
+
 log = logging.getLogger(__name__)
 
 # Parameters under these top-level names are tpm_jax extensions with no timm counterpart.
@@ -56,8 +58,10 @@ def _is_extension(path: tuple) -> bool:
   return str(path[0]) in EXTENSION_PREFIXES
 
 
-def resample_pos_embed(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_tokens: int) -> np.ndarray:
-  """(1, P + h*w, D) -> (1, P + H*W, D): bicubic, antialiased (timm's ``resample_abs_pos_embed``)."""
+def resample_pos_embed(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_tokens: int, *,
+                       method: str = 'bicubic', antialias: bool = True) -> np.ndarray:
+  """(1, P + h*w, D) -> (1, P + H*W, D): bicubic, antialiased (timm's ``resample_abs_pos_embed`` on
+  load); timm resamples a big_vision .npz bilinearly without antialiasing."""
   prefix, grid = posemb[:, :num_prefix_tokens], posemb[:, num_prefix_tokens:]
   n = grid.shape[1]
   old = int(round(n ** 0.5))
@@ -66,7 +70,7 @@ def resample_pos_embed(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix
   if (old, old) == tuple(new_grid):
     return posemb
   g = grid.reshape(1, old, old, -1).astype(np.float32)
-  g = jax.image.resize(jnp.asarray(g), (1, *new_grid, g.shape[-1]), method='bicubic', antialias=True)
+  g = jax.image.resize(jnp.asarray(g), (1, *new_grid, g.shape[-1]), method=method, antialias=antialias)
   g = np.asarray(g).reshape(1, new_grid[0] * new_grid[1], -1)
   return np.concatenate([prefix.astype(np.float32), g], axis=1)
 
@@ -89,7 +93,7 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
     if not os.path.exists(path):
       raise FileNotFoundError(f'timm checkpoint not found: {path}')
     if not os.path.isfile(path):  # checked before opening: a FIFO would block, a directory fail obscurely
-      raise ValueError(f'{path} is not a regular file (expected a .safetensors, .pth or .pt file)')
+      raise ValueError(f'{path} is not a regular file (expected a .safetensors, .pth, .pt or .npz file)')
     if path.endswith('.safetensors'):
       from safetensors.numpy import load_file
       try:
@@ -100,6 +104,8 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
           sd = load_torch(path)
         except Exception:  # noqa: BLE001 (torch missing, or not a safetensors file at all: truncated, damaged)
           raise ValueError(f'cannot read {path} as safetensors ({str(e).splitlines()[0] if str(e) else type(e).__name__})') from e
+    elif path.endswith('.npz'):  # big_vision's layout, renamed to timm's
+      sd = read_big_vision(path)
     elif path.endswith(('.pth', '.pt', '.bin')):
       try:
         import torch
@@ -115,7 +121,7 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
       if not isinstance(sd, Mapping):
         raise ValueError(f'{path} holds a {type(sd).__name__}, not a state dict of tensors')
     else:
-      raise ValueError(f'{path}: expected a .safetensors, .pth or .pt file')
+      raise ValueError(f'{path}: expected a .safetensors, .pth or .pt file (timm) or a .npz file (big_vision)')
   for wrapper in ('model', 'state_dict', 'model_ema'):  # DeiT/timm training checkpoints
     if wrapper in sd and isinstance(sd[wrapper], Mapping):
       sd = dict(sd[wrapper])
@@ -131,12 +137,26 @@ def load_timm_weights(model, source, *, strict: bool = True):
   """Load timm ViT/DeiT weights into ``model`` in place, and return it.
 
   ``source``: a ``.safetensors`` or ``.pth``/``.pt`` path (read with
-  ``torch.load(weights_only=True)``), or a mapping name -> array. Position embeddings of another
+  ``torch.load(weights_only=True)``), a big_vision ``.npz`` (``load_big_vision_weights``), or a
+  mapping name -> array. Position embeddings of another
   grid are resampled. A shape mismatch raises naming the parameter; missing or unexpected keys
   raise listing them, except the heads when ``num_classes`` differs (then they keep their fresh
   initialisation, with a warning).
   """
-  sd = read_state_dict(source)
+  big_vision = not isinstance(source, Mapping) and os.fspath(source).endswith('.npz')
+  return _load_state_dict(model, read_state_dict(source), strict=strict, big_vision=big_vision)
+
+
+def load_big_vision_weights(model, path, *, strict: bool = True):
+  """Load a big_vision ``.npz`` checkpoint (AugReg ViTs, SigLIP image towers) into ``model`` in place,
+  and return it: renamed to timm's names by ``tpm_jax.big_vision_weights`` (its table), then loaded as
+  timm weights (the head kept or left freshly initialised); position embeddings of another grid are
+  resampled as timm's .npz loader does (bilinear). ``load_timm_weights`` does the same for a path
+  ending in ``.npz``."""
+  return _load_state_dict(model, read_big_vision(path), strict=strict, big_vision=True)
+
+
+def _load_state_dict(model, sd: dict, *, strict: bool, big_vision: bool):
   cfg = model.cfg
   params = _params(model)
   ours = {timm_key(p): (p, v) for p, v in params if not _is_extension(p)}
@@ -170,7 +190,8 @@ def load_timm_weights(model, source, *, strict: bool = True):
       if value.ndim != 3 or value.shape[1] <= prefix or round((value.shape[1] - prefix) ** 0.5) ** 2 != value.shape[1] - prefix:
         raise ValueError(f'pos_embed: checkpoint shape {tuple(value.shape)} is not {prefix} prefix rows and a square '
                          f'grid of patches (the model: {tuple(var.shape)})')
-      value = resample_pos_embed(value, (cfg.grid_size, cfg.grid_size), prefix)
+      value = resample_pos_embed(value, (cfg.grid_size, cfg.grid_size), prefix,
+                                 **(dict(method='linear', antialias=False) if big_vision else {}))
     value = from_timm_layout(path, value)
     if value.shape != var.shape:
       raise ValueError(f'{key}: checkpoint shape {tuple(sd[key].shape)} does not fit the model '
