@@ -1,4 +1,6 @@
 """The backbone against timm itself: same weights, same logits; and the weight converter."""
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -231,3 +233,55 @@ def test_big_vision_npz_loads_as_timm_loads_it(timm, tmp_path, name, overrides, 
     _assert_logits_close(tpm_jax.jit_forward(ours)(jnp.asarray(x)), ref)
   by_type = tpm_jax.load_timm_weights(tpm_jax.create_model(name, **kw), str(path))
   _assert_logits_close(tpm_jax.jit_forward(by_type)(jnp.asarray(_images(2, 32))), _timm_logits(tm, _images(2, 32)))
+
+
+PRETRAINED_SCRIPT = r'''
+import sys
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import tpm_jax
+x, out = np.load(sys.argv[1]), sys.argv[2]
+m = tpm_jax.create_model('vit_small_patch14_dinov2', pretrained=True, depth=2, embed_dim=64, num_heads=2, img_size=56)
+np.save(out, np.asarray(tpm_jax.jit_forward(m)(jnp.asarray(x))))
+try:
+  tpm_jax.create_model('vit_small_patch14_dinov2.another_tag', pretrained=True, depth=2, embed_dim=64, num_heads=2)
+except tpm_jax.ConfigError as e:
+  print('REFUSED', e)
+'''
+
+
+def test_pretrained_through_huggingface_hubs_offline_cache(timm, tmp_path, tiny_imagenet):
+  """create_model(name, pretrained=True) reads timm's weights where huggingface_hub keeps them (its
+  cache layout, populated here with a real safetensors file; HF_HUB_OFFLINE=1, no network): the
+  model equals timm's; a tag not in the cache is one line naming the repository and what to do, and
+  train.py with init.pretrained=true refuses it the same way before anything is written."""
+  import subprocess
+  import sys
+
+  from safetensors.torch import save_file
+  tm, kw = _small_family(timm, 'vit_small_patch14_dinov2', dict(img_size=56))
+  snapshot = tmp_path / 'hub' / 'models--timm--vit_small_patch14_dinov2.lvd142m' / 'snapshots' / ('0' * 40)
+  snapshot.mkdir(parents=True)
+  save_file({k: v.contiguous() for k, v in tm.state_dict().items()}, str(snapshot / 'model.safetensors'))
+  (snapshot.parent.parent / 'refs').mkdir()
+  (snapshot.parent.parent / 'refs' / 'main').write_text('0' * 40)
+  x = _images(2, 56)
+  np.save(tmp_path / 'x.npy', x)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'hub'), HF_HUB_OFFLINE='1', PYTHONPATH=root, JAX_PLATFORMS='cpu')
+  res = subprocess.run([sys.executable, '-c', PRETRAINED_SCRIPT, str(tmp_path / 'x.npy'), str(tmp_path / 'out.npy')],
+                       env=env, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 0, res.stderr[-3000:]
+  _assert_logits_close(np.load(tmp_path / 'out.npy'), _timm_logits(tm, x))
+  refused = [line for line in res.stdout.splitlines() if line.startswith('REFUSED')]
+  assert len(refused) == 1 and 'timm/vit_small_patch14_dinov2.another_tag/model.safetensors' in refused[0], res.stdout
+  assert 'HF_HUB_CACHE' in refused[0] and 'init.timm_checkpoint' in refused[0]
+  res = subprocess.run([sys.executable, os.path.join(root, 'train.py'), '--config', 'configs/deit.py:smoke',
+                        '--config.model.name=vit_small_patch14_dinov2.another_tag', '--config.init.pretrained=true',
+                        f'--config.dataset.data_dir={tiny_imagenet}',
+                        '--workdir', str(tmp_path / 'run')], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+  assert 'another_tag' in res.stderr and not (tmp_path / 'run').exists()

@@ -387,9 +387,18 @@ MODELS: dict[str, dict] = {
 }
 
 
+def split_model_name(name: str) -> tuple[str, str | None]:
+  """timm's ``architecture.tag``: ``'vit_base_patch16_siglip_224.webli'`` -> (architecture, 'webli');
+  the tag picks pretrained weights, never the architecture."""
+  arch, _, tag = name.partition('.')
+  return arch, tag or None
+
+
 def model_config(name: str | ViTConfig, **overrides) -> ViTConfig:
-  """Resolve a timm name (or a ViTConfig) plus field overrides (None: the named model's) into a
-  validated ViTConfig."""
+  """Resolve a timm name (``architecture`` or ``architecture.tag``; or a ViTConfig) plus field
+  overrides (None: the named model's) into a validated ViTConfig."""
+  if isinstance(name, str):
+    name = split_model_name(name)[0]
   if isinstance(name, ViTConfig):
     base = name
   elif isinstance(name, str) and name in MODELS:
@@ -634,8 +643,18 @@ class DistillConfig(_Section):
 @dataclasses.dataclass(frozen=True)
 class InitConfig(_Section):
   SECTION = 'init'
-  timm_checkpoint: str | None = None   # timm weights (.safetensors / .pth) to start from
+  timm_checkpoint: str | None = None   # timm weights (.safetensors / .pth) or big_vision's (.npz) to start from
   checkpoint: str | None = None        # an export of this project (python -m tpm_jax.export)
+  pretrained: bool = False             # timm's weights for model.name (architecture or architecture.tag) from
+                                       # the Hugging Face Hub, through huggingface_hub's cache and offline mode
+
+  def validated(self):
+    if not isinstance(self.pretrained, bool):
+      raise ConfigError(f'init.pretrained={self.pretrained!r} is not accepted: expected true or false')
+    if self.pretrained and self.timm_checkpoint:
+      raise ConfigError('init.pretrained=true is not accepted with init.timm_checkpoint: expected one source of '
+                        'timm weights')
+    return self
 
 
 @dataclasses.dataclass(frozen=True)

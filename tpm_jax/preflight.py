@@ -22,6 +22,7 @@ from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights
 
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
@@ -123,8 +124,8 @@ def check_regular_file(field: str, path: str, accepted: str) -> str:
 
 
 def check_init(run: RunConfig, abstract_model) -> None:
-  """``init.timm_checkpoint`` and ``init.checkpoint`` exist, are what they should be, fit the model
-  (names and shapes) and hold finite values."""
+  """``init.timm_checkpoint``, ``init.pretrained`` (cached or downloaded now) and ``init.checkpoint``
+  exist, are what they should be, fit the model (names and shapes) and hold finite values."""
   if run.init.timm_checkpoint:
     path = check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,
                               'timm weights as a .safetensors, .pth or .pt file')
@@ -132,6 +133,13 @@ def check_init(run: RunConfig, abstract_model) -> None:
       load_timm_weights(abstract_model, path)
     except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
       raise ConfigError(f'init.timm_checkpoint={run.init.timm_checkpoint!r} does not fit model {run.model.name}: '
+                        f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+  if run.init.pretrained:
+    path = weights_file(run.model.name)  # ConfigError naming the repository when neither cached nor downloadable
+    try:
+      load_timm_weights(abstract_model, path)
+    except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
+      raise ConfigError(f'init.pretrained: the weights of {run.model.name} ({path}) do not fit the model: '
                         f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
   if run.init.checkpoint:
     check_export_fits('init.checkpoint', run.init.checkpoint, abstract_model)

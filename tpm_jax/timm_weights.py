@@ -165,8 +165,12 @@ def _load_state_dict(model, sd: dict, *, strict: bool, big_vision: bool):
   head = sd.get('head.weight')
   if head is not None and head.shape[0] != cfg.num_classes:
     skip = {k for k in HEAD_KEYS if k in sd or k in ours}
-    log.warning('head: checkpoint has %d classes, model has %d; head left freshly initialised',
-                head.shape[0], cfg.num_classes)
+    log.warning('head: checkpoint has %d classes, model has %d; %s', head.shape[0], cfg.num_classes,
+                'head left freshly initialised' if cfg.num_classes else "the checkpoint's head is not used")
+  elif head is None and 'head.weight' in ours:  # a backbone (CLIP, SigLIP, DINOv2 towers): a new head
+    skip = {k for k in HEAD_KEYS if k in ours}
+    log.warning('head: the checkpoint has none (a backbone); the model\'s %d-class head is freshly initialised',
+                cfg.num_classes)
 
   missing = sorted(k for k in ours if k not in sd and k not in skip)
   unexpected = sorted(k for k in sd if k not in ours and k not in skip)

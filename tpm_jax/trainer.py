@@ -37,6 +37,7 @@ from tpm_jax.config import AugConfig, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object, write_json
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights
 from tpm_jax.version import __version__
 
@@ -103,13 +104,15 @@ class TrainState(nnx.Module):
 
 
 def initial_params(run: RunConfig):
-  """The model parameters ``run.init`` asks for (timm weights, then an export of this project), as
+  """The model parameters ``run.init`` asks for (timm weights: a file or pretrained; then an export of this project), as
   an ``nnx.State`` of the model's parameters; None when the run starts from random weights."""
-  if not (run.init.timm_checkpoint or run.init.checkpoint):
+  if not (run.init.timm_checkpoint or run.init.pretrained or run.init.checkpoint):
     return None
   model = model_from_config(run)
   if run.init.timm_checkpoint:
     load_timm_weights(model, os.path.expanduser(run.init.timm_checkpoint))
+  if run.init.pretrained:
+    load_timm_weights(model, weights_file(run.model.name))
   if run.init.checkpoint:
     preflight.load_export_into('init.checkpoint', model, run.init.checkpoint)
   return nnx.state(model, nnx.Param)

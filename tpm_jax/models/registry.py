@@ -8,19 +8,24 @@ from flax import nnx
 
 from tpm_jax.config import MODELS, ConfigError, MultiscaleConfig, ReductionConfig, RunConfig, model_config  # noqa: F401
 from tpm_jax.models.vit import VisionTransformer
+from tpm_jax.pretrained import weights_file
+from tpm_jax.timm_weights import load_timm_weights, read_state_dict
 
 
 def list_models() -> list[str]:
   return sorted(MODELS)
 
 
-def create_model(name, *, num_classes=None, img_size=None, reduction=None, multiscale=None,
+def create_model(name, *, pretrained=False, num_classes=None, img_size=None, reduction=None, multiscale=None,
                  dtype=jnp.float32, rngs=None, **overrides) -> nnx.Module:
-  """Build a ViT/DeiT by timm name with optional token reduction.
+  """Build a ViT by timm name with optional token reduction.
 
   Args:
-    name: a timm model name (``tpm_jax.list_models()``) or a ``ViTConfig``.
-    num_classes, img_size: as in timm.
+    name: a timm model name (``tpm_jax.list_models()``), ``architecture.tag`` (the tag picks the
+      pretrained weights), or a ``ViTConfig``.
+    pretrained: load timm's weights from the Hugging Face Hub (``tpm_jax.pretrained``: its cache and
+      offline mode); without ``num_classes`` the model keeps the checkpoint's head (none: features).
+    num_classes, img_size: as in timm (another grid resamples the position embedding).
     reduction: None, a method name ('none', 'tpm', 'evit', 'drop', 'tome'), or a mapping /
       ConfigDict with ``ReductionConfig`` fields.
     multiscale: None, 'none', 'pool', 'cross', or a mapping with ``MultiscaleConfig`` fields.
@@ -30,6 +35,13 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
       mlp_ratio, qkv_bias, distilled, drop_path_rate, pos_embed_init ('trunc_normal' as timm, or
       'sincos2d': the learned position embedding starts from a 2-D sin-cos table).
   """
+  weights = None
+  if pretrained:
+    if not isinstance(name, str):
+      raise ConfigError('pretrained=True needs a model name, not a ViTConfig')
+    weights = read_state_dict(weights_file(name))
+    if num_classes is None:  # timm: the pretrained checkpoint's own head
+      num_classes = weights['head.weight'].shape[0] if 'head.weight' in weights else 0
   cfg = model_config(name, num_classes=num_classes, img_size=img_size, **overrides)
   red = ReductionConfig.from_any(reduction, depth=cfg.depth)
   red.schedule(cfg.num_prefix_tokens, cfg.num_patches)  # validates token counts
@@ -37,7 +49,8 @@ def create_model(name, *, num_classes=None, img_size=None, reduction=None, multi
   if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
     raise ConfigError(f'dtype={dtype!r} is not accepted: expected float32, bfloat16 or float16')
   rngs = nnx.Rngs(params=0, dropout=1) if rngs is None else rngs
-  return VisionTransformer(cfg, reduction=red, multiscale=ms, dtype=dtype, rngs=rngs)
+  model = VisionTransformer(cfg, reduction=red, multiscale=ms, dtype=dtype, rngs=rngs)
+  return model if weights is None else load_timm_weights(model, weights)
 
 
 def model_from_config(run, *, keep_rate=None, rngs=None) -> nnx.Module:

@@ -1,0 +1,68 @@
+"""``pretrained=True``: timm's weights for a model name from the Hugging Face Hub, through
+``huggingface_hub`` (its cache, ``HF_HUB_CACHE``; its offline mode, ``HF_HUB_OFFLINE=1``; its errors),
+as ``timm.create_model(name, pretrained=True)`` fetches them. A name is ``architecture`` (timm's
+default tag) or ``architecture.tag`` (``vit_base_patch16_siglip_224.webli``)."""
+from __future__ import annotations
+
+from tpm_jax.config import MODELS, ConfigError, split_model_name
+
+FILENAME = 'model.safetensors'
+# timm's default pretrained tag of each architecture (timm 1.0's ``default_cfgs`` order)
+DEFAULT_TAGS = {
+    'deit_tiny_patch16_224': 'fb_in1k', 'deit_small_patch16_224': 'fb_in1k', 'deit_base_patch16_224': 'fb_in1k',
+    'deit_base_patch16_384': 'fb_in1k', 'deit_tiny_distilled_patch16_224': 'fb_in1k',
+    'deit_small_distilled_patch16_224': 'fb_in1k', 'deit_base_distilled_patch16_224': 'fb_in1k',
+    'deit_base_distilled_patch16_384': 'fb_in1k', 'deit3_small_patch16_224': 'fb_in1k',
+    'vit_tiny_patch16_224': 'augreg_in21k_ft_in1k', 'vit_small_patch16_224': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_224': 'augreg2_in21k_ft_in1k', 'vit_large_patch16_224': 'augreg_in21k_ft_in1k',
+    'vit_tiny_patch16_384': 'augreg_in21k_ft_in1k', 'vit_small_patch16_384': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_384': 'augreg_in21k_ft_in1k', 'vit_large_patch16_384': 'augreg_in21k_ft_in1k',
+    'vit_base_patch32_224': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_clip_224': 'laion2b_ft_in12k_in1k', 'vit_base_patch16_clip_quickgelu_224': 'metaclip_2pt5b',
+    'vit_base_patch16_siglip_224': 'v2_webli', 'vit_base_patch16_siglip_gap_224': 'v2_webli',
+    'vit_small_patch14_dinov2': 'lvd142m', 'vit_small_patch14_reg4_dinov2': 'lvd142m',
+    'vit_medium_patch16_reg4_gap_256': 'sbb_in12k_ft_in1k',
+}
+# architectures whose weights timm keeps under another architecture's name
+HUB_ARCHITECTURE = {'vit_base_patch16_clip_quickgelu_224': 'vit_base_patch16_clip_224'}
+
+
+def hub_repo(name: str) -> str:
+  """The Hub repository of ``name``'s pretrained weights: ``timm/<architecture>.<tag>``."""
+  arch, tag = split_model_name(name)
+  if arch not in MODELS:
+    raise ConfigError(f'model.name={name!r} is not accepted: expected one of {", ".join(sorted(MODELS))}')
+  tag = tag or DEFAULT_TAGS.get(arch)
+  if tag is None:
+    raise ConfigError(f'{name} has no pretrained weights in timm: name a tag (<architecture>.<tag>) or start from '
+                      f'init.timm_checkpoint / init.checkpoint')
+  return f'timm/{HUB_ARCHITECTURE.get(arch, arch)}.{tag}'
+
+
+def weights_file(name: str) -> str:
+  """The local path of ``name``'s pretrained ``model.safetensors``: from huggingface_hub's cache, else
+  downloaded into it. ConfigError (one line naming the repository and what to do) when it is neither
+  cached nor downloadable (no network, offline mode, no such tag)."""
+  repo = hub_repo(name)
+  try:
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+  except ImportError as e:
+    raise ConfigError(f'pretrained weights ({repo}) need huggingface_hub: pip install huggingface_hub') from e
+  try:
+    return huggingface_hub.hf_hub_download(repo, FILENAME, local_files_only=True)  # the cache first: no network
+  except LocalEntryNotFoundError:
+    pass
+  except (OSError, ValueError) as e:
+    raise _unavailable(repo, e) from e
+  try:
+    return huggingface_hub.hf_hub_download(repo, FILENAME)
+  except Exception as e:  # noqa: BLE001  (huggingface_hub's and requests' errors: no network, no such repository)
+    raise _unavailable(repo, e) from e
+
+
+def _unavailable(repo: str, e: Exception) -> ConfigError:
+  reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+  return ConfigError(f'pretrained weights {repo}/{FILENAME} are not in the Hugging Face cache and cannot be downloaded '
+                     f'({type(e).__name__}: {reason}): fetch them where there is a network (hf download {repo} '
+                     f'{FILENAME}) into this cache (HF_HUB_CACHE), or pass the file as init.timm_checkpoint')
