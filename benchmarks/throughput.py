@@ -462,7 +462,7 @@ def main():
     for dtype in dtypes:
       for s in settings:
         c = configs[model, dtype, s.name]
-        print(f'compiling jax {model} {dtype} {s["name"]}', flush=True)
+        print(f'compiling jax {model} {dtype} {s.name}', flush=True)
         row, calls = jax_runner(c, s, batches, train)
         rows.append(row)
         runners.append((('jax', model, dtype, s.name), calls))
@@ -474,8 +474,8 @@ def main():
           runners.append(((how, model, dtype, s.name), calls))
       if timm is None or not timm.is_model(model):
         continue
-      for s in [s for s in settings if s['method'] in ('none', 'evit') and s['multiscale'] == 'none' and '@' not in s.name]:
-        print(f'preparing torch {model} {dtype} {s["name"]}', flush=True)
+      for s in [s for s in settings if s.method in ('none', 'evit') and s.multiscale == 'none' and '@' not in s.name]:
+        print(f'preparing torch {model} {dtype} {s.name}', flush=True)
         gmacs = next(r['analytic_gmacs'] for r in rows if r['model'] == model and r['setting'] == s.name)
         row, calls = torch_runner(timm, torch, make_config(model, s, args.img_size, args.train_batch, dtype), s, batches,
                                   gmacs, device, train)
