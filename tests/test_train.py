@@ -127,6 +127,7 @@ def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path, monkeypatch):
     return lambda *a: (traces.append(1), step(*a))[1]
   monkeypatch.setattr(trainer, 'make_train_step', counting)
   c = _smoke_config()
+  c.model.depth, c.reduction.locations = 2, '1'  # what is counted does not depend on the depth
   c.reduction.keep_rate = '0.5'
   c.keep_warmup_epochs, c.keep_warmup_stages = 6.0, 3  # 48 examples / 16 = 3 steps per epoch
   c.dataset.name, c.dataset.eval_split = 'cifar10', 'test'
