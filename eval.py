@@ -127,7 +127,8 @@ def _evaluate(F):
     # This host's devices, not the training run's: data parallel with the parameters replicated (the
     # saved mesh may not fit here), or --config's mesh when given
     mesh = sharding.make_mesh(given.mesh if given is not None else None)
-    dataset = evaluation.eval_dataset(config, split, '--split' if F.split else None)
+    labels = evaluation.trained_label_names(F.checkpoint) if F.checkpoint else None
+    dataset = evaluation.eval_dataset(config, split, '--split' if F.split else None, label_names=labels)
   except (ConfigError, FileNotFoundError) as e:
     fail(str(e), 2, hard=True)
   except CheckpointError as e:

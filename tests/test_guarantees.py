@@ -58,6 +58,14 @@ def test_a_finished_run_rerun_changes_nothing_and_says_so(tmp_path, data_dir, fi
   assert final['eval_top1'] is not None
   after = _listing(workdir)
   assert {k: v for k, v in after.items() if k != '.lock'} == {k: v for k, v in before.items() if k != '.lock'}
+  # a final.json copied in from another run is not this run's result
+  other = json.load(open(workdir / 'final.json'))
+  other['config']['seed'] = 5
+  (workdir / 'final.json').write_text(json.dumps(other))
+  before = _listing(workdir)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=4')
+  assert isinstance(error, ConfigError) and 'final.json records another run (seed=5 there, 0 now)' in str(error), error
+  assert _listing(workdir) == before
 
 
 def test_a_finished_run_whose_checkpoints_are_gone_is_not_trained_again(tmp_path, data_dir, finished):
@@ -114,6 +122,7 @@ def test_overwrite_moves_the_old_run_aside_even_without_config_json(tmp_path, da
 @pytest.mark.parametrize('extra, refusal', [
     (('--config.batch_size=8',), 'batch_size=16 there, 8 now'),
     (('--config.dataset.train_split=train[:24]',), "dataset.train_split='train' there, 'train[:24]' now"),
+    (('--config.init.checkpoint=/an/export',), "init.checkpoint=None there, '/an/export' now"),  # never loaded
 ])
 def test_a_resume_that_would_change_the_run_is_refused(tmp_path, data_dir, finished, extra, refusal):
   workdir = _copy(finished, tmp_path / 'run')
@@ -443,6 +452,8 @@ def test_export_never_destroys(tmp_path, finished, capsys):
   export.export(str(workdir), str(out), step=4)
   assert json.load(open(out / 'export.json'))['step'] == 4
   assert not [n for n in os.listdir(tmp_path) if '.writing-' in n or '.replaced-' in n]
+  for _ in range(2):  # the same export again: its own .safetensors file is replaced, no --overwrite needed
+    export.export(str(workdir), str(out), step=4, safetensors=str(tmp_path / 'again.safetensors'))
 
 
 def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished, finished_export):
@@ -520,6 +531,12 @@ def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_b
     os.mkfifo(out / 'checksums.json')
     with pytest.raises(CheckpointError, match='checksums.json is unreadable'):
       export.load_model(str(out))
+    for name in ('config.json', 'export.json'):  # named as what they are, not as missing
+      out = _copy(finished_export, tmp_path / f'export_{name}')
+      os.remove(out / name)
+      os.mkfifo(out / name)
+      with pytest.raises(CheckpointError, match=f'its {name} is not a regular file'):
+        export.load_model(str(out))
     os.remove(run / 'final.json')
     os.mkfifo(run / 'final.json')
     with pytest.raises(ConfigError, match='final.json is unreadable'):
@@ -635,6 +652,9 @@ def test_non_finite_timm_weights_are_refused_before_anything_is_written(tmp_path
   assert res.returncode == 2 and 'blocks.1.mlp.fc1.weight: the checkpoint holds non-finite values' in \
       _one_line_error(res)
   assert not (tmp_path / 'run').exists()
+  sd['blocks.1.mlp.fc1.weight'] = np.zeros_like(sd['blocks.1.mlp.fc1.weight'], dtype=np.int32)  # cast, all zeros
+  with pytest.raises(ValueError, match='blocks.1.mlp.fc1.weight: the checkpoint holds int32 values'):
+    tpm_jax.load_timm_weights(model_from_config(_smoke_config()), sd)
   del tpm_jax
 
 
@@ -659,6 +679,9 @@ def test_a_train_split_with_other_classes_or_files_is_refused_on_resume(tmp_path
   c.dataset.image_folder, c.model.num_classes, c.total_steps = str(root), 3, 2
   c.model.depth, c.reduction.locations = 2, '1'  # SHALLOW
   trainer.train_and_evaluate(c, str(tmp_path / 'run'))
+  from tpm_jax import evaluation, export
+  from tpm_jax.config import ConfigError, RunConfig
+  exported = export.export(str(tmp_path / 'run'), str(tmp_path / 'export'))
   c.total_steps = 4
 
   def refused():
@@ -669,6 +692,11 @@ def test_a_train_split_with_other_classes_or_files_is_refused_on_resume(tmp_path
   for split in ('train', 'validation'):  # the class names: labels 0, 1, 2 are now b, c, z
     (root / split / 'a').rename(root / split / 'z')
   refused()
+  for trained in (str(tmp_path / 'run'), exported):  # eval.py's and the sweep's check: mislabelled results
+    assert evaluation.trained_label_names(trained) == ['a', 'b', 'c']
+    with pytest.raises(ConfigError, match=r"its classes are not those the model was trained on \(label 0: 'a' then, "
+                                          r"'b' now"):
+      evaluation.eval_dataset(RunConfig.from_any(c), 'validation', label_names=evaluation.trained_label_names(trained))
   for split in ('train', 'validation'):
     (root / split / 'z').rename(root / split / 'a')
   (root / 'train' / 'a' / '0.png').rename(root / 'train' / 'a' / '9.png')  # the files, under the same classes
@@ -687,6 +715,13 @@ def test_a_sweep_folder_is_its_own(tmp_path, finished, capsys):
   assert 'inside the training workdir' in capsys.readouterr().err and _listing(finished) == before
   assert sweep.main(['--config', config, '--sweep', 'seed=0', '--workdir', str(tmp_path / 'typo'), '--collect_only']) == 2
   assert 'no such sweep folder' in capsys.readouterr().err and not (tmp_path / 'typo').exists()
+  mine = tmp_path / 'mine'  # a user's folder with files of the names a sweep writes: never overwritten
+  mine.mkdir()
+  (mine / 'results.md').write_text('my notes')
+  for args in (['--config', config, '--sweep', 'seed=0'], ['--checkpoint', str(finished), '--reductions', 'none']):
+    assert sweep.main([*args, '--workdir', str(mine)]) == 2
+    assert 'it holds results.md, which a sweep writes' in capsys.readouterr().err
+    assert sorted(os.listdir(mine)) == ['results.md'] and (mine / 'results.md').read_text() == 'my notes'
 
 
 def test_a_model_says_which_images_fit_it():
@@ -701,3 +736,25 @@ def test_a_model_says_which_images_fit_it():
     for f in (model, forward):
       with pytest.raises(ValueError, match=r'do not fit this model: expected \(B, 32, 32, 3\) with B >= 1'):
         f(jnp.zeros(shape))
+
+
+def test_special_files_in_the_data_and_an_empty_workdir_are_refused_without_blocking(tmp_path, data_dir):
+  """A FIFO where TFDS reads dataset_info.json would block the run beyond any signal; a data dir that is
+  a file or a FIFO is named as such (not as missing ImageNet files); an empty --workdir would train into
+  the current directory. Each: one line, nothing written, nothing opened."""
+  from tpm_jax import preflight, trainer
+  from tpm_jax.config import DataConfig
+  copy = _copy(data_dir, tmp_path / 'tfds')
+  info = next(copy.rglob('dataset_info.json'))
+  info.unlink()
+  os.mkfifo(info)
+  (tmp_path / 'a_file').write_text('x')
+  os.mkfifo(tmp_path / 'a_fifo')
+  for where, words in ((copy, f'{info} is not a regular file'), (tmp_path / 'a_file', 'it is not a directory'),
+                       (tmp_path / 'a_fifo', 'it is not a directory')):
+    with pytest.raises(ConfigError, match=words):
+      preflight.check_data(DataConfig(name='imagenet2012', data_dir=str(where)))
+  with pytest.raises(ConfigError, match="workdir='' is not accepted: expected a path"):
+    trainer.train_and_evaluate(_smoke_config(), '')
+  with pytest.raises(ConfigError, match="--output='' is not accepted"):
+    preflight.check_output_file('--output', '')

@@ -723,8 +723,10 @@ class RunConfig:
               'distill': DistillConfig, 'init': InitConfig, 'mesh': MeshConfig}
   # What identifies a run: a workdir's checkpoints continue only under the same values (resume
   # refuses others); the rest (learning rate, total_steps, ...) may change between invocations.
+  # init: where the weights came from (a resumed run continues from its checkpoint; an init added or
+  # changed on resume would be recorded as the origin of weights it never loaded)
   IDENTITY = ('model', 'reduction', 'multiscale', 'dataset.name', 'dataset.image_folder', 'dataset.train_split',
-              'seed', 'batch_size')
+              'seed', 'batch_size', 'init')
 
   @classmethod
   def from_any(cls, value: Any) -> 'RunConfig':

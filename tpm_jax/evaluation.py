@@ -12,8 +12,10 @@ import jax
 from flax import nnx
 
 from tpm_jax import checkpoint, export, preflight, sharding, trainer
+from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
+from tpm_jax.files import read_json_object
 from tpm_jax.flops import token_schedule
 from tpm_jax.models.registry import model_from_config
 
@@ -34,14 +36,35 @@ def load_trained(path: str, flag: str = '--checkpoint'):
   return model, saved, f'workdir step {step}'
 
 
-def eval_dataset(run: RunConfig, split: str, split_flag: str | None = None):
+def trained_label_names(path: str) -> list | None:
+  """The class names a trained model's labels meant (``label_names`` of the newest step's meta, or of
+  an export's export.json); None where they were not recorded (runs of earlier versions)."""
+  try:
+    if checkpoint.is_export(path) or not os.path.isdir(checkpoint.checkpoint_dir(path)):
+      names = read_json_object(os.path.join(path, checkpoint.EXPORT_INFO)).get('label_names')
+    else:
+      steps = checkpoint.list_steps(checkpoint.checkpoint_dir(path))
+      names = checkpoint.read_meta(os.path.join(checkpoint.checkpoint_dir(path), str(steps[-1]))).get('label_names')
+  except (OSError, ValueError, IndexError, CheckpointError):
+    return None
+  return list(names) if isinstance(names, list) else None
+
+
+def eval_dataset(run: RunConfig, split: str, split_flag: str | None = None, label_names: list | None = None):
   """The run's dataset, its ``split`` checked as prepared and non-empty (ConfigError naming
-  ``split_flag`` when the split came from a flag)."""
+  ``split_flag`` when the split came from a flag), and its classes those the model was trained on
+  (``label_names``, when known): label i must mean the same class, or every result is mislabelled."""
   dataset = input_pipeline.get_dataset(run.dataset)
   try:
     preflight.check_prepared_splits(dataset, run.dataset.replace_split(split), fields=('eval_split',))
   except ConfigError as e:
     raise ConfigError(str(e).replace('dataset.eval_split=', f'{split_flag}=') if split_flag else str(e)) from None
+  now = [str(n) for n in dataset.label_names]
+  if label_names is not None and now and now != [str(n) for n in label_names]:
+    differ = [f'{i}: {a!r} then, {b!r} now' for i, (a, b) in enumerate(zip(label_names, now)) if a != b]
+    differ += [f'{len(label_names)} classes then, {len(now)} now'] if len(now) != len(label_names) else []
+    raise ConfigError(f'{dataset.where}: its classes are not those the model was trained on (label '
+                      f'{"; ".join(differ[:3])}): the labels would mean other classes')
   return dataset
 
 

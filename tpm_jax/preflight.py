@@ -23,7 +23,7 @@ from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
-from tpm_jax.timm_weights import load_timm_weights
+from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
 
 IMAGENET_MANUAL_FILES = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')
 
@@ -171,8 +171,16 @@ def check_export_fits(field: str, path: str, abstract_model) -> None:
     raise ConfigError(f'{field}={path!r} does not fit the model: {why}')
 
 
+def check_path_given(field: str, path: str) -> None:
+  """A path that is not empty (ConfigError naming ``field``)."""
+  if not str(path).strip():  # os.path.abspath('') is the current directory: a run would write into it
+    raise ConfigError(f'{field}={path!r} is not accepted: expected a path (an empty one would mean the current '
+                      f'directory)')
+
+
 def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
-  """A path a run can create and write: not under a file, a name the file system accepts, writable."""
+  """A path a run can create and write: not empty, not under a file, a name the file system accepts, writable."""
+  check_path_given(what, workdir)
   p = os.path.abspath(os.path.expanduser(workdir))
   if os.path.lexists(p) and not os.path.isdir(p):
     kind = 'a link that leads nowhere (dangling or a loop)' if os.path.islink(p) and not os.path.exists(p) else \
@@ -283,6 +291,7 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
   device), it is not inside a training workdir (read-only tools never change one), and an existing
   file is replaced only if ``ours(path)`` says the tool wrote it, or with ``overwrite``. Returns the
   absolute path."""
+  check_path_given(flag, path)
   p = os.path.abspath(os.path.expanduser(path))
   if suffix and not p.endswith(suffix):
     raise ConfigError(f'{flag}={path} is not accepted: expected a {suffix} file name')
@@ -317,9 +326,11 @@ def written_by_export(path: str) -> bool:
 def check_export_paths(output: str, safetensors: str | None, *, source_workdir: str, overwrite: bool = False):
   """(output, safetensors) of an export, checked: ``check_export_output``, ``check_output_file``, and
   the timm file not inside the export folder (which is written whole and replaced)."""
+  check_path_given('--output', output)
   output = check_export_output(output, source_workdir=source_workdir, overwrite=overwrite)
   if safetensors:
-    safetensors = check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite)
+    safetensors = check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite,
+                                    ours=safetensors_written_here)
     if safetensors == output or safetensors.startswith(output + os.sep):
       raise ConfigError(f'--safetensors={safetensors} is not accepted: it is the export folder or inside it; '
                         f'choose a path outside --output')

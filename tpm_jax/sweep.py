@@ -73,6 +73,7 @@ from tpm_jax.throughput import images_per_sec  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, 'train.py')
 PLAN = 'sweep.json'
+OUTPUTS = ('results.csv', 'results.md', 'pareto.png', 'runs', 'evals')  # what a sweep writes into its folder
 
 
 @dataclasses.dataclass
@@ -503,7 +504,7 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
       raise ConfigError(f'--reductions: {e}') from None
     models[st.name], fresh, left_out = with_weights_of(trained, configs[st.name])
     notes[st.name] = evaluation.parameter_notes(fresh, left_out)
-  dataset = evaluation.eval_dataset(run, split, '--split')
+  dataset = evaluation.eval_dataset(run, split, '--split', label_names=evaluation.trained_label_names(checkpoint))
   with WorkdirLock(workdir, what='sweep workdir') as lock:  # the checks passed: the first write
     lock.record_holder()  # for the line a second sweep gets
     meta['settings'] += [st.name for st in settings if st.name not in meta['settings']]
@@ -626,6 +627,11 @@ def _check_sweep_folder(workdir: str, collect_only: bool) -> None:
   if collect_only and not os.path.isdir(workdir):
     raise ConfigError(f'--workdir={workdir} is not accepted: no such sweep folder (--collect_only reads one)')
   check_workdir_path(workdir, what='--workdir')
+  if not os.path.lexists(os.path.join(workdir, PLAN)):  # not a sweep's yet: what it would write must not be there
+    theirs = [n for n in OUTPUTS if os.path.lexists(os.path.join(workdir, n))]
+    if theirs:
+      raise ConfigError(f'--workdir={workdir} is not accepted: it holds {", ".join(theirs)}, which a sweep writes, and '
+                        f'no {PLAN} (not a sweep\'s folder): choose a new folder, or move them away')
 
 
 def _main_reductions(args, overrides) -> int:

@@ -9,6 +9,7 @@ import and skipped on export.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -187,7 +188,9 @@ def _load_state_dict(model, sd: dict, *, strict: bool, big_vision: bool):
     if key in skip or key not in sd:
       continue
     value = sd[key]
-    if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+    if not np.issubdtype(value.dtype, np.floating):  # an integer copy of a weight would be cast silently
+      raise ValueError(f'{key}: the checkpoint holds {value.dtype} values, expected floating point weights')
+    if not np.isfinite(value).all():
       raise ValueError(f'{key}: the checkpoint holds non-finite values (NaN or Inf)')
     if key == 'pos_embed':  # prefix rows: the model's (a checkpoint of the same family has as many)
       prefix = cfg.pos_embed_prefix
@@ -219,6 +222,22 @@ def not_in_timm_layout(model) -> list[str]:
   return ['.'.join(map(str, p)) for p, _ in _params(model) if _is_extension(p)]
 
 
+WRITER_KEY, WRITER = 'writer', 'tpm_jax.export_timm_weights'  # in the file's metadata: an export may replace it
+
+
+def safetensors_written_here(path: str) -> bool:
+  """Whether the regular file ``path`` is a .safetensors file this library wrote (its header's metadata)."""
+  try:
+    with open(path, 'rb') as f:
+      size = int.from_bytes(f.read(8), 'little')
+      if not 2 <= size <= 100_000_000:
+        return False
+      header = json.loads(f.read(size))
+  except (OSError, ValueError):
+    return False
+  return isinstance(header, dict) and (header.get('__metadata__') or {}).get(WRITER_KEY) == WRITER
+
+
 def export_timm_weights(model, path, *, name: str | None = None) -> str:
   """Write the model as a timm-named ``.safetensors`` file (loadable by ``timm.create_model``); the
   parameters timm has no place for (``not_in_timm_layout``) are left out, with a warning naming the
@@ -227,7 +246,7 @@ def export_timm_weights(model, path, *, name: str | None = None) -> str:
   path = os.fspath(path)
   if not path.endswith('.safetensors'):
     raise ValueError(f'{path}: export_timm_weights writes .safetensors files')
-  save_file(timm_state_dict(model), path, metadata={'format': 'pt'})
+  save_file(timm_state_dict(model), path, metadata={'format': 'pt', WRITER_KEY: WRITER})
   left_out = not_in_timm_layout(model)
   if left_out:
     log.warning(f'warning: {name or path} holds the timm backbone only: {", ".join(sorted({p.split(".")[0] for p in left_out}))} '

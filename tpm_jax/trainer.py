@@ -33,7 +33,7 @@ from tqdm import tqdm
 from tpm_jax import augment, checkpoint, preflight, sharding
 from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
-from tpm_jax.config import AugConfig, OptimConfig, ReductionConfig, RunConfig
+from tpm_jax.config import AugConfig, ConfigError, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object, write_json
 from tpm_jax.models.registry import model_from_config
@@ -449,6 +449,18 @@ def read_final(workdir: str) -> dict | None:
     return None
 
 
+def _check_final_is_this_run_s(workdir: str, finished: dict, run: RunConfig) -> None:
+  """ResumeMismatch (exit 2) for a final.json that records another run (copied in from elsewhere):
+  its results would be reported as this run's."""
+  try:
+    diffs = run.identity_differences(RunConfig.from_any(finished.get('config')))
+  except ConfigError:
+    diffs = ['no readable config']
+  if diffs:
+    raise checkpoint.ResumeMismatch(f'workdir {workdir}: final.json records another run ({"; ".join(diffs[:3])}): '
+                                    f'move it away, or use --config.overwrite=true to start again')
+
+
 def train_and_evaluate(config, workdir: str):
   """Train the run ``config`` describes (a ``RunConfig``, or anything ``RunConfig.from_any`` reads)
   into ``workdir``; returns the final metrics (including the last eval). Bad settings raise
@@ -456,6 +468,7 @@ def train_and_evaluate(config, workdir: str):
   anything is written or compiled; a second process on the workdir ``WorkdirBusy``; a stop signal
   before the first step ``Stopped``."""
   run = RunConfig.from_any(config)
+  preflight.check_path_given('workdir', workdir)  # abspath('') would be the current directory
   workdir = os.path.abspath(os.path.expanduser(workdir))
   with StopSignals(run.preemption_check_every_steps) as stop:
     return _train(run, workdir, stop)
@@ -486,6 +499,8 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
       multihost_utils.sync_global_devices('workdir cleared')
     setup = plan_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     finished = read_final(workdir)  # a finished run's summary, if there is one
+    if finished is not None and not run.overwrite:
+      _check_final_is_this_run_s(workdir, finished, run)
     resume = None if run.overwrite else checkpoint.plan_resume(
         workdir, run, checkpoint.with_shardings(setup.abstract_state, setup.shardings), total_steps=total_steps,
         train_examples=split_examples, train_fingerprint=fingerprint, process_index=pidx, process_count=nproc,
@@ -552,7 +567,8 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     final = dict(step=start)
     t_last, s_last = time.time(), start
     meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
-                             train_fingerprint=fingerprint, process_count=nproc)
+                             train_fingerprint=fingerprint, process_count=nproc,
+                             label_names=[str(n) for n in dataset.label_names])
     for step in range(start + 1, total_steps + 1):
       batch = sharding.global_batch(input_pipeline.next_batch(train_iter), batch_sh)
       ckpt.poll()

@@ -38,6 +38,10 @@ def check_export(path: str) -> str:
   if os.path.isdir(os.path.join(p, 'checkpoints')) and not is_export(p):
     raise CheckpointError(f'{path} is a training workdir, not an export: export it first (python -m tpm_jax.export '
                           f'--workdir {path} --output EXPORT)')
+  special = [n for n in (EXPORT_CONFIG, EXPORT_INFO) if os.path.lexists(os.path.join(p, n))
+             and not os.path.isfile(os.path.join(p, n))]
+  if special:  # a FIFO or device (never opened), a folder, a dangling link
+    raise CheckpointError(f'export {path}: its {special[0]} is not a regular file')
   if not is_export(p):
     raise CheckpointError(f'{path} is not an export (it has no params/ and config.json; exports are written by '
                           f'python -m tpm_jax.export)')

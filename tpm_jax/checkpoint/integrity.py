@@ -43,7 +43,8 @@ def verify_checksums(directory: str, step: int | None, *, label: str | None = No
   for rel, digest in items:
     f = os.path.join(directory, rel)
     if not os.path.isfile(f):
-      raise CheckpointError(f'{what}: {f} is missing (checksums.json lists it)')
+      raise CheckpointError(f'{what}: {f} is ' + ('not a regular file' if os.path.lexists(f) else 'missing')
+                            + ' (checksums.json lists it)')
     if sha256(f) != digest:
       raise CheckpointError(f'{what}: {f} fails its SHA-256 check (changed since the save)')
   extra = sorted(set(_files(directory)) - set(sums))

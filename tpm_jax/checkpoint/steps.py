@@ -107,7 +107,8 @@ def restore_items(step_dir: str, step: int, abstract: dict, names, *, checksums_
   Raises CheckpointError naming what failed. ``warn(message)`` reports an unverified step."""
   verified = checksums_checked if checksums_checked is not None else verify_checksums(step_dir, step)
   if not verified and warn is not None:
-    warn(f'note: checkpoint step {step} has no checksums.json (killed right after its save): restoring it unverified')
+    warn(f'note: checkpoint step {step} has no checksums.json (a run still writing it, or killed right after its '
+         f'save): restoring it unverified')
   out = {}
   for name in names:
     try:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 
 import tensorflow_datasets as tfds
 
@@ -325,8 +326,32 @@ def _damaged_info(name: str, data_dir, error: BaseException) -> ConfigError | No
                      + _reprepare_text(os.path.dirname(bad), base.split('/')[0], root, cls.MANUAL_DOWNLOAD_INSTRUCTIONS))
 
 
+def _refuse_special_files(name: str, data_dir) -> None:
+  """ConfigError for a ``data_dir`` that is not a directory, or a FIFO, device or socket among the
+  dataset's files (TFDS would block opening a FIFO ``dataset_info.json``, and no signal reaches it):
+  stat before anything is opened."""
+  if data_dir is not None:
+    p = os.path.expanduser(os.fspath(data_dir))
+    if os.path.exists(p) and not os.path.isdir(p):
+      raise ConfigError(f'dataset.data_dir={data_dir!r} is not accepted: it is not a directory (a TFDS data dir)')
+  root = os.path.expanduser(os.fspath(data_dir) if data_dir is not None else
+                            os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  folder = os.path.join(root, name.split(':')[0].split('/')[0])
+  for dirpath, _, files in os.walk(folder):
+    for f in files:
+      path = os.path.join(dirpath, f)
+      try:
+        mode = os.lstat(path).st_mode
+      except OSError:
+        continue
+      if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise ConfigError(f'dataset {name}: {path} is not a regular file (a FIFO, device or socket) and would not be '
+                          f'read; prepare the dataset again (python -m tpm_jax.data.prepare)')
+
+
 def _tfds_call(fn, name: str, data_dir):
   """``fn()``, a call that builds ``name``'s TFDS builder; a damaged ``dataset_info.json`` is a ``ConfigError``."""
+  _refuse_special_files(name, data_dir)
   try:
     return fn()
   except (ConfigError, tfds.core.registered.DatasetNotFoundError):

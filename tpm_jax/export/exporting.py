@@ -68,8 +68,10 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
       json.dump(run.to_dict(), f, indent=2)
-    with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:
-      json.dump(dict(workdir=os.path.abspath(workdir), step=step), f)
+    label_names = checkpoint.read_meta(os.path.join(checkpoint.checkpoint_dir(workdir), str(step))).get('label_names')
+    with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:  # label_names: what each label meant in training
+      json.dump(dict(workdir=os.path.abspath(workdir), step=step,
+                     **({'label_names': label_names} if label_names is not None else {})), f)
     checkpoint.write_checksums(tmp)  # last: SHA-256 of every file, verified by every reader
     if safetensors:  # written beside, then renamed: an existing file is replaced whole or not at all
       export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors', name=safetensors)
