@@ -73,7 +73,7 @@ from tpm_jax.throughput import images_per_sec  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, 'train.py')
 PLAN = 'sweep.json'
-OUTPUTS = ('results.csv', 'results.md', 'pareto.png', 'runs', 'evals')  # what a sweep writes into its folder
+OUTPUTS = ('results.csv', 'results.md', 'pareto.png')  # the tables a sweep writes into its folder (runs/ may come first, from --print_commands)
 
 
 @dataclasses.dataclass
