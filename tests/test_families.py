@@ -33,9 +33,11 @@ def _images(n=2, seed=1):
 
 @pytest.mark.parametrize('name', FAMILIES)
 def test_every_method_at_keep_1_is_the_unpruned_model_exactly(name):
+  """Every method on the MAP head and on registers without a class token; the merging ones on the rest."""
   x = _images()
   base = tpm_jax.jit_forward(_moved(_model(name)))(x)
-  for red in METHODS:
+  methods = METHODS if name in (FAMILIES[0], FAMILIES[3]) else [m for m in METHODS if m['method'] in ('tpm', 'tome')]
+  for red in methods:
     model = _moved(_model(name, dict(red, locations=(1,))))
     np.testing.assert_array_equal(np.asarray(tpm_jax.jit_forward(model)(x)), np.asarray(base), err_msg=str(red))
 

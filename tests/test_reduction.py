@@ -33,10 +33,13 @@ def _close(ours, ref, tol=1e-5):
   np.testing.assert_allclose(np.asarray(ours, np.float64), ref, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize('P', [0, 1, 2, 5])
-@pytest.mark.parametrize('k', [1, 7, 15])
-@pytest.mark.parametrize('assign, weight', [('hard', 'importance'), ('hard', 'size'), ('hard', 'uniform'),
-                                            ('soft', 'importance'), ('soft', 'size')])
+TPM_CASES = [(P, k, assign, weight) for P in (1, 2) for k in (1, 7, 15)
+             for assign, weight in [('hard', 'importance'), ('hard', 'size'), ('hard', 'uniform'), ('soft', 'importance'),
+                                    ('soft', 'size')]]
+TPM_CASES += [(P, k, 'hard', 'importance') for P in (0, 5) for k in (1, 7, 15)]  # no class token; registers
+
+
+@pytest.mark.parametrize('P, k, assign, weight', TPM_CASES)
 def test_tpm_matches_reference(P, k, assign, weight):
   x, a, metric, sizes = _inputs(P, seed=k)
   out = _run('tpm', x, a, metric, sizes, P, k, assign=assign, weight=weight, tau=0.5)

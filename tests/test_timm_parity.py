@@ -249,6 +249,14 @@ try:
   tpm_jax.create_model('vit_small_patch14_dinov2.another_tag', pretrained=True, depth=2, embed_dim=64, num_heads=2)
 except tpm_jax.ConfigError as e:
   print('REFUSED', e)
+from configs import deit
+from tpm_jax import trainer
+c = deit.get_config('smoke')  # train.py's trainer (a ConfigError is its exit code 2), before anything is written
+c.model.name, c.init.pretrained, c.dataset.data_dir = 'vit_small_patch14_dinov2.another_tag', True, sys.argv[3]
+try:
+  trainer.train_and_evaluate(c, sys.argv[4])
+except tpm_jax.ConfigError as e:
+  print('TRAIN_REFUSED', e)
 '''
 
 
@@ -256,7 +264,7 @@ def test_pretrained_through_huggingface_hubs_offline_cache(timm, tmp_path, tiny_
   """create_model(name, pretrained=True) reads timm's weights where huggingface_hub keeps them (its
   cache layout, populated here with a real safetensors file; HF_HUB_OFFLINE=1, no network): the
   model equals timm's; a tag not in the cache is one line naming the repository and what to do, and
-  train.py with init.pretrained=true refuses it the same way before anything is written."""
+  train.py's trainer with init.pretrained=true refuses it the same way before anything is written."""
   import subprocess
   import sys
 
@@ -271,17 +279,14 @@ def test_pretrained_through_huggingface_hubs_offline_cache(timm, tmp_path, tiny_
   np.save(tmp_path / 'x.npy', x)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / 'hub'), HF_HUB_OFFLINE='1', PYTHONPATH=root, JAX_PLATFORMS='cpu')
-  res = subprocess.run([sys.executable, '-c', PRETRAINED_SCRIPT, str(tmp_path / 'x.npy'), str(tmp_path / 'out.npy')],
-                       env=env, capture_output=True, text=True, timeout=300)
+  res = subprocess.run([sys.executable, '-c', PRETRAINED_SCRIPT, str(tmp_path / 'x.npy'), str(tmp_path / 'out.npy'),
+                        str(tiny_imagenet), str(tmp_path / 'run')], env=env, cwd=root, capture_output=True, text=True,
+                       timeout=300)
   assert res.returncode == 0, res.stderr[-3000:]
   _assert_logits_close(np.load(tmp_path / 'out.npy'), _timm_logits(tm, x))
   refused = [line for line in res.stdout.splitlines() if line.startswith('REFUSED')]
   assert len(refused) == 1 and 'timm/vit_small_patch14_dinov2.another_tag/model.safetensors' in refused[0], res.stdout
   assert 'HF_HUB_CACHE' in refused[0] and 'init.timm_checkpoint' in refused[0]
-  res = subprocess.run([sys.executable, os.path.join(root, 'train.py'), '--config', 'configs/deit.py:smoke',
-                        '--config.model.name=vit_small_patch14_dinov2.another_tag', '--config.init.pretrained=true',
-                        f'--config.dataset.data_dir={tiny_imagenet}',
-                        '--workdir', str(tmp_path / 'run')], env=env, cwd=root, capture_output=True, text=True,
-                       timeout=300)
-  assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
-  assert 'another_tag' in res.stderr and not (tmp_path / 'run').exists()
+  refused = [line for line in res.stdout.splitlines() if line.startswith('TRAIN_REFUSED')]
+  assert len(refused) == 1 and 'timm/vit_small_patch14_dinov2.another_tag' in refused[0], res.stdout
+  assert not (tmp_path / 'run').exists()
