@@ -107,7 +107,7 @@ def _evaluate(F):
     elif F.timm_checkpoint and given is not None:
       config = given
       path = preflight.check_regular_file('--timm_checkpoint', F.timm_checkpoint,
-                                          'timm weights as a .safetensors, .pth or .pt file')
+                                          'timm weights as a .safetensors, .pth or .pt file, or big_vision weights as .npz')
       config = _with(setting, config) if setting else config
       model = tpm_jax.models.model_from_config(config)
       try:
@@ -115,7 +115,7 @@ def _evaluate(F):
       except (ValueError, OSError, RuntimeError, KeyError, ImportError) as e:
         raise ConfigError(f'--timm_checkpoint={F.timm_checkpoint!r} is not accepted: '
                           f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
-                          f'model {config.model.name} as .safetensors, or a .pth state dict)') from e
+                          f'model {config.model.name} as .safetensors, or a .pth state dict, or big_vision .npz)') from e
       source = 'timm'
       fresh = not_in_timm_layout(model)  # a timm file does not hold them: they start as in a new model
     else:

@@ -231,6 +231,11 @@ def test_big_vision_npz_loads_as_timm_loads_it(timm, tmp_path, name, overrides, 
     ref = _timm_logits(theirs, x)
     ours = tpm_jax.load_big_vision_weights(tpm_jax.create_model(name, **dict(kw, img_size=size)), path)
     _assert_logits_close(tpm_jax.jit_forward(ours)(jnp.asarray(x)), ref)
+  whole = path.read_bytes()
+  for cut, words in ((0, 'EOFError'), (len(whole) // 2, 'BadZipFile')):  # an interrupted download: one line naming it
+    (tmp_path / 'cut.npz').write_bytes(whole[:cut])
+    with pytest.raises(ValueError, match=f'cannot read {tmp_path / "cut.npz"} as a big_vision .npz checkpoint \\({words}'):
+      tpm_jax.load_big_vision_weights(tpm_jax.create_model(name, **kw), tmp_path / 'cut.npz')
   by_type = tpm_jax.load_timm_weights(tpm_jax.create_model(name, **kw), str(path))
   _assert_logits_close(tpm_jax.jit_forward(by_type)(jnp.asarray(_images(2, 32))), _timm_logits(tm, _images(2, 32)))
 

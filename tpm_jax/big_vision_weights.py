@@ -125,7 +125,9 @@ def read_big_vision(path) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as npz:
       return big_vision_to_timm(npz)
-  except (OSError, ValueError, KeyError) as e:
+  except Exception as e:  # noqa: BLE001  (an empty or truncated download: EOFError, BadZipFile; arrays that disagree)
     if isinstance(e, ValueError) and str(e).startswith(('big_vision checkpoint', 'not a big_vision')):
       raise ValueError(f'{path}: {e}') from e
-    raise ValueError(f'cannot read {path} as a big_vision .npz checkpoint ({str(e).splitlines()[0] if str(e) else type(e).__name__})') from e
+    reason = str(e).splitlines()[0] if str(e) else ''
+    raise ValueError(f'cannot read {path} as a big_vision .npz checkpoint ({type(e).__name__}'
+                     f'{": " + reason[:160] if reason else ""}; an empty or truncated file, or another layout)') from e

@@ -128,7 +128,7 @@ def check_init(run: RunConfig, abstract_model) -> None:
   exist, are what they should be, fit the model (names and shapes) and hold finite values."""
   if run.init.timm_checkpoint:
     path = check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,
-                              'timm weights as a .safetensors, .pth or .pt file')
+                              'timm weights as a .safetensors, .pth or .pt file, or big_vision weights as .npz')
     try:
       load_timm_weights(abstract_model, path)
     except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
