@@ -12,7 +12,6 @@ import jax
 from flax import nnx
 
 from tpm_jax import checkpoint, export, preflight, sharding, trainer
-from tpm_jax.checkpoint import CheckpointError
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object
@@ -39,13 +38,12 @@ def load_trained(path: str, flag: str = '--checkpoint'):
 def trained_label_names(path: str) -> list | None:
   """The class names a trained model's labels meant (``label_names`` of the newest step's meta, or of
   an export's export.json); None where they were not recorded (runs of earlier versions)."""
+  if not checkpoint.is_export(path) and os.path.isdir(checkpoint.checkpoint_dir(path)):
+    steps = checkpoint.list_steps(checkpoint.checkpoint_dir(path))
+    return checkpoint.saved_label_names(os.path.join(checkpoint.checkpoint_dir(path), str(steps[-1]))) if steps else None
   try:
-    if checkpoint.is_export(path) or not os.path.isdir(checkpoint.checkpoint_dir(path)):
-      names = read_json_object(os.path.join(path, checkpoint.EXPORT_INFO)).get('label_names')
-    else:
-      steps = checkpoint.list_steps(checkpoint.checkpoint_dir(path))
-      names = checkpoint.read_meta(os.path.join(checkpoint.checkpoint_dir(path), str(steps[-1]))).get('label_names')
-  except (OSError, ValueError, IndexError, CheckpointError):
+    names = read_json_object(os.path.join(path, checkpoint.EXPORT_INFO)).get('label_names')
+  except (OSError, ValueError):
     return None
   return list(names) if isinstance(names, list) else None
 

@@ -126,21 +126,19 @@ def check_regular_file(field: str, path: str, accepted: str) -> str:
 def check_init(run: RunConfig, abstract_model) -> None:
   """``init.timm_checkpoint``, ``init.pretrained`` (cached or downloaded now) and ``init.checkpoint``
   exist, are what they should be, fit the model (names and shapes) and hold finite values."""
-  if run.init.timm_checkpoint:
-    path = check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,
-                              'timm weights as a .safetensors, .pth or .pt file, or big_vision weights as .npz')
+  def check_fits(path, refused_as):
     try:
       load_timm_weights(abstract_model, path)
     except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
-      raise ConfigError(f'init.timm_checkpoint={run.init.timm_checkpoint!r} does not fit model {run.model.name}: '
-                        f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+      raise ConfigError(f'{refused_as}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+
+  if run.init.timm_checkpoint:
+    check_fits(check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,
+                                  'timm weights as a .safetensors, .pth or .pt file, or big_vision weights as .npz'),
+               f'init.timm_checkpoint={run.init.timm_checkpoint!r} does not fit model {run.model.name}')
   if run.init.pretrained:
     path = weights_file(run.model.name)  # ConfigError naming the repository when neither cached nor downloadable
-    try:
-      load_timm_weights(abstract_model, path)
-    except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
-      raise ConfigError(f'init.pretrained: the weights of {run.model.name} ({path}) do not fit the model: '
-                        f'{str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+    check_fits(path, f'init.pretrained: the weights of {run.model.name} ({path}) do not fit the model')
   if run.init.checkpoint:
     check_export_fits('init.checkpoint', run.init.checkpoint, abstract_model)
 

@@ -9,7 +9,6 @@ import and skipped on export.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -227,15 +226,13 @@ WRITER_KEY, WRITER = 'writer', 'tpm_jax.export_timm_weights'  # in the file's me
 
 def safetensors_written_here(path: str) -> bool:
   """Whether the regular file ``path`` is a .safetensors file this library wrote (its header's metadata)."""
+  from safetensors import SafetensorError, safe_open
   try:
-    with open(path, 'rb') as f:
-      size = int.from_bytes(f.read(8), 'little')
-      if not 2 <= size <= 100_000_000:
-        return False
-      header = json.loads(f.read(size))
-  except (OSError, ValueError):
+    with safe_open(path, 'numpy') as f:
+      metadata = f.metadata() or {}
+  except (OSError, ValueError, SafetensorError):  # not a safetensors file (a user's, truncated, ...)
     return False
-  return isinstance(header, dict) and (header.get('__metadata__') or {}).get(WRITER_KEY) == WRITER
+  return metadata.get(WRITER_KEY) == WRITER
 
 
 def export_timm_weights(model, path, *, name: str | None = None) -> str:

@@ -34,7 +34,15 @@ from tpm_jax.checkpoint.items import (
 from tpm_jax.checkpoint.lock import WorkdirLock
 from tpm_jax.checkpoint.readonly import restore_model
 from tpm_jax.checkpoint.resume import Resume, check_config_json, move_run_aside, plan_resume
-from tpm_jax.checkpoint.steps import checkpoint_dir, list_steps, read_meta, restore_data, restore_items, set_aside_steps
+from tpm_jax.checkpoint.steps import (
+    checkpoint_dir,
+    list_steps,
+    read_meta,
+    restore_data,
+    restore_items,
+    saved_label_names,
+    set_aside_steps,
+)
 from tpm_jax.checkpoint.writer import Checkpointer
 
 __all__ = [
@@ -42,5 +50,5 @@ __all__ = [
     'check_export', 'is_export', 'load_params_into', 'read_export_config', 'CHECKSUMS', 'verify_checksums',
     'write_checksums', 'abstract_items', 'abstract_params', 'items_into_state', 'params_into_model', 'state_items',
     'with_shardings', 'WorkdirLock', 'restore_model', 'Resume', 'check_config_json', 'move_run_aside', 'plan_resume', 'checkpoint_dir',
-    'list_steps', 'read_meta', 'restore_data', 'restore_items', 'set_aside_steps', 'Checkpointer',
+    'list_steps', 'read_meta', 'restore_data', 'restore_items', 'saved_label_names', 'set_aside_steps', 'Checkpointer',
 ]

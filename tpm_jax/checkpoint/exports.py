@@ -90,9 +90,10 @@ def load_params_into(model, path: str):
   its initialisation, whose zero output projections keep the backbone's function."""
   path = check_export(path)  # first: nothing is read from an export that fails its checksums
   state = nnx.state(model, nnx.Param)
-  if 'multiscale' in state and not any(k.startswith('multiscale.') for k in export_param_shapes(path)):
+  saved = export_param_shapes(path)  # the metadata, read once
+  if 'multiscale' in state and not any(k.startswith('multiscale.') for k in saved):
     state = nnx.state(model, nnx.All(nnx.Param, nnx.Not(nnx.PathContains('multiscale'))))
-  why = param_mismatch(export_param_shapes(path), state)
+  why = param_mismatch(saved, state)
   if why:
     raise CheckpointError(f'export {path}: not an export of this model ({why})')
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

@@ -63,6 +63,16 @@ def read_meta(step_dir: str) -> dict:
     raise CheckpointError(f'{path} is unreadable ({first_line(e)})') from e
 
 
+def saved_label_names(step_dir: str) -> list | None:
+  """The class names a step's meta records (what each label meant in training); None where they are
+  not recorded (runs of earlier versions) or the step cannot be read (a live run's keep policy removed it)."""
+  try:
+    names = read_meta(step_dir).get('label_names')
+  except CheckpointError:
+    return None
+  return list(names) if isinstance(names, list) else None
+
+
 def _leaf_shapes(tree, prefix=()):
   """{path: (shape, dtype)} of a nested dict of arrays, ShapeDtypeStructs or Orbax metadata."""
   out = {}

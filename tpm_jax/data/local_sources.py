@@ -43,7 +43,7 @@ def prepare_fashion_mnist(data_dir: str | None = None, source_dir: str = DEBIAN_
   import tensorflow_datasets as tfds
   from tensorflow_datasets.core.download import checksums
 
-  data_dir = os.path.expanduser(data_dir or os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  data_dir = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)  # TFDS's own default ($TFDS_DATA_DIR)
   real = tfds.builder('fashion_mnist', data_dir=data_dir)
   array_record = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
   if is_prepared(real):

@@ -334,8 +334,7 @@ def _refuse_special_files(name: str, data_dir) -> None:
     p = os.path.expanduser(os.fspath(data_dir))
     if os.path.exists(p) and not os.path.isdir(p):
       raise ConfigError(f'dataset.data_dir={data_dir!r} is not accepted: it is not a directory (a TFDS data dir)')
-  root = os.path.expanduser(os.fspath(data_dir) if data_dir is not None else
-                            os.environ.get('TFDS_DATA_DIR', '~/tensorflow_datasets'))
+  root = os.path.expanduser(os.fspath(data_dir) if data_dir is not None else tfds.core.constants.DATA_DIR)
   folder = os.path.join(root, name.split(':')[0].split('/')[0])
   for dirpath, _, files in os.walk(folder):
     for f in files:

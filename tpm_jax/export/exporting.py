@@ -68,7 +68,7 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     checkpointer.wait_until_finished()
     with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
       json.dump(run.to_dict(), f, indent=2)
-    label_names = _label_names(workdir, step)
+    label_names = checkpoint.saved_label_names(os.path.join(checkpoint.checkpoint_dir(workdir), str(step)))
     with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:  # label_names: what each label meant in training
       json.dump(dict(workdir=os.path.abspath(workdir), step=step,
                      **({'label_names': label_names} if label_names is not None else {})), f)
@@ -83,16 +83,6 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
       os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
   return output
-
-
-def _label_names(workdir: str, step: int) -> list | None:
-  """The class names the step's meta records; None where they are not recorded, or where a run still
-  training in the workdir removed the step (its keep policy) after it was restored."""
-  try:
-    names = checkpoint.read_meta(os.path.join(checkpoint.checkpoint_dir(workdir), str(step))).get('label_names')
-  except (OSError, ValueError, CheckpointError):
-    return None
-  return names if isinstance(names, list) else None
 
 
 def _recover_interrupted(output: str, safetensors: str | None) -> None:
