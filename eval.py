@@ -26,16 +26,14 @@ from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import tpm_jax  # noqa: E402
-from tpm_jax import evaluation, preflight, sharding  # noqa: E402
+from tpm_jax import evaluation  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError  # noqa: E402
 from tpm_jax.cli import Interrupted, fail, quiet_library_logs, raise_if_stopped, run, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data import input_pipeline  # noqa: E402
-from tpm_jax.files import read_json_object, write_json  # noqa: E402
-from tpm_jax.models.registry import with_weights_of  # noqa: E402
+from tpm_jax.files import write_json  # noqa: E402
 from tpm_jax.reduction_setting import parse_setting  # noqa: E402
 from tpm_jax.throughput import images_per_sec  # noqa: E402
-from tpm_jax.timm_weights import not_in_timm_layout  # noqa: E402
 
 config_flags.DEFINE_config_file('config', None, 'A configs/*.py file, optionally with :<arg string>.', lock_config=True)
 flags.DEFINE_string('checkpoint', None, 'A training workdir (latest checkpoint) or an export directory.')
@@ -46,33 +44,6 @@ flags.DEFINE_integer('timed_runs', 5, 'Timed runs for the throughput median.')
 flags.DEFINE_string('output', None, 'Write the results as JSON here.')
 flags.DEFINE_string('reduction', None, 'Evaluate under this token reduction instead of the trained one, without '
                     'training: none, tpm:0.7, tpm+pool:0.7@prop_attn=off, evit:0.5, drop:0.7, tome:8, tome:0.7.')
-
-def _check_same_model(saved: RunConfig, given: RunConfig) -> None:
-  """--config may not describe another model than the checkpoint holds (the result would be mislabelled)."""
-  diff = [d.replace('(the other:', "(the checkpoint's:") for d in given.model_differences(saved)]
-  if diff:
-    raise ConfigError(f'--config describes another model than the checkpoint: {", ".join(diff)}; a checkpoint is '
-                      f'evaluated as trained (or under --reduction), --config supplies only its dataset and '
-                      f'preprocessing settings')
-
-
-def _with(setting, config: RunConfig) -> RunConfig:
-  try:
-    return setting.apply(config)
-  except ConfigError as e:
-    raise ConfigError(f'--reduction: {e}') from None
-
-
-RESULT_KEYS = ('source', 'checkpoint', 'split', 'top1', 'top5', 'examples')
-
-
-def _an_eval_result(path: str) -> bool:
-  """Whether ``path`` holds an earlier result of eval.py (which --output may replace)."""
-  try:
-    return set(RESULT_KEYS) <= set(read_json_object(path))
-  except (OSError, ValueError):
-    return False
-
 
 def main(argv):
   del argv
@@ -96,63 +67,34 @@ def _evaluate(F):
         setting = parse_setting(F.reduction)
       except ConfigError as e:
         raise ConfigError(f'--reduction: {e}') from None
-    given = RunConfig.from_any(F.config) if F.config else None
-    output = preflight.check_output_file('--output', F.output, ours=_an_eval_result) if F.output else None
-    fresh = left_out = ()
-    if F.checkpoint:
-      model, saved, source = evaluation.load_trained(F.checkpoint)
-      if given is not None:  # --config brings the data and preprocessing; the model is the checkpoint's
-        _check_same_model(*((_with(setting, saved), _with(setting, given)) if setting else (saved, given)))
-      config = given or saved
-    elif F.timm_checkpoint and given is not None:
-      config = given
-      path = preflight.check_regular_file('--timm_checkpoint', F.timm_checkpoint,
-                                          'timm weights as a .safetensors, .pth or .pt file, or big_vision weights as .npz')
-      config = _with(setting, config) if setting else config
-      model = tpm_jax.models.model_from_config(config)
-      try:
-        tpm_jax.load_timm_weights(model, path)
-      except (ValueError, OSError, RuntimeError, KeyError, ImportError) as e:
-        raise ConfigError(f'--timm_checkpoint={F.timm_checkpoint!r} is not accepted: '
-                          f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
-                          f'model {config.model.name} as .safetensors, or a .pth state dict, or big_vision .npz)') from e
-      source = 'timm'
-      fresh = not_in_timm_layout(model)  # a timm file does not hold them: they start as in a new model
-    else:
-      raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
-    if setting is not None and F.checkpoint:  # the trained weights in the model of the other reduction
-      config = _with(setting, config)
-      model, fresh, left_out = with_weights_of(model, config)
-    split = F.split or config.dataset.eval_split
-    # This host's devices, not the training run's: data parallel with the parameters replicated (the
-    # saved mesh may not fit here), or --config's mesh when given
-    mesh = sharding.make_mesh(given.mesh if given is not None else None)
-    labels = evaluation.trained_label_names(F.checkpoint) if F.checkpoint else None
-    dataset = evaluation.eval_dataset(config, split, '--split' if F.split else None, label_names=labels)
+    job = evaluation.prepare(checkpoint_path=F.checkpoint, timm_checkpoint=F.timm_checkpoint,
+                             given=RunConfig.from_any(F.config) if F.config else None, setting=setting,
+                             split=F.split, output=F.output)
   except (ConfigError, FileNotFoundError) as e:
     fail(str(e), 2, hard=True)
   except CheckpointError as e:
     raise_if_stopped()
     fail(str(e), 1, hard=True)
+  model, config, split = job.model, job.config, job.split
   try:
-    metrics = evaluation.evaluate_model(model, config, dataset, split, mesh)
+    metrics = evaluation.evaluate_model(model, config, job.dataset, split, job.mesh)
   except input_pipeline.DataError as e:  # an example that cannot be used: one line naming its file
     raise_if_stopped()
     fail(str(e), 1, hard=True)
   flops = tpm_jax.count_flops(model, compile=False)  # the lowered program's count, as the sweep's
-  result = dict(source=source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
+  result = dict(source=job.source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, reduction=setting.name if setting else 'as trained',
                 **evaluation.describe_reduction(model, config),
                 top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
                 analytic_gmacs=flops['analytic_gmacs'], xla_gflops=flops['xla_gflops'],
                 images_per_sec=images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model'],
                 throughput_batch=F.batch_size)
-  result.update(evaluation.parameter_notes(fresh, left_out))
+  result.update(evaluation.parameter_notes(job.fresh, job.left_out))
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')
-  if output:
-    write_json(output, result)
+  if job.output:
+    write_json(job.output, result)
 
 
 if __name__ == '__main__':

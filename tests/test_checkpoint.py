@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -339,12 +340,15 @@ def test_case2_read_only_tools_leave_the_workdir_unchanged(tmp_path, data_dir, f
 
 
 def test_case8_eval_refuses_a_config_describing_another_model(tmp_path, four_steps):
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(four_steps),
-                        '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke,method=none'],
-                       env=_env(), capture_output=True, text=True, timeout=600)
-  assert res.returncode == 2
-  line = _one_line_error(res)
-  assert "reduction.method='none' (the checkpoint's: 'tpm')" in line, line
+  """eval.py's check (``evaluation.prepare``), in this process: how eval.py turns a ConfigError into
+  its one line and exit 2 is tested with processes (tests/test_guarantees.py)."""
+  from configs import deit
+  from tpm_jax import evaluation
+  from tpm_jax.config import RunConfig
+  given = RunConfig.from_any(deit.get_config('smoke,method=none'))
+  with pytest.raises(ConfigError, match=re.escape("reduction.method='none' (the checkpoint's: 'tpm')")) as e:
+    evaluation.prepare(checkpoint_path=str(four_steps), given=given)
+  assert '\n' not in str(e.value)
 
 
 def test_case9_method_none_is_the_plain_backbone():

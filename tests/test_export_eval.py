@@ -38,7 +38,9 @@ def trained(tmp_path_factory, tiny_imagenet):
   return tmp, final
 
 
-def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
+def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog, tensorflow_report):
+  """Also: the export's command line and eval.py import no TensorFlow (checked at the exit of their
+  process, as tests/test_sweep.py checks train.py's)."""
   tmp, final = trained
   out = tmp / 'export'
   with caplog.at_level('WARNING', logger='tpm_jax'):
@@ -58,14 +60,17 @@ def test_export_load_and_eval_reproduce_the_logged_accuracy(trained, caplog):
 
   # On 8 devices (as a GPU or TPU host has several), in one process: a loaded model takes a batch
   # sharded over 8 devices, as a freshly built one does (its restored parameters are not committed to
-  # device 0), then eval.py (the loaded state must be put on the batches' mesh)
+  # device 0), then the export's command line and eval.py (the loaded state must be put on the batches' mesh)
+  env, read_tensorflow_report = tensorflow_report
   res = subprocess.run([sys.executable, '-c', SHARDED_BATCH_THEN_EVAL_PY, str(out), str(tmp / 'run'),
-                        os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out), '--output', str(tmp / 'eval.json'),
-                        '--batch_size', '8', '--timed_runs', '2'],
-                       env=dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, JAX_NUM_CPU_DEVICES='8'),
+                        str(tmp / 'export_cli'), os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out),
+                        '--output', str(tmp / 'eval.json'), '--batch_size', '8', '--timed_runs', '2'],
+                       env=dict(env, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='8'),
                        capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
   assert res.stdout.split()[:3] == ['8', 'ok', 'ok'], res.stdout
+  assert json.load(open(tmp / 'export_cli' / 'export.json'))['step'] == 8
+  assert [imported for _, imported in read_tensorflow_report()] == [False]
   result = json.load(open(tmp / 'eval.json'))
   assert result['examples'] == 16
   assert result['top1'] == final['eval_top1'] and result['top5'] == final['eval_top5']
@@ -86,7 +91,9 @@ for model in (tpm_jax.load_model(sys.argv[1]), export.restore_from_workdir(sys.a
   forward = tpm_jax.jit_forward(model)  # as the README runs a model: placed parameters or an error
   np.testing.assert_allclose(np.asarray(forward(sharded)), np.asarray(forward(x)), rtol=1e-5, atol=1e-5)
   print('ok')
-sys.argv = sys.argv[3:]
+if export.main(['--workdir', sys.argv[2], '--output', sys.argv[3]]):
+  raise SystemExit('the export failed')
+sys.argv = sys.argv[4:]
 runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
@@ -261,12 +268,15 @@ def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, t
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
   base = [sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(out), '--batch_size', '4',
           '--timed_runs', '1']
-  for bad, says in [('tpm:1.5', 'keep rate 1.5 is not in (0, 1]'), ('tpm:0.5@locations=7', 'block indices in [0, 4)')]:
-    res = subprocess.run(base + ['--reduction', bad, '--output', str(tmp_path / 'bad.json')], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
-    assert res.stderr.startswith('error: ') and says in res.stderr and bad in res.stderr, res.stderr
-    assert not (tmp_path / 'bad.json').exists()
+  from tpm_jax.reduction_setting import parse_setting
+  bad = 'tpm:0.5@locations=7'  # parsed, refused by the model (depth 4): in eval.py's process
+  res = subprocess.run(base + ['--reduction', bad, '--output', str(tmp_path / 'bad.json')], env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-2000:]
+  assert res.stderr.startswith('error: --reduction: ') and 'block indices in [0, 4)' in res.stderr and bad in res.stderr
+  assert not (tmp_path / 'bad.json').exists()
+  with pytest.raises(tpm_jax.ConfigError, match=re.escape("'tpm:1.5'") + '.*' + re.escape('keep rate 1.5 is not in (0, 1]')):
+    parse_setting('tpm:1.5')  # what eval.py parses first (the flag named as above)
   res = subprocess.run(base + ['--reduction', 'tome:0.5', '--output', str(tmp_path / 'tome.json')], env=env,
                        capture_output=True, text=True, timeout=600)
   assert res.returncode == 0, res.stderr[-3000:]
@@ -276,7 +286,6 @@ def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, t
   assert 'multiscale' in result['unused_parameters'] and 'fresh_parameters' not in result
   from tpm_jax.evaluation import describe_reduction
   from tpm_jax.models.registry import model_from_config
-  from tpm_jax.reduction_setting import parse_setting
   capped = parse_setting('tome:100000').apply(export.read_config(str(out)))  # r as applied, capped at half
   assert describe_reduction(model_from_config(capped), capped)['r'] == '32,16,8,4'  # 65 -> 33 -> 17 -> 9 -> 5
   expected = tpm_jax.count_flops(model_from_config(parse_setting('tome:0.5').apply(export.read_config(str(out)))),

@@ -459,23 +459,25 @@ def test_export_never_destroys(tmp_path, finished, capsys):
 def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished, finished_export):
   """--output: a missing folder, a file eval.py did not write, a path inside a training workdir or an
   export: one line before anything is evaluated, nothing changed. eval.py's check of --output is
-  ``preflight.check_output_file`` with ``ours=eval._an_eval_result``: the cases through it here, and
-  two through eval.py's process (the line, the exit code, nothing evaluated)."""
+  ``preflight.check_output_file`` with ``ours=evaluation.an_eval_result``: the cases through it here,
+  one through ``evaluation.prepare`` and one through eval.py's process (the line, the exit code,
+  nothing evaluated)."""
   from tpm_jax import preflight
   (tmp_path / 'notes.json').write_text('{"mine": 1}')
   before = _listing(finished)
-  not_ours = lambda path: False  # eval.py's _an_eval_result on the files below: none is an eval result
+  not_ours = lambda path: False  # evaluation.an_eval_result on the files below: none is an eval result
   for output, words in ((tmp_path / 'missing' / 'eval.json', 'does not exist'),
                         (finished / 'metrics.jsonl', 'inside the training workdir'),
                         (os.path.join(finished_export, 'eval.json'), 'inside the export')):
     with pytest.raises(ConfigError, match=words):
       preflight.check_output_file('--output', str(output), ours=not_ours)
-  for output, words in ((tmp_path / 'notes.json', 'was not written by this tool'),
-                        (tmp_path / 'eval.json', '--batch_size=0')):
-    res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output', str(output),
-                *(['--batch_size', '0'] if words == '--batch_size=0' else []))
-    assert res.returncode == 2 and words in _one_line_error(res), res.stderr[-2000:]
-    assert 'top1' not in res.stdout  # nothing was evaluated
+  from tpm_jax import evaluation
+  with pytest.raises(ConfigError, match='was not written by this tool'):  # eval.py's whole check, in this process
+    evaluation.prepare(checkpoint_path=str(finished), output=str(tmp_path / 'notes.json'))
+  res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished), '--output', str(tmp_path / 'eval.json'),
+              '--batch_size', '0')
+  assert res.returncode == 2 and '--batch_size=0' in _one_line_error(res), res.stderr[-2000:]
+  assert 'top1' not in res.stdout and not (tmp_path / 'eval.json').exists()  # nothing was evaluated
   assert (tmp_path / 'notes.json').read_text() == '{"mine": 1}' and _listing(finished) == before
 
 
@@ -586,7 +588,7 @@ def test_a_checkpoint_that_is_not_a_directory_and_a_looping_workdir_link_are_nam
 
 def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir, finished):
   """Weights, exports and workdirs that are FIFOs, directories, files or workdirs: one line each,
-  before anything is written; train.py and eval.py on a FIFO return at once (stat before open)."""
+  before anything is written; train.py and eval.py's check on a FIFO return at once (stat before open)."""
   from configs import deit
   from tpm_jax import trainer
   from tpm_jax.config import ConfigError
@@ -631,9 +633,10 @@ def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir
   res = subprocess.run(_cmd(tmp_path / 'run', data_dir, f'--config.init.timm_checkpoint={fifo}'), env=_env(),
                        capture_output=True, text=True, timeout=120)
   assert res.returncode == 2 and 'not a regular file' in _one_line_error(res), res.stderr[-2000:]
-  res = _tool(os.path.join(ROOT, 'eval.py'), '--config', os.path.join(ROOT, 'configs/deit.py') + ':smoke',
-              '--timm_checkpoint', str(fifo), timeout=120)
-  assert res.returncode == 2 and 'not a regular file' in _one_line_error(res)
+  from tpm_jax import evaluation
+  from tpm_jax.config import RunConfig
+  with pytest.raises(ConfigError, match='not a regular file'):  # eval.py's check, in this process: never opened
+    evaluation.prepare(timm_checkpoint=str(fifo), given=RunConfig.from_any(config()))
   assert not (tmp_path / 'run').exists() and sorted(os.listdir(tmp_path / 'an_export')) == ['config.json', 'params']
   assert not (finished / 'checkpoints' / 'run').exists()
 

@@ -58,13 +58,21 @@ def test_eval_py_with_a_timm_file_of_the_wrong_shapes_or_a_pickled_model_is_one_
   tpm_jax.export_timm_weights(wide, str(wrong))  # real timm-named weights, of another width than the smoke model
   pickled = tmp_path / 'model.pth'
   torch.save(torch.nn.Linear(2, 2), pickled)  # a whole pickled module, not a state dict
-  for path, says in ((wrong, 'shape'), (pickled, 'is not a state dict of tensors (torch.load(weights_only=True) refuses it')):
-    res = _run('eval.py', '--config', 'configs/deit.py:smoke', '--timm_checkpoint', str(path),
-               '--output', str(tmp_path / 'eval.json'))
-    assert res.returncode == 2, res.stderr[-3000:]
-    line = _one_line(res)
-    assert line.startswith(f"error: --timm_checkpoint='{path}'") and says in line, line
+  res = _run('eval.py', '--config', 'configs/deit.py:smoke', '--timm_checkpoint', str(wrong),
+             '--output', str(tmp_path / 'eval.json'))
+  assert res.returncode == 2, res.stderr[-3000:]
+  line = _one_line(res)
+  assert line.startswith(f"error: --timm_checkpoint='{wrong}'") and 'shape' in line, line
   assert not (tmp_path / 'eval.json').exists()
+  # the same check (evaluation.prepare), in this process
+  from configs import deit
+  from tpm_jax import evaluation
+  from tpm_jax.config import ConfigError, RunConfig
+  with pytest.raises(ConfigError) as e:
+    evaluation.prepare(timm_checkpoint=str(pickled), given=RunConfig.from_any(deit.get_config('smoke')),
+                       output=str(tmp_path / 'eval.json'))
+  assert str(e.value).startswith(f"--timm_checkpoint='{pickled}'") and '\n' not in str(e.value)
+  assert 'is not a state dict of tensors (torch.load(weights_only=True) refuses it' in str(e.value)
 
 
 def test_prepare_errors_are_one_line(tmp_path):

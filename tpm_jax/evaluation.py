@@ -3,10 +3,13 @@
   model, run, source = load_trained(path)          # an export or a training workdir, read-only
   dataset = eval_dataset(run, split)               # checked before anything compiles
   metrics = evaluate_model(model, run, dataset, split)
+
+``prepare`` is eval.py's whole check of its inputs: every refusal, before anything compiles or is written.
 """
 from __future__ import annotations
 
 import os
+from typing import Any, NamedTuple
 
 import jax
 from flax import nnx
@@ -16,7 +19,8 @@ from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object
 from tpm_jax.flops import token_schedule
-from tpm_jax.models.registry import model_from_config
+from tpm_jax.models.registry import model_from_config, with_weights_of
+from tpm_jax.timm_weights import load_timm_weights, not_in_timm_layout
 
 
 def load_trained(path: str, flag: str = '--checkpoint'):
@@ -104,3 +108,86 @@ def parameter_notes(fresh, left_out) -> dict:
     notes['unused_parameters'] = (f'{", ".join(sorted({p.split(".")[0] for p in left_out}))}: in the checkpoint, '
                                   f'not used under this reduction ({len(left_out)} arrays)')
   return notes
+
+
+# -- eval.py's inputs, checked ----------------------------------------------------------------------------
+
+RESULT_KEYS = ('source', 'checkpoint', 'split', 'top1', 'top5', 'examples')  # what every eval.py result holds
+
+
+def an_eval_result(path: str) -> bool:
+  """Whether ``path`` holds an earlier result of eval.py (which its --output may replace)."""
+  try:
+    return set(RESULT_KEYS) <= set(read_json_object(path))
+  except (OSError, ValueError):
+    return False
+
+
+class Prepared(NamedTuple):
+  """What eval.py evaluates, every input checked."""
+  model: Any
+  config: RunConfig
+  dataset: Any
+  split: str
+  mesh: Any
+  source: str          # 'export', 'workdir step N' or 'timm'
+  fresh: list          # parameters the weights lacked (they start as in a new model)
+  left_out: list       # parameters of the weights the evaluated model has no place for
+  output: str | None   # the checked --output path
+
+
+def _check_same_model(saved: RunConfig, given: RunConfig) -> None:
+  """--config may not describe another model than the checkpoint holds (the result would be mislabelled)."""
+  diff = [d.replace('(the other:', "(the checkpoint's:") for d in given.model_differences(saved)]
+  if diff:
+    raise ConfigError(f'--config describes another model than the checkpoint: {", ".join(diff)}; a checkpoint is '
+                      f'evaluated as trained (or under --reduction), --config supplies only its dataset and '
+                      f'preprocessing settings')
+
+
+def _with(setting, config: RunConfig) -> RunConfig:
+  try:
+    return setting.apply(config)
+  except ConfigError as e:
+    raise ConfigError(f'--reduction: {e}') from None
+
+
+def prepare(*, checkpoint_path: str | None = None, timm_checkpoint: str | None = None, given: RunConfig | None = None,
+            setting=None, split: str | None = None, output: str | None = None) -> Prepared:
+  """eval.py's flags (``--checkpoint``, ``--timm_checkpoint``, ``--config`` as ``given``, ``--reduction``
+  as a parsed ``setting``, ``--split``, ``--output``) -> the model, its config and its checked dataset.
+  ConfigError (or FileNotFoundError) naming the flag for bad input, CheckpointError for a checkpoint
+  that fails its checks: before anything compiles, nothing written."""
+  if output is not None:
+    output = preflight.check_output_file('--output', output, ours=an_eval_result)
+  fresh = left_out = []
+  if checkpoint_path:
+    model, saved, source = load_trained(checkpoint_path)
+    if given is not None:  # --config brings the data and preprocessing; the model is the checkpoint's
+      _check_same_model(*((_with(setting, saved), _with(setting, given)) if setting else (saved, given)))
+    config = given or saved
+    if setting is not None:  # the trained weights in the model of the other reduction
+      config = _with(setting, config)
+      model, fresh, left_out = with_weights_of(model, config)
+  elif timm_checkpoint and given is not None:
+    path = preflight.check_regular_file('--timm_checkpoint', timm_checkpoint,
+                                        'timm weights as a .safetensors, .pth or .pt file, or big_vision weights as .npz')
+    config = _with(setting, given) if setting else given
+    model = model_from_config(config)
+    try:
+      load_timm_weights(model, path)
+    except (ValueError, OSError, RuntimeError, KeyError, ImportError) as e:
+      raise ConfigError(f'--timm_checkpoint={timm_checkpoint!r} is not accepted: '
+                        f'{str(e).splitlines()[0] if str(e) else type(e).__name__} (accepted: timm weights of '
+                        f'model {config.model.name} as .safetensors, or a .pth state dict, or big_vision .npz)') from e
+    source = 'timm'
+    fresh = not_in_timm_layout(model)  # a timm file does not hold them: they start as in a new model
+  else:
+    raise ConfigError('--checkpoint (a workdir or an export), or --timm_checkpoint with --config, is required')
+  split_name = split or config.dataset.eval_split
+  # This host's devices, not the training run's: data parallel with the parameters replicated (the
+  # saved mesh may not fit here), or --config's mesh when given
+  mesh = sharding.make_mesh(given.mesh if given is not None else None)
+  labels = trained_label_names(checkpoint_path) if checkpoint_path else None
+  dataset = eval_dataset(config, split_name, '--split' if split else None, label_names=labels)
+  return Prepared(model, config, dataset, split_name, mesh, source, list(fresh), list(left_out), output)
