@@ -18,9 +18,7 @@ pip_install() {  # pip_install STAMP_NAME ARGS...: run pip unless the stamp matc
     return 0
   fi
   echo "[setup] pip install $*"
-  # --no-compile: Python compiles each module when it is first imported; compiling every file of
-  # TensorFlow, torch and JAX at install time cost about 20 s of a fresh clone's set-up.
-  "$PY" -m pip install --disable-pip-version-check --no-compile -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
   echo "$want" > "$stamp"
 }
 pip_install runtime -r "$ROOT/requirements.txt" -r "$ROOT/requirements-prepare.txt" -e "$ROOT"

@@ -142,13 +142,15 @@ def test_the_checkpoint_s_own_config_identifies_the_run_without_config_json(tmp_
 # -- one process group per workdir --------------------------------------------------------------
 def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path, data_dir):
   workdir = tmp_path / 'run'
-  first = subprocess.Popen(_cmd(workdir, data_dir, '--config.total_steps=40', '--config.checkpoint_every_steps=40'),
+  # 400 steps: the first run is still training when the second starts, however loaded the machine
+  # (with 40, a second run slowed down enough found the first finished: exit 0)
+  first = subprocess.Popen(_cmd(workdir, data_dir, '--config.total_steps=400', '--config.checkpoint_every_steps=400'),
                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 300
     while time.time() < deadline and not (workdir / 'metrics.jsonl').exists():
       time.sleep(0.1)
-    second = _run(workdir, data_dir, '--config.total_steps=40', check=False)
+    second = _run(workdir, data_dir, '--config.total_steps=400', '--config.checkpoint_every_steps=400', check=False)
     assert second.returncode == 2
     line = _one_line_error(second)
     assert 'is in use by pid' in line and str(first.pid) in line, line
