@@ -73,12 +73,12 @@ def _cli_value(section, name, value, annotation):
 
 # The arg-string keys every recipe accepts, with their defaults.
 RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r=8, multiscale='pool', seed=0, smoke=False,
-                   similarity='', weight='', prop_attn='')  # '': the reduction config's default
+                   similarity='', weight='', prop_attn='', distinct='')  # '': the reduction config's default
 
 
 def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The common arg-string keys: model, method, keep, r, multiscale, similarity, weight, prop_attn
-  (on|off), seed, smoke."""
+  (on|off), distinct (a float), seed, smoke."""
   if 'model' in a and a.model:
     c.model.name = a.model
   if 'method' in a and a.method:
@@ -95,6 +95,8 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
     c.reduction.similarity = a.similarity
   if a.get('weight'):
     c.reduction.weight = a.weight
+  if a.get('distinct') not in (None, ''):
+    c.reduction.distinct = float(a.distinct)
   if a.get('prop_attn'):
     if a.prop_attn not in ('on', 'off'):
       raise ValueError(f'config arg prop_attn={a.prop_attn!r}: accepted are on, off')

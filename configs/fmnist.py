@@ -16,7 +16,8 @@ CPU reproduction in docs/RESULTS.md and of the quickstart (configs/quickstart.py
 Arg string (all optional): stage=pretrain|finetune, method=none|tpm|evit|drop|tome, keep=<float>,
 r=<int> (ToMe; default: as many tokens per location as ``keep`` removes), multiscale=none|pool|cross
 (default none), similarity=keys|tokens, weight=importance|size|uniform, prop_attn=on|off (default
-on for tome, off otherwise), epochs=<float>, width=<int>, depth=<int>, patch=<int> (default 2: a 14x14
+on for tome, off otherwise), distinct=<float> (tpm: rank by distinctness too; default 0), epochs=<float>,
+width=<int>, depth=<int>, patch=<int> (default 2: a 14x14
 grid), crop_min=<float> (random resized crop's smallest area, default 0.6), seed=<int>,
 pos_embed_init=trunc_normal|sincos2d (how the learned position embedding starts), smoke.
 The defaults are the reproduction's base as it was run, pinned here so that its runs stay what

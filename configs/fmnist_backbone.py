@@ -16,7 +16,7 @@ stage=finetune  (default) a token reduction fine-tuned from the backbone (``init
                 docs/results/fmnist_backbone): lr 1e-3 per 512 images, cosine to 0, no warmup, no
                 EMA, ``epochs`` epochs (default 1).
 
-Arg string (all optional): stage, method, keep, r, multiscale, similarity, weight, prop_attn, epochs,
+Arg string (all optional): stage, method, keep, r, multiscale, similarity, weight, prop_attn, distinct, epochs,
 seed, smoke: as configs/fmnist.py reads them (method none by default; ToMe's r matched to ``keep``).
 """
 import os

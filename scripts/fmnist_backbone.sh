@@ -11,6 +11,12 @@
 # variants     why tpm trails ToMe off-the-shelf: tpm with each of its choices changed (similarity
 #              keys/tokens, merge weight importance/size/uniform, hard/soft assignment, proportional
 #              attention) at keep 0.7 and 0.5, beside tome and evit: docs/results/fmnist_backbone_tpm_variants/
+# finetune     every method fine-tuned from the backbone for 1 epoch (configs/fmnist_backbone.py's finetune
+#              stage) at keep 0.7 and 0.5, seeds $SEEDS (default 0,1,2), one seed at a time so that every
+#              method has its runs of the first seed first: none; tpm with the library's defaults (pool
+#              fusion, proportional attention); tpm ranked by distinctness too (similarity=tokens,
+#              weight=size, distinct=$DISTINCT, default 2); tome (r matched), evit, drop. Sweeps under
+#              workdirs/fmnist_backbone_ft/{none,tpm,tpm_distinct,peers}; each resumes where it stopped
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -41,4 +47,21 @@ if [ "$PART" = variants ] || [ "$PART" = all ]; then
   done
   $PY -m tpm_jax.sweep --checkpoint $OUT --split test --reductions "none$S" \
       --workdir docs/results/fmnist_backbone_tpm_variants --throughput_batch 64
+fi
+if [ "$PART" = finetune ] || [ "$PART" = all ]; then
+  FT=workdirs/fmnist_backbone_ft
+  SEEDS=${SEEDS:-0,1,2}
+  DISTINCT=${DISTINCT:-2}
+  QUIET="--config.progress=off"
+  for s in ${SEEDS//,/ }; do
+    $PY -m tpm_jax.sweep --config configs/fmnist_backbone.py --sweep seed=$s --sweep method=none \
+        --workdir $FT/none $QUIET
+    $PY -m tpm_jax.sweep --config configs/fmnist_backbone.py:method=tpm,multiscale=pool,prop_attn=on \
+        --sweep seed=$s --sweep keep=0.7,0.5 --workdir $FT/tpm $QUIET
+    $PY -m tpm_jax.sweep \
+        --config configs/fmnist_backbone.py:method=tpm,multiscale=pool,prop_attn=on,similarity=tokens,weight=size,distinct=$DISTINCT \
+        --sweep seed=$s --sweep keep=0.7,0.5 --workdir $FT/tpm_distinct $QUIET
+    $PY -m tpm_jax.sweep --config configs/fmnist_backbone.py --sweep seed=$s --sweep keep=0.7,0.5 \
+        --sweep method=tome,evit,drop --workdir $FT/peers $QUIET
+  done
 fi

@@ -63,10 +63,30 @@ def ref_evit(x, a, size, P, K):
     return np.stack(xs), np.stack(ss)
 
 
-def ref_tpm(x, a, metric, size, P, K, assign="hard", tau=0.1, weight="importance"):
+def ref_rank(a_row, metric_row, P, distinct):
+    """The score the crucial tokens are ranked by: a, or with distinct = l > 0
+    a_i / mean(a) + l * d_i / mean(d), d_i = 1 - max_{j != i} cos(metric_i, metric_j),
+    i, j and the means over the prunable tokens (index >= P). Protected entries: a."""
+    if not distinct:
+        return a_row
+    M = len(a_row) - P
+    d = np.empty(M)
+    for i in range(M):
+        best = -np.inf
+        for j in range(M):
+            if j != i:
+                best = max(best, float(_unit(metric_row[P + i]) @ _unit(metric_row[P + j])))
+        d[i] = 1.0 - best
+    out = a_row.copy()
+    out[P:] = a_row[P:] / a_row[P:].mean() + distinct * d / d.mean()
+    return out
+
+
+def ref_tpm(x, a, metric, size, P, K, assign="hard", tau=0.1, weight="importance", distinct=0.0):
     """Token Pruning & Merging: merge each non-crucial token into crucial tokens.
 
-    Crucial set = top-K prunable by a (descending, ties lower index first).
+    Crucial set = top-K prunable by ref_rank (descending, ties lower index first); with
+    distinct = 0 that is a itself.
     s_jk = cos(metric_j, metric_k), j non-crucial, k crucial.
     hard: p_jk = 1[k = argmax_k s_jk] (ties -> first k in descending-score order)
     soft: p_jk = softmax_k(s_jk / tau)
@@ -78,7 +98,7 @@ def ref_tpm(x, a, metric, size, P, K, assign="hard", tau=0.1, weight="importance
     x, a, metric, size = _f64(x, a, metric, size)
     xs, ss = [], []
     for b in range(x.shape[0]):
-        ranked = _rank_prunable(a[b], P)
+        ranked = _rank_prunable(ref_rank(a[b], metric[b], P, distinct), P)
         crucial, rest = ranked[:K], ranked[K:]
         w = {"importance": a[b], "size": size[b], "uniform": np.ones_like(a[b])}[weight]
         num = w[crucial, None] * x[b, crucial]           # (K, C)

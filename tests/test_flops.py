@@ -65,6 +65,18 @@ def test_analytic_agrees_with_xla(name, tol, keeps):
       assert ratio_analytic < 0.5 + 0.5 * keep  # later blocks really are shorter
 
 
+@pytest.mark.parametrize('similarity', ['keys', 'tokens'])
+def test_tpm_ranked_with_distinctness_costs_what_the_count_says(similarity):
+  """``reduction.distinct``: the similarity of every prunable token to every other one, at each
+  location, is in the analytic count exactly as XLA's matmuls have it."""
+  plain = _flops('deit_tiny_patch16_224', dict(method='tpm', similarity=similarity), 0.7)
+  ranked = _flops('deit_tiny_patch16_224', dict(method='tpm', similarity=similarity, distinct=1.0), 0.7)
+  extra = ranked['analytic_gmacs'] - plain['analytic_gmacs']
+  d = 64 if similarity == 'keys' else 192  # head dim (keys averaged over heads) or width
+  assert extra * 1e9 == pytest.approx(sum(m * m * d for m in (196, 138, 97)))  # prunable tokens at blocks 3, 6, 9
+  assert ranked['xla_matmul_gflops'] - plain['xla_matmul_gflops'] == pytest.approx(2 * extra, rel=1e-3)
+
+
 def test_tome_flops():
   for name in ('deit_tiny_patch16_224', 'deit_small_patch16_224'):
     base = _flops(name, dict(method='none'), 1.0)

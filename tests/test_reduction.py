@@ -48,6 +48,20 @@ def test_tpm_matches_reference(P, k, assign, weight):
   _close(out.sizes, rs)
 
 
+@pytest.mark.parametrize('P, k, weight, distinct', [(0, 7, 'size', 1.0), (1, 3, 'importance', 0.5), (1, 7, 'size', 1.0),
+                                                    (2, 15, 'importance', 3.0), (5, 7, 'size', 1.0)])
+def test_tpm_ranked_with_distinctness_matches_reference(P, k, weight, distinct):
+  """``distinct``: crucial tokens ranked by a / mean(a) + l * d / mean(d) (tests/reference_reduction.py
+  ref_rank, loops in float64); on these inputs it keeps other tokens than attention alone."""
+  x, a, metric, sizes = _inputs(P, seed=k + 100)
+  out = _run('tpm', x, a, metric, sizes, P, k, weight=weight, distinct=distinct)
+  rx, rs = ref_tpm(x, a, metric, sizes, P, k, weight=weight, distinct=distinct)
+  _close(out.tokens, rx)
+  _close(out.sizes, rs)
+  plain = _run('tpm', x, a, metric, sizes, P, k, weight=weight)
+  assert not np.array_equal(np.sort(np.asarray(out.kept), -1), np.sort(np.asarray(plain.kept), -1))
+
+
 @pytest.mark.parametrize('P', [0, 1, 2, 5])
 @pytest.mark.parametrize('k', [1, 9, 15])
 def test_drop_and_evit_match_reference(P, k):

@@ -208,8 +208,9 @@ class ReductionConfig:
   tau: float = 0.1
   weight: str = 'importance'
   prop_attn: bool | None = None
+  distinct: float = 0.0
 
-  FIELDS = ('method', 'keep_rate', 'locations', 'r', 'similarity', 'assign', 'tau', 'weight', 'prop_attn')
+  FIELDS = ('method', 'keep_rate', 'locations', 'r', 'similarity', 'assign', 'tau', 'weight', 'prop_attn', 'distinct')
 
   @classmethod
   def from_any(cls, value: Any, depth: int | None = None) -> 'ReductionConfig':
@@ -233,6 +234,8 @@ class ReductionConfig:
       _fail('reduction.prop_attn', self.prop_attn, 'true, false or None (method default)')
     if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
       _fail('reduction.tau', self.tau, 'a positive float')
+    if isinstance(self.distinct, bool) or not isinstance(self.distinct, (int, float)) or not 0 <= self.distinct < math.inf:
+      _fail('reduction.distinct', self.distinct, 'a float >= 0 (0: rank by attention alone)')
 
     locations = self.locations
     if locations is not None:

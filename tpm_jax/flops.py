@@ -89,7 +89,8 @@ def _reduction_macs(red: ReductionConfig, m: int, k: int, n: int, D: int, hd: in
   d_metric = hd if (red.similarity == 'keys' or red.method == 'tome') else D
   if red.method == 'tpm':
     rest = m - k
-    return rest * k * d_metric + rest * k * (D + 2)  # cosine similarity; merge of tokens, weights, sizes
+    distinct = m * m * d_metric if red.distinct else 0  # every prunable token's nearest other one
+    return distinct + rest * k * d_metric + rest * k * (D + 2)  # cosine similarity; merge of tokens, weights, sizes
   if red.method == 'evit':
     return (m - k) * D  # the fused token
   if red.method == 'tome':

@@ -6,7 +6,8 @@ benchmarks' ``--settings``: ``method[+multiscale][:value][@key=value...]``.
   tpm+pool:0.7              with multi-scale ``pool`` fusion (``cross`` likewise)
   tpm:0.7@prop_attn=off     ``@key=value`` sets one more reduction field: similarity=keys|tokens,
                             weight=importance|size|uniform, prop_attn=on|off, assign=hard|soft,
-                            tau=<float>, locations=<block>/<block>/... (e.g. locations=3/6/9)
+                            tau=<float>, distinct=<float>, locations=<block>/<block>/... (e.g.
+                            locations=3/6/9)
   evit:0.5, drop:0.7        EViT, plain dropping at a keep rate
   tome:8                    ToMe merging r = 8 tokens (an integer) at every block, ToMe's way
   tome:0.7                  ToMe matched to a keep rate (a number with a decimal point): at the same
@@ -33,7 +34,8 @@ from tpm_jax.config import (
 )
 
 SYNTAX = 'method[+multiscale][:value][@key=value...]'
-KEYS = {'similarity': str, 'weight': str, 'assign': str, 'tau': float, 'prop_attn': bool, 'locations': tuple}
+KEYS = {'similarity': str, 'weight': str, 'assign': str, 'tau': float, 'distinct': float, 'prop_attn': bool,
+        'locations': tuple}
 
 
 @dataclasses.dataclass(frozen=True)
