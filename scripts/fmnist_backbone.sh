@@ -10,7 +10,8 @@
 #              0.9 ... 0.5, no training: docs/results/fmnist_backbone_offtheshelf/
 # variants     why tpm trails ToMe off-the-shelf: tpm with each of its choices changed (similarity
 #              keys/tokens, merge weight importance/size/uniform, hard/soft assignment, proportional
-#              attention) at keep 0.7 and 0.5, beside tome and evit: docs/results/fmnist_backbone_tpm_variants/
+#              attention, ranking by distinctness too) at keep 0.7 and 0.5, beside tome and evit:
+#              docs/results/fmnist_backbone_tpm_variants/
 # finetune     every method fine-tuned from the backbone for 1 epoch (configs/fmnist_backbone.py's finetune
 #              stage) at keep 0.7 and 0.5, seeds $SEEDS (default 0,1,2), one seed at a time so that every
 #              method has its runs of the first seed first: none; tpm with the library's defaults (pool
@@ -43,7 +44,8 @@ if [ "$PART" = variants ] || [ "$PART" = all ]; then
   S=""
   for k in 0.7 0.5; do
     S="$S,tpm:$k,tpm:$k@prop_attn=off,tpm:$k@similarity=tokens,tpm:$k@weight=size,tpm:$k@weight=uniform"
-    S="$S,tpm:$k@assign=soft,tpm:$k@similarity=tokens@weight=size,evit:$k,tome:$k"
+    S="$S,tpm:$k@assign=soft,tpm:$k@similarity=tokens@weight=size,tpm:$k@distinct=2"
+    S="$S,tpm:$k@similarity=tokens@weight=size@distinct=1,tpm:$k@similarity=tokens@weight=size@distinct=2,evit:$k,tome:$k"
   done
   $PY -m tpm_jax.sweep --checkpoint $OUT --split test --reductions "none$S" \
       --workdir docs/results/fmnist_backbone_tpm_variants --throughput_batch 64
