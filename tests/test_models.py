@@ -69,7 +69,7 @@ def test_overrides_and_names():
     (dict(reduction=dict(method='tpm', locations=(1, 9))), r'reduction.locations=\(1, 9\) .*\[0, 4\)'),
     (dict(reduction=dict(method='tpm', locations=(2, 1))), r'reduction.locations=\(2, 1\) .*strictly increasing'),
     (dict(reduction=dict(method='tpm', locations=(1, 2), keep_rate=(0.5, 0.6, 0.7))), r'reduction.keep_rate=.* one per location \(2 locations'),
-    (dict(reduction=dict(method='tpm', keep=0.5)), r'reduction.keep is not a known field: accepted fields are assign, keep_rate'),
+    (dict(reduction=dict(method='tpm', keep=0.5)), r'reduction.keep is not a known field: accepted fields are assign, distinct, keep_rate'),
     (dict(multiscale='pyramid'), r"multiscale.method='pyramid' is not accepted: expected one of 'none', 'pool', 'cross'"),
 ])
 def test_bad_config_gives_one_line_naming_the_field(kwargs, match):
