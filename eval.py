@@ -22,13 +22,15 @@ if __name__ == '__main__':  # not in the input pipeline's worker processes, whic
   stop_during_start_up('error: stopped by {signal}; nothing was written', 1)  # while importing
 
 
+import jax  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import tpm_jax  # noqa: E402
 from tpm_jax import evaluation  # noqa: E402
 from tpm_jax.checkpoint import CheckpointError  # noqa: E402
-from tpm_jax.cli import Interrupted, fail, quiet_library_logs, raise_if_stopped, run, stop_on_signals  # noqa: E402
+from tpm_jax.checkpoint.errors import first_line  # noqa: E402
+from tpm_jax.cli import Interrupted, fail, finished, quiet_library_logs, raise_if_stopped, run, stop_on_signals  # noqa: E402
 from tpm_jax.config import ConfigError, RunConfig  # noqa: E402
 from tpm_jax.data import input_pipeline  # noqa: E402
 from tpm_jax.files import write_json  # noqa: E402
@@ -82,19 +84,28 @@ def _evaluate(F):
     raise_if_stopped()
     fail(str(e), 1, hard=True)
   flops = tpm_jax.count_flops(model, compile=False)  # the lowered program's count, as the sweep's
+  try:
+    speed = images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model']
+  except (MemoryError, jax.errors.JaxRuntimeError) as e:  # a --batch_size too large for this host
+    fail(f'--batch_size={F.batch_size}: the throughput measurement failed ({first_line(e)}); top-1 was '
+         f'{metrics["eval_top1"]:.4f}, nothing written: a smaller --batch_size measures it', 1, hard=True)
   result = dict(source=job.source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,
                 model=config.model.name, reduction=setting.name if setting else 'as trained',
                 **evaluation.describe_reduction(model, config),
                 top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
                 analytic_gmacs=flops['analytic_gmacs'], xla_gflops=flops['xla_gflops'],
-                images_per_sec=images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model'],
-                throughput_batch=F.batch_size)
+                images_per_sec=speed, throughput_batch=F.batch_size)
   result.update(evaluation.parameter_notes(job.fresh, job.left_out))
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')
   if job.output:
-    write_json(job.output, result)
+    try:
+      write_json(job.output, result)
+    except OSError as e:  # the disk full, the folder gone or read-only since the check
+      fail(f'--output={job.output}: cannot be written ({e.strerror or e}); the results above were not saved', 1,
+           hard=True)
+  finished()  # a signal from now on: exit 0, the result is out
 
 
 if __name__ == '__main__':

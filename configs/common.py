@@ -31,10 +31,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       value = True
     elif isinstance(default, bool):
       value = value.lower() in ('1', 'true', 'yes', 'on')
-    elif isinstance(default, int):
-      value = int(value)
-    elif isinstance(default, float):
-      value = float(value)
+    elif isinstance(default, (int, float)):
+      try:
+        value = type(default)(value)
+      except ValueError:
+        raise ValueError(f'config arg {key}={value!r} is not accepted: expected {"an int" if isinstance(default, int) else "a number"}') from None
     with out.unlocked():
       out[key] = value
   return out
@@ -96,7 +97,10 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
   if a.get('weight'):
     c.reduction.weight = a.weight
   if a.get('distinct') not in (None, ''):
-    c.reduction.distinct = float(a.distinct)
+    try:
+      c.reduction.distinct = float(a.distinct)
+    except ValueError:
+      raise ValueError(f'config arg distinct={a.distinct!r} is not accepted: expected a number >= 0') from None
   if a.get('prop_attn'):
     if a.prop_attn not in ('on', 'off'):
       raise ValueError(f'config arg prop_attn={a.prop_attn!r}: accepted are on, off')

@@ -100,6 +100,25 @@ def test_cli_exit_code_2_and_one_line(tmp_path, args, line):
   assert 'Traceback' not in res.stderr and not (tmp_path / 'run').exists()
 
 
+def test_a_config_arg_that_is_not_a_number_names_its_key():
+  """Hostile pass 8: 'seed=abc' in an arg string was \"invalid literal for int()\", naming neither the
+  key nor what is accepted. train.py's line is absl's message with the innermost cause of it, which is
+  now the config's own."""
+  from configs import deit, fmnist_backbone
+  from tpm_jax.cli import describe_flag_error
+  for get, arg, says in ((deit.get_config, 'smoke,seed=abc', "config arg seed='abc' is not accepted: expected an int"),
+                         (deit.get_config, 'smoke,keep=abc', "config arg keep='abc' is not accepted: expected a number"),
+                         (fmnist_backbone.get_config, 'method=tpm,distinct=abc',
+                          "config arg distinct='abc' is not accepted: expected a number >= 0")):
+    try:
+      try:
+        get(arg)
+      except ValueError as inner:  # as absl reports it: its own message, the config's error as the cause
+        raise RuntimeError('Error whilst parsing config file:') from inner
+    except RuntimeError as outer:
+      assert describe_flag_error(outer, []) == f'Error whilst parsing config file: {says}'
+
+
 @pytest.mark.parametrize('arg', ['method=tome', 'method=tome,smoke', 'method=tome,keep=0.5,depth=6,patch=4'])
 def test_fmnist_tome_merges_what_the_keep_rate_removes_at_each_location(arg):
   """configs/fmnist.py sets ToMe's r per location from the model it describes (``smoke`` shrinks the

@@ -107,8 +107,8 @@ def describe_flag_error(e: Exception, argv) -> str:
   first = lines[0] if lines else type(e).__name__
   if first.endswith(':'):  # "Error whilst parsing config file:" -> add the innermost cause
     cause = e
-    while cause.__cause__ is not None or cause.__context__ is not None:
-      cause = cause.__cause__ or cause.__context__
+    while (nxt := cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)) is not None:
+      cause = nxt  # the innermost cause ('raise ... from None' ends the chain: its message names the field)
     inner = [l.strip() for l in str(cause).splitlines() if l.strip()]
     first = f'{first} {inner[-1] if inner else type(cause).__name__}'
   return first
@@ -223,6 +223,22 @@ def stop_on_signals() -> None:
       _RAISED.pop()
     _send_again(signal.Signals[u.exc_value.signal_name])
   sys.unraisablehook = unraisable
+
+
+def finished() -> None:
+  """For a tool whose work is done and written: SIGINT or SIGTERM from now on ends the process at
+  once with exit code 0 (nothing is left to stop or to lose). Without it, a signal while the
+  interpreter shuts down was a traceback (raised inside absl's exit) or a kill (exit 143)."""
+  def handler(signum, frame):
+    del signum, frame
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError, RuntimeError):  # closed, or a write the signal interrupted
+        pass
+    os._exit(0)
+  for s in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(s, handler)
 
 
 def raise_if_stopped() -> None:

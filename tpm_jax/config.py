@@ -236,6 +236,8 @@ class ReductionConfig:
       _fail('reduction.tau', self.tau, 'a positive float')
     if isinstance(self.distinct, bool) or not isinstance(self.distinct, (int, float)) or not 0 <= self.distinct < math.inf:
       _fail('reduction.distinct', self.distinct, 'a float >= 0 (0: rank by attention alone)')
+    if self.distinct and self.method != 'tpm':
+      _fail('reduction.distinct', self.distinct, f"0 for method {self.method!r} (it ranks tpm's crucial tokens only)")
 
     locations = self.locations
     if locations is not None:

@@ -31,6 +31,10 @@ def load_trained(path: str, flag: str = '--checkpoint'):
     raise ConfigError(f'{flag}={path} is not accepted: no such directory')
   if not os.path.isdir(path):  # a file, a device, a FIFO: bad input, never opened
     raise ConfigError(f'{flag}={path} is not accepted: not a directory (a training workdir or an export)')
+  if not os.path.isdir(checkpoint.checkpoint_dir(path)) and not any(
+      os.path.lexists(os.path.join(path, name)) for name in (checkpoint.EXPORT_INFO, 'params', 'checksums.json')):
+    raise ConfigError(f'{flag}={path} is not accepted: neither a training workdir (it has no checkpoints/) nor an '
+                      f'export (no params/, {checkpoint.EXPORT_INFO} or checksums.json)')
   if checkpoint.is_export(path) or not os.path.isdir(checkpoint.checkpoint_dir(path)):
     path = checkpoint.check_export(path)
     saved = export.read_config(path)
@@ -158,6 +162,8 @@ def prepare(*, checkpoint_path: str | None = None, timm_checkpoint: str | None =
   as a parsed ``setting``, ``--split``, ``--output``) -> the model, its config and its checked dataset.
   ConfigError (or FileNotFoundError) naming the flag for bad input, CheckpointError for a checkpoint
   that fails its checks: before anything compiles, nothing written."""
+  if checkpoint_path and timm_checkpoint:
+    raise ConfigError('--checkpoint and --timm_checkpoint are both given: expected one source of weights')
   if output is not None:
     output = preflight.check_output_file('--output', output, ours=an_eval_result)
   fresh = left_out = []

@@ -6,7 +6,7 @@ plot of top-1 against compute and measured speed.
       [--print_commands] [--collect_only] [--python PY] [--throughput_batch 64] [--config.<field>=<value> ...]
 
 ``--sweep key=v1,v2,...`` names an arg-string key of the config file's ``get_config(arg)`` (method,
-keep, multiscale, similarity, weight, prop_attn, seed, ...); the runs are the product, first
+keep, multiscale, similarity, weight, prop_attn, distinct, seed, ...); the runs are the product, first
 ``--sweep`` outermost. Run ``keep-0.7_method-tpm`` trains in ``DIR/runs/keep-0.7_method-tpm``
 (output in its ``train.log``) with ``train.py --config <file>:<args>,keep=0.7,method=tpm`` and the
 trailing ``--config.*`` flags. Every run's config is built and its model checked before anything
@@ -614,10 +614,18 @@ def main(argv=None) -> int:
   except Interrupted as e:
     print(f'stopped: {e}', file=sys.stderr, flush=True)
     return 0
+  except OSError as e:  # the file system failing under the tables (a full disk)
+    error_line(_write_failed(args.workdir, e))
+    return 1
   print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)
   if failed:
     error_line(f'{len(failed)} runs failed: {", ".join(r.name for r in failed)}')
   return 1 if failed else 0
+
+
+def _write_failed(workdir: str, e: OSError) -> str:
+  return (f'{e.filename or workdir}: cannot be written ({e.strerror or e}); what the sweep wrote before is kept, '
+          f'run the same command to go on')
 
 
 def _check_sweep_folder(workdir: str, collect_only: bool) -> None:
@@ -663,6 +671,9 @@ def _main_reductions(args, overrides) -> int:
     return 2
   except (CheckpointError, DataError) as e:
     error_line(e)
+    return 1
+  except OSError as e:  # the file system failing under the evaluations or the tables (a full disk)
+    error_line(_write_failed(args.workdir, e))
     return 1
   except Stopped as e:
     print(f'stopped by {e.signal_name}: the settings evaluated so far are kept in {os.path.join(args.workdir, "evals")} '

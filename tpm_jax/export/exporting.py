@@ -15,7 +15,8 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
-from tpm_jax.cli import Interrupted, fail, raise_if_stopped, stop_on_signals
+from tpm_jax.checkpoint.errors import first_line
+from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
@@ -63,9 +64,13 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   try:
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
-    checkpointer.wait_until_finished()
+    try:
+      checkpointer = ocp.StandardCheckpointer()
+      checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
+      checkpointer.wait_until_finished()
+    except (ValueError, RuntimeError) as e:  # Orbax's and TensorStore's write errors (a full disk: RESOURCE_EXHAUSTED)
+      raise checkpoint.CheckpointWriteError(f'{output}: writing the export failed ({first_line(e)}); nothing was '
+                                            f'written') from e
     with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
       json.dump(run.to_dict(), f, indent=2)
     label_names = checkpoint.saved_label_names(os.path.join(checkpoint.checkpoint_dir(workdir), str(step)))
@@ -74,7 +79,13 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
                      **({'label_names': label_names} if label_names is not None else {})), f)
     checkpoint.write_checksums(tmp)  # last: SHA-256 of every file, verified by every reader
     if safetensors:  # written beside, then renamed: an existing file is replaced whole or not at all
-      export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors', name=safetensors)
+      try:
+        export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors', name=safetensors)
+      except Exception as e:  # a full disk: OSError, or safetensors' own SafetensorError
+        if not isinstance(e, (OSError, ValueError, RuntimeError)) and type(e).__name__ != 'SafetensorError':
+          raise
+        raise checkpoint.CheckpointWriteError(f'--safetensors={safetensors}: writing it failed ({first_line(e)}); '
+                                              f'nothing was written') from e
     _replace(tmp, output)
     if safetensors:
       os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
@@ -158,6 +169,7 @@ def main(argv=None):
   except (ConfigError, FileNotFoundError) as e:
     fail(e, 2)
   except (CheckpointError, OSError, Interrupted) as e:
-    fail(e, 1)
+    fail(e, 1, hard=True)  # hard: Orbax's threads of a failed write would print at the interpreter's exit
   with open(os.path.join(out, EXPORT_INFO)) as f:
     print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
+  finished()  # a signal from now on: exit 0, the export is in place
