@@ -493,8 +493,8 @@ def test_an_export_without_checksums_is_refused_everywhere(tmp_path, data_dir, f
     tpm_jax.load_model(str(tmp_path / 'export'))
   res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(tmp_path / 'export'))
   assert res.returncode == 1 and 'has no checksums.json' in _one_line_error(res)
-  res = _run(tmp_path / 'run', data_dir, f'--config.init.checkpoint={tmp_path / "export"}', check=False)
-  assert res.returncode == 2 and 'has no checksums.json' in _one_line_error(res)
+  _, error, _ = _train_here(tmp_path / 'run', data_dir, f'--config.init.checkpoint={tmp_path / "export"}')  # train.py's
+  assert isinstance(error, ConfigError) and 'has no checksums.json' in str(error), error  # trainer: exit 2
   assert not (tmp_path / 'run').exists()
 
 
@@ -711,9 +711,9 @@ def test_non_finite_timm_weights_are_refused_before_anything_is_written(tmp_path
   sd = timm_state_dict(model_from_config(_smoke_config()))
   sd['blocks.1.mlp.fc1.weight'][0, 0] = np.nan
   save_file(sd, str(tmp_path / 'nan.safetensors'))
-  res = _run(tmp_path / 'run', data_dir, f'--config.init.timm_checkpoint={tmp_path / "nan.safetensors"}', check=False)
-  assert res.returncode == 2 and 'blocks.1.mlp.fc1.weight: the checkpoint holds non-finite values' in \
-      _one_line_error(res)
+  _, error, _ = _train_here(tmp_path / 'run', data_dir, f'--config.init.timm_checkpoint={tmp_path / "nan.safetensors"}')
+  assert isinstance(error, ConfigError), error  # train.py's trainer: exit 2
+  assert 'blocks.1.mlp.fc1.weight: the checkpoint holds non-finite values' in str(error)
   assert not (tmp_path / 'run').exists()
   sd['blocks.1.mlp.fc1.weight'] = np.zeros_like(sd['blocks.1.mlp.fc1.weight'], dtype=np.int32)  # cast, all zeros
   with pytest.raises(ValueError, match='blocks.1.mlp.fc1.weight: the checkpoint holds int32 values'):
