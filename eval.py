@@ -86,7 +86,7 @@ def _evaluate(F):
   flops = tpm_jax.count_flops(model, compile=False)  # the lowered program's count, as the sweep's
   try:
     speed = images_per_sec({'model': model}, F.batch_size, rounds=F.timed_runs)['model']
-  except (MemoryError, jax.errors.JaxRuntimeError) as e:  # a --batch_size too large for this host
+  except (MemoryError, ValueError, jax.errors.JaxRuntimeError) as e:  # a --batch_size too large for this host
     fail(f'--batch_size={F.batch_size}: the throughput measurement failed ({first_line(e)}); top-1 was '
          f'{metrics["eval_top1"]:.4f}, nothing written: a smaller --batch_size measures it', 1, hard=True)
   result = dict(source=job.source, checkpoint=F.checkpoint or F.timm_checkpoint, split=split,

@@ -100,7 +100,7 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
     try:
       c.reduction.distinct = float(a.distinct)
     except ValueError:
-      raise ValueError(f'config arg distinct={a.distinct!r} is not accepted: expected a number >= 0') from None
+      raise ValueError(f'config arg distinct={a.distinct!r} is not accepted: expected a number in [0, 1e6]') from None
   if a.get('prop_attn'):
     if a.prop_attn not in ('on', 'off'):
       raise ValueError(f'config arg prop_attn={a.prop_attn!r}: accepted are on, off')

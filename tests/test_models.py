@@ -72,7 +72,8 @@ def test_overrides_and_names():
     (dict(reduction=dict(method='tpm', keep=0.5)), r'reduction.keep is not a known field: accepted fields are assign, distinct, keep_rate'),
     (dict(multiscale='pyramid'), r"multiscale.method='pyramid' is not accepted: expected one of 'none', 'pool', 'cross'"),
     (dict(reduction=dict(method='drop', distinct=2.0)), r"reduction.distinct=2.0 is not accepted: expected 0 for method 'drop'"),
-    (dict(reduction=dict(method='tpm', distinct=-1.0)), r'reduction.distinct=-1.0 is not accepted: expected a float >= 0'),
+    (dict(reduction=dict(method='tpm', distinct=-1.0)), r'reduction.distinct=-1.0 is not accepted: expected a float in \[0, 1e6\]'),
+    (dict(reduction=dict(method='tpm', distinct=1e308)), r'reduction.distinct=1e\+308 is not accepted'),  # inf in float32
 ])
 def test_bad_config_gives_one_line_naming_the_field(kwargs, match):
   kwargs = dict(kwargs)

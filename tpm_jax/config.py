@@ -234,8 +234,8 @@ class ReductionConfig:
       _fail('reduction.prop_attn', self.prop_attn, 'true, false or None (method default)')
     if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not self.tau > 0:
       _fail('reduction.tau', self.tau, 'a positive float')
-    if isinstance(self.distinct, bool) or not isinstance(self.distinct, (int, float)) or not 0 <= self.distinct < math.inf:
-      _fail('reduction.distinct', self.distinct, 'a float >= 0 (0: rank by attention alone)')
+    if isinstance(self.distinct, bool) or not isinstance(self.distinct, (int, float)) or not 0 <= self.distinct <= 1e6:
+      _fail('reduction.distinct', self.distinct, 'a float in [0, 1e6] (0: rank by attention alone)')
     if self.distinct and self.method != 'tpm':
       _fail('reduction.distinct', self.distinct, f"0 for method {self.method!r} (it ranks tpm's crucial tokens only)")
 

@@ -2,6 +2,7 @@
 (beside it, then renamed: a reader sees the old file or the new one, never half of one)."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -12,6 +13,21 @@ import stat
 def sha256(path: str) -> str:
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'sha256').hexdigest()
+
+
+@contextlib.contextmanager
+def written_whole(path: str):
+  """``with written_whole(path) as tmp:`` write to ``tmp`` (beside ``path``, same extension), renamed
+  to ``path`` when the block ends without an error; removed otherwise (a full disk, a stop signal): a
+  reader sees the old file or the new one, never half of one."""
+  root, ext = os.path.splitext(path)
+  tmp = f'{root}.writing-{os.getpid()}{ext}'
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def write_json(path: str, value, *, indent: int | None = 2) -> None:

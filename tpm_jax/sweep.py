@@ -63,7 +63,7 @@ from tpm_jax.cli import (  # noqa: E402
 )
 from tpm_jax.config import ConfigError, RunConfig, flat_dict  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
-from tpm_jax.files import read_json_object, sha256, write_json  # noqa: E402
+from tpm_jax.files import read_json_object, sha256, write_json, written_whole  # noqa: E402
 from tpm_jax.flops import count_flops  # noqa: E402
 from tpm_jax.models.registry import model_from_config, with_weights_of  # noqa: E402
 from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path  # noqa: E402
@@ -365,8 +365,11 @@ def plot(points: list[dict], keys: list[str], title: str, path: str, batch: int)
   axes[0].legend(fontsize=8)
   fig.suptitle(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  try:
+    with written_whole(path) as tmp:  # a full disk or a stop leaves no half-written picture
+      fig.savefig(tmp, dpi=120)
+  finally:
+    plt.close(fig)
 
 
 def _table(rows: list[dict], columns: dict) -> list[str]:
@@ -411,7 +414,7 @@ def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, th
                  missing=(), extra_columns=()) -> None:
   """results.csv, results.md (mean and spread over seeds when ``seed`` is a key) and pareto.png."""
   columns = ['name', *keys, 'top1', 'top5', 'analytic_gmacs', 'images_per_sec', *extra_columns]
-  with open(os.path.join(workdir, 'results.csv'), 'w', newline='') as f:
+  with written_whole(os.path.join(workdir, 'results.csv')) as tmp, open(tmp, 'w', newline='') as f:
     writer = csv.DictWriter(f, columns, extrasaction='ignore')
     writer.writeheader()
     writer.writerows(rows)
@@ -432,7 +435,7 @@ def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, th
                           'min–max': lambda r: f'{100 * r["min"]:.2f}–{100 * r["max"]:.2f}', **cost})
   if missing:
     md += ['', f'Missing (not finished): {", ".join(missing)}']
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+  with written_whole(os.path.join(workdir, 'results.md')) as tmp, open(tmp, 'w') as f:
     f.write('\n'.join(md) + '\n')
   if rows:
     plot(points, keys, title, os.path.join(workdir, 'pareto.png'), throughput_batch)
