@@ -641,7 +641,9 @@ def test_a_full_disk_under_export_eval_and_the_sweep_is_one_line_and_leaves_noth
                 '--timed_runs', '1', '--batch_size', '2')
     assert res.returncode == 1 and 'cannot be written (No space left on device)' in _one_line_error(res), res.stderr[-2000:]
     assert 'Traceback' not in res.stderr and 'top1' in res.stdout  # the results were printed before
-    assert sorted(os.listdir(full)) == ['fill', 'sw']  # no .writing-<pid>, no half-written export or file
+    # no .writing-<pid>, no half-written export or file; the sweep's folder, which its lock created and in
+    # which nothing could be written, is removed with the lock
+    assert sorted(os.listdir(full)) == ['fill']
   finally:
     subprocess.run(['umount', str(full)])
 

@@ -32,9 +32,9 @@ def load_trained(path: str, flag: str = '--checkpoint'):
   if not os.path.isdir(path):  # a file, a device, a FIFO: bad input, never opened
     raise ConfigError(f'{flag}={path} is not accepted: not a directory (a training workdir or an export)')
   if not os.path.isdir(checkpoint.checkpoint_dir(path)) and not any(
-      os.path.lexists(os.path.join(path, name)) for name in (checkpoint.EXPORT_INFO, 'params', 'checksums.json')):
+      os.path.lexists(os.path.join(path, name)) for name in (checkpoint.EXPORT_INFO, 'params', checkpoint.CHECKSUMS)):
     raise ConfigError(f'{flag}={path} is not accepted: neither a training workdir (it has no checkpoints/) nor an '
-                      f'export (no params/, {checkpoint.EXPORT_INFO} or checksums.json)')
+                      f'export (no params/, {checkpoint.EXPORT_INFO} or {checkpoint.CHECKSUMS})')
   if checkpoint.is_export(path) or not os.path.isdir(checkpoint.checkpoint_dir(path)):
     path = checkpoint.check_export(path)
     saved = export.read_config(path)

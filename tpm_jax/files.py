@@ -31,17 +31,11 @@ def written_whole(path: str):
 
 
 def write_json(path: str, value, *, indent: int | None = 2) -> None:
-  """``value`` as JSON at ``path``, written beside and renamed into place."""
-  tmp = f'{path}.tmp-{os.getpid()}'
-  try:
-    with open(tmp, 'w') as f:
-      json.dump(value, f, indent=indent)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  """``value`` as JSON at ``path``, written beside and renamed into place (``written_whole``)."""
+  with written_whole(path) as tmp, open(tmp, 'w') as f:
+    json.dump(value, f, indent=indent)
+    f.flush()
+    os.fsync(f.fileno())
 
 
 def read_json_object(path: str) -> dict:

@@ -35,7 +35,7 @@ from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import AugConfig, ConfigError, OptimConfig, ReductionConfig, RunConfig
 from tpm_jax.data import input_pipeline
-from tpm_jax.files import read_json_object, write_json
+from tpm_jax.files import read_json_object, write_json, written_whole
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights
@@ -435,10 +435,8 @@ def _keep_metrics_until(path: str, step: int) -> None:
     except (ValueError, KeyError, TypeError):
       continue  # a line cut by a kill
   if len(kept) != len(lines):
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
+    with written_whole(path) as tmp, open(tmp, 'w') as f:
       f.writelines(kept)
-    os.replace(tmp, path)
 
 
 def read_final(workdir: str) -> dict | None:

@@ -11,6 +11,7 @@ import sys
 import time
 
 from tpm_jax.checkpoint.errors import WorkdirBusy
+from tpm_jax.files import written_whole
 
 HOLDER = '.lock'
 
@@ -48,10 +49,8 @@ class WorkdirLock:
     """``WORKDIR/.lock``: who holds the lock (read by the message of a refused second process)."""
     command = ' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300] if sys.argv else ''
     path = os.path.join(self.directory, HOLDER)
-    tmp = f'{path}.tmp-{os.getpid()}'
-    with open(tmp, 'w') as f:
+    with written_whole(path) as tmp, open(tmp, 'w') as f:
       f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")} ({command})\n')
-    os.replace(tmp, path)
 
   def release(self) -> None:
     if self.fd is not None:
