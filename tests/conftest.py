@@ -1,7 +1,9 @@
 """Test set-up: CPU only, simulated devices, and timm importable beside the CPU build of torch."""
 import os
 import shutil
+import signal
 import tempfile
+import time
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')  # keep TensorFlow off any GPU
@@ -38,6 +40,33 @@ def rng():
 def pytest_sessionfinish(session):
   if _OWN_CACHE and not hasattr(session.config, 'workerinput'):  # the controller, once every worker is done
     shutil.rmtree(os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _stop_signals_restored():
+  """A tool's function called in this process (``export.main``, ``sweep.main``) takes SIGINT and
+  SIGTERM over (``cli.finished`` ignores them): as they were, after each test."""
+  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  yield
+  for s, h in previous.items():
+    signal.signal(s, h)
+
+
+@pytest.fixture
+def sigterm_once_written():
+  """``send(process, path, delay=0.1)``: once ``path`` (a tool's last output) exists, SIGTERM to the
+  process ``delay`` seconds later (while it ends: the hostile pass's S-EVAL-END, S-EXP-END and SWEND-143,
+  exit code 143 and no line at 0.05-0.5 s); then its (returncode, stdout, stderr)."""
+  def send(p, path, delay=0.1, timeout=600):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and p.poll() is None and time.monotonic() < deadline:
+      time.sleep(0.005)
+    time.sleep(delay)
+    if p.poll() is None:
+      p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=timeout)
+    return p.returncode, out, err
+  return send
 
 
 @pytest.fixture(scope='session')

@@ -323,19 +323,21 @@ def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_pat
   assert not _steps(workdir)  # nothing trained from step 0
 
 
-def test_case2_read_only_tools_leave_the_workdir_unchanged(tmp_path, data_dir, four_steps):
+def test_case2_read_only_tools_leave_the_workdir_unchanged(tmp_path, data_dir, four_steps, sigterm_once_written):
+  """Also: SIGTERM just after eval.py wrote its --output (while the process ends) is exit code 0."""
   workdir = _copy(four_steps, tmp_path / 'run')
   _truncate(os.path.join(workdir, 'checkpoints', '4'))
   before = _listing(workdir)
   from tpm_jax import export
   export.main(['--workdir', str(workdir), '--output', str(tmp_path / 'export')])
   assert json.load(open(tmp_path / 'export' / 'export.json'))['step'] == 2
-  res = subprocess.run([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(workdir),
+  p = subprocess.Popen([sys.executable, os.path.join(ROOT, 'eval.py'), '--checkpoint', str(workdir),
                         '--batch_size', '4', '--timed_runs', '1', '--output', str(tmp_path / 'eval.json')],
-                       env=_env(), capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stderr[-3000:]
+                       env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  code, _, err = sigterm_once_written(p, tmp_path / 'eval.json')
+  assert code == 0 and 'Traceback' not in err, err[-3000:]
   assert json.load(open(tmp_path / 'eval.json'))['source'] == 'workdir step 2'
-  assert 'checkpoint step 4' in res.stderr
+  assert 'checkpoint step 4' in err
   assert _listing(workdir) == before
 
 

@@ -241,6 +241,34 @@ def tool_signals():
   cli._RAISED.clear()
 
 
+FINISHED_THEN_SLOW_TEARDOWN = """
+import os, time
+from tpm_jax import cli
+
+class Slow:
+  def __del__(self):  # runs while Python tears the modules down, after it reset the signals it handled
+    os.write(1, b'tearing down\\n')
+    time.sleep(3)
+
+keep = Slow()
+cli.finished()
+"""
+
+
+def test_a_signal_after_a_tool_finished_changes_nothing_even_while_python_shuts_down():
+  """``cli.finished`` (eval.py, the export and the sweep once their output is written): a stop signal
+  from then on, also while Python's shutdown tears JAX down (where it had reset a handled signal to
+  the default: exit code 143, no line; the hostile pass's S-EVAL-END, S-EXP-END, SWEND-143), leaves
+  the tool to end with its own exit code."""
+  p = subprocess.Popen([sys.executable, '-c', FINISHED_THEN_SLOW_TEARDOWN], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  assert p.stdout.readline() == 'tearing down\n'
+  p.send_signal(signal.SIGTERM)
+  p.send_signal(signal.SIGINT)
+  _, err = p.communicate(timeout=60)
+  assert p.returncode == 0 and not err, err
+
+
 def test_a_signal_inside_a_garbage_collection_callback_still_stops_the_tool(tool_signals):
   # JAX registers a gc callback; an exception a signal handler raises inside one is 'ignored' by Python and
   # the program went on (found by CI: train.py printed that it stopped, then carried on)
@@ -397,7 +425,7 @@ cli.exit_process(0)
 
 
 # -- outputs that never destroy -----------------------------------------------------------------
-def test_export_never_destroys(tmp_path, finished, capsys):
+def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written):
   workdir = _copy(finished, tmp_path / 'run')
   before = _listing(workdir)
   mine = tmp_path / 'mine'
@@ -429,8 +457,11 @@ def test_export_never_destroys(tmp_path, finished, capsys):
   assert (tmp_path / 'weights.safetensors').read_text() == 'my weights' and (parent / 'run' / 'final.json').exists()
   assert not (tmp_path / 'out').exists()
   # an earlier export is replaced whole; a killed re-export leaves the old one intact
-  res = _tool('-m', 'tpm_jax.export', '--workdir', str(workdir), '--output', str(tmp_path / 'out'), '--step', '2')
-  assert res.returncode == 0, res.stderr[-2000:]
+  p = subprocess.Popen([sys.executable, '-m', 'tpm_jax.export', '--workdir', str(workdir), '--output',
+                        str(tmp_path / 'out'), '--step', '2'], env=_env(), cwd=ROOT, stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  code, _, err = sigterm_once_written(p, tmp_path / 'out' / 'export.json')  # SIGTERM as it ends: still exit 0
+  assert code == 0 and 'Traceback' not in err, err[-2000:]
   p = subprocess.Popen([sys.executable, '-m', 'tpm_jax.export', '--workdir', str(workdir), '--output',
                         str(tmp_path / 'out'), '--step', '4'], env=_env(), cwd=ROOT)
   time.sleep(3.0)

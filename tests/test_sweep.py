@@ -114,12 +114,14 @@ def data_dir(tiny_imagenet):
   return tiny_imagenet
 
 
-def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, tensorflow_report, capsys):
+def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, tensorflow_report, capsys,
+                                                            sigterm_once_written):
   """Also: the sweep and its train.py runs import no TensorFlow (Grain reads the TFDS data source,
   TensorBoard's own writer writes the events), checked in every process (a ``sitecustomize`` reports
   ``sys.modules`` at exit); TensorFlow is only for preparing a dataset (eval.py and the export:
   tests/test_export_eval.py).
-  The sweep's later calls, which train nothing, run in this process (``sweep.main``)."""
+  The sweep's later calls, which train nothing, run in this process (``sweep.main``). SIGTERM just after
+  the sweep wrote its plot (while it ends) changes nothing: exit code 0."""
   from tpm_jax.flops import count_flops
   from tpm_jax.models.registry import model_from_config
   cmd = [sys.executable, '-m', 'tpm_jax.sweep', '--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop',
@@ -127,8 +129,9 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, 
          '--config.total_steps=4', '--config.log_every_steps=4', *SHALLOW]
   env, read_tensorflow_report = tensorflow_report
   env = dict(env, JAX_PLATFORMS='cpu', CUDA_VISIBLE_DEVICES='')
-  res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-  assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+  p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  code, stdout, stderr = sigterm_once_written(p, tmp_path / 'pareto.png')
+  assert code == 0 and 'Traceback' not in stderr, stdout[-3000:] + stderr[-3000:]
   workdir = tmp_path / 'runs' / 'method-tpm'
   processes = read_tensorflow_report()
   assert [p for p, _ in processes if 'train.py' in p], processes  # the sweep's training processes reported
@@ -139,7 +142,7 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, 
   events.Reload()
   assert {'loss', 'eval_top1', 'learning_rate'} <= set(events.Tags()['scalars'])
   assert [e.step for e in events.Scalars('loss')] == [4]
-  assert '[1/2] method-tpm: running ... finished, top-1' in res.stdout
+  assert '[1/2] method-tpm: running ... finished, top-1' in stdout
   rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
   assert [r['name'] for r in rows] == ['method-tpm', 'method-drop']
   for r in rows:

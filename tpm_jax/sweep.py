@@ -57,6 +57,7 @@ from tpm_jax.cli import (  # noqa: E402
   describe_flag_error,
   error_line,
   exit_process,
+  finished,
   quiet_library_logs,
   raise_if_stopped,
   stop_on_signals,
@@ -289,8 +290,7 @@ def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
   meta['runs'] += [dict(name=r.name, values=r.values, config=r.config) for r in runs if r.name not in known]
   meta['overrides'] = list(overrides)
   os.makedirs(workdir, exist_ok=True)
-  with open(path, 'w') as f:
-    json.dump(meta, f, indent=2)
+  write_json(path, meta)
 
 
 def _final(workdir: str) -> dict:
@@ -604,6 +604,7 @@ def main(argv=None) -> int:
       if not r.finished:
         print(shlex.join(r.command(args.python)))
     return 0
+  stop_on_signals()  # outside a run (the plan, the tables): one line, what is written is kept
   try:
     with WorkdirLock(args.workdir, what='sweep workdir') as lock:
       lock.record_holder()  # for the line a second sweep gets
@@ -617,9 +618,14 @@ def main(argv=None) -> int:
   except Interrupted as e:
     print(f'stopped: {e}', file=sys.stderr, flush=True)
     return 0
+  except Stopped as e:
+    print(f'stopped by {e.signal_name}: the finished runs are kept (run the same command to go on, or add '
+          f'--collect_only for the tables)', file=sys.stderr, flush=True)
+    return 0
   except OSError as e:  # the file system failing under the tables (a full disk)
     error_line(_write_failed(args.workdir, e))
     return 1
+  finished()  # a signal from now on: exit 0, the tables are written
   print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)
   if failed:
     error_line(f'{len(failed)} runs failed: {", ".join(r.name for r in failed)}')
@@ -682,6 +688,7 @@ def _main_reductions(args, overrides) -> int:
     print(f'stopped by {e.signal_name}: the settings evaluated so far are kept in {os.path.join(args.workdir, "evals")} '
           f'(run the same command to go on)', file=sys.stderr, flush=True)
     return 0
+  finished()  # a signal from now on: exit 0, the tables are written
   print(f'collected {len(rows)} evaluations into {os.path.join(args.workdir, "results.md")}', flush=True)
   return 0
 
