@@ -58,6 +58,27 @@ def test_a_finished_run_rerun_changes_nothing_and_says_so(tmp_path, data_dir, fi
   assert final['eval_top1'] is not None
   after = _listing(workdir)
   assert {k: v for k, v in after.items() if k != '.lock'} == {k: v for k, v in before.items() if k != '.lock'}
+  # the same command with the world around it changed (hostile passes' TC1, IC9, RO1): still finished,
+  # nothing checked, locked or written. A run made from weights that have moved away since:
+  gone, original = str(tmp_path / 'moved_away.safetensors'), (workdir / 'final.json').read_text()
+  record = json.loads(original)
+  record['config']['init']['timm_checkpoint'] = gone
+  (workdir / 'final.json').write_text(json.dumps(record))
+  before = _listing(workdir)
+  _, error, out = _train_here(workdir, data_dir, '--config.total_steps=4', f'--config.init.timm_checkpoint={gone}')
+  assert error is None and 'finished at step 4' in out, (error, out[-2000:])
+  assert _listing(workdir) == before
+  # the workdir on a read-only mount (where root may mount)
+  ro = tmp_path / 'ro'
+  ro.mkdir()
+  if subprocess.run(['mount', '--bind', '-o', 'ro', str(workdir), str(ro)], capture_output=True).returncode == 0:
+    try:
+      _, error, out = _train_here(ro, data_dir, '--config.total_steps=4', f'--config.init.timm_checkpoint={gone}')
+      assert error is None and 'finished at step 4' in out, (error, out[-2000:])
+    finally:
+      subprocess.run(['umount', str(ro)], check=True)
+    assert _listing(workdir) == before
+  (workdir / 'final.json').write_text(original)
   # a final.json copied in from another run is not this run's result
   other = json.load(open(workdir / 'final.json'))
   other['config']['seed'] = 5

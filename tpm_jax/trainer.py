@@ -472,9 +472,32 @@ def train_and_evaluate(config, workdir: str):
     return _train(run, workdir, stop)
 
 
+def _finished_as_asked(workdir: str, run: RunConfig) -> dict | None:
+  """A finished run's final.json when it records exactly the run asked for (every field of its config)
+  and its last step is still there: the same command again does nothing, so nothing around it is
+  checked first (its init weights may have moved away, its workdir may be read-only now) and nothing
+  is locked or written. Anything else (another run's final.json, its checkpoints gone) goes through
+  the resume policy, which says what it found."""
+  final = None if run.overwrite else read_final(workdir)
+  if final is None or final.get('step') not in checkpoint.list_steps(checkpoint.checkpoint_dir(workdir)):
+    return None
+  try:
+    return final if RunConfig.from_any(final.get('config')).to_dict() == run.to_dict() else None
+  except ConfigError:
+    return None
+
+
+def _nothing_to_do(workdir: str, finished: dict, step: int) -> dict:
+  log.info('%s: finished at step %d (final.json); nothing to do (a larger total_steps continues it)', workdir, step)
+  return {k: v for k, v in finished.items() if k != 'config'}
+
+
 def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   pidx, nproc = jax.process_index(), jax.process_count()
   is_main = pidx == 0
+  finished = _finished_as_asked(workdir, run)
+  if finished is not None:
+    return _nothing_to_do(workdir, finished, finished['step'])
   preflight.check_run(run, num_devices=jax.device_count(), process_count=nproc, workdir=workdir)
   dataset = input_pipeline.get_dataset(run.dataset)
   # A TFDS dataset prepared just now had no split sizes for the start-up checks: its splits are checked here,
@@ -504,9 +527,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
         train_examples=split_examples, train_fingerprint=fingerprint, process_index=pidx, process_count=nproc,
         has_final=finished is not None)
     if resume is not None and resume.finished:
-      log.info('%s: finished at step %d (final.json); nothing to do (a larger total_steps continues it)',
-               workdir, resume.step)
-      return {k: v for k, v in finished.items() if k != 'config'}
+      return _nothing_to_do(workdir, finished, resume.step)
     stop.check('start-up')
     setup.materialise()
     start = 0
