@@ -340,6 +340,21 @@ def test_a_signal_inside_a_weakref_callback_still_stops_the_tool(tool_signals):
   assert ref() is None
 
 
+def test_a_stop_during_a_write_that_must_finish_is_raised_when_it_ends(tool_signals):
+  """The export's Orbax save runs under ``cli.stops_deferred``: a stop cut it short, and TensorStore's
+  own threads went on writing into the folder the export had just removed (the hostile pass's S1,
+  2 of 18 stops). Now the write ends, then the stop is raised."""
+  from tpm_jax import cli
+  cli.stop_on_signals()
+  written = []
+  with pytest.raises(cli.Interrupted, match='SIGTERM'):
+    with cli.stops_deferred():
+      os.kill(os.getpid(), signal.SIGTERM)
+      time.sleep(0.2)  # the handler ran meanwhile
+      written.append('all')
+  assert written == ['all'] and cli._RAISED  # ended as a stop (exit_process: os._exit)
+
+
 def test_signals_while_a_tool_stops_are_the_same_request(tool_signals):
   """Ctrl-C pressed again while the tool is stopping (or JAX's exit clean-up runs) raises nothing more
   (found by the hostile pass: a traceback from an atexit callback after the one line); a signal

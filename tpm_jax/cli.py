@@ -1,6 +1,7 @@
 """Command-line helpers shared by train.py and eval.py."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging as std_logging
 import os
@@ -172,6 +173,25 @@ REPEAT_S = 2.0
 
 # The signals ``stop_on_signals``' handlers raised as ``Interrupted`` in this process (for ``exit_process``).
 _RAISED: list[int] = []
+# While ``stops_deferred`` blocks run: the signals taken meanwhile (innermost block last).
+_DEFERRING: list[list[int]] = []
+
+
+@contextlib.contextmanager
+def stops_deferred():
+  """For a write a stop must not cut short: an Orbax save, whose TensorStore writes go on in their own
+  threads after an exception and would leave files behind the tool's clean-up (the hostile pass's
+  S1). A SIGINT or SIGTERM that ``stop_on_signals`` takes during the block is raised as
+  ``Interrupted`` when the block ends."""
+  taken = []
+  _DEFERRING.append(taken)
+  try:
+    yield
+  finally:
+    _DEFERRING.remove(taken)
+  if taken:
+    _RAISED.append(taken[0])
+    raise Interrupted(signal.Signals(taken[0]).name)
 
 
 def _closed_event_loop(exc) -> bool:
@@ -204,6 +224,9 @@ def stop_on_signals() -> None:
 
   def handler(signum, frame):
     if raised and time.monotonic() - raised[-1] < REPEAT_S:
+      return
+    if _DEFERRING:  # raised when the write ends (``stops_deferred``)
+      _DEFERRING[-1].append(signum)
       return
     if not _in_finalizer(frame):
       raised.append(time.monotonic())

@@ -16,7 +16,7 @@ from flax import nnx
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
 from tpm_jax.checkpoint.errors import first_line
-from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals
+from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
@@ -63,11 +63,12 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
   tmp = f'{output}.writing-{os.getpid()}'
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
+  checkpointer = ocp.StandardCheckpointer()
   try:
     try:
-      checkpointer = ocp.StandardCheckpointer()
-      checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
-      checkpointer.wait_until_finished()
+      with stops_deferred():  # a stop cut short left TensorStore writing into the folder removed below
+        checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
+        checkpointer.wait_until_finished()
     except (ValueError, RuntimeError) as e:  # Orbax's and TensorStore's write errors (a full disk: RESOURCE_EXHAUSTED)
       raise checkpoint.CheckpointWriteError(f'{output}: writing the export failed ({first_line(e)}); nothing was '
                                             f'written') from e
@@ -90,10 +91,20 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     if safetensors:
       os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
   finally:
+    _close(checkpointer)
     shutil.rmtree(tmp, ignore_errors=True)
     if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
       os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
   return output
+
+
+def _close(checkpointer) -> None:
+  """Close ``checkpointer``, waiting for its background writes; their errors were reported already
+  (a failed save raised), or do not matter (the export's folder is removed next)."""
+  try:
+    checkpointer.close()
+  except (ValueError, RuntimeError, OSError):
+    pass
 
 
 def _recover_interrupted(output: str, safetensors: str | None) -> None:
