@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The converged 12-block Fashion-MNIST backbone of docs/RESULTS.md section 1 and the comparisons on it
-# (2 CPU cores). Resumable: finished steps are skipped.
+# (2 CPU cores), from a fresh clone (the venv and the data are made first). Resumable: finished steps are skipped.
 #   bash scripts/fmnist_backbone.sh [backbone|offtheshelf|variants|all]
 # backbone     train configs/fmnist_backbone.py:stage=pretrain into workdirs/fmnist_backbone (log:
 #              workdirs/fmnist_backbone.log) and export it to docs/results/fmnist_backbone
@@ -20,7 +20,9 @@
 #              workdirs/fmnist_backbone_ft/{none,tpm,tpm_distinct,peers}; each resumes where it stopped
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
+source scripts/venv.sh  # .venv/ as the README's commands make it ($PY)
+source scripts/fmnist_data.sh
+prepare_fmnist  # Fashion-MNIST prepared through TFDS (once)
 PART=${1:-all}
 W=workdirs/fmnist_backbone
 OUT=docs/results/fmnist_backbone
