@@ -37,6 +37,9 @@ BAD = [
     (dict(**{'dataset.name': 'imagenet2012', 'dataset.manual_dir': '/nonexistent'}),
      r"dataset.manual_dir='/nonexistent' .*ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"),
     (dict(**{'init.timm_checkpoint': '/nonexistent.safetensors'}), r'init.timm_checkpoint=.*no such file'),
+    # an export over timm weights: the timm file had no effect (hostile pass 10's V18)
+    (dict(**{'init.timm_checkpoint': 'w.safetensors', 'init.checkpoint': 'export'}),
+     r'init.checkpoint is not accepted with init.timm_checkpoint: expected one source of weights'),
     (dict(**{'optim.lr': float('inf')}), r'optim.lr=inf .*a finite number'),
     (dict(**{'seed': -1}), r'seed=-1 .*\[0, 2\*\*31\)'),
     (dict(**{'dataset.workers': 100000}), r'dataset.workers=100000 .*at most the \d+ CPUs of this machine'),

@@ -659,6 +659,10 @@ class InitConfig(_Section):
     if self.pretrained and self.timm_checkpoint:
       raise ConfigError('init.pretrained=true is not accepted with init.timm_checkpoint: expected one source of '
                         'timm weights')
+    if self.checkpoint and (self.timm_checkpoint or self.pretrained):
+      other = 'init.timm_checkpoint' if self.timm_checkpoint else 'init.pretrained=true'
+      raise ConfigError(f'init.checkpoint is not accepted with {other}: expected one source of weights (an export '
+                        f'holds every parameter, so the other would have no effect)')
     return self
 
 
