@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -202,6 +203,27 @@ def test_sigint_saves_like_sigterm(tmp_path, data_dir):
   assert p.returncode == 0 and 'Traceback' not in err, err[-2000:]
   assert 'preempted: saved step' in out and 'SIGINT' in out
   assert _steps(tmp_path / 'run')
+
+
+def test_a_refused_second_process_names_the_live_holder_never_an_ended_one(tmp_path):
+  """The holder writes ``.lock`` once it goes ahead; while it starts up, the file may still name an
+  earlier run that has ended (hostile pass 10's C1: the line named a dead pid and another command)."""
+  from tpm_jax.checkpoint import WorkdirBusy, WorkdirLock
+  ended = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'], capture_output=True, text=True)
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / '.lock').write_text(f'pid {ended.stdout.strip()} on {socket.gethostname()} since 2026-01-01 00:00:00 '
+                                 f'(train.py --workdir elsewhere)\n')
+  holder = WorkdirLock(str(workdir)).acquire()  # starting up: the flock is held, .lock not yet rewritten
+  try:
+    with pytest.raises(WorkdirBusy, match=r'is in use by another process: wait') as e:
+      WorkdirLock(str(workdir)).acquire()
+    assert 'elsewhere' not in str(e.value)
+    holder.record_holder()  # gone ahead: the line names it
+    with pytest.raises(WorkdirBusy, match=rf'is in use by pid {os.getpid()} on '):
+      WorkdirLock(str(workdir)).acquire()
+  finally:
+    holder.release()
 
 
 def test_a_workdir_the_lock_created_is_removed_when_nothing_was_written(tmp_path):

@@ -1,5 +1,6 @@
-"""Small file rules used across the package, each once: a file's SHA-256, and writing a file whole
-(beside it, then renamed: a reader sees the old file or the new one, never half of one)."""
+"""Small file rules used across the package, each once: a file's SHA-256, writing a file whole
+(beside it, then renamed: a reader sees the old file or the new one, never half of one), and whether
+the process a file names (its writer, a lock's holder) still runs."""
 from __future__ import annotations
 
 import contextlib
@@ -49,3 +50,14 @@ def read_json_object(path: str) -> dict:
   if not isinstance(value, dict):
     raise ValueError('not a JSON object')
   return value
+
+
+def process_running(pid: int) -> bool:
+  """Whether process ``pid`` exists on this host (no signal is sent)."""
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # it exists, another user's
+    pass
+  return True

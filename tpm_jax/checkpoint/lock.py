@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import socket
+import stat
 import sys
 import time
 
 from tpm_jax.checkpoint.errors import WorkdirBusy
-from tpm_jax.files import written_whole
+from tpm_jax.files import process_running, written_whole
 
 HOLDER = '.lock'
 
@@ -35,11 +37,7 @@ class WorkdirLock:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
       os.close(fd)
-      try:
-        with open(os.path.join(self.directory, HOLDER)) as f:
-          holder = f.read().strip() or 'another process'
-      except OSError:
-        holder = 'another process'
+      holder = _holder(self.directory)
       raise WorkdirBusy(f'{self.what} {self.directory} is in use by {holder}: wait for it to finish, stop it, or use '
                         f'another {self.what}') from None
     self.fd = fd
@@ -69,3 +67,21 @@ class WorkdirLock:
   def __exit__(self, *exc):
     self.release()
     return False
+
+
+def _holder(directory: str) -> str:
+  """Who holds ``directory``'s lock, as its ``.lock`` file says; 'another process' when the file is
+  missing, unreadable or left by an earlier holder that has ended (the holder is still starting up:
+  it writes the file once it goes ahead; hostile pass 10's C1 named a dead earlier run)."""
+  path = os.path.join(directory, HOLDER)
+  try:
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+      return 'another process'
+    with open(path) as f:
+      text = f.read().strip()
+  except (OSError, UnicodeDecodeError):
+    return 'another process'
+  named = re.match(r'pid (\d+) on (\S+) ', text)
+  if not text or (named and named[2] == socket.gethostname() and not process_running(int(named[1]))):
+    return 'another process'
+  return text

@@ -18,6 +18,7 @@ from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load
 from tpm_jax.checkpoint.errors import first_line
 from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
 from tpm_jax.config import ConfigError, RunConfig
+from tpm_jax.files import process_running
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
 
@@ -118,7 +119,7 @@ def _recover_interrupted(output: str, safetensors: str | None) -> None:
     folder, base = os.path.split(os.path.abspath(path))
     for name in os.listdir(folder):
       match = re.fullmatch(re.escape(base + '.') + pattern, name)
-      if not match or _running(int(match[2])):
+      if not match or process_running(int(match[2])):
         continue
       stale = os.path.join(folder, name)
       if match[1] == 'replaced' and not os.path.lexists(path):
@@ -128,16 +129,6 @@ def _recover_interrupted(output: str, safetensors: str | None) -> None:
         shutil.rmtree(stale)
       else:
         os.remove(stale)
-
-
-def _running(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)  # no signal sent: only whether the process exists
-  except ProcessLookupError:
-    return False
-  except PermissionError:  # it exists, another user's
-    pass
-  return True
 
 
 def _replace(new: str, output: str) -> None:
