@@ -63,10 +63,16 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
 
 @pytest.mark.parametrize('sweeps, named', [(['method=tpm', 'bogus=1,2'], 'bogus'),
                                            (['method=tpm,nope'], 'method=nope'),
-                                           (['keep=0.5,abc'], 'keep=abc')])
+                                           (['keep=0.5,abc'], 'keep=abc'),
+                                           # a flag that sets what a key sweeps: both runs would train keep 0.9
+                                           # labelled 0.5 and 0.7 (hostile pass 10's SW10, SW11)
+                                           (['keep=0.5,0.7', '--config.reduction.keep_rate=0.9'],
+                                            '--config.reduction.keep_rate sets reduction.keep_rate=0.9, which --sweep '
+                                            'keep changes'),
+                                           (['method=tpm,evit', '--config.reduction.method=drop'], "reduction.method='drop', which --sweep method")])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   argv = ['--config', CONFIG + ':smoke', '--workdir', str(tmp_path / 'sw')]
-  assert sweep.main(argv + [a for s in sweeps for a in ('--sweep', s)]) == 2
+  assert sweep.main(argv + [a for s in sweeps for a in ((s,) if s.startswith('--') else ('--sweep', s))]) == 2
   out = capsys.readouterr()
   assert out.out == '' and len(out.err.strip().splitlines()) == 1
   assert out.err.startswith('error: ') and named in out.err, out.err
@@ -181,6 +187,15 @@ def test_a_real_tiny_sweep_end_to_end_then_nothing_is_rerun(tmp_path, data_dir, 
   assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
   assert '2 runs in this sweep' in err and 'optim.lr=' in err
   assert listing() == before
+  # a run whose final.json records other settings than planned (train.py --config.overwrite=true in its
+  # folder, say): --collect_only does not report it under the planned label (hostile pass 10's SW13)
+  made = json.load(open(tmp_path / 'runs' / 'method-drop' / 'final.json'))
+  made['config']['reduction']['keep_rate'] = 0.3
+  (tmp_path / 'runs' / 'method-drop' / 'final.json').write_text(json.dumps(made))
+  for args in (cmd[3:], ['--workdir', str(tmp_path), '--throughput_batch', '8']):  # with the config, or the plan's
+    code, _, err = sweep_main(*args, '--collect_only')
+    assert code == 2 and len(err.strip().splitlines()) == 1, err[-3000:]
+    assert 'method-drop' in err and 'keep_rate=0.3' in err and 'other settings' in err, err
   # a damaged final.json: collected without it, the file named, no traceback
   (tmp_path / 'runs' / 'method-drop' / 'final.json').write_text('{"step": 4, "eval_top1"')
   code, _, err = sweep_main(*cmd[3:], '--collect_only')

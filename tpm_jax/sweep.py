@@ -183,6 +183,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   for key, values in sweeps.items():  # each value alone first, so an error names its key=value
     for v in values:
       build({key: v}, f'--sweep {key}={v}')
+  _check_overrides_keep_the_sweep(file, base, sweeps, overrides)
   runs = []
   for combo in itertools.product(*sweeps.values()):
     values = dict(zip(sweeps, combo))
@@ -192,6 +193,39 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
   return runs
+
+
+def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, overrides) -> None:
+  """ConfigError when a --config.* flag sets a field that a swept key changes: every run would train
+  the flag's value under the swept value's label (hostile pass 10's SW10, SW11)."""
+  if not overrides:
+    return
+
+  def fields(values, flags):
+    arg = ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
+    try:
+      return flat_dict(RunConfig.from_any(load_config(f'{file}:{arg}', flags)).to_dict())
+    except ConfigError:  # a config that needs a flag to be valid: its own check, in plan(), named it
+      return None
+  plain = fields({}, ())
+  if plain is None:
+    return
+  for key, values in sweeps.items():
+    mine = {v: fields({key: v}, ()) for v in values}
+    if any(m is None for m in mine.values()):
+      continue
+    swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())]  # what the key changes
+    for v in values:
+      given = fields({key: v}, overrides)
+      lost = [f for f in swept if given is not None and given.get(f) != mine[v].get(f)]
+      if lost:
+        f = lost[0]
+        flag = next((o.split('=')[0] for o in overrides
+                     if f == o.split('=')[0][len('--config.'):] or f.startswith(o.split('=')[0][len('--config.'):] + '.')),
+                    'a --config.* flag')
+        raise ConfigError(f'--sweep {key}={v}: {flag} sets {f}={given[f]!r}, which --sweep {key} changes (to '
+                          f'{mine[v][f]!r} here): every run would train the flag\'s value under its own label; drop '
+                          f'the flag or the sweep of {key}')
 
 
 def check_existing(runs: list[Run]) -> None:
@@ -285,9 +319,11 @@ def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
   with '-' where a run's sweep did not set a key."""
   path = os.path.join(workdir, PLAN)
   meta = read_plan(workdir, 'training') or dict(config=config, keys=[], runs=[])
-  known = {r['name'] for r in meta['runs']}
   meta['keys'] += [k for k in runs[0].values if k not in meta['keys']]
-  meta['runs'] += [dict(name=r.name, values=r.values, config=r.config) for r in runs if r.name not in known]
+  planned = {r['name']: r for r in meta['runs']}  # a run planned again: as planned now (its folder was checked)
+  planned.update({r.name: dict(name=r.name, values=r.values, config=r.config,
+                               run_config=r.run_config.to_dict() if r.run_config else None) for r in runs})
+  meta['runs'] = list(planned.values())
   meta['overrides'] = list(overrides)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, meta)
@@ -398,6 +434,7 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
       missing.append(r['name'])
       continue
     configs[r['name']] = RunConfig.from_any(final['config'])
+    _check_made_as_planned(r, rdir, configs[r['name']])
     rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
                      steps=final['step'], workdir=rdir))
   measured = measure(configs, throughput_batch) if rows else {}
@@ -408,6 +445,21 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   write_tables(workdir, rows, keys, title, throughput_batch, total=len(meta['runs']), missing=missing,
                extra_columns=('steps', 'workdir'))
   return rows
+
+
+def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
+  """ConfigError (exit 2, nothing written) when a finished run's final.json records other settings than
+  the sweep planned for it (a train.py --config.overwrite=true in its folder, say): its results would
+  be reported under the planned label (hostile pass 10's SW13). Plans written before sweep.json
+  recorded each run's whole config are not checked."""
+  if not planned.get('run_config'):
+    return
+  old, new = flat_dict(RunConfig.from_any(planned['run_config']).to_dict()), flat_dict(made.to_dict())
+  diffs = [f'{k}={new.get(k)!r} there, {old.get(k)!r} planned' for k in sorted(set(old) | set(new))
+           if old.get(k) != new.get(k)]
+  if diffs:
+    raise ConfigError(f'{rdir}/final.json records other settings than the sweep planned for {planned["name"]} '
+                      f'({"; ".join(diffs[:3])}): move the run\'s folder aside (the sweep then trains it as planned)')
 
 
 def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, throughput_batch: int, *, total: int,
