@@ -99,13 +99,13 @@ def _evaluate(F):
   width = max(len(k) for k in result)
   for k, v in result.items():
     print(f'{k:<{width}}  {v:.4f}' if isinstance(v, float) else f'{k:<{width}}  {v}')
+  finished()  # the result is out: a signal from now on changes nothing (the JSON below is written whole or not at all)
   if job.output:
     try:
       write_json(job.output, result)
     except OSError as e:  # the disk full, the folder gone or read-only since the check
       fail(f'--output={job.output}: cannot be written ({e.strerror or e}); the results above were not saved', 1,
            hard=True)
-  finished()  # a signal from now on: exit 0, the result is out
 
 
 if __name__ == '__main__':

@@ -249,8 +249,10 @@ def stop_on_signals() -> None:
 
 
 def finished() -> None:
-  """For a tool whose work is done and written: SIGINT and SIGTERM are ignored from now on (nothing is
-  left to stop or to lose; the tool ends by itself with its exit code). Ignored, not handled: Python's
+  """For a tool whose work is done, just before it puts its output in place (a rename, a small JSON
+  written whole): SIGINT and SIGTERM are ignored from now on (nothing is left to stop or to lose; the
+  tool ends by itself with its exit code; a stop between the output appearing and this call was
+  reported as "nothing was written"). Ignored, not handled: Python's
   shutdown resets a signal it handles to the default before it tears JAX down (0.1-0.5 s), where a
   stop signal then killed the finished tool with exit code 143 and no line; an ignored one it leaves
   ignored. (A handler was a traceback raised inside absl's exit, or that 143.)"""

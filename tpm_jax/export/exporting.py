@@ -52,9 +52,11 @@ def check_step(workdir: str, step: int | None) -> None:
 
 
 def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None,
-           overwrite: bool = False) -> str:
+           overwrite: bool = False, before_commit=None) -> str:
   """Export ``workdir``'s step (default: the newest good one) to ``output``; returns its absolute path.
-  Bad paths raise ConfigError before anything is read or written."""
+  Bad paths raise ConfigError before anything is read or written. ``before_commit()`` is called once
+  everything is written beside ``output``, just before it is renamed into place (the command line's
+  ``cli.finished``: a stop from then on changes nothing)."""
   if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     raise ConfigError(f'--workdir={workdir} is not a training workdir (it has no checkpoints/ folder)')
   check_step(workdir, step)
@@ -88,6 +90,8 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
           raise
         raise checkpoint.CheckpointWriteError(f'--safetensors={safetensors}: writing it failed ({first_line(e)}); '
                                               f'nothing was written') from e
+    if before_commit is not None:
+      before_commit()
     _replace(tmp, output)
     if safetensors:
       os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
@@ -164,7 +168,8 @@ def main(argv=None):
   stop_on_signals()
   try:
     try:
-      out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite)
+      out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite,
+                   before_commit=finished)  # a signal once the export is renamed into place: exit 0
     except (CheckpointError, OSError):
       raise_if_stopped()  # a stop that a library turned into a read error is the stop
       raise
@@ -174,4 +179,3 @@ def main(argv=None):
     fail(e, 1, hard=True)  # hard: Orbax's threads of a failed write would print at the interpreter's exit
   with open(os.path.join(out, EXPORT_INFO)) as f:
     print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
-  finished()  # a signal from now on: exit 0, the export is in place
