@@ -216,9 +216,13 @@ def test_a_refused_second_process_names_the_live_holder_never_an_ended_one(tmp_p
                                  f'(train.py --workdir elsewhere)\n')
   holder = WorkdirLock(str(workdir)).acquire()  # starting up: the flock is held, .lock not yet rewritten
   try:
-    with pytest.raises(WorkdirBusy, match=r'is in use by another process: wait') as e:
-      WorkdirLock(str(workdir)).acquire()
-    assert 'elsewhere' not in str(e.value)
+    # an ended run's record, a live unrelated pid's (pass 11's L_pid1), text that is no record (L_garbage)
+    for record in (f'pid {ended.stdout.strip()} on {socket.gethostname()}', f'pid 1 on {socket.gethostname()}',
+                   'garbage\nover two lines'):
+      (workdir / '.lock').write_text(f'{record} since 2026-01-01 00:00:00 (train.py --workdir elsewhere)\n')
+      with pytest.raises(WorkdirBusy, match=rf'is in use by (pid {os.getpid()} \(starting up\)|another process): wait') as e:
+        WorkdirLock(str(workdir)).acquire()
+      assert 'elsewhere' not in str(e.value) and '\n' not in str(e.value)
     holder.record_holder()  # gone ahead: the line names it
     with pytest.raises(WorkdirBusy, match=rf'is in use by pid {os.getpid()} on '):
       WorkdirLock(str(workdir)).acquire()

@@ -69,6 +69,8 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            (['keep=0.5,0.7', '--config.reduction.keep_rate=0.9'],
                                             '--config.reduction.keep_rate sets reduction.keep_rate=0.9, which --sweep '
                                             'keep changes'),
+                                           (['keep=0.7', '--config.reduction.keep_rate=0.9'],  # 0.7: the recipe's own
+                                            'which --sweep keep changes'),  # (pass 11's N1)
                                            (['method=tpm,evit', '--config.reduction.method=drop'], "reduction.method='drop', which --sweep method")])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   argv = ['--config', CONFIG + ':smoke', '--workdir', str(tmp_path / 'sw')]
@@ -82,7 +84,10 @@ def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp
 def test_collect_aggregates_over_seeds_and_lists_the_missing(tmp_path):
   top1 = {('tpm', '0'): 0.5, ('tpm', '1'): 0.75, ('tpm', '2'): 1.0, ('drop', '0'): 0.25, ('drop', '1'): 0.5}
   for (method, seed), t in top1.items():  # method-drop_seed-2 is not finished
-    _finish_by_hand(tmp_path / 'runs' / f'method-{method}_seed-{seed}', f'smoke,method={method},seed={seed}', t)
+    # method-drop_seed-1 retrained in its folder with overwrite=true and no progress bar: the same run (hostile
+    # pass 11's OW_collect, OW_sweep; RunConfig.OPERATIONAL)
+    how = ('--config.overwrite=true', '--config.progress=off') if (method, seed) == ('drop', '1') else ()
+    _finish_by_hand(tmp_path / 'runs' / f'method-{method}_seed-{seed}', f'smoke,method={method},seed={seed}', t, how)
   code = sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'method=tpm,drop', '--sweep', 'seed=0,1,2',
                      '--workdir', str(tmp_path), '--collect_only', '--throughput_batch', '4'])
   assert code == 0

@@ -813,6 +813,15 @@ class RunConfig:
     """The JSON form (config.json, a checkpoint's meta); ``from_any`` reads it back."""
     return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+  # How a run is carried out, not what it computes: left out where two runs are compared whole (a sweep's
+  # finished runs, the same command on a finished run). A run retrained in its folder with overwrite=true
+  # is the planned run (hostile pass 11's OW_collect, OW_sweep).
+  OPERATIONAL = ('overwrite', 'progress')
+
+  def whole(self) -> dict:
+    """Every dotted field with its value but the ``OPERATIONAL`` ones: what two runs must share to be one."""
+    return {k: v for k, v in flat_dict(self.to_dict()).items() if k not in self.OPERATIONAL}
+
   def identity(self) -> dict:
     """The dotted fields that identify the run (``IDENTITY``) with their values."""
     flat = flat_dict(self.to_dict())

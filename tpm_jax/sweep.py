@@ -107,10 +107,10 @@ class Run:
       return []
     path, config = saved
     try:
-      old = flat_dict(RunConfig.from_any(config).to_dict())
+      old = RunConfig.from_any(config).whole()
     except ConfigError as e:
       return [f'{path} is not a readable run config ({e})']
-    new = flat_dict(self.run_config.to_dict())
+    new = self.run_config.whole()
     return [f'{k}={old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new))
             if old.get(k) != new.get(k)]
 
@@ -214,7 +214,12 @@ def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, override
     mine = {v: fields({key: v}, ()) for v in values}
     if any(m is None for m in mine.values()):
       continue
-    swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())]  # what the key changes
+    # what the key changes: the fields its values set differently; a value that is the recipe's own (keep=0.7
+    # where keep is 0.7 anyway) changes nothing, so other values of the key are tried (hostile pass 11's N1, N2)
+    # (only the fields that then hold the value itself: a probe method=none also turns the fusion off)
+    probes = [m for m in (fields({key: p}, ()) for p in _probes(values)) if m is not None]
+    swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())
+             or (any(m.get(f) != plain[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
     for v in values:
       given = fields({key: v}, overrides)
       lost = [f for f in swept if given is not None and given.get(f) != mine[v].get(f)]
@@ -226,6 +231,30 @@ def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, override
         raise ConfigError(f'--sweep {key}={v}: {flag} sets {f}={given[f]!r}, which --sweep {key} changes (to '
                           f'{mine[v][f]!r} here): every run would train the flag\'s value under its own label; drop '
                           f'the flag or the sweep of {key}')
+
+
+def _holds(value, v: str) -> bool:
+  """Whether a config field's value is the swept value ``v`` itself (0.7, '0.7', (0.7,), 'tpm')."""
+  if isinstance(value, (list, tuple)) and len(value) == 1:
+    value = value[0]
+  try:
+    return str(value) == v or float(value) == float(v)
+  except (TypeError, ValueError):
+    return False
+
+
+def _probes(values) -> list[str]:
+  """Other values of a swept key, to see which fields it sets: for numbers half, double and one more;
+  otherwise 'none' (a method, a fusion)."""
+  out = []
+  for v in values:
+    try:
+      x = float(v)
+    except ValueError:
+      out.append('none')
+      continue
+    out += [str(x / 2), str(x * 2)] + ([str(int(x) + 1)] if x == int(x) else [])
+  return [p for p in dict.fromkeys(out) if p not in values]
 
 
 def check_existing(runs: list[Run]) -> None:
@@ -454,7 +483,12 @@ def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
   recorded each run's whole config are not checked."""
   if not planned.get('run_config'):
     return
-  old, new = flat_dict(RunConfig.from_any(planned['run_config']).to_dict()), flat_dict(made.to_dict())
+  try:
+    old = RunConfig.from_any(planned['run_config']).whole()
+  except ConfigError as e:
+    raise ConfigError(f'{PLAN}: the run_config planned for {planned["name"]} is not a run config ({e}): move the '
+                      f'sweep\'s folder aside, or restore its {PLAN}') from None
+  new = made.whole()
   diffs = [f'{k}={new.get(k)!r} there, {old.get(k)!r} planned' for k in sorted(set(old) | set(new))
            if old.get(k) != new.get(k)]
   if diffs:

@@ -482,7 +482,7 @@ def _finished_as_asked(workdir: str, run: RunConfig) -> dict | None:
   if final is None or final.get('step') not in checkpoint.list_steps(checkpoint.checkpoint_dir(workdir)):
     return None
   try:
-    return final if RunConfig.from_any(final.get('config')).to_dict() == run.to_dict() else None
+    return final if RunConfig.from_any(final.get('config')).whole() == run.whole() else None
   except ConfigError:
     return None
 

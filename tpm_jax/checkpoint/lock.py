@@ -70,18 +70,36 @@ class WorkdirLock:
 
 
 def _holder(directory: str) -> str:
-  """Who holds ``directory``'s lock, as its ``.lock`` file says; 'another process' when the file is
-  missing, unreadable or left by an earlier holder that has ended (the holder is still starting up:
-  it writes the file once it goes ahead; hostile pass 10's C1 named a dead earlier run)."""
-  path = os.path.join(directory, HOLDER)
+  """Who holds ``directory``'s lock: its ``.lock`` record when that names the process holding the flock
+  (the kernel's /proc/locks, where it can be read) or, without that, a process still running on this
+  host; otherwise the flock holder's pid, or 'another process'. The holder writes ``.lock`` only once it
+  goes ahead, so while it starts up the file may still name an earlier, ended run or a pid since
+  reused (hostile passes 10 and 11: C1, L_pid1); a file that is not such a record is not printed."""
+  path, holder = os.path.join(directory, HOLDER), _flock_holder(directory)
   try:
     if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
-      return 'another process'
+      raise OSError
     with open(path) as f:
-      text = f.read().strip()
+      text = f.read(1000).strip()
   except (OSError, UnicodeDecodeError):
-    return 'another process'
-  named = re.match(r'pid (\d+) on (\S+) ', text)
-  if not text or (named and named[2] == socket.gethostname() and not process_running(int(named[1]))):
-    return 'another process'
-  return text
+    text = ''
+  named = re.fullmatch(r'pid (\d+) on (\S+) since [^\n]*', text)
+  if named and (int(named[1]) == holder if holder is not None else
+                named[2] != socket.gethostname() or process_running(int(named[1]))):
+    return text
+  return f'pid {holder} (starting up)' if holder is not None else 'another process'
+
+
+def _flock_holder(directory: str) -> int | None:
+  """The pid holding a flock on ``directory``, as /proc/locks lists it (Linux); None where it cannot be read."""
+  try:
+    st = os.stat(directory)
+    with open('/proc/locks') as f:
+      for line in f:
+        parts = line.split()
+        if len(parts) > 5 and parts[1] == 'FLOCK' and parts[5].split(':')[-1] == str(st.st_ino):
+          pid = int(parts[4])
+          return pid if process_running(pid) else None
+  except (OSError, ValueError):
+    pass
+  return None
