@@ -249,12 +249,27 @@ def test_a_workdir_the_lock_created_is_removed_when_nothing_was_written(tmp_path
 def test_sigterm_during_start_up_is_one_line_and_exit_0(tmp_path, data_dir):
   p = subprocess.Popen(_cmd(tmp_path / 'run', data_dir), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                        text=True)
-  time.sleep(1.5)  # importing: long before the first step
+  _wait_until_it_catches_sigterm(p)  # its start-up handler is in place
+  time.sleep(1.0)  # importing: long before the first step
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=120)
   assert p.returncode == 0, err[-2000:]
   assert 'stopped' in err and 'nothing was trained' in err and 'Traceback' not in err, err[-2000:]
   assert not (tmp_path / 'run').exists()
+
+
+def _wait_until_it_catches_sigterm(p, timeout=120):
+  """Until process ``p`` handles SIGTERM (its SigCgt mask in /proc; Python itself catches only SIGINT), or
+  ``timeout`` seconds."""
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline and p.poll() is None:
+    try:
+      caught = next(int(l.split()[1], 16) for l in open(f'/proc/{p.pid}/status') if l.startswith('SigCgt:'))
+    except (OSError, StopIteration):
+      caught = 0
+    if caught & (1 << (signal.SIGTERM - 1)):
+      return
+    time.sleep(0.01)
 
 
 @pytest.mark.parametrize('tool, code', [(('-m', 'tpm_jax.export', '--workdir', '{finished}', '--output', '{out}'), 1),
@@ -266,7 +281,8 @@ def test_ctrl_c_while_a_tool_imports_is_one_line(tmp_path, finished, tool, code)
   args = [a.format(finished=finished, out=tmp_path / 'out') for a in tool]
   p = subprocess.Popen([sys.executable, *args], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                        cwd=ROOT)
-  time.sleep(0.5)  # Python is up, JAX is being imported
+  _wait_until_it_catches_sigterm(p)  # the tool's start-up handler is in place (a loaded machine: not after 0.5 s)
+  time.sleep(0.2)  # JAX is being imported
   p.send_signal(signal.SIGINT)
   out, err = p.communicate(timeout=120)
   assert p.returncode == code and 'stopped by SIGINT' in err and 'Traceback' not in err, err[-2000:]
