@@ -299,15 +299,12 @@ def test_ctrl_c_while_a_tool_imports_is_one_line(tmp_path, finished, tool, code)
 
 @pytest.fixture
 def tool_signals():
-  """For a test that calls ``cli.stop_on_signals`` in this process: the signal handlers, the hooks it
-  installs and its record of raised signals as they were, afterwards (a later in-process tool would
-  otherwise end as after a stop: ``os._exit``)."""
+  """For a test that calls ``cli.stop_on_signals`` in this process: the hooks it installs and its record
+  of raised signals as they were, afterwards (a later in-process tool would otherwise end as after a
+  stop: ``os._exit``); the signal handlers are restored for every test (conftest)."""
   from tpm_jax import cli
-  previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   hooks = sys.unraisablehook, sys.excepthook
   yield
-  for s, h in previous.items():
-    signal.signal(s, h)
   sys.unraisablehook, sys.excepthook = hooks
   cli._RAISED.clear()
 

@@ -842,9 +842,14 @@ class RunConfig:
 
   def identity_differences(self, other: 'RunConfig') -> list[str]:
     """'field=<other's> there, <self's> now' for each identity field that differs."""
-    mine, theirs = self.identity(), other.identity()
-    return [f'{k}={theirs.get(k)!r} there, {mine.get(k)!r} now' for k in sorted(set(mine) | set(theirs))
-            if mine.get(k) != theirs.get(k)]
+    return field_differences(other.identity(), self.identity(), 'now')
+
+
+def field_differences(there: Mapping, here: Mapping, here_is: str) -> list[str]:
+  """'field=<there's value> there, <here's value> <here_is>' for each dotted field whose values differ,
+  sorted: how a saved run (a workdir's, a checkpoint's, a sweep's plan) differs from another."""
+  return [f'{k}={there.get(k)!r} there, {here.get(k)!r} {here_is}' for k in sorted(set(there) | set(here))
+          if there.get(k) != here.get(k)]
 
 
 def flat_dict(d: Mapping, prefix: str = '') -> dict:

@@ -62,7 +62,7 @@ from tpm_jax.cli import (  # noqa: E402
   raise_if_stopped,
   stop_on_signals,
 )
-from tpm_jax.config import ConfigError, RunConfig, flat_dict  # noqa: E402
+from tpm_jax.config import ConfigError, RunConfig, field_differences, flat_dict  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
 from tpm_jax.files import read_json_object, sha256, write_json, written_whole  # noqa: E402
 from tpm_jax.flops import count_flops  # noqa: E402
@@ -110,9 +110,7 @@ class Run:
       old = RunConfig.from_any(config).whole()
     except ConfigError as e:
       return [f'{path} is not a readable run config ({e})']
-    new = self.run_config.whole()
-    return [f'{k}={old.get(k)!r} there, {new.get(k)!r} asked' for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k)]
+    return field_differences(old, self.run_config.whole(), 'asked')
 
   @property
   def finished(self) -> bool:
@@ -168,7 +166,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     raise ConfigError('--sweep key=v1,v2,... is needed (at least one)')
 
   def build(values, what):
-    arg = ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
+    arg = _arg_string(base, values)
     try:
       cfg = RunConfig.from_any(load_config(f'{file}:{arg}', overrides))
       if _model_key(cfg) not in checked:
@@ -180,10 +178,9 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     return f'{file}:{arg}', cfg
 
   build({}, None)  # the base config and the passed-on flags
-  for key, values in sweeps.items():  # each value alone first, so an error names its key=value
-    for v in values:
-      build({key: v}, f'--sweep {key}={v}')
-  _check_overrides_keep_the_sweep(file, base, sweeps, overrides)
+  alone = {(key, v): build({key: v}, f'--sweep {key}={v}')[1]  # each value alone first, so an error names it
+           for key, values in sweeps.items() for v in values}
+  _check_overrides_keep_the_sweep(file, base, sweeps, overrides, alone)
   runs = []
   for combo in itertools.product(*sweeps.values()):
     values = dict(zip(sweeps, combo))
@@ -195,34 +192,39 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   return runs
 
 
-def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, overrides) -> None:
+def _arg_string(base: str, values: dict) -> str:
+  """The config's argument string of a run: the base's, then each swept key=value."""
+  return ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
+
+
+def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, overrides, alone: dict) -> None:
   """ConfigError when a --config.* flag sets a field that a swept key changes: every run would train
-  the flag's value under the swept value's label (hostile pass 10's SW10, SW11)."""
+  the flag's value under the swept value's label (hostile pass 10's SW10, SW11). ``alone``: (key, value)
+  -> the RunConfig of that value alone, flags included, as plan() built it."""
   if not overrides:
     return
 
-  def fields(values, flags):
-    arg = ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
+  def fields(values):  # without the flags
     try:
-      return flat_dict(RunConfig.from_any(load_config(f'{file}:{arg}', flags)).to_dict())
+      return flat_dict(RunConfig.from_any(load_config(f'{file}:{_arg_string(base, values)}')).to_dict())
     except ConfigError:  # a config that needs a flag to be valid: its own check, in plan(), named it
       return None
-  plain = fields({}, ())
+  plain = fields({})
   if plain is None:
     return
   for key, values in sweeps.items():
-    mine = {v: fields({key: v}, ()) for v in values}
+    mine = {v: fields({key: v}) for v in values}
     if any(m is None for m in mine.values()):
       continue
     # what the key changes: the fields its values set differently; a value that is the recipe's own (keep=0.7
     # where keep is 0.7 anyway) changes nothing, so other values of the key are tried (hostile pass 11's N1, N2)
     # (only the fields that then hold the value itself: a probe method=none also turns the fusion off)
-    probes = [m for m in (fields({key: p}, ()) for p in _probes(values)) if m is not None]
+    probes = [m for m in (fields({key: p}) for p in _probes(values)) if m is not None]
     swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())
              or (any(m.get(f) != plain[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
     for v in values:
-      given = fields({key: v}, overrides)
-      lost = [f for f in swept if given is not None and given.get(f) != mine[v].get(f)]
+      given = flat_dict(alone[key, v].to_dict())
+      lost = [f for f in swept if given.get(f) != mine[v].get(f)]
       if lost:
         f = lost[0]
         flag = next((o.split('=')[0] for o in overrides
@@ -488,9 +490,7 @@ def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
   except ConfigError as e:
     raise ConfigError(f'{PLAN}: the run_config planned for {planned["name"]} is not a run config ({e}): move the '
                       f'sweep\'s folder aside, or restore its {PLAN}') from None
-  new = made.whole()
-  diffs = [f'{k}={new.get(k)!r} there, {old.get(k)!r} planned' for k in sorted(set(old) | set(new))
-           if old.get(k) != new.get(k)]
+  diffs = field_differences(made.whole(), old, 'planned')
   if diffs:
     raise ConfigError(f'{rdir}/final.json records other settings than the sweep planned for {planned["name"]} '
                       f'({"; ".join(diffs[:3])}): move the run\'s folder aside (the sweep then trains it as planned)')
@@ -574,7 +574,7 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
   meta = read_plan(workdir, 'reductions')
   if meta is None:
     meta = dict(kind='reductions', **ident, settings=[])
-  other = [f'{k}={meta.get(k)!r} there, {v!r} now' for k, v in ident.items() if meta.get(k) != v]
+  other = field_differences({k: meta.get(k) for k in ident}, ident, 'now')
   if other:
     raise ConfigError(f'--workdir={workdir} holds the evaluations of another checkpoint or split ({"; ".join(other)}): '
                       f'use another --workdir')

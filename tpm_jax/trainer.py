@@ -495,9 +495,9 @@ def _nothing_to_do(workdir: str, finished: dict, step: int) -> dict:
 def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   pidx, nproc = jax.process_index(), jax.process_count()
   is_main = pidx == 0
-  finished = _finished_as_asked(workdir, run)
-  if finished is not None:
-    return _nothing_to_do(workdir, finished, finished['step'])
+  as_asked = _finished_as_asked(workdir, run)  # read again under the lock below: the resume policy's own
+  if as_asked is not None:
+    return _nothing_to_do(workdir, as_asked, as_asked['step'])
   preflight.check_run(run, num_devices=jax.device_count(), process_count=nproc, workdir=workdir)
   dataset = input_pipeline.get_dataset(run.dataset)
   # A TFDS dataset prepared just now had no split sizes for the start-up checks: its splits are checked here,
@@ -519,7 +519,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     if nproc > 1:
       multihost_utils.sync_global_devices('workdir cleared')
     setup = plan_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    finished = read_final(workdir)  # a finished run's summary, if there is one
+    finished = read_final(workdir)  # a finished run's summary, if there is one (now that no one else writes it)
     if finished is not None and not run.overwrite:
       _check_final_is_this_run_s(workdir, finished, run)
     resume = None if run.overwrite else checkpoint.plan_resume(

@@ -35,7 +35,7 @@ from tpm_jax.checkpoint.steps import (
   set_aside_steps,
   tree_differences,
 )
-from tpm_jax.config import ConfigError, RunConfig, flat_dict
+from tpm_jax.config import ConfigError, RunConfig, field_differences, flat_dict
 from tpm_jax.files import read_json_object
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,8 @@ STATE_SECTIONS = ('model.', 'reduction.', 'multiscale.', 'optim.', 'distill.')
 
 def _state_field_differences(run: RunConfig, saved: RunConfig) -> list[str]:
   """'field=<saved> there, <now> now' for the settings that shape the train state."""
-  new, old = flat_dict(run.to_dict()), flat_dict(saved.to_dict())
-  return [f'{k}={old.get(k)!r} there, {new.get(k)!r} now' for k in sorted(set(old) | set(new))
-          if k.startswith(STATE_SECTIONS) and old.get(k) != new.get(k)]
+  state = lambda c: {k: v for k, v in flat_dict(c.to_dict()).items() if k.startswith(STATE_SECTIONS)}
+  return field_differences(state(saved), state(run), 'now')
 
 
 def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_examples, train_fingerprint,
