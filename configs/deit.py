@@ -6,12 +6,15 @@ label smoothing 0.1), stochastic depth 0.1. Start from timm weights with
 ``--config.init.timm_checkpoint=deit_small_patch16_224.safetensors``.
 
 Arg string (all optional): model=<timm name>, method=none|tpm|evit|drop|tome, keep=<float>,
-r=<int>, multiscale=none|pool|cross, seed=<int>, smoke (a run of seconds on a CPU).
+r=<int> (ToMe's tokens merged per block, ToMe's way; by default matched to keep: the token
+counts the other methods have at keep), multiscale=none|pool|cross, seed=<int>, smoke (a run of seconds on a CPU).
   python train.py --config configs/deit.py:model=deit_small_patch16_224,method=tpm,keep=0.7 \\
       --config.dataset.manual_dir=/data/imagenet --workdir /ckpt/deit_s_tpm07
 """
 
-from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
+from configs.common import ARG_FIELDS, RECIPE_ARGS, apply_arg, base_config, parse_arg
+
+__all__ = ['ARG_FIELDS', 'get_config']  # ARG_FIELDS: the field each arg-string key names (the sweep reads it)
 
 
 def get_config(arg=None):

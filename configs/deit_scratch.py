@@ -7,7 +7,9 @@ the target, quantised into ``keep_warmup_stages`` compiled steps).
 Arg string: as configs/deit.py.
 """
 
-from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
+from configs.common import ARG_FIELDS, RECIPE_ARGS, apply_arg, base_config, parse_arg
+
+__all__ = ['ARG_FIELDS', 'get_config']  # ARG_FIELDS: the field each arg-string key names (the sweep reads it)
 
 
 def get_config(arg=None):

@@ -36,12 +36,13 @@ DeiT-S has. Batch 128.
 Augmentation: random resized crop (area 0.6-1), horizontal flip, label smoothing 0.1; no
 RandAugment (grayscale), no random erasing, no mixup/cutmix (short runs).
 """
+from configs.common import ARG_FIELDS as _COMMON_FIELDS
 from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
-from tpm_jax.config import RunConfig
-from tpm_jax.reduction_setting import matched_tome_r
 
-ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', r=0, stage='finetune', epochs=0.0,
+ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', stage='finetune', epochs=0.0,
             width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
+ARG_FIELDS = dict(_COMMON_FIELDS, width='model.embed_dim', depth='model.depth', patch='model.patch_size',
+                  pos_embed_init='model.pos_embed_init')  # the field each key names (python -m tpm_jax.sweep)
 
 
 def get_config(arg=None):
@@ -80,15 +81,7 @@ def get_config(arg=None):
   c = apply_arg(c, a)
   if not a.prop_attn:  # the reproduction's base (see above), not the library's default
     c.reduction.prop_attn = c.reduction.method == 'tome'
-  if c.reduction.method == 'tome' and a.r == 0:  # from the final model and locations (``smoke`` changes both)
-    c.reduction.r = ','.join(str(r) for r in _tome_r(c))
   return c
-
-
-def _tome_r(c):
-  """ToMe on equal terms: at the same blocks, as many tokens as the keep rate removes there."""
-  run = RunConfig.from_any(c)
-  return matched_tome_r(run.vit, c.reduction.keep_rate, run.reduction.locations)
 
 
 def _locations(depth):

@@ -26,6 +26,7 @@ from configs import fmnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONE = os.path.join(ROOT, 'docs', 'results', 'fmnist_backbone')
 SHAPE = 'depth=12,width=64,patch=4,pos_embed_init=sincos2d,crop_min=0.8'
+ARG_FIELDS = {k: f for k, f in fmnist.ARG_FIELDS.items() if k not in SHAPE}  # the sweep reads it (configs/common.py)
 
 
 def get_config(arg=None):

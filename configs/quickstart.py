@@ -23,11 +23,13 @@ attention (``prop_attn`` on for tpm and tome, off otherwise), the settings docs/
       --config.init.checkpoint=workdirs/quickstart/backbone --workdir workdirs/quickstart/tpm
 """
 from configs import fmnist
+from configs.common import ARG_FIELDS as _COMMON_FIELDS
 from configs.common import parse_arg
 from tpm_jax.config import PROP_ATTN_METHODS
 
 ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=1400,
             finetune_steps=150, smoke=False)
+ARG_FIELDS = {k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}  # the sweep reads it (configs/common.py)
 
 
 def get_config(arg=None):

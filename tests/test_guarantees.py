@@ -161,6 +161,26 @@ def test_the_checkpoint_s_own_config_identifies_the_run_without_config_json(tmp_
   assert isinstance(error, ConfigError) and 'seed=0 there, 5 now' in str(error), error
 
 
+def test_a_hand_edited_config_json_does_not_outweigh_the_checkpoint_s_own_config(tmp_path, data_dir, finished):
+  """config.json is a record a user may edit; a workdir with checkpoints is judged by what each step was
+  saved with (hostile pass 12's CFG_edit_train, CFG_edit_nofinal): the same command goes on, and a sweep
+  reads the step's config too, naming the file it read."""
+  workdir = _copy(finished, tmp_path / 'run')
+  edited = json.loads((workdir / 'config.json').read_text())
+  edited['reduction']['keep_rate'] = 0.3
+  (workdir / 'config.json').write_text(json.dumps(edited))
+  os.remove(workdir / 'final.json')
+  from tpm_jax import sweep
+  from tpm_jax.config import RunConfig
+  saved = json.loads((workdir / 'checkpoints' / '4' / 'meta' / 'metadata').read_text())['config']
+  run = sweep.Run('r', {}, '', str(workdir), run_config=RunConfig.from_any(saved))
+  assert run.differences() == []  # the step's own config, not the edited config.json
+  other = sweep.Run('r', {}, '', str(workdir), run_config=RunConfig.from_any(saved).replace(seed=7))
+  assert other.differences()[0].startswith('checkpoints/4/meta/metadata records seed=0 there, 7 asked'), other.differences()
+  final, error, _ = _train_here(workdir, data_dir, '--config.total_steps=4')
+  assert error is None and final is not None and (workdir / 'final.json').exists(), error
+
+
 # -- one process group per workdir --------------------------------------------------------------
 def test_a_second_run_on_a_busy_workdir_is_refused_naming_the_holder(tmp_path, data_dir):
   workdir = tmp_path / 'run'

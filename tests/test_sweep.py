@@ -71,9 +71,30 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                             'keep changes'),
                                            (['keep=0.7', '--config.reduction.keep_rate=0.9'],  # 0.7: the recipe's own
                                             'which --sweep keep changes'),  # (pass 11's N1)
-                                           (['method=tpm,evit', '--config.reduction.method=drop'], "reduction.method='drop', which --sweep method")])
+                                           (['method=tpm,evit', '--config.reduction.method=drop'], "reduction.method='drop', which --sweep method"),
+                                           # hostile pass 12: a flag on the field a declared key names (N1_sim, N1_wt,
+                                           # N1_invalid_method), a label the config itself overrides (IGN_smoke_model:
+                                           # smoke sets the model; IGN_none_ms: method none has no fusion), two labels
+                                           # of one run (SEED_00; IGN_none_keep: method none reads no keep rate)
+                                           (['similarity=keys', '--config.reduction.similarity=tokens'],
+                                            "--config.reduction.similarity sets reduction.similarity='tokens'"),
+                                           (['weight=importance', '--config.reduction.weight=size'], 'reduction.weight'),
+                                           (['method=foo', '--config.reduction.method=evit'],
+                                            "--sweep method=foo: the run would train reduction.method='evit', not foo"),
+                                           (['keep=1.5,2', '--config.reduction.keep_rate=0.9'], 'would train reduction.keep_rate=0.9'),
+                                           (['model=deit_tiny_patch16_224'], "would train model.name='vit_custom', not deit_tiny"),
+                                           (['method=none', 'multiscale=pool,cross'],
+                                            "run method-none_multiscale-pool would train multiscale.method='none', not pool"),
+                                           (['multiscale=pool,cross', '--base', 'smoke,method=none'],
+                                            "--sweep multiscale=pool: the run would train multiscale.method='none', not pool"),
+                                           (['seed=0,00'], 'run seed-00 would train the same run as seed-0'),
+                                           (['keep=0.5,0.7', 'method=none,tpm'], 'run keep-0.7_method-none would train the same '
+                                            'run as keep-0.5_method-none: its result would be reported under two labels; drop one '
+                                            'of the values (they differ only in reduction.keep_rate, which the run does not read)')])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
-  argv = ['--config', CONFIG + ':smoke', '--workdir', str(tmp_path / 'sw')]
+  base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
+  sweeps = [s for s in sweeps if s not in ('--base', base)]
+  argv = ['--config', f'{CONFIG}:{base}', '--workdir', str(tmp_path / 'sw')]
   assert sweep.main(argv + [a for s in sweeps for a in ((s,) if s.startswith('--') else ('--sweep', s))]) == 2
   out = capsys.readouterr()
   assert out.out == '' and len(out.err.strip().splitlines()) == 1
@@ -118,6 +139,35 @@ def test_sweeps_into_one_workdir_collect_into_one_table(tmp_path):
       [('method-none', 'none', '-', 0.5), ('keep-0.5_method-tpm', 'tpm', '0.5', 0.25)]
   assert 'Missing (not finished): keep-0.5_method-drop' in open(tmp_path / 'results.md').read()
   assert len(json.load(open(tmp_path / 'sweep.json'))['runs']) == 3
+
+
+def test_a_folder_counts_a_run_once_and_shows_what_each_row_was_swept_from(tmp_path, capsys):
+  """Hostile pass 12: a seed sweep after a baseline into one folder would count the baseline's run twice
+  over seeds (AGG): refused; a second sweep with another base config adds rows that say so (MIXBASE);
+  a hand-damaged sweep.json is one line naming it (CO_f ... CO_i)."""
+  _finish_by_hand(tmp_path / 'runs' / 'method-none', 'smoke,method=none', 0.5)
+  _finish_by_hand(tmp_path / 'runs' / 'keep-0.6', 'smoke,method=evit,keep=0.6', 0.25)
+  base = ['--workdir', str(tmp_path), '--collect_only', '--throughput_batch', '4']
+  assert sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'method=none', *base]) == 0
+  assert sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'seed=0,1', '--sweep', 'method=none', *base]) == 2
+  err = capsys.readouterr().err
+  assert "run seed-0_method-none would train the same run as method-none, which this folder's sweep.json already " \
+      'plans' in err and len(err.strip().splitlines()) == 1, err
+  assert sweep.main(['--config', CONFIG + ':smoke,method=evit', '--sweep', 'keep=0.6', *base]) == 0
+  rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
+  assert [(r['name'], r['base']) for r in rows] == [('method-none', 'deit.py:smoke'), ('keep-0.6', 'deit.py:smoke,method=evit')]
+  assert '| keep-0.6 | - | 0.6 | 25.00 |' in open(tmp_path / 'results.md').read()
+  plan = json.load(open(tmp_path / 'sweep.json'))
+  for damage in (lambda p: p.pop('keys'), lambda p: p.update(runs=5), lambda p: p['runs'][0].pop('name'),
+                 lambda p: p['runs'][0].update(values=None), lambda p: p['runs'][0].update(name='../x')):
+    damaged = json.loads(json.dumps(plan))
+    damage(damaged)
+    (tmp_path / 'sweep.json').write_text(json.dumps(damaged))
+    capsys.readouterr()
+    assert sweep.main(base) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: {tmp_path}/sweep.json is not a sweep plan this version reads') and \
+        len(err.strip().splitlines()) == 1, err
 
 
 @pytest.fixture(scope='module')

@@ -282,6 +282,17 @@ class ReductionConfig:
     r_v = r_t[0] if len(r_t) == 1 else r_t
     return dataclasses.replace(self, locations=locations, keep_rate=keep_v, r=r_v)
 
+  # What each method reads besides ``method`` (the model and count_flops read no other field): a field outside
+  # it changes nothing the run computes, so two runs that differ only there are one run (a sweep's labels).
+  READ_BY = {'none': (), 'tpm': ('keep_rate', 'locations', 'similarity', 'assign', 'tau', 'weight', 'prop_attn', 'distinct'),
+             'evit': ('keep_rate', 'locations', 'prop_attn'), 'drop': ('keep_rate', 'locations', 'prop_attn'),
+             'tome': ('r', 'locations', 'prop_attn')}  # ToMe always matches keys
+
+  def unread(self) -> tuple[str, ...]:
+    """The fields this method does not read (``tau`` is read by soft assignment only)."""
+    read = set(self.READ_BY[self.method]) - ({'tau'} if self.assign != 'soft' else set())
+    return tuple(f for f in self.FIELDS if f != 'method' and f not in read)
+
   def per_location(self, value) -> tuple:
     n = len(self.locations)
     return tuple(value) if isinstance(value, tuple) else (value,) * n
@@ -335,6 +346,11 @@ class MultiscaleConfig:
   @property
   def enabled(self) -> bool:
     return self.method != 'none'
+
+  def unread(self) -> tuple[str, ...]:
+    """The fields this fusion does not read: ``source`` is cross's, ``scales`` pool's; none reads neither."""
+    read = {'none': (), 'pool': ('scales',), 'cross': ('source',)}[self.method]
+    return tuple(f for f in self.FIELDS if f != 'method' and f not in read)
 
   def validated(self) -> 'MultiscaleConfig':
     _choice('multiscale.method', self.method, MULTISCALE_METHODS)
@@ -821,6 +837,21 @@ class RunConfig:
   def whole(self) -> dict:
     """Every dotted field with its value but the ``OPERATIONAL`` ones: what two runs must share to be one."""
     return {k: v for k, v in flat_dict(self.to_dict()).items() if k not in self.OPERATIONAL}
+
+  def unread(self) -> tuple[str, ...]:
+    """The dotted fields the run does not read: its reduction's and fusion's settings that their
+    methods leave unused (``ReductionConfig.unread``, ``MultiscaleConfig.unread``)."""
+    return (tuple(f'reduction.{f}' for f in self.reduction.unread())
+            + tuple(f'multiscale.{f}' for f in self.multiscale.unread()))
+
+  def computed(self) -> dict:
+    """``whole()`` without the fields the run does not read: two runs with the same are one run, whatever
+    their labels say (a sweep refuses to train it twice under two names)."""
+    unread = set(self.unread())
+    out = {k: v for k, v in self.whole().items() if k not in unread}
+    if 'reduction.prop_attn' in out:  # None: the method's default
+      out['reduction.prop_attn'] = self.reduction.use_prop_attn
+    return out
 
   def identity(self) -> dict:
     """The dotted fields that identify the run (``IDENTITY``) with their values."""

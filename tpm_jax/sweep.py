@@ -35,6 +35,7 @@ import argparse  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
@@ -44,6 +45,7 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
@@ -51,7 +53,7 @@ from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from tpm_jax import evaluation  # noqa: E402
-from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir  # noqa: E402
+from tpm_jax.checkpoint import CheckpointError, WorkdirLock, checkpoint_dir, newest_saved_config  # noqa: E402
 from tpm_jax.cli import Interrupted as Stopped  # noqa: E402
 from tpm_jax.cli import (  # noqa: E402
   describe_flag_error,
@@ -85,11 +87,18 @@ class Run:
   workdir: str
   overrides: tuple = ()      # --config.<field>=<value> flags, passed on unchanged
   run_config: RunConfig | None = None  # the whole run, as train.py will build it
+  base: str = ''             # what the swept values were added to: '<config file name>:<arg string> <flags>'
 
   def saved_config(self) -> tuple[str, dict] | None:
-    """(file, config) of what the run's workdir holds (final.json's config, else config.json), None
-    when it holds neither. ConfigError naming the file when it is unreadable."""
-    for name in ('final.json', 'config.json'):
+    """(file, config) of what the run's workdir holds: final.json's config, else the config its newest
+    checkpoint step was saved with, else config.json (a record a user may edit: hostile pass 12's
+    CFG_edit_nofinal); None when it holds none. ConfigError naming the file when it is unreadable."""
+    for name in ('final.json', 'checkpoint', 'config.json'):
+      if name == 'checkpoint':
+        saved = newest_saved_config(self.workdir)
+        if saved is not None:
+          return saved
+        continue
       path = os.path.join(self.workdir, name)
       if os.path.lexists(path):
         try:
@@ -110,7 +119,8 @@ class Run:
       old = RunConfig.from_any(config).whole()
     except ConfigError as e:
       return [f'{path} is not a readable run config ({e})']
-    return field_differences(old, self.run_config.whole(), 'asked')
+    diffs = field_differences(old, self.run_config.whole(), 'asked')
+    return [f'{os.path.relpath(path, self.workdir)} records {diffs[0]}', *diffs[1:]] if diffs else []
 
   @property
   def finished(self) -> bool:
@@ -180,13 +190,22 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   build({}, None)  # the base config and the passed-on flags
   alone = {(key, v): build({key: v}, f'--sweep {key}={v}')[1]  # each value alone first, so an error names it
            for key, values in sweeps.items() for v in values}
-  _check_overrides_keep_the_sweep(file, base, sweeps, overrides, alone)
+  declared = _arg_fields(file)
+  _check_labels(file, base, sweeps, overrides, alone, declared)
   runs = []
   for combo in itertools.product(*sweeps.values()):
     values = dict(zip(sweeps, combo))
     name = run_name(values)
     config, cfg = build(values, f'run {name}')
-    runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg))
+    runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg,
+                    ' '.join([f'{os.path.basename(file)}:{base}'.rstrip(':'), *overrides])))
+  for r in runs:  # each value may hold alone and not beside another key's (multiscale=pool with method=none)
+    flat = flat_dict(r.run_config.to_dict())
+    for key, v in r.values.items():
+      f = declared.get(key)
+      if f in flat and not _holds(flat[f], v):
+        raise ConfigError(f'--sweep: run {r.name} would train {f}={flat[f]!r}, not {v} (another swept value sets it): '
+                          f'its label would name what was not trained; sweep these keys apart')
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
   return runs
@@ -197,24 +216,51 @@ def _arg_string(base: str, values: dict) -> str:
   return ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
 
 
-def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, overrides, alone: dict) -> None:
-  """ConfigError when a --config.* flag sets a field that a swept key changes: every run would train
-  the flag's value under the swept value's label (hostile pass 10's SW10, SW11). ``alone``: (key, value)
-  -> the RunConfig of that value alone, flags included, as plan() built it."""
-  if not overrides:
-    return
+def _arg_fields(file: str) -> dict:
+  """The config file's ``ARG_FIELDS`` (arg-string key -> the dotted field it names; configs/common.py),
+  {} when it declares none."""
+  try:
+    spec = importlib.util.spec_from_file_location('_tpm_jax_sweep_config', file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+  except Exception:  # noqa: BLE001 - load_config already read the file: a second reading that fails declares nothing
+    return {}
+  fields = getattr(module, 'ARG_FIELDS', None)
+  return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, Mapping) else {}
+
+
+def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, declared: dict) -> None:
+  """ConfigError unless every run trains what its label says. A key the config file declares
+  (``ARG_FIELDS``) names one field: each value must leave that field at the value (not the config's
+  own code, as ``smoke`` sets the model; hostile pass 12's IGN_smoke_model, IGN_none_ms) and no
+  --config.* flag may set it (pass 10's SW10, SW11; pass 11's N1, N2; pass 12's N1_*). For other keys,
+  a flag may not set a field the key's values (or other values of it) change. ``alone``: (key, value)
+  -> the RunConfig of that value alone, flags included, as plan() built it; ``declared``: ``_arg_fields``."""
 
   def fields(values):  # without the flags
     try:
       return flat_dict(RunConfig.from_any(load_config(f'{file}:{_arg_string(base, values)}')).to_dict())
     except ConfigError:  # a config that needs a flag to be valid: its own check, in plan(), named it
       return None
-  plain = fields({})
-  if plain is None:
-    return
+  plain = fields({}) if overrides else None
   for key, values in sweeps.items():
     mine = {v: fields({key: v}) for v in values}
-    if any(m is None for m in mine.values()):
+    if key in declared:
+      f = declared[key]
+      for v in values:
+        given = flat_dict(alone[key, v].to_dict())
+        if f not in given:
+          break  # the config file's declaration names no field of a run config: nothing to check by it
+        if mine[v] is None or not _holds(mine[v].get(f), v):
+          trains = given[f] if mine[v] is None else mine[v].get(f)
+          raise ConfigError(f'--sweep {key}={v}: the run would train {f}={trains!r}, not {v} (the config sets '
+                            f'{f} itself here{", or a --config.* flag does" if overrides else ""}): its label '
+                            f'would name what was not trained; sweep {key} with another base config, or leave it out')
+        if given.get(f) != mine[v].get(f):
+          _refuse_flag(key, v, f, given[f], mine[v][f], overrides)
+      else:
+        continue
+    if plain is None or any(m is None for m in mine.values()):
       continue
     # what the key changes: the fields its values set differently; a value that is the recipe's own (keep=0.7
     # where keep is 0.7 anyway) changes nothing, so other values of the key are tried (hostile pass 11's N1, N2)
@@ -226,19 +272,51 @@ def _check_overrides_keep_the_sweep(file: str, base: str, sweeps: dict, override
       given = flat_dict(alone[key, v].to_dict())
       lost = [f for f in swept if given.get(f) != mine[v].get(f)]
       if lost:
-        f = lost[0]
-        flag = next((o.split('=')[0] for o in overrides
-                     if f == o.split('=')[0][len('--config.'):] or f.startswith(o.split('=')[0][len('--config.'):] + '.')),
-                    'a --config.* flag')
-        raise ConfigError(f'--sweep {key}={v}: {flag} sets {f}={given[f]!r}, which --sweep {key} changes (to '
-                          f'{mine[v][f]!r} here): every run would train the flag\'s value under its own label; drop '
-                          f'the flag or the sweep of {key}')
+        _refuse_flag(key, v, lost[0], given[lost[0]], mine[v][lost[0]], overrides)
+
+
+def _refuse_flag(key: str, v: str, f: str, given, own, overrides):
+  flag = next((o.split('=')[0] for o in overrides
+               if f == o.split('=')[0][len('--config.'):] or f.startswith(o.split('=')[0][len('--config.'):] + '.')),
+              'a --config.* flag')
+  raise ConfigError(f'--sweep {key}={v}: {flag} sets {f}={given!r}, which --sweep {key} changes (to {own!r} here): '
+                    f'every run would train the flag\'s value under its own label; drop the flag or the sweep of {key}')
+
+
+def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> None:
+  """ConfigError when two runs of the sweep, or a run and one the folder's ``sweep.json`` already plans
+  under another name (``earlier``), would train the same run (``RunConfig.computed``: equal but for
+  fields the run does not read, like keep for ToMe's r or method none): its result would be reported
+  under two labels, or counted twice over seeds (hostile pass 12's IGN_*, SEED_00, AGG)."""
+  seen = {}
+  for r in earlier.get('runs', []) if earlier else []:
+    try:
+      if r.get('run_config') and r['name'] not in {x.name for x in runs}:
+        seen.setdefault(json.dumps(RunConfig.from_any(r['run_config']).computed(), sort_keys=True, default=str),
+                        (r['name'], RunConfig.from_any(r['run_config']), True))
+    except ConfigError:
+      continue  # a damaged plan entry: collecting names it
+  for r in runs:
+    key = json.dumps(r.run_config.computed(), sort_keys=True, default=str)
+    if key in seen:
+      other, cfg, planned = seen[key]
+      a, b = cfg.whole(), r.run_config.whole()
+      differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+      why = (f'they differ only in {", ".join(differ)}, which the run does not read' if differ
+             else 'the values give the same config')
+      where = (f'as {other}, which this folder\'s {PLAN} already plans: its table would count it twice; sweep the '
+               f'other values only' if planned else f'as {other}: its result would be reported under two labels; '
+               f'drop one of the values')
+      raise ConfigError(f'--sweep: run {r.name} would train the same run {where} ({why})')
+    seen[key] = (r.name, r.run_config, False)
 
 
 def _holds(value, v: str) -> bool:
   """Whether a config field's value is the swept value ``v`` itself (0.7, '0.7', (0.7,), 'tpm')."""
   if isinstance(value, (list, tuple)) and len(value) == 1:
     value = value[0]
+  if isinstance(value, bool):  # prop_attn=on|off
+    return value == (v.lower() in ('on', 'true', '1', 'yes'))
   try:
     return str(value) == v or float(value) == float(v)
   except (TypeError, ValueError):
@@ -341,7 +419,30 @@ def read_plan(workdir: str, kind: str) -> dict | None:
     held = ('a sweep of training runs' if kind == 'reductions' else
             'the evaluations of one checkpoint under --reductions (read them with --checkpoint and --reductions)')
     raise ConfigError(f'--workdir={workdir} holds {held}; this sweep needs a folder of its own')
+  wrong = _plan_damage(meta, kind)
+  if wrong:  # a hand-edited plan: one line naming it (hostile pass 12's CO_f ... CO_i)
+    raise ConfigError(f'{path} is not a sweep plan this version reads ({wrong}): restore it, or use another --workdir')
   return meta
+
+
+def _plan_damage(meta: dict, kind: str) -> str | None:
+  """What is wrong with a sweep.json's layout, None when nothing."""
+  strings = lambda x: isinstance(x, list) and all(isinstance(v, str) for v in x)
+  if kind == 'reductions':
+    return None if strings(meta.get('settings')) else "'settings' is not a list of setting strings"
+  if not isinstance(meta.get('config'), str):
+    return "'config' is not a string"
+  if not strings(meta.get('keys')):
+    return "'keys' is not a list of strings"
+  if not isinstance(meta.get('runs'), list):
+    return "'runs' is not a list"
+  for i, r in enumerate(meta['runs']):
+    if not (isinstance(r, dict) and isinstance(r.get('name'), str) and re.fullmatch(r'[A-Za-z0-9.+_-]+', r['name'])
+            and r['name'].strip('.')
+            and isinstance(r.get('values'), dict) and isinstance(r.get('config'), str)
+            and isinstance(r.get('run_config'), (dict, type(None)))):
+      return f'runs[{i}] is not a run with a name, its values, config and run_config'
+  return None
 
 
 def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
@@ -352,7 +453,7 @@ def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
   meta = read_plan(workdir, 'training') or dict(config=config, keys=[], runs=[])
   meta['keys'] += [k for k in runs[0].values if k not in meta['keys']]
   planned = {r['name']: r for r in meta['runs']}  # a run planned again: as planned now (its folder was checked)
-  planned.update({r.name: dict(name=r.name, values=r.values, config=r.config,
+  planned.update({r.name: dict(name=r.name, values=r.values, config=r.config, base=r.base,
                                run_config=r.run_config.to_dict() if r.run_config else None) for r in runs})
   meta['runs'] = list(planned.values())
   meta['overrides'] = list(overrides)
@@ -388,10 +489,10 @@ def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
   """Rows grouped by every swept key but seed: n, top-1 mean, std, min, max; mean GMACs and images/s."""
   others, groups = [k for k in keys if k != 'seed'], {}
-  for r in rows:
-    groups.setdefault(tuple(r[k] for k in others), []).append(r)
+  for r in rows:  # runs of other base configs are other groups
+    groups.setdefault(tuple(r[k] for k in others) + (r.get('base', ''),), []).append(r)
   mean = lambda rs, f: statistics.mean(r[f] for r in rs)
-  return [dict(zip(others, g), n=len(rs), top1=mean(rs, 'top1'),
+  return [dict(zip(others, g), base=g[-1], n=len(rs), top1=mean(rs, 'top1'),
                std=statistics.stdev([r['top1'] for r in rs]) if len(rs) > 1 else 0.0,
                min=min(r['top1'] for r in rs), max=max(r['top1'] for r in rs),
                analytic_gmacs=mean(rs, 'analytic_gmacs'), images_per_sec=mean(rs, 'images_per_sec'))
@@ -467,14 +568,16 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
     configs[r['name']] = RunConfig.from_any(final['config'])
     _check_made_as_planned(r, rdir, configs[r['name']])
     rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
-                     steps=final['step'], workdir=rdir))
+                     steps=final['step'], workdir=rdir, base=r.get('base') or r['config']))
   measured = measure(configs, throughput_batch) if rows else {}
   for row in rows:
     row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
   cfg = next(iter(configs.values()), None)
   title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.name})' if cfg else '')
+  # runs of sweeps with other base configs or flags in one folder: each row says what it was added to (pass 12's MIXBASE)
+  bases = ('base',) if len({row['base'] for row in rows}) > 1 else ()
   write_tables(workdir, rows, keys, title, throughput_batch, total=len(meta['runs']), missing=missing,
-               extra_columns=('steps', 'workdir'))
+               extra_columns=(*bases, 'steps', 'workdir'))
   return rows
 
 
@@ -516,7 +619,8 @@ def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, th
   if 'seed' in keys and rows:
     points = aggregate(rows, keys)
     md += ['', '## Over seeds', '']
-    md += _table(points, {**{k: (lambda r, k=k: r[k]) for k in keys if k != 'seed'}, 'n': lambda r: r['n'],
+    md += _table(points, {**{k: (lambda r, k=k: r[k]) for k in keys if k != 'seed'},
+                          **({'base': lambda r: r['base']} if 'base' in extra_columns else {}), 'n': lambda r: r['n'],
                           'top-1 mean (%)': pct('top1'), 'std': pct('std'),
                           'min–max': lambda r: f'{100 * r["min"]:.2f}–{100 * r["max"]:.2f}', **cost})
   if missing:
@@ -677,6 +781,7 @@ def main(argv=None) -> int:
       raise ConfigError(f'{bad[0]}: not a sweep flag; only --config.<field>=<value> flags are passed to train.py')
     if args.config:
       runs = plan(args.config, args.sweep, args.workdir, overrides)
+      check_one_run_per_label(runs, read_plan(args.workdir, 'training'))
       check_existing(runs)
     elif not (args.collect_only and os.path.exists(os.path.join(args.workdir, PLAN))):
       raise ConfigError(f'--config is required (or --collect_only on a workdir with a {PLAN})')

@@ -32,7 +32,7 @@ from tpm_jax.checkpoint.items import (
                                         with_shardings,
 )
 from tpm_jax.checkpoint.lock import WorkdirLock
-from tpm_jax.checkpoint.readonly import restore_model
+from tpm_jax.checkpoint.readonly import newest_saved_config, restore_model
 from tpm_jax.checkpoint.resume import Resume, check_config_json, move_run_aside, plan_resume
 from tpm_jax.checkpoint.steps import (
     checkpoint_dir,
@@ -49,6 +49,6 @@ __all__ = [
     'CheckpointError', 'CheckpointWriteError', 'ResumeMismatch', 'WorkdirBusy', 'EXPORT_CONFIG', 'EXPORT_INFO',
     'check_export', 'is_export', 'load_params_into', 'read_export_config', 'CHECKSUMS', 'verify_checksums',
     'write_checksums', 'abstract_items', 'abstract_params', 'items_into_state', 'params_into_model', 'state_items',
-    'with_shardings', 'WorkdirLock', 'restore_model', 'Resume', 'check_config_json', 'move_run_aside', 'plan_resume', 'checkpoint_dir',
+    'with_shardings', 'WorkdirLock', 'restore_model', 'newest_saved_config', 'Resume', 'check_config_json', 'move_run_aside', 'plan_resume', 'checkpoint_dir',
     'list_steps', 'read_meta', 'restore_data', 'restore_items', 'saved_label_names', 'set_aside_steps', 'Checkpointer',
 ]

@@ -31,6 +31,21 @@ def saved_run(step_dir: str, step: int, meta: dict | None = None) -> RunConfig:
                           f'version of tpm_jax ({e})') from e
 
 
+def newest_saved_config(workdir: str) -> tuple[str, dict] | None:
+  """(file, config) saved with the newest step of ``workdir`` whose meta is readable: what its state
+  was saved with (``config.json`` is a record a user may edit); None without such a step."""
+  directory = checkpoint_dir(workdir)
+  for s in reversed(list_steps(directory)):
+    step_dir = os.path.join(directory, str(s))
+    try:
+      meta = read_meta(step_dir)
+    except CheckpointError:
+      continue
+    if isinstance(meta, dict) and isinstance(meta.get('config'), dict):
+      return os.path.join(step_dir, 'meta', 'metadata'), meta['config']
+  return None
+
+
 def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = True):
   """(model, run, step, item) of a training workdir, read-only: ``item`` is 'ema' or 'params'.
   A ``step`` not saved there: CheckpointError listing the saved steps. A step that disappears while

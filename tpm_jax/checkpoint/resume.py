@@ -58,9 +58,11 @@ def _overwrite_hint(workdir):
 
 
 def check_config_json(workdir: str, run: RunConfig) -> None:
-  """Refuse a workdir whose config.json describes another run (ResumeMismatch)."""
+  """Refuse a workdir whose config.json describes another run (ResumeMismatch). A workdir with
+  checkpoint steps is judged by what each step itself was saved with (``plan_resume``), not by
+  config.json, a record a user may have edited (hostile pass 12's CFG_edit_train)."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  if not os.path.isfile(path) or list_steps(checkpoint_dir(workdir)):
     return
   try:
     old = RunConfig.from_any(read_json_object(path))
