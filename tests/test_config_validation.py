@@ -122,16 +122,24 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
       assert describe_flag_error(outer, []) == f'Error whilst parsing config file: {says}'
 
 
-@pytest.mark.parametrize('arg', ['method=tome', 'method=tome,smoke', 'method=tome,keep=0.5,depth=6,patch=4'])
-def test_fmnist_tome_merges_what_the_keep_rate_removes_at_each_location(arg):
-  """configs/fmnist.py sets ToMe's r per location from the model it describes (``smoke`` shrinks the
-  model and drops a location): r_i = tokens before - ceil(keep * tokens before)."""
+@pytest.mark.parametrize('config, arg', [('fmnist', 'method=tome'), ('fmnist', 'method=tome,smoke'),
+                                         ('fmnist', 'method=tome,keep=0.5,depth=6,patch=4'),
+                                         ('deit', 'method=tome,keep=0.5'), ('deit', 'method=tome,keep=0.7,smoke')])
+def test_tome_merges_what_the_keep_rate_removes_at_each_location(config, arg):
+  """The recipes set ToMe's r per location from the model they describe unless r is given (``smoke``
+  shrinks the model and drops a location): r_i = tokens before - ceil(keep * tokens before), so a
+  sweep's keep is one token count for every method (hostile pass 12's IGN_tome: deit.py's ToMe
+  ignored keep)."""
+  import importlib
   import math
 
-  from configs import fmnist
-  from tpm_jax.preflight import validate_train_config
-  c = fmnist.get_config(arg)
-  validate_train_config(c, num_devices=1)  # refused before: r had 3 entries for smoke's 2 locations
+  from tpm_jax.config import RunConfig
+  c = importlib.import_module(f'configs.{config}').get_config(arg)
+  if config == 'deit':
+    from configs import deit
+    assert deit.get_config('method=tome,r=8').reduction.r == '8'  # ToMe's own way, every block
+    assert deit.get_config('method=tome,r=8').reduction.locations is None
+  RunConfig.from_any(c)  # refused before: r had 3 entries for smoke's 2 locations
   locations = str(c.reduction.locations).split(',')
   r = [int(v) for v in str(c.reduction.r).split(',')]
   m, keep = (c.model.img_size // c.model.patch_size) ** 2, float(c.reduction.keep_rate)
