@@ -139,10 +139,10 @@ def test_tome_merges_what_the_keep_rate_removes_at_each_location(config, arg):
     from configs import deit
     assert deit.get_config('method=tome,r=8').reduction.r == '8'  # ToMe's own way, every block
     assert deit.get_config('method=tome,r=8').reduction.locations is None
-  RunConfig.from_any(c)  # refused before: r had 3 entries for smoke's 2 locations
+  run = RunConfig.from_any(c)  # refused before: r had 3 entries for smoke's 2 locations
   locations = str(c.reduction.locations).split(',')
   r = [int(v) for v in str(c.reduction.r).split(',')]
-  m, keep = (c.model.img_size // c.model.patch_size) ** 2, float(c.reduction.keep_rate)
+  m, keep = run.vit.num_patches, float(c.reduction.keep_rate)
   assert len(r) == len(locations)
   for r_i in r:
     assert r_i == m - math.ceil(keep * m)
