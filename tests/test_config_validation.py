@@ -25,6 +25,7 @@ BAD = [
     (dict(**{'reduction.keep_rate': '0.0'}), r'reduction.keep_rate=.0.0. .*\(0, 1\]'),
     (dict(**{'reduction.locations': '1,7'}), r'reduction.locations=\(1, 7\) .*\[0, 4\)'),
     (dict(**{'reduction.locations': '2,1'}), r'reduction.locations=\(2, 1\) .*strictly increasing'),
+    (dict(**{'reduction.locations': ''}), r"reduction.locations='' .*at least one block index for method 'tpm'"),  # pass 12b's B8
     (dict(**{'reduction.locations': '1,2', 'reduction.keep_rate': '0.5,0.6,0.7'}), r'reduction.keep_rate=.*one per location'),
     (dict(**{'reduction.method': 'prune'}), r"reduction.method='prune' .*'none', 'tpm', 'evit', 'drop', 'tome'"),
     (dict(**{'multiscale.method': 'pyramid'}), r"multiscale.method='pyramid' .*'none', 'pool', 'cross'"),

@@ -140,6 +140,45 @@ def test_overwrite_moves_the_old_run_aside_even_without_config_json(tmp_path, da
   assert _steps(workdir) == [2]
 
 
+def test_two_overwrites_within_one_second_keep_both_earlier_runs(tmp_path):
+  """``.replaced-<time>`` names of two overwrites in one second: the second is numbered, nothing replaced."""
+  from tpm_jax.checkpoint import move_run_aside
+  for text in ('first', 'second'):
+    (tmp_path / 'final.json').write_text(text)
+    assert move_run_aside(str(tmp_path), '20261207-060000') == ['final.json']
+  assert (tmp_path / 'final.json.replaced-20261207-060000').read_text() == 'first'
+  assert (tmp_path / 'final.json.replaced-20261207-060000-2').read_text() == 'second'
+
+
+def test_a_stop_after_an_overwrite_moved_the_run_aside_says_so():
+  """Pass 12b's F4: not 'nothing was trained or written' once the earlier run was moved aside."""
+  from tpm_jax.trainer import Stopped, StopSignals
+  stop = StopSignals()
+  stop.received = 'SIGTERM'
+  with pytest.raises(Stopped, match='during start-up: nothing was trained or written$'):
+    stop.check('start-up')
+  stop.written = 'the earlier run was moved aside (final.json as *.replaced-<time>)'
+  with pytest.raises(Stopped, match=r'nothing was trained; the earlier run was moved aside \(final.json'):
+    stop.check('start-up')
+
+
+def test_a_run_that_went_on_past_its_final_json_is_not_finished(tmp_path, data_dir, finished):
+  """Pass 12b's F1: final.json of step 4, then the run continued to step 6 and was stopped there before
+  it wrote its own: the same command evaluates step 6 and writes its final.json, not 'finished' with
+  step 4's result. A step folder copied by hand under another number (F2) is not that step."""
+  workdir = _copy(finished, tmp_path / 'run')
+  old_final = (workdir / 'final.json').read_text()
+  final, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert error is None and final['step'] == 6, error
+  (workdir / 'final.json').write_text(old_final)  # as a stop just after the last save leaves it
+  final, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert error is None and final['step'] == 6 and json.loads((workdir / 'final.json').read_text())['step'] == 6
+  from tpm_jax.checkpoint import restore_model
+  shutil.copytree(workdir / 'checkpoints' / '4', workdir / 'checkpoints' / '8')
+  _, _, step, _ = restore_model(str(workdir))
+  assert step == 6  # step 8's meta records step 4: reported and passed over, never read as step 8
+
+
 # -- resume that would change the run's meaning -------------------------------------------------
 @pytest.mark.parametrize('extra, refusal', [
     (('--config.batch_size=8',), 'batch_size=16 there, 8 now'),
@@ -535,6 +574,8 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   (mine / 'params').mkdir(parents=True)
   (mine / 'params' / 'notes.txt').write_text('my work')
   (mine / 'config.json').write_text('{"mine": true}')
+  os.symlink(mine, tmp_path / 'link')
+  os.symlink(tmp_path / 'loop', tmp_path / 'loop')
   from tpm_jax import export
   (tmp_path / 'weights.safetensors').write_text('my weights')
   parent = tmp_path / 'parent'
@@ -548,6 +589,8 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
              (['--output', str(tmp_path / 'out'), '--safetensors', str(workdir / 'checkpoints' / '4' / 'w.safetensors')],
               'inside the training workdir'),
              (['--output', str(workdir / 'checkpoints' / '4')], 'inside the workdir'),
+             (['--output', str(tmp_path / 'link')], 'it is a symbolic link'),  # pass 12b's O2
+             (['--output', str(tmp_path / 'loop' / 'sub')], 'loop is a link that leads nowhere'),  # O5c
              (['--output', str(tmp_path / 'out'), '--step', '3'], '--step=3'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'missing' / 'w.safetensors')],
               'does not exist')]

@@ -245,6 +245,10 @@ class ReductionConfig:
     elif depth is not None:
       locations = tuple(range(depth)) if self.method == 'tome' else tuple(l for l in DEFAULT_LOCATIONS if l < depth)
     if locations is not None:
+      if not locations and self.enabled:  # pass 12b's B8: a run labelled tpm that reduces nothing
+        _fail('reduction.locations', self.locations, f"at least one block index for method {self.method!r} (no "
+              f"reduction: method 'none')" + ('' if self.locations is not None else
+                                              f'; the default blocks {DEFAULT_LOCATIONS} are past depth {depth}'))
       if any(b <= a for a, b in zip(locations, locations[1:])):
         _fail('reduction.locations', locations, 'strictly increasing block indices')
       if depth is not None and any(not 0 <= l < depth for l in locations):

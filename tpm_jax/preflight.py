@@ -188,7 +188,8 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
   if not os.path.isdir(existing):
-    raise ConfigError(f'{what} {workdir}: {existing} is a file, so nothing can be created under it')
+    kind = 'a link that leads nowhere (dangling or a loop)' if os.path.islink(existing) else 'a file'
+    raise ConfigError(f'{what} {workdir}: {existing} is {kind}, so nothing can be created under it')
   try:
     name_max = os.pathconf(existing, 'PC_NAME_MAX')
   except OSError:
@@ -345,6 +346,9 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if real == src or real.startswith(src + os.sep):
     raise ConfigError(f'--output={output} is not accepted: it is inside the workdir being exported ({source_workdir}); '
                       f'choose a folder outside it')
+  if os.path.islink(p):  # replaced by a folder, the link would be gone and its target left as it was (pass 12b's O2)
+    raise ConfigError(f'--output={output} is not accepted: it is a symbolic link (to {os.readlink(p)}); give the '
+                      f'folder itself')
   check_outside_workdirs_and_exports('--output', output, what='folder')  # (an earlier export there is replaced)
   check_workdir_path(p, what='--output')
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):

@@ -375,6 +375,7 @@ class StopSignals:
   def __init__(self, every_steps: int = 10):
     self.every_steps = int(every_steps)
     self.received = None
+    self.written = ''  # what start-up has written so far, for the stop line (an overwrite's earlier run moved aside)
     self._first = 0.0
     self._previous = {}
 
@@ -400,7 +401,8 @@ class StopSignals:
 
   def check(self, phase: str) -> None:
     if self.received and jax.process_count() == 1:
-      raise Stopped(f'{self.received} during {phase}: nothing was trained or written')  # train.py: 'stopped by ...'
+      raise Stopped(f'{self.received} during {phase}: nothing was trained'
+                    + (f'; {self.written}' if self.written else ' or written'))  # train.py: 'stopped by ...'
 
   def requested(self, step: int) -> bool:
     if jax.process_count() == 1:
@@ -479,7 +481,8 @@ def _finished_as_asked(workdir: str, run: RunConfig) -> dict | None:
   is locked or written. Anything else (another run's final.json, its checkpoints gone) goes through
   the resume policy, which says what it found."""
   final = None if run.overwrite else read_final(workdir)
-  if final is None or final.get('step') not in checkpoint.list_steps(checkpoint.checkpoint_dir(workdir)):
+  steps = checkpoint.list_steps(checkpoint.checkpoint_dir(workdir))
+  if final is None or not steps or final.get('step') != steps[-1]:  # a newer step: the run went on (pass 12b's F1)
     return None
   try:
     return final if RunConfig.from_any(final.get('config')).whole() == run.whole() else None
@@ -516,6 +519,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
       moved = checkpoint.move_run_aside(workdir, time.strftime('%Y%m%d-%H%M%S'))
       if moved:
         log.info('overwrite: the earlier run (%s) was moved aside as *.replaced-<time>', ', '.join(moved))
+        stop.written = f'the earlier run was moved aside ({", ".join(moved)} as *.replaced-<time>)'
     if nproc > 1:
       multihost_utils.sync_global_devices('workdir cleared')
     setup = plan_training(run, total_steps=total_steps, steps_per_epoch=steps_per_epoch)
@@ -525,7 +529,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     resume = None if run.overwrite else checkpoint.plan_resume(
         workdir, run, checkpoint.with_shardings(setup.abstract_state, setup.shardings), total_steps=total_steps,
         train_examples=split_examples, train_fingerprint=fingerprint, process_index=pidx, process_count=nproc,
-        has_final=finished is not None)
+        final_step=None if finished is None else finished.get('step', -1))
     if resume is not None and resume.finished:
       return _nothing_to_do(workdir, finished, resume.step)
     stop.check('start-up')

@@ -24,6 +24,9 @@ def saved_run(step_dir: str, step: int, meta: dict | None = None) -> RunConfig:
   """The run config saved with a step (its ``meta``, read here unless given); CheckpointError when
   unreadable."""
   meta = read_meta(step_dir) if meta is None else meta
+  if isinstance(meta, dict) and meta.get('step', step) != step:  # a step folder copied or renamed by hand (pass 12b's F2)
+    raise CheckpointError(f'checkpoint step {step}: {step_dir}/meta records step {meta["step"]!r}, not {step} (a step '
+                          f'folder copied or renamed by hand?)')
   try:
     return RunConfig.from_any(meta['config'])
   except (KeyError, ConfigError) as e:

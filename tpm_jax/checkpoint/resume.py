@@ -24,7 +24,7 @@ from jax.experimental import multihost_utils
 from tpm_jax.checkpoint.errors import CheckpointError, ResumeMismatch
 from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.items import abstract_items
-from tpm_jax.checkpoint.readonly import saved_run
+from tpm_jax.checkpoint.readonly import newest_saved_config, saved_run
 from tpm_jax.checkpoint.steps import (
   check_layout,
   checkpoint_dir,
@@ -58,25 +58,34 @@ def _overwrite_hint(workdir):
 
 
 def check_config_json(workdir: str, run: RunConfig) -> None:
-  """Refuse a workdir whose config.json describes another run (ResumeMismatch). A workdir with
-  checkpoint steps is judged by what each step itself was saved with (``plan_resume``), not by
-  config.json, a record a user may have edited (hostile pass 12's CFG_edit_train)."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path) or list_steps(checkpoint_dir(workdir)):
-    return
+  """Refuse a workdir that holds another run (ResumeMismatch), before anything is written: judged by
+  the config its newest checkpoint step was saved with, and by config.json only where there is no step
+  (config.json is a record a user may edit: hostile pass 12's CFG_edit_train)."""
+  saved = newest_saved_config(workdir)
+  if saved is None:
+    path = os.path.join(workdir, 'config.json')
+    if list_steps(checkpoint_dir(workdir)) or not os.path.isfile(path):
+      return  # steps whose meta cannot be read: the resume policy reports them
+    try:
+      saved = path, read_json_object(path)
+    except (OSError, ValueError) as e:
+      raise ResumeMismatch(f'workdir {workdir}: {path} is not a readable run config ({e}): '
+                           f'{_overwrite_hint(workdir)}') from None
+  path, config = saved
   try:
-    old = RunConfig.from_any(read_json_object(path))
-  except (OSError, ValueError, ConfigError) as e:
+    old = RunConfig.from_any(config)
+  except ConfigError as e:
     raise ResumeMismatch(f'workdir {workdir}: {path} is not a readable run config ({e}): '
                          f'{_overwrite_hint(workdir)}') from None
   diffs = run.identity_differences(old)
   if diffs:
-    raise ResumeMismatch(f'workdir {workdir} holds a run with {"; ".join(diffs)}: {_overwrite_hint(workdir)}')
+    raise ResumeMismatch(f'workdir {workdir} holds a run with {"; ".join(diffs)} ({os.path.relpath(path, workdir)}): '
+                         f'{_overwrite_hint(workdir)}')
 
 
 def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: int, train_examples: int,
                 train_fingerprint: str | None = None, process_index: int = 0, process_count: int = 1,
-                has_final: bool = False) -> Resume | None:
+                final_step: int | None = None) -> Resume | None:
   """The step to continue from (its items restored into ``abstract_state``'s shardings), None to
   start at step 0; raises as the module docstring says."""
   directory = checkpoint_dir(workdir)
@@ -96,7 +105,7 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
         fields = _state_field_differences(run, saved) or diffs[:3]
         raise ResumeMismatch(f'{step_dir} holds another train state than this config builds ({"; ".join(fields)}): '
                              f'resume with the saved values, or {_overwrite_hint(workdir)}')
-      if s == total_steps and has_final:
+      if s == total_steps and final_step == s:  # final.json of this very step (pass 12b's F1: of an older one)
         return Resume(s, None, meta, step_dir, finished=True)
       workers = saved_workers(step_dir, s, process_index, process_count)
       if workers is None:
@@ -119,7 +128,7 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
     raise CheckpointError(f'no good checkpoint left in {directory}: every step was set aside as unreadable '
                           f'({", ".join(aside)}); nothing was trained. Inspect or remove them, or '
                           f'--config.overwrite=true to start over (the old run is kept aside)')
-  if has_final:  # a finished run whose checkpoints are gone: training again would replace its results
+  if final_step is not None:  # a finished run whose checkpoints are gone: training again would replace its results
     raise ResumeMismatch(f'workdir {workdir} holds a finished run (final.json) but no checkpoint to continue '
                          f'from ({directory} is empty or gone); nothing was trained: {_overwrite_hint(workdir)}')
   return None
@@ -174,7 +183,11 @@ def _set_aside(directory: str, step: int, process_index: int, process_count: int
 
 def move_run_aside(workdir: str, stamp: str) -> list[str]:
   """``overwrite``: the run's files renamed to ``<name>.replaced-<stamp>`` (nothing deleted)."""
-  moved = []
+  moved, n = [], 1
+  base = stamp
+  while any(os.path.lexists(os.path.join(workdir, f'{name}.replaced-{stamp}')) for name in RUN_FILES):
+    n += 1  # two overwrites within one second: a rename would replace the earlier run's files
+    stamp = f'{base}-{n}'
   for name in RUN_FILES:
     src = os.path.join(workdir, name)
     if os.path.lexists(src):

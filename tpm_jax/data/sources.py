@@ -157,9 +157,10 @@ class Dataset:
     return int(self.splits[spec].num_examples) if self.splits else len(self.source(spec))
 
   def fingerprint(self, spec: str) -> str:
-    """SHA-256 of what the examples of a split spec are: the class names (which label means what),
-    and an image folder's files by class, or a TFDS split's shards (files, ranges). A resumed run's
-    saved input position indexes these examples, so a changed fingerprint means other data."""
+    """SHA-256 of which examples a split spec names: the class names (which label means what), and an
+    image folder's files by class, or a TFDS split's shards (files, ranges), by name: the files'
+    contents are not read (a start-up of ImageNet would read 140 GB). A resumed run's saved input
+    position indexes these examples, so a changed fingerprint means other data."""
     parts = [list(self.label_names), spec]
     if self.files is not None:
       root = self.where.removeprefix('image folder ')
