@@ -313,6 +313,32 @@ def test_case1_fields_that_keep_the_state_resume_where_the_run_stopped(tmp_path,
   assert error is None and 'resuming from step 4' in out and _steps(workdir)[-1] == 6, (error, out[-2000:])
 
 
+def test_a_distillation_run_whose_init_weights_were_replaced_is_refused(tmp_path, data_dir):
+  """The teacher is rebuilt from ``init`` on every resume: weights replaced at the same path would make
+  it another model (hostile pass 12b's RT). Refused, nothing written; the same weights resume."""
+  import tpm_jax
+  from tpm_jax.config import RunConfig
+  from tpm_jax.models.registry import model_from_config
+  model = model_from_config(RunConfig.from_any(_smoke_config()))
+  weights = tmp_path / 'init.safetensors'
+  tpm_jax.export_timm_weights(model, weights)
+  distill = ('--config.distill.alpha=0.5', f'--config.init.timm_checkpoint={weights}')
+  workdir = tmp_path / 'run'
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=2', *distill)
+  assert error is None, error
+  same = weights.read_bytes()
+  other = model_from_config(RunConfig.from_any(_smoke_config()).replace(seed=1))
+  tpm_jax.export_timm_weights(other, weights)  # other weights, same path and size
+  assert weights.read_bytes() != same and len(weights.read_bytes()) == len(same)
+  before = _listing(workdir)
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=4', *distill)
+  assert isinstance(error, ConfigError) and 'same paths, other contents' in str(error), error
+  assert _listing(workdir) == before
+  weights.write_bytes(same)
+  _, error, out = _train_here(workdir, data_dir, '--config.total_steps=4', *distill)
+  assert error is None and 'resuming from step 2' in out, (error, out[-2000:])
+
+
 def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_path, data_dir, four_steps):
   workdir = _copy(four_steps, tmp_path / 'run')
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # keep_checkpoints=1: only the newest step

@@ -21,6 +21,7 @@ from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
+from tpm_jax.files import sha256
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
@@ -363,4 +364,19 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
                         f'{" and more" if len(others) > 3 else ""}, not written by the export (or changed since); '
                         f'choose a new folder, or --overwrite to replace the folder and everything in it')
   return p
+
+
+def init_fingerprint(run: RunConfig) -> str | None:
+  """SHA-256 of the weights ``run.init`` names (each file's bytes; an export's ``checksums.json``, which
+  covers its files), None when it names none. A self-distillation run rebuilds its teacher from them on
+  every resume, so the resume policy refuses weights replaced at the same path (hostile pass 12b's RT)."""
+  parts = []
+  if run.init.timm_checkpoint:
+    parts.append(sha256(os.path.expanduser(run.init.timm_checkpoint)))
+  if run.init.pretrained:
+    parts.append(sha256(weights_file(run.model.name)))
+  if run.init.checkpoint:
+    sums = os.path.join(os.path.expanduser(run.init.checkpoint), 'checksums.json')
+    parts.append(sha256(sums) if os.path.isfile(sums) else 'no checksums.json')
+  return __import__('hashlib').sha256(' '.join(parts).encode()).hexdigest() if parts else None
 

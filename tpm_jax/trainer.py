@@ -507,6 +507,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   # still before the workdir is written.
   preflight.check_prepared_splits(dataset, run.dataset)
   split_examples = dataset.num_examples(run.dataset.train_split)
+  init_print = preflight.init_fingerprint(run) if run.distill.alpha > 0 else None  # the teacher is rebuilt from it
   preflight.check_batch_fits(run, split_examples, nproc)
   fingerprint = dataset.fingerprint(run.dataset.train_split)  # the class names and the files or shards
   steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
@@ -528,7 +529,8 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
       _check_final_is_this_run_s(workdir, finished, run)
     resume = None if run.overwrite else checkpoint.plan_resume(
         workdir, run, checkpoint.with_shardings(setup.abstract_state, setup.shardings), total_steps=total_steps,
-        train_examples=split_examples, train_fingerprint=fingerprint, process_index=pidx, process_count=nproc,
+        train_examples=split_examples, train_fingerprint=fingerprint, init_fingerprint=init_print,
+        process_index=pidx, process_count=nproc,
         final_step=None if finished is None else finished.get('step', -1))
     if resume is not None and resume.finished:
       return _nothing_to_do(workdir, finished, resume.step)
@@ -547,7 +549,8 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     if nproc > 1:  # the others wait until process 0 has set the workdir up
       multihost_utils.sync_global_devices('workdir ready')
     return _loop(run, workdir, setup, dataset, resume, start=start, total_steps=total_steps,
-                 steps_per_epoch=steps_per_epoch, split_examples=split_examples, fingerprint=fingerprint, stop=stop)
+                 steps_per_epoch=steps_per_epoch, split_examples=split_examples, fingerprint=fingerprint,
+                 init_print=init_print, stop=stop)
   finally:
     if lock is not None:
       lock.release()
@@ -560,7 +563,7 @@ def plan_training(run, *, total_steps: int, steps_per_epoch: float, mesh=None) -
 
 
 def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per_epoch, split_examples, fingerprint,
-          stop):
+          init_print, stop):
   pidx, nproc = jax.process_index(), jax.process_count()
   is_main = pidx == 0
   mesh = setup.mesh
@@ -590,7 +593,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     final = dict(step=start)
     t_last, s_last = time.time(), start
     meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
-                             train_fingerprint=fingerprint, process_count=nproc,
+                             train_fingerprint=fingerprint, init_fingerprint=init_print, process_count=nproc,
                              label_names=[str(n) for n in dataset.label_names])
     for step in range(start + 1, total_steps + 1):
       batch = sharding.global_batch(input_pipeline.next_batch(train_iter), batch_sh)

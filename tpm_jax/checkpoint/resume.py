@@ -84,7 +84,8 @@ def check_config_json(workdir: str, run: RunConfig) -> None:
 
 
 def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: int, train_examples: int,
-                train_fingerprint: str | None = None, process_index: int = 0, process_count: int = 1,
+                train_fingerprint: str | None = None, init_fingerprint: str | None = None,
+                process_index: int = 0, process_count: int = 1,
                 final_step: int | None = None) -> Resume | None:
   """The step to continue from (its items restored into ``abstract_state``'s shardings), None to
   start at step 0; raises as the module docstring says."""
@@ -99,7 +100,8 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
       meta = read_meta(step_dir)
       saved = saved_run(step_dir, s, meta)
       _refuse_other_run(workdir, s, run, saved, meta, total_steps=total_steps, train_examples=train_examples,
-                        train_fingerprint=train_fingerprint, process_count=process_count)
+                        train_fingerprint=train_fingerprint, init_fingerprint=init_fingerprint,
+                        process_count=process_count)
       diffs = tree_differences(step_dir, abstract)
       if diffs:
         fields = _state_field_differences(run, saved) or diffs[:3]
@@ -144,7 +146,7 @@ def _state_field_differences(run: RunConfig, saved: RunConfig) -> list[str]:
 
 
 def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_examples, train_fingerprint,
-                      process_count):
+                      process_count, init_fingerprint=None):
   diffs = run.identity_differences(saved)
   if diffs:
     raise ResumeMismatch(f'checkpoint step {step} of {workdir} was saved by a run with {"; ".join(diffs)}: '
@@ -161,6 +163,11 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} has {train_examples} examples now and had '
                          f'{saved_n} when checkpoint step {step} was saved: the saved input position would point into '
                          f'other data; restore the data, or {_overwrite_hint(workdir)}')
+  saved_init = meta.get('init_fingerprint')
+  if saved_init is not None and init_fingerprint is not None and saved_init != init_fingerprint:
+    raise ResumeMismatch(f'the init weights of {workdir} (init.*) are not the files checkpoint step {step} was saved '
+                         f'with (same paths, other contents): the distillation teacher, rebuilt from them on resume, '
+                         f'would be another model; restore them, or {_overwrite_hint(workdir)}')
   saved_print = meta.get('train_fingerprint')
   if saved_print is not None and train_fingerprint is not None and saved_print != train_fingerprint:
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} of {run.dataset.where} holds other examples '
