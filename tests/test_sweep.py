@@ -159,7 +159,12 @@ def test_a_folder_counts_a_run_once_and_shows_what_each_row_was_swept_from(tmp_p
   assert '| keep-0.6 | - | 0.6 | 25.00 |' in open(tmp_path / 'results.md').read()
   plan = json.load(open(tmp_path / 'sweep.json'))
   for damage in (lambda p: p.pop('keys'), lambda p: p.update(runs=5), lambda p: p['runs'][0].pop('name'),
-                 lambda p: p['runs'][0].update(values=None), lambda p: p['runs'][0].update(name='../x')):
+                 lambda p: p['runs'][0].update(values=None), lambda p: p['runs'][0].update(name='../x'),
+                 # hostile pass 13a: a run listed twice, values edited (a result under another label), a base
+                 # that is not a string, a run_config that is not one, an unknown kind
+                 lambda p: p['runs'].append(p['runs'][0]), lambda p: p['runs'][1]['values'].update(keep='0.9'),
+                 lambda p: p['runs'][0].update(base=['x']), lambda p: p['runs'][0]['run_config'].update(seed='x'),
+                 lambda p: p.update(kind='other')):
     damaged = json.loads(json.dumps(plan))
     damage(damaged)
     (tmp_path / 'sweep.json').write_text(json.dumps(damaged))

@@ -415,6 +415,9 @@ def read_plan(workdir: str, kind: str) -> dict | None:
     meta = read_json_object(path)
   except (OSError, ValueError) as e:
     raise ConfigError(f'{path} is unreadable ({e}): use another --workdir') from None
+  if meta.get('kind', 'training') not in ('training', 'reductions'):
+    raise ConfigError(f'{path} is not a sweep plan this version reads (kind={meta.get("kind")!r}): restore it, or use '
+                      f'another --workdir')
   if meta.get('kind', 'training') != kind:
     held = ('a sweep of training runs' if kind == 'reductions' else
             'the evaluations of one checkpoint under --reductions (read them with --checkpoint and --reductions)')
@@ -436,12 +439,20 @@ def _plan_damage(meta: dict, kind: str) -> str | None:
     return "'keys' is not a list of strings"
   if not isinstance(meta.get('runs'), list):
     return "'runs' is not a list"
+  names = set()
   for i, r in enumerate(meta['runs']):
-    if not (isinstance(r, dict) and isinstance(r.get('name'), str) and re.fullmatch(r'[A-Za-z0-9.+_-]+', r['name'])
-            and r['name'].strip('.')
-            and isinstance(r.get('values'), dict) and isinstance(r.get('config'), str)
-            and isinstance(r.get('run_config'), (dict, type(None)))):
-      return f'runs[{i}] is not a run with a name, its values, config and run_config'
+    if not (isinstance(r, dict) and isinstance(r.get('name'), str) and isinstance(r.get('values'), dict)
+            and all(isinstance(v, str) for v in r['values'].values()) and isinstance(r.get('config'), str)
+            and isinstance(r.get('base', ''), str) and isinstance(r.get('run_config'), (dict, type(None)))):
+      return f'runs[{i}] is not a run with a name, its values, config, base and run_config'
+    if r['name'] != run_name(r['values']) or r['name'] in names:  # a label edited by hand, a run listed twice
+      return f'runs[{i}] is named {r["name"]!r}, which its values do not give or another run has'
+    names.add(r['name'])
+    if r.get('run_config') is not None:
+      try:
+        RunConfig.from_any(r['run_config'])
+      except ConfigError as e:
+        return f'runs[{i}].run_config is not a run config ({e})'
   return None
 
 
