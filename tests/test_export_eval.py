@@ -305,6 +305,10 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
   tmp, final = trained
   out, _ = _export_with_timm_file(trained)
   workdir = tmp_path / 'sw'
+  for same in ('tpm:0.7,tpm:0.70', 'evit:0.7,evit:0.7@prop_attn=off'):  # one model spelled two ways (pass 13a's OTS_*)
+    with pytest.raises(ConfigError, match='is the same model as'):
+      sweep.evaluate_reductions(str(out), parse_settings(same), str(workdir))
+  assert not workdir.exists()
   rows = sweep.evaluate_reductions(str(out), parse_settings('tpm+pool:0.7,none,tome:0.5'), str(workdir),
                                    throughput_batch=2, rounds=1)
   assert [r['name'] for r in rows] == ['tpm+pool:0.7', 'none', 'tome:0.5']

@@ -708,6 +708,7 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
       raise ConfigError(f'--reductions: {e}') from None
     models[st.name], fresh, left_out = with_weights_of(trained, configs[st.name])
     notes[st.name] = evaluation.parameter_notes(fresh, left_out)
+  _check_one_row_per_model(configs)
   dataset = evaluation.eval_dataset(run, split, '--split', label_names=evaluation.trained_label_names(checkpoint))
   with WorkdirLock(workdir, what='sweep workdir') as lock:  # the checks passed: the first write
     lock.record_holder()  # for the line a second sweep gets
@@ -715,6 +716,19 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
     write_json(plan_path, meta)
     return _evaluate_settings(workdir, everything, models, configs, notes, ident, run, dataset, split, checkpoint,
                               throughput_batch, rounds, collect_only, asked)
+
+
+def _check_one_row_per_model(configs: dict) -> None:
+  """ConfigError when two settings (of this call, or one of it and one the folder already holds) make
+  the same model (``RunConfig.computed``): ``tpm:0.7`` and ``tpm:0.70``, ``evit:0.7`` and its default
+  spelled out; one evaluation would be two rows (hostile pass 13a's OTS_spell, OTS_pa, OTS_across)."""
+  seen = {}
+  for name, cfg in configs.items():
+    key = json.dumps(cfg.computed(), sort_keys=True, default=str)
+    if key in seen:
+      raise ConfigError(f'--reductions: {name} is the same model as {seen[key]} (the same reduction spelled another '
+                        f'way): one evaluation would be two rows; give it once')
+    seen[key] = name
 
 
 def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, dataset, split, checkpoint,
