@@ -90,7 +90,8 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            (['seed=0,00'], 'run seed-00 would train the same run as seed-0'),
                                            (['keep=0.5,0.7', 'method=none,tpm'], 'run keep-0.7_method-none would train the same '
                                             'run as keep-0.5_method-none: its result would be reported under two labels; drop one '
-                                            'of the values (they differ only in reduction.keep_rate, which the run does not read)')])
+                                            'of the values (they differ only in reduction.keep_rate, which change nothing it '
+                                            'computes')])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
   sweeps = [s for s in sweeps if s not in ('--base', base)]
@@ -155,7 +156,8 @@ def test_a_folder_counts_a_run_once_and_shows_what_each_row_was_swept_from(tmp_p
       'plans' in err and len(err.strip().splitlines()) == 1, err
   assert sweep.main(['--config', CONFIG + ':smoke,method=evit', '--sweep', 'keep=0.6', *base]) == 0
   rows = list(csv.DictReader(open(tmp_path / 'results.csv')))
-  assert [(r['name'], r['base']) for r in rows] == [('method-none', 'deit.py:smoke'), ('keep-0.6', 'deit.py:smoke,method=evit')]
+  assert [(r['name'], r['base']) for r in rows] == [('method-none', 'configs/deit.py:smoke'),
+                                                   ('keep-0.6', 'configs/deit.py:smoke,method=evit')]
   assert '| keep-0.6 | - | 0.6 | 25.00 |' in open(tmp_path / 'results.md').read()
   plan = json.load(open(tmp_path / 'sweep.json'))
   for damage in (lambda p: p.pop('keys'), lambda p: p.update(runs=5), lambda p: p['runs'][0].pop('name'),

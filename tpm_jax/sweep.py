@@ -198,7 +198,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     name = run_name(values)
     config, cfg = build(values, f'run {name}')
     runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg,
-                    ' '.join([f'{os.path.basename(file)}:{base}'.rstrip(':'), *overrides])))
+                    ' '.join([f'{_shown(file)}:{base}'.rstrip(':'), *overrides])))
   for r in runs:  # each value may hold alone and not beside another key's (multiscale=pool with method=none)
     flat = flat_dict(r.run_config.to_dict())
     for key, v in r.values.items():
@@ -209,6 +209,12 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
   return runs
+
+
+def _shown(file: str) -> str:
+  """A config file as a table shows it: relative to the repository when inside it, else whole (two
+  files of one name are two bases: hostile pass 13a's MIXU)."""
+  return os.path.relpath(file, ROOT) if file.startswith(ROOT + os.sep) else file
 
 
 def _arg_string(base: str, values: dict) -> str:
@@ -302,7 +308,8 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
       other, cfg, planned = seen[key]
       a, b = cfg.whole(), r.run_config.whole()
       differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-      why = (f'they differ only in {", ".join(differ)}, which the run does not read' if differ
+      why = (f'they differ only in {", ".join(differ)}, which change nothing it computes (not read by its method, '
+             f'or its default spelled out)' if differ
              else 'the values give the same config')
       where = (f'as {other}, which this folder\'s {PLAN} already plans: its table would count it twice; sweep the '
                f'other values only' if planned else f'as {other}: its result would be reported under two labels; '
