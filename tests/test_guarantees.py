@@ -575,6 +575,7 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   (mine / 'params' / 'notes.txt').write_text('my work')
   (mine / 'config.json').write_text('{"mine": true}')
   os.symlink(mine, tmp_path / 'link')
+  os.symlink(tmp_path / 'weights.safetensors', tmp_path / 'wlink.safetensors')
   os.symlink(tmp_path / 'loop', tmp_path / 'loop')
   from tpm_jax import export
   (tmp_path / 'weights.safetensors').write_text('my weights')
@@ -590,6 +591,8 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
               'inside the training workdir'),
              (['--output', str(workdir / 'checkpoints' / '4')], 'inside the workdir'),
              (['--output', str(tmp_path / 'link')], 'it is a symbolic link'),  # pass 12b's O2
+             (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'wlink.safetensors')],
+              'it is a symbolic link'),  # pass 13b's Os1 (eval.py's --output is the same check: Oe1)
              (['--output', str(tmp_path / 'loop' / 'sub')], 'loop is a link that leads nowhere'),  # O5c
              (['--output', str(tmp_path / 'out'), '--step', '3'], '--step=3'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'missing' / 'w.safetensors')],

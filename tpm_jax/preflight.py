@@ -300,6 +300,9 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
   if sweep is not None:
     raise ConfigError(f'{flag}={path} is not accepted: it is inside the sweep folder {sweep}, whose files the sweep '
                       f'writes and reads back; choose a path outside it')
+  if os.path.islink(p):  # written beside, then renamed: the link would become a file, its target left as it was
+    raise ConfigError(f'{flag}={path} is not accepted: it is a symbolic link (to {os.readlink(p)}); give the file '
+                      f'itself')  # (hostile pass 13b's Oe1, Os1; the export's folder: pass 12b's O2)
   if os.path.lexists(p):
     if not os.path.isfile(p):
       raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
