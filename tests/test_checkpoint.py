@@ -337,6 +337,13 @@ def test_a_distillation_run_whose_init_weights_were_replaced_is_refused(tmp_path
   weights.write_bytes(same)
   _, error, out = _train_here(workdir, data_dir, '--config.total_steps=4', *distill)
   assert error is None and 'resuming from step 2' in out, (error, out[-2000:])
+  # a resume without distillation in between carries the weights the run started from on (pass 13b's RT2)
+  tpm_jax.export_timm_weights(other, weights)
+  no_teacher = ('--config.distill.alpha=0.0', f'--config.init.timm_checkpoint={weights}')
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=6', *no_teacher)
+  assert error is None, error
+  _, error, _ = _train_here(workdir, data_dir, '--config.total_steps=8', *distill)
+  assert isinstance(error, ConfigError) and 'same paths, other contents' in str(error), error
 
 
 def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_path, data_dir, four_steps):

@@ -507,7 +507,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   # still before the workdir is written.
   preflight.check_prepared_splits(dataset, run.dataset)
   split_examples = dataset.num_examples(run.dataset.train_split)
-  init_print = preflight.init_fingerprint(run) if run.distill.alpha > 0 else None  # the teacher is rebuilt from it
+  init_print = preflight.init_fingerprint(run)  # what the run started from (a distillation teacher is rebuilt from it)
   preflight.check_batch_fits(run, split_examples, nproc)
   fingerprint = dataset.fingerprint(run.dataset.train_split)  # the class names and the files or shards
   steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
@@ -592,8 +592,10 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     state = setup.state
     final = dict(step=start)
     t_last, s_last = time.time(), start
+    # the weights the run started from, as its first start found them: carried on by every resume (pass 13b's RT2)
+    started_from = (resume.meta.get('init_fingerprint') if resume is not None else None) or init_print
     meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
-                             train_fingerprint=fingerprint, init_fingerprint=init_print, process_count=nproc,
+                             train_fingerprint=fingerprint, init_fingerprint=started_from, process_count=nproc,
                              label_names=[str(n) for n in dataset.label_names])
     for step in range(start + 1, total_steps + 1):
       batch = sharding.global_batch(input_pipeline.next_batch(train_iter), batch_sh)

@@ -164,10 +164,11 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
                          f'{saved_n} when checkpoint step {step} was saved: the saved input position would point into '
                          f'other data; restore the data, or {_overwrite_hint(workdir)}')
   saved_init = meta.get('init_fingerprint')
-  if saved_init is not None and init_fingerprint is not None and saved_init != init_fingerprint:
+  if run.distill.alpha > 0 and saved_init is not None and init_fingerprint is not None and saved_init != init_fingerprint:
     raise ResumeMismatch(f'the init weights of {workdir} (init.*) are not the files checkpoint step {step} was saved '
-                         f'with (same paths, other contents): the distillation teacher, rebuilt from them on resume, '
-                         f'would be another model; restore them, or {_overwrite_hint(workdir)}')
+                         f'with (same paths, other contents; an export written again counts as other files): the '
+                         f'distillation teacher, rebuilt from them on resume, would be another model; restore them, '
+                         f'or {_overwrite_hint(workdir)}')
   saved_print = meta.get('train_fingerprint')
   if saved_print is not None and train_fingerprint is not None and saved_print != train_fingerprint:
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} of {run.dataset.where} holds other examples '
