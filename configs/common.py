@@ -12,7 +12,6 @@ import ml_collections
 from ml_collections import config_dict
 
 from tpm_jax.config import RunConfig
-from tpm_jax.reduction_setting import ReductionSetting
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -73,28 +72,29 @@ def _cli_value(section, name, value, annotation):
   return value
 
 
-# The arg-string keys every recipe accepts, with their defaults. r=0: ToMe matched to ``keep``.
-RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r=0, multiscale='pool', seed=0, smoke=False,
+# The arg-string keys every recipe accepts, with their defaults. r=keep: ToMe matched to ``keep``.
+RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r='keep', multiscale='pool', seed=0, smoke=False,
                    similarity='', weight='', prop_attn='', distinct='')  # '': the reduction config's default
 
 # The field each arg-string key names: a run labelled key=value (a sweep's run) trains that field at that
 # value. ``python -m tpm_jax.sweep`` reads a config file's ARG_FIELDS to refuse a --config.* flag on the
 # field of a swept key and a label its run does not hold (e.g. model=... with smoke, which sets the model).
-ARG_FIELDS = dict(model='model.name', method='reduction.method', keep='reduction.keep_rate', multiscale='multiscale.method',
-                  seed='seed', similarity='reduction.similarity', weight='reduction.weight', prop_attn='reduction.prop_attn',
+ARG_FIELDS = dict(model='model.name', method='reduction.method', keep='reduction.keep_rate', r='reduction.r',
+                  multiscale='multiscale.method', seed='seed', similarity='reduction.similarity', weight='reduction.weight', prop_attn='reduction.prop_attn',
                   distinct='reduction.distinct')
 
 
 def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The common arg-string keys: model, method, keep, r (ToMe's; 0: matched to keep), multiscale,
-  similarity, weight, prop_attn (on|off), distinct (a float), seed, smoke."""
+  """The common arg-string keys: model, method, keep, r (ToMe's: an int, one per location, or keep:
+  matched to the keep rate, ``reduction.r='keep'``), multiscale, similarity, weight, prop_attn (on|off),
+  distinct (a float), seed, smoke."""
   if 'model' in a and a.model:
     c.model.name = a.model
   if 'method' in a and a.method:
     c.reduction.method = a.method
   if 'keep' in a and a.keep:
     c.reduction.keep_rate = str(a.keep)
-  if 'r' in a and a.r:
+  if 'r' in a:
     c.reduction.r = str(a.r)
   if 'multiscale' in a and a.multiscale:
     c.multiscale.method = a.multiscale
@@ -117,20 +117,7 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
     c.seed = a.seed
   if a.get('smoke'):
     smoke(c)
-  if c.reduction.method == 'tome' and not a.get('r'):  # from the final model and locations (``smoke`` changes both)
-    _match_tome_to_keep(c)
   return c
-
-
-def _match_tome_to_keep(c: ml_collections.ConfigDict) -> None:
-  """ToMe on equal terms (``tome:<keep>`` in a reduction setting): at the blocks the other methods
-  reduce at, r = the tokens the keep rate removes there, so a sweep's keep means one token count."""
-  run = RunConfig.from_any(c)
-  named = c.reduction.locations
-  locations = tuple(int(x) for x in named.split(',')) if named else None
-  red = ReductionSetting('tome', 'tome', keep=float(c.reduction.keep_rate)).reduction(run.vit, locations)
-  c.reduction.locations = ','.join(map(str, red.locations))
-  c.reduction.r = ','.join(map(str, red.per_location(red.r)))
 
 
 def smoke(c: ml_collections.ConfigDict) -> None:

@@ -39,10 +39,12 @@ RandAugment (grayscale), no random erasing, no mixup/cutmix (short runs).
 from configs.common import ARG_FIELDS as _COMMON_FIELDS
 from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
 
-ARGS = dict(RECIPE_ARGS, model='vit_custom', method='none', multiscale='none', stage='finetune', epochs=0.0,
-            width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
-ARG_FIELDS = dict(_COMMON_FIELDS, width='model.embed_dim', depth='model.depth', patch='model.patch_size',
-                  pos_embed_init='model.pos_embed_init')  # the field each key names (python -m tpm_jax.sweep)
+# the shape is width, depth, patch (vit_custom): no ``model`` key
+ARGS = dict({k: v for k, v in RECIPE_ARGS.items() if k != 'model'}, method='none', multiscale='none', stage='finetune',
+            epochs=0.0, width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
+ARG_FIELDS = dict({k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}, width='model.embed_dim', depth='model.depth',
+                  patch='model.patch_size', pos_embed_init='model.pos_embed_init',
+                  epochs='num_epochs')  # the field each key names (python -m tpm_jax.sweep)
 
 
 def get_config(arg=None):

@@ -26,13 +26,14 @@ from configs import fmnist
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONE = os.path.join(ROOT, 'docs', 'results', 'fmnist_backbone')
 SHAPE = 'depth=12,width=64,patch=4,pos_embed_init=sincos2d,crop_min=0.8'
-ARG_FIELDS = {k: f for k, f in fmnist.ARG_FIELDS.items() if k not in SHAPE}  # the sweep reads it (configs/common.py)
+FIXED = ('depth', 'width', 'patch', 'pos_embed_init', 'crop_min')  # SHAPE's keys
+ARG_FIELDS = {k: f for k, f in fmnist.ARG_FIELDS.items() if k not in FIXED}  # the sweep reads it (configs/common.py)
 
 
 def get_config(arg=None):
   arg = arg or ''
   given = dict(kv.split('=', 1) if '=' in kv else (kv, '') for kv in arg.split(',') if kv)
-  for key in ('depth', 'width', 'patch', 'pos_embed_init', 'crop_min'):
+  for key in FIXED:
     if key in given:
       raise ValueError(f'config arg {key}: fixed by this config ({SHAPE}); use configs/fmnist.py for other shapes')
   stage = given.get('stage', 'finetune')

@@ -29,7 +29,8 @@ from tpm_jax.config import PROP_ATTN_METHODS
 
 ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=1400,
             finetune_steps=150, smoke=False)
-ARG_FIELDS = {k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}  # the sweep reads it (configs/common.py)
+ARG_FIELDS = dict({k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}, pretrain_steps='total_steps',
+                  finetune_steps='total_steps')  # the sweep reads it (configs/common.py)
 
 
 def get_config(arg=None):

@@ -141,8 +141,9 @@ def test_tome_merges_what_the_keep_rate_removes_at_each_location(config, arg):
     assert deit.get_config('method=tome,r=8').reduction.r == '8'  # ToMe's own way, every block
     assert deit.get_config('method=tome,r=8').reduction.locations is None
   run = RunConfig.from_any(c)  # refused before: r had 3 entries for smoke's 2 locations
-  locations = str(c.reduction.locations).split(',')
-  r = [int(v) for v in str(c.reduction.r).split(',')]
+  assert run.reduction.r == 'keep'  # resolved from the final model and locations, whatever set them
+  locations = run.reduction.locations
+  r = run.reduction.tome_r(run.vit.num_patches)
   m, keep = run.vit.num_patches, float(c.reduction.keep_rate)
   assert len(r) == len(locations)
   for r_i in r:

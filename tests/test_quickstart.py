@@ -12,6 +12,7 @@ from PIL import Image
 
 import tpm_jax
 from configs import fmnist, quickstart
+from tpm_jax.config import RunConfig
 from tpm_jax.models.registry import model_from_config
 
 
@@ -50,7 +51,9 @@ def test_tome_is_matched_to_the_keep_schedule():
     tpm = model_from_config(fmnist.get_config(f'method=tpm,keep={keep}'))
     assert tpm_jax.token_schedule(tome).per_block == tpm_jax.token_schedule(tpm).per_block
   m = 196
-  for r in map(int, fmnist.get_config('method=tome,keep=0.7').reduction.r.split(',')):
+  matched = RunConfig.from_any(fmnist.get_config('method=tome,keep=0.7'))
+  assert matched.reduction.r == 'keep'  # the config says what it is; the counts are resolved from the model
+  for r in matched.reduction.tome_r(matched.vit.num_patches):
     assert r == m - math.ceil(0.7 * m)
     m -= r
   assert fmnist.get_config('method=tome,r=8').reduction.r == '8'

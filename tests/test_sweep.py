@@ -88,19 +88,78 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            (['multiscale=pool,cross', '--base', 'smoke,method=none'],
                                             "--sweep multiscale=pool: the run would train multiscale.method='none', not pool"),
                                            (['seed=0,00'], 'run seed-00 would train the same run as seed-0'),
-                                           (['keep=0.5,0.7', 'method=none,tpm'], 'run keep-0.7_method-none would train the same '
-                                            'run as keep-0.5_method-none: its result would be reported under two labels; drop one '
-                                            'of the values (they differ only in reduction.keep_rate, which change nothing it '
-                                            'computes')])
+                                           (['keep=0.5,0.7', 'method=none,tpm'], 'run keep-0.5_method-none does not read '
+                                            "reduction.keep_rate (reduction.method='none'): its label would name what was not "
+                                            'trained'),
+                                           # hostile pass 13a: ToMe with an integer r reads no keep rate (TOME_rflag); two keep
+                                           # rates with one token count (KEEP_round); two model names of one shape
+                                           # (DEIT_model_dimflag); a config's own value under the label (F_epochs0,
+                                           # Q_smoke_steps, through configs/fmnist.py's and quickstart.py's ARG_FIELDS)
+                                           (['keep=0.5', 'method=tpm,tome', '--config.reduction.r=8'],
+                                            "run keep-0.5_method-tome does not read reduction.keep_rate (reduction.method="
+                                            "'tome', reduction.r=8)"),
+                                           (['keep=0.49,0.5'], 'run keep-0.5 would train the same run as keep-0.49'),
+                                           (['model=deit_tiny_patch16_224,deit_small_patch16_224', '--base', 'method=tpm',
+                                             '--config.model.embed_dim=192', '--config.model.num_heads=3'],
+                                            'they differ only in model.name'),
+                                           (['epochs=0,1', '--base', 'stage=pretrain', '--file', 'fmnist.py'],
+                                            '--sweep epochs=0: the run would train num_epochs=3.0, not 0'),
+                                           (['finetune_steps=100', 'method=tpm,evit', '--file', 'quickstart.py'],
+                                            '--sweep finetune_steps=100: the run would train total_steps=3, not 100')])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
-  sweeps = [s for s in sweeps if s not in ('--base', base)]
-  argv = ['--config', f'{CONFIG}:{base}', '--workdir', str(tmp_path / 'sw')]
+  file = os.path.join(ROOT, 'configs', sweeps[sweeps.index('--file') + 1]) if '--file' in sweeps else CONFIG
+  sweeps = [s for s in sweeps if s not in ('--base', base, '--file', os.path.basename(file))]
+  argv = ['--config', f'{file}:{base}', '--workdir', str(tmp_path / 'sw')]
   assert sweep.main(argv + [a for s in sweeps for a in ((s,) if s.startswith('--') else ('--sweep', s))]) == 2
   out = capsys.readouterr()
   assert out.out == '' and len(out.err.strip().splitlines()) == 1
   assert out.err.startswith('error: ') and named in out.err, out.err
   assert not (tmp_path / 'sw').exists()
+
+
+def test_a_users_config_file_gets_its_labels_checked_too(tmp_path, capsys):
+  """A config file without ARG_FIELDS (or one naming no field) is still checked: a key that changes nothing is
+  refused (hostile pass 13a's OWN_smoke_model, OWN_none_ms, OWN_typo); one that does passes."""
+  source = open(CONFIG).read()
+  own, typo = tmp_path / 'mycfg.py', tmp_path / 'typo.py'
+  own.write_text(source.replace("__all__ = ['ARG_FIELDS', 'get_config']", "__all__ = ['get_config']").replace(
+      'from configs.common import ARG_FIELDS, RECIPE_ARGS', 'from configs.common import RECIPE_ARGS'))
+  typo.write_text(source.replace("__all__ = ['ARG_FIELDS', 'get_config']", "ARG_FIELDS = dict(model='model.nme')").replace(
+      'from configs.common import ARG_FIELDS, RECIPE_ARGS', 'from configs.common import RECIPE_ARGS'))
+  assert 'ARG_FIELDS =' not in own.read_text() and 'import ARG_FIELDS' not in own.read_text()
+  assert "ARG_FIELDS = dict(model='model.nme')" in typo.read_text()
+
+  def refused(config, *sweeps):
+    code = sweep.main(['--config', config, '--workdir', str(tmp_path / 'sw'), '--print_commands',
+                       *[a for s in sweeps for a in ('--sweep', s)]])
+    out = capsys.readouterr()
+    assert code == (2 if out.err else 0) and len(out.err.strip().splitlines()) <= 1
+    return out.err
+  assert 'mycfg.py trains the same config whatever model is' in refused(
+      f'{own}:smoke', 'model=deit_tiny_patch16_224', 'keep=0.5,0.7')  # smoke sets vit_custom
+  assert 'mycfg.py trains the same config whatever multiscale is' in refused(
+      f'{own}:smoke,method=none', 'multiscale=pool', 'seed=0,1')  # method none has no fusion
+  assert "ARG_FIELDS names 'model.nme' for --sweep model, which is no field of a run config" in refused(
+      f'{typo}:smoke', 'model=deit_tiny_patch16_224')
+  assert refused(f'{own}:smoke', 'keep=0.5,0.7') == ''
+  assert refused(f'{own}:smoke', 'seed=0') == ''
+  assert refused(str(own), 'model=deit_small_patch16_224') == ''  # the config's own model: nothing to probe against
+
+
+def test_tome_matched_to_keep_follows_the_flags_and_r_0_merges_nothing(tmp_path):
+  """``reduction.r='keep'`` is resolved from the final config, after the flags (hostile pass 13a's TOME_keepflag,
+  TOME_methflag, TOME_locflag), and r=0 is ToMe merging nothing, no longer the matching sentinel (TOME_r0)."""
+  def schedules(sweeps, overrides=()):
+    return {r.name: [k for _, k, _ in r.run_config.reduction.schedule(r.run_config.vit.num_prefix_tokens,
+                                                                       r.run_config.vit.num_patches)]
+            for r in sweep.plan(CONFIG + ':smoke', sweeps, str(tmp_path), list(overrides))}
+  got = schedules(['method=tpm,tome'], ['--config.reduction.keep_rate=0.5'])  # 64 patches at blocks 1, 2
+  assert got == {'method-tpm': [32, 16], 'method-tome': [32, 16]}
+  assert schedules(['keep=0.5'], ['--config.reduction.method=tome']) == {'keep-0.5': [32, 16]}
+  got = schedules(['keep=0.5', 'method=tpm,tome'], ['--config.reduction.locations=1'])
+  assert got == {'keep-0.5_method-tpm': [32], 'keep-0.5_method-tome': [32]}
+  assert schedules(['r=0,8', 'method=tome']) == {'r-0_method-tome': [64, 64], 'r-8_method-tome': [56, 48]}
 
 
 def test_collect_aggregates_over_seeds_and_lists_the_missing(tmp_path):

@@ -195,14 +195,17 @@ PROP_ATTN_METHODS = ('tpm', 'tome')  # prop_attn None: on for these
 class ReductionConfig:
   """Where and how tokens are reduced. See README "Token reduction" for each field.
 
-  ``locations`` None means: (3, 6, 9) for tpm/evit/drop, every block for tome.
+  ``locations`` None means: (3, 6, 9) for tpm/evit/drop and for tome with ``r='keep'``, every block
+  for tome with an integer r. ``r='keep'`` (``MATCHED``): ToMe on equal terms, r at each location is
+  the number of tokens ``keep_rate`` removes there under tpm's schedule, so the token counts are tpm's
+  (EViT's, drop's); resolved from the final model and locations, whatever set them.
   ``prop_attn`` None means: on for the methods that merge by size-weighted average (tpm, tome), off
   for evit and drop. On for tpm since docs/RESULTS.md: +1.4 top-1 at keep 0.5 (3 seeds, same budget).
   """
   method: str = 'none'
   keep_rate: float | tuple[float, ...] = 0.7
   locations: tuple[int, ...] | None = None
-  r: int | tuple[int, ...] = 8
+  r: int | tuple[int, ...] | str = 8
   similarity: str = 'keys'
   assign: str = 'hard'
   tau: float = 0.1
@@ -211,6 +214,12 @@ class ReductionConfig:
   distinct: float = 0.0
 
   FIELDS = ('method', 'keep_rate', 'locations', 'r', 'similarity', 'assign', 'tau', 'weight', 'prop_attn', 'distinct')
+  MATCHED = 'keep'  # r: matched to keep_rate
+
+  @property
+  def matched(self) -> bool:
+    """ToMe's r is matched to the keep rate (``r='keep'``)."""
+    return self.r == self.MATCHED
 
   @classmethod
   def from_any(cls, value: Any, depth: int | None = None) -> 'ReductionConfig':
@@ -243,7 +252,8 @@ class ReductionConfig:
     if locations is not None:
       locations = _int_tuple('reduction.locations', locations)
     elif depth is not None:
-      locations = tuple(range(depth)) if self.method == 'tome' else tuple(l for l in DEFAULT_LOCATIONS if l < depth)
+      locations = (tuple(range(depth)) if self.method == 'tome' and not self.matched
+                   else tuple(l for l in DEFAULT_LOCATIONS if l < depth))
     if locations is not None:
       if not locations and self.enabled:  # pass 12b's B8: a run labelled tpm that reduces nothing
         _fail('reduction.locations', self.locations, f"at least one block index for method {self.method!r} (no "
@@ -266,17 +276,22 @@ class ReductionConfig:
       _fail('reduction.keep_rate', self.keep_rate, 'a float in (0, 1] or one per location')
 
     r = self.r
-    if isinstance(r, str):
-      r = [v for v in r.replace(' ', '').split(',') if v]
-    r_t = (r,) if isinstance(r, int) and not isinstance(r, bool) else tuple(r)
-    try:
-      r_t = tuple(int(v) for v in r_t)
-    except (TypeError, ValueError):
-      _fail('reduction.r', self.r, 'a non-negative int or one per location')
-    if not r_t or any(v < 0 for v in r_t):
-      _fail('reduction.r', self.r, 'a non-negative int or one per location')
+    accepted = f"a non-negative int or one per location, or {self.MATCHED!r} (matched to keep_rate)"
+    if isinstance(r, str) and r.strip() == self.MATCHED:
+      r_t = (self.MATCHED,)
+    else:
+      if isinstance(r, str):
+        r = [v for v in r.replace(' ', '').split(',') if v]
+      r_t = (r,) if isinstance(r, int) and not isinstance(r, bool) else tuple(r)
+      try:
+        r_t = tuple(int(v) for v in r_t)
+      except (TypeError, ValueError):
+        _fail('reduction.r', self.r, accepted)
+      if not r_t or any(v < 0 for v in r_t):
+        _fail('reduction.r', self.r, accepted)
 
-    if locations is not None and self.method in ('tpm', 'evit', 'drop') and len(keep_t) not in (1, len(locations)):
+    if locations is not None and (self.method in ('tpm', 'evit', 'drop') or self.method == 'tome' and r_t == (
+        self.MATCHED,)) and len(keep_t) not in (1, len(locations)):
       _fail('reduction.keep_rate', self.keep_rate,
             f'one float, or one per location ({len(locations)} locations: {locations})')
     if locations is not None and self.method == 'tome' and len(r_t) not in (1, len(locations)):
@@ -293,8 +308,11 @@ class ReductionConfig:
              'tome': ('r', 'locations', 'prop_attn')}  # ToMe always matches keys
 
   def unread(self) -> tuple[str, ...]:
-    """The fields this method does not read (``tau`` is read by soft assignment only)."""
+    """The fields this method does not read (``tau`` is read by soft assignment only; ``keep_rate`` by
+    ToMe when its r is matched to it)."""
     read = set(self.READ_BY[self.method]) - ({'tau'} if self.assign != 'soft' else set())
+    if self.method == 'tome' and self.matched:
+      read.add('keep_rate')
     return tuple(f for f in self.FIELDS if f != 'method' and f not in read)
 
   def per_location(self, value) -> tuple:
@@ -309,18 +327,37 @@ class ReductionConfig:
     if not self.enabled:
       return out
     m = num_patches
-    keeps, rs = self.per_location(self.keep_rate), self.per_location(self.r)
+    keeps = self.per_location(self.keep_rate)
+    rs = self.tome_r(num_patches) if self.method == 'tome' else ()
     for i, loc in enumerate(self.locations):
       if self.method == 'tome':
         k = m - min(rs[i], m // 2)  # ToMe caps r at half the prunable tokens
         m = k
       else:
-        k = max(1, min(m, math.ceil(keeps[i] * m - 1e-9)))  # K = ceil(keep_rate * M)
+        k = _kept(keeps[i], m)
         m = k + (1 if self.method == 'evit' and k < m else 0)  # EViT's fused token
       if m < 1:
         _fail('reduction.r', self.r, f'values that leave at least 1 token (none left after block {loc})')
       out.append((loc, k, num_prefix + m))
     return out
+
+  def tome_r(self, num_patches: int) -> tuple[int, ...]:
+    """ToMe's r at each location: ``r`` itself, or (``r='keep'``) the tokens the keep rate removes there
+    under tpm's schedule, so that the counts are tpm's. ToMe merges at most half the prunable tokens at
+    a block, so below keep 0.5 its counts stay higher (``schedule`` says so)."""
+    if not self.matched:
+      return self.per_location(self.r)
+    m, out = num_patches, []
+    for keep in self.per_location(self.keep_rate):
+      k = _kept(keep, m)
+      out.append(m - k)
+      m = k
+    return tuple(out)
+
+
+def _kept(keep: float, m: int) -> int:
+  """K = ceil(keep_rate * M): the prunable tokens a keep rate leaves of M (at least 1)."""
+  return max(1, min(m, math.ceil(keep * m - 1e-9)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -848,13 +885,29 @@ class RunConfig:
     return (tuple(f'reduction.{f}' for f in self.reduction.unread())
             + tuple(f'multiscale.{f}' for f in self.multiscale.unread()))
 
+  # The model fields ``ModelSpec.vit`` resolves (with the name): compared as the ViTConfig they give
+  MODEL_SHAPE = ('name', 'num_classes', 'img_size', 'drop_path_rate', 'pos_embed_init', 'patch_size', 'embed_dim',
+                 'depth', 'num_heads', 'in_chans')
+
   def computed(self) -> dict:
-    """``whole()`` without the fields the run does not read: two runs with the same are one run, whatever
-    their labels say (a sweep refuses to train it twice under two names)."""
+    """What the run computes: ``whole()`` without the fields it does not read, the model as the ViTConfig
+    its name and sizes give (the name stays where it picks pretrained weights) and the reduction's keep
+    rate and r as the token counts they give. Two runs with the same are one run, whatever their labels
+    say (a sweep refuses to train it twice under two names: keep 0.49 and 0.5 of 64 patches, DeiT-Ti
+    and DeiT-S with the same sizes given, ToMe's r past its cap)."""
     unread = set(self.unread())
     out = {k: v for k, v in self.whole().items() if k not in unread}
     if 'reduction.prop_attn' in out:  # None: the method's default
       out['reduction.prop_attn'] = self.reduction.use_prop_attn
+    for f in self.MODEL_SHAPE:
+      if f != 'name' or not self.init.pretrained:
+        out.pop(f'model.{f}', None)
+    vit = self.vit
+    out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(vit)).items()})
+    if self.reduction.enabled and not self.keep_warmup_epochs:  # a warmup reads the keep rate itself
+      out.pop('reduction.keep_rate', None)
+      out.pop('reduction.r', None)
+      out['reduction.schedule'] = self.reduction.schedule(vit.num_prefix_tokens, vit.num_patches)
     return out
 
   def identity(self) -> dict:

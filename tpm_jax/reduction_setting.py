@@ -93,14 +93,10 @@ def _default_locations(depth: int) -> tuple[int, ...]:
 
 def matched_tome_r(vit: ViTConfig, keep: float, locations) -> tuple[int, ...]:
   """ToMe's r at each of ``locations`` that leaves the token counts tpm (and EViT, drop) leave at keep
-  rate ``keep`` there: ToMe on equal terms. ToMe merges at most half the prunable tokens at a block,
-  so below keep 0.5 its counts stay higher (the schedule says so)."""
-  as_tpm = ReductionConfig.from_any(dict(method='tpm', keep_rate=keep, locations=tuple(locations)), depth=vit.depth)
-  m, out = vit.num_patches, []
-  for _, k, _ in as_tpm.schedule(vit.num_prefix_tokens, vit.num_patches):
-    out.append(m - k)
-    m = k
-  return tuple(out)
+  rate ``keep`` there: ToMe on equal terms (``ReductionConfig.tome_r`` with ``r='keep'``)."""
+  matched = ReductionConfig.from_any(dict(method='tome', r=ReductionConfig.MATCHED, keep_rate=keep,
+                                          locations=tuple(locations)), depth=vit.depth)
+  return matched.tome_r(vit.num_patches)
 
 
 def _refuse(text: str, why: str):

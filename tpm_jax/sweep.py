@@ -110,16 +110,17 @@ class Run:
     return None
 
   def differences(self) -> list[str]:
-    """How the run in the workdir differs from the one asked for (every field of the config)."""
+    """How the run in the workdir differs from the one asked for: in what it computes (``RunConfig.computed``:
+    every field it reads; a run saved as ToMe r=(19, 13) is the run asked as r='keep' when the counts agree)."""
     saved = self.saved_config()
     if saved is None or self.run_config is None:
       return []
     path, config = saved
     try:
-      old = RunConfig.from_any(config).whole()
+      old = RunConfig.from_any(config).computed()
     except ConfigError as e:
       return [f'{path} is not a readable run config ({e})']
-    diffs = field_differences(old, self.run_config.whole(), 'asked')
+    diffs = field_differences(old, self.run_config.computed(), 'asked')
     return [f'{os.path.relpath(path, self.workdir)} records {diffs[0]}', *diffs[1:]] if diffs else []
 
   @property
@@ -200,12 +201,19 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg,
                     ' '.join([f'{_shown(file)}:{base}'.rstrip(':'), *overrides])))
   for r in runs:  # each value may hold alone and not beside another key's (multiscale=pool with method=none)
-    flat = flat_dict(r.run_config.to_dict())
+    flat, unread = flat_dict(r.run_config.to_dict()), r.run_config.unread()
     for key, v in r.values.items():
       f = declared.get(key)
       if f in flat and not _holds(flat[f], v):
         raise ConfigError(f'--sweep: run {r.name} would train {f}={flat[f]!r}, not {v} (another swept value sets it): '
                           f'its label would name what was not trained; sweep these keys apart')
+      if f in unread:  # keep for ToMe with an integer r (hostile pass 13a's TOME_rflag), r for tpm
+        red = r.run_config.reduction
+        raise ConfigError(f'--sweep: run {r.name} does not read {f} (reduction.method={red.method!r}'
+                          f'{f", reduction.r={red.r!r}" if red.method == "tome" else ""}): its label would name what '
+                          f'was not trained; sweep {key} apart from this method' + (
+                              " (ToMe reads keep with reduction.r='keep', the recipes' default)"
+                              if f == 'reduction.keep_rate' and red.method == 'tome' else ''))
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
   return runs
@@ -237,18 +245,20 @@ def _arg_fields(file: str) -> dict:
 
 def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, declared: dict) -> None:
   """ConfigError unless every run trains what its label says. A key the config file declares
-  (``ARG_FIELDS``) names one field: each value must leave that field at the value (not the config's
-  own code, as ``smoke`` sets the model; hostile pass 12's IGN_smoke_model, IGN_none_ms) and no
-  --config.* flag may set it (pass 10's SW10, SW11; pass 11's N1, N2; pass 12's N1_*). For other keys,
-  a flag may not set a field the key's values (or other values of it) change. ``alone``: (key, value)
-  -> the RunConfig of that value alone, flags included, as plan() built it; ``declared``: ``_arg_fields``."""
+  (``ARG_FIELDS``) names one field of a run config (a declaration naming none is refused: pass 13a's
+  OWN_typo): each value must leave that field at the value (not the config's own code, as ``smoke``
+  sets the model; hostile pass 12's IGN_smoke_model, IGN_none_ms) and no --config.* flag may set it (pass 10's SW10,
+  SW11; pass 11's N1, N2; pass 12's N1_*). Another key must change the config (pass 13a's
+  OWN_smoke_model, OWN_none_ms: a user's config without ``ARG_FIELDS``), and a flag may not set a field
+  its values (or other values of it) change. ``alone``: (key, value) -> the RunConfig of that value
+  alone, flags included, as plan() built it; ``declared``: ``_arg_fields``."""
 
   def fields(values):  # without the flags
     try:
       return flat_dict(RunConfig.from_any(load_config(f'{file}:{_arg_string(base, values)}')).to_dict())
     except ConfigError:  # a config that needs a flag to be valid: its own check, in plan(), named it
       return None
-  plain = fields({}) if overrides else None
+  plain = fields({}) if overrides or set(sweeps) - set(declared) else None
   for key, values in sweeps.items():
     mine = {v: fields({key: v}) for v in values}
     if key in declared:
@@ -256,7 +266,9 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
       for v in values:
         given = flat_dict(alone[key, v].to_dict())
         if f not in given:
-          break  # the config file's declaration names no field of a run config: nothing to check by it
+          raise ConfigError(f'{os.path.basename(file)}: ARG_FIELDS names {f!r} for --sweep {key}, which is no field '
+                            f'of a run config (e.g. reduction.keep_rate): the labels could not be checked; name the '
+                            f'field {key} sets')
         if mine[v] is None or not _holds(mine[v].get(f), v):
           trains = given[f] if mine[v] is None else mine[v].get(f)
           raise ConfigError(f'--sweep {key}={v}: the run would train {f}={trains!r}, not {v} (the config sets '
@@ -264,8 +276,7 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
                             f'would name what was not trained; sweep {key} with another base config, or leave it out')
         if given.get(f) != mine[v].get(f):
           _refuse_flag(key, v, f, given[f], mine[v][f], overrides)
-      else:
-        continue
+      continue
     if plain is None or any(m is None for m in mine.values()):
       continue
     # what the key changes: the fields its values set differently; a value that is the recipe's own (keep=0.7
@@ -274,6 +285,14 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
     probes = [m for m in (fields({key: p}) for p in _probes(values)) if m is not None]
     swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())
              or (any(m.get(f) != plain[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
+    if not swept:  # no value of the key changes the config: it is ignored, or overridden (smoke sets the model)
+      unheld = [v for v in values if not any(_holds(x, v) for x in mine[v].values())]
+      if probes or unheld:
+        v = (unheld or values)[0]
+        raise ConfigError(f'--sweep {key}={v}: {os.path.basename(file)} trains the same config whatever {key} is '
+                          f'(it ignores {key}, or sets what {key} names itself here): its label would name what was '
+                          f'not trained; leave {key} out, or sweep it with a base config that reads it (a config '
+                          f'file\'s ARG_FIELDS names the field each key sets, for these checks)')
     for v in values:
       given = flat_dict(alone[key, v].to_dict())
       lost = [f for f in swept if given.get(f) != mine[v].get(f)]
@@ -309,7 +328,7 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
       a, b = cfg.whole(), r.run_config.whole()
       differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
       why = (f'they differ only in {", ".join(differ)}, which change nothing it computes (not read by its method, '
-             f'or its default spelled out)' if differ
+             f'its default spelled out, or the same model or token counts by another name)' if differ
              else 'the values give the same config')
       where = (f'as {other}, which this folder\'s {PLAN} already plans: its table would count it twice; sweep the '
                f'other values only' if planned else f'as {other}: its result would be reported under two labels; '
@@ -607,11 +626,11 @@ def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
   if not planned.get('run_config'):
     return
   try:
-    old = RunConfig.from_any(planned['run_config']).whole()
+    old = RunConfig.from_any(planned['run_config']).computed()
   except ConfigError as e:
     raise ConfigError(f'{PLAN}: the run_config planned for {planned["name"]} is not a run config ({e}): move the '
                       f'sweep\'s folder aside, or restore its {PLAN}') from None
-  diffs = field_differences(made.whole(), old, 'planned')
+  diffs = field_differences(made.computed(), old, 'planned')
   if diffs:
     raise ConfigError(f'{rdir}/final.json records other settings than the sweep planned for {planned["name"]} '
                       f'({"; ".join(diffs[:3])}): move the run\'s folder aside (the sweep then trains it as planned)')
