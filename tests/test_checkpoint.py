@@ -346,6 +346,20 @@ def test_a_distillation_run_whose_init_weights_were_replaced_is_refused(tmp_path
   assert isinstance(error, ConfigError) and 'same paths, other contents' in str(error), error
 
 
+def test_an_export_written_again_is_the_same_weights(tmp_path, four_steps):
+  """Orbax never writes one export as the same files (timestamps, random data-file names): what a
+  distillation run's resume compares is the parameter values (hostile pass 13b's R7)."""
+  from tpm_jax import export
+  from tpm_jax.checkpoint import check_export
+  from tpm_jax.checkpoint.exports import export_digest
+  for name, step in (('a', '4'), ('b', '4'), ('c', '2')):
+    export.main(['--workdir', str(four_steps), '--output', str(tmp_path / name), '--step', step])
+  sums = [json.load(open(tmp_path / n / 'checksums.json'))['files'] for n in 'ab']
+  assert sums[0] != sums[1]  # other files ...
+  a, b, c = (export_digest(check_export(str(tmp_path / n))) for n in 'abc')
+  assert a == b and a != c  # ... the same weights; another step's are others
+
+
 def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_path, data_dir, four_steps):
   workdir = _copy(four_steps, tmp_path / 'run')
   shutil.rmtree(os.path.join(workdir, 'checkpoints', '2'))  # keep_checkpoints=1: only the newest step

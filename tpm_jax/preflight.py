@@ -14,7 +14,7 @@ import stat
 from flax import nnx
 
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export, load_params_into
-from tpm_jax.checkpoint.exports import EXPORT_FILES, export_param_shapes, is_export, param_mismatch
+from tpm_jax.checkpoint.exports import EXPORT_FILES, export_digest, export_param_shapes, is_export, param_mismatch
 from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
@@ -370,16 +370,17 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
 
 
 def init_fingerprint(run: RunConfig) -> str | None:
-  """SHA-256 of the weights ``run.init`` names (each file's bytes; an export's ``checksums.json``, which
-  covers its files), None when it names none. A self-distillation run rebuilds its teacher from them on
-  every resume, so the resume policy refuses weights replaced at the same path (hostile pass 12b's RT)."""
+  """SHA-256 of the weights ``run.init`` names (a weights file's bytes; an export's parameter values,
+  ``export_digest``: an export written again from the same step is the same weights, hostile pass
+  13b's R7), None when it names none. A self-distillation run rebuilds its teacher from them on every
+  resume, so the resume policy refuses weights replaced at the same path (hostile pass 12b's RT)."""
   parts = []
   if run.init.timm_checkpoint:
     parts.append(sha256(os.path.expanduser(run.init.timm_checkpoint)))
   if run.init.pretrained:
     parts.append(sha256(weights_file(run.model.name)))
   if run.init.checkpoint:
-    sums = os.path.join(os.path.expanduser(run.init.checkpoint), 'checksums.json')
-    parts.append(sha256(sums) if os.path.isfile(sums) else 'no checksums.json')
+    with _export_refused_as('init.checkpoint', run.init.checkpoint):
+      parts.append(export_digest(check_export(os.path.expanduser(run.init.checkpoint))))
   return __import__('hashlib').sha256(' '.join(parts).encode()).hexdigest() if parts else None
 

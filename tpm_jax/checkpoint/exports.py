@@ -3,6 +3,7 @@
 written last). Every read verifies the checksums first and refuses non-finite parameters."""
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
@@ -67,6 +68,25 @@ def export_param_shapes(path: str) -> dict:
     return {k.removesuffix('.value'): v for k, v in saved_shapes(os.path.join(path, 'params')).items()}
   except Exception as e:  # noqa: BLE001
     raise CheckpointError(f'export {path}: {os.path.join(path, "params")} is unreadable ({first_line(e)})') from e
+
+
+def export_digest(path: str) -> str:
+  """SHA-256 of a checked export's parameter values (each array's path, dtype, shape and bytes, in path
+  order): equal for two exports of the same weights, which Orbax never writes as the same files (its
+  metadata carries timestamps, its data files random names)."""
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), ckptr.metadata(
+          os.path.join(path, 'params')).item_metadata.tree)
+      values = ckptr.restore(os.path.join(path, 'params'), target)
+  except Exception as e:  # noqa: BLE001  (check_export passed: damaged as written)
+    raise CheckpointError(f'export {path}: its params/ cannot be read ({first_line(e)}); export it again') from e
+  digest = hashlib.sha256()
+  for key, leaf in sorted((jax.tree_util.keystr(k), v) for k, v in jax.tree_util.tree_leaves_with_path(values)):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f'{key} {a.dtype} {a.shape}'.encode())
+    digest.update(a.tobytes())
+  return digest.hexdigest()
 
 
 def param_mismatch(saved: dict, state) -> str | None:

@@ -166,7 +166,7 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
   saved_init = meta.get('init_fingerprint')
   if run.distill.alpha > 0 and saved_init is not None and init_fingerprint is not None and saved_init != init_fingerprint:
     raise ResumeMismatch(f'the init weights of {workdir} (init.*) are not the files checkpoint step {step} was saved '
-                         f'with (same paths, other contents; an export written again counts as other files): the '
+                         f'with (same paths, other contents: other weights): the '
                          f'distillation teacher, rebuilt from them on resume, would be another model; restore them, '
                          f'or {_overwrite_hint(workdir)}')
   saved_print = meta.get('train_fingerprint')
