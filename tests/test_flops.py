@@ -45,14 +45,14 @@ def test_deit_small_reference_numbers():
 
 
 @pytest.mark.parametrize('name, tol, keeps', [('deit_tiny_patch16_224', 0.06, (0.8,)),
-                                              ('deit_small_patch16_224', 0.03, (0.5, 0.7)),
-                                              ('deit_base_patch16_224', 0.03, (0.5,))])
+                                              ('deit_small_patch16_224', 0.03, (0.5, 0.7))])
 def test_analytic_agrees_with_xla(name, tol, keeps):
   """The matmuls of the program XLA compiles match the analytic count within 3% (in fact 0.01%).
   XLA's cost_analysis total adds the elementwise ops the papers' convention leaves out (exact GELU
-  alone is 64 XLA flops per element): within 3% for DeiT-S/B, 6% for DeiT-T (width 192).
+  alone is 64 XLA flops per element): within 3% for DeiT-S (and B), 6% for DeiT-T (width 192).
   The compute *saved* by each method must agree within 1% between the counts. Every keep rate of
-  the grid's ends on DeiT-S, one keep rate on DeiT-T and DeiT-B (the same formulas at other widths)."""
+  the grid's ends on DeiT-S, one keep rate on DeiT-T (the same formulas at another width; DeiT-B's
+  width adds nothing the two do not check, and took 15 s)."""
   base = _flops(name, dict(method='none'), 1.0)
   for red in METHODS[1:]:
     for keep in keeps:
