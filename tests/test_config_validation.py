@@ -63,6 +63,23 @@ def test_workdir_with_another_run_is_refused(tmp_path):
   assert sorted(os.listdir(tmp_path)) == ['config.json']
 
 
+def test_a_tome_run_saved_with_its_r_spelled_out_is_the_run_r_keep_asks_for(tmp_path):
+  """Runs made before ToMe's r='keep' saved the matched r per location: the same token counts are the same run
+  (resume, the same command again), other counts are not; a field the method does not read never mattered."""
+  import json
+
+  from tpm_jax.checkpoint import check_config_json
+  from tpm_jax.config import RunConfig
+  now = RunConfig.from_any(_smoke(**{'reduction.method': 'tome', 'reduction.r': 'keep', 'reduction.keep_rate': '0.5'}))
+  assert now.reduction.tome_r(now.vit.num_patches) == (32, 16)  # 64 patches, blocks 1 and 2
+  old = now.to_dict()
+  old['reduction'].update(r=[32, 16], keep_rate=0.7, tau=9.0)  # keep_rate and tau: not read with an integer r
+  (tmp_path / 'config.json').write_text(json.dumps(old))
+  check_config_json(str(tmp_path), now)
+  with pytest.raises(ConfigError, match=r'reduction.schedule=.* there, .* now'):
+    check_config_json(str(tmp_path), now.replace(reduction=dict(keep_rate=0.7)))
+
+
 def test_workdir_config_json_is_compared_as_a_typed_run_config(tmp_path):
   """config.json read back as a RunConfig: a field it lacks has the run config's one default; a
   string keep rate and its float are the same run; another value of an identity field is refused."""

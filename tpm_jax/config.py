@@ -895,28 +895,33 @@ class RunConfig:
     rate and r as the token counts they give. Two runs with the same are one run, whatever their labels
     say (a sweep refuses to train it twice under two names: keep 0.49 and 0.5 of 64 patches, DeiT-Ti
     and DeiT-S with the same sizes given, ToMe's r past its cap)."""
-    unread = set(self.unread())
-    out = {k: v for k, v in self.whole().items() if k not in unread}
-    if 'reduction.prop_attn' in out:  # None: the method's default
-      out['reduction.prop_attn'] = self.reduction.use_prop_attn
+    out = self._as_read(self.whole())
     for f in self.MODEL_SHAPE:
       if f != 'name' or not self.init.pretrained:
         out.pop(f'model.{f}', None)
-    vit = self.vit
-    out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(vit)).items()})
-    if self.reduction.enabled and not self.keep_warmup_epochs:  # a warmup reads the keep rate itself
+    out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(self.vit)).items()})
+    return out
+
+  def _as_read(self, flat: dict) -> dict:
+    """``flat`` (dotted fields) without the fields the run does not read, ``prop_attn`` as the run uses it,
+    and the reduction's keep rate and r as the token counts they give (a keep-rate warmup reads the rate)."""
+    unread = set(self.unread())
+    out = {k: v for k, v in flat.items() if k not in unread}
+    if 'reduction.prop_attn' in out:  # None: the method's default
+      out['reduction.prop_attn'] = self.reduction.use_prop_attn
+    if self.reduction.enabled and not self.keep_warmup_epochs and 'reduction.method' in out:
       out.pop('reduction.keep_rate', None)
       out.pop('reduction.r', None)
-      out['reduction.schedule'] = self.reduction.schedule(vit.num_prefix_tokens, vit.num_patches)
+      out['reduction.schedule'] = [list(t) for t in self.reduction.schedule(self.vit.num_prefix_tokens,
+                                                                            self.vit.num_patches)]
     return out
 
   def identity(self) -> dict:
-    """The dotted fields that identify the run (``IDENTITY``) with their values."""
+    """The dotted fields that identify the run (``IDENTITY``) with their values, as the run reads them: a
+    setting its method does not read does not matter (the plain backbone's reduction settings), and ToMe's
+    r is compared as the token counts it gives (a run saved as r=(19, 13) is the run r='keep' resumes)."""
     flat = flat_dict(self.to_dict())
-    out = {k: v for k, v in flat.items() if any(k == f or k.startswith(f + '.') for f in self.IDENTITY)}
-    if not self.reduction.enabled:  # the plain backbone: its unused reduction settings do not matter
-      out = {k: v for k, v in out.items() if not k.startswith('reduction.') or k == 'reduction.method'}
-    return out
+    return self._as_read({k: v for k, v in flat.items() if any(k == f or k.startswith(f + '.') for f in self.IDENTITY)})
 
   MODEL_SECTIONS = ('model.', 'reduction.', 'multiscale.')
   NOT_THE_FUNCTION = ('model.dtype', 'model.drop_path_rate')  # compute precision, a training-only regulariser
