@@ -80,8 +80,8 @@ RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r='ke
 # value. ``python -m tpm_jax.sweep`` reads a config file's ARG_FIELDS to refuse a --config.* flag on the
 # field of a swept key and a label its run does not hold (e.g. model=... with smoke, which sets the model).
 ARG_FIELDS = dict(model='model.name', method='reduction.method', keep='reduction.keep_rate', r='reduction.r',
-                  multiscale='multiscale.method', seed='seed', similarity='reduction.similarity', weight='reduction.weight', prop_attn='reduction.prop_attn',
-                  distinct='reduction.distinct')
+                  multiscale='multiscale.method', seed='seed', similarity='reduction.similarity',
+                  weight='reduction.weight', prop_attn='reduction.prop_attn', distinct='reduction.distinct')
 
 
 def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
