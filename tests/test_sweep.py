@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -105,7 +106,23 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            (['epochs=0,1', '--base', 'stage=pretrain', '--file', 'fmnist.py'],
                                             '--sweep epochs=0: the run would train num_epochs=3.0, not 0'),
                                            (['finetune_steps=100', 'method=tpm,evit', '--file', 'quickstart.py'],
-                                            '--sweep finetune_steps=100: the run would train total_steps=3, not 100')])
+                                            '--sweep finetune_steps=100: the run would train total_steps=3, not 100'),
+                                           # hostile pass 14a: fields a run does not read (N_EP_smoke: epochs under
+                                           # total_steps; N_POS_init: the position embedding's start under loaded
+                                           # weights), equal token counts under a keep-rate warmup or where ToMe has
+                                           # none (N_WARM_round, N_WARM_tome), a reduction that removes nothing is
+                                           # the plain model (N_KEEP1_methods)
+                                           (['epochs=1,2', '--file', 'fmnist.py'],
+                                            "run epochs-1 does not read num_epochs (reduction.method='none')"),
+                                           (['pos_embed_init=trunc_normal,sincos2d', '--file', 'fmnist.py', '--base',
+                                             'smoke,method=tpm', f'--config.init.checkpoint={ROOT}/docs/results/fmnist_backbone'],
+                                            'does not read model.pos_embed_init'),
+                                           (['keep=0.49,0.5', '--config.keep_warmup_epochs=1'],
+                                            'run keep-0.5 would train the same run as keep-0.49'),
+                                           (['keep=0.49,0.5', 'method=tome', '--config.keep_warmup_epochs=1'],
+                                            'run keep-0.5_method-tome would train the same run as keep-0.49_method-tome'),
+                                           (['method=none,tpm,tome', '--file', 'fmnist.py', '--base', 'smoke,keep=1.0'],
+                                            'run method-tpm would train the same run as method-none')])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
   file = os.path.join(ROOT, 'configs', sweeps[sweeps.index('--file') + 1]) if '--file' in sweeps else CONFIG
@@ -145,6 +162,51 @@ def test_a_users_config_file_gets_its_labels_checked_too(tmp_path, capsys):
   assert refused(f'{own}:smoke', 'keep=0.5,0.7') == ''
   assert refused(f'{own}:smoke', 'seed=0') == ''
   assert refused(str(own), 'model=deit_small_patch16_224') == ''  # the config's own model: nothing to probe against
+
+
+def test_over_seeds_pools_runs_of_one_config_only(tmp_path, capsys):
+  """Rows are pooled over seeds by what their runs compute, not by the base's text: a config file edited between
+  two sweeps into one folder is two groups, each named by its config's digest (hostile pass 14a's N_EDIT); a plan
+  entry written before sweep.json recorded ``base`` pools with its seeds (N_OLD_collect); a --config.progress flag
+  is no other base (N_OPFLAG_replan); a key the config turns into a pair (crop_min) is checked (N_CROP)."""
+  own = tmp_path / 'mycfg.py'
+  own.write_text(open(CONFIG).read())
+  work = tmp_path / 'sw'
+
+  def finish(seed, top1):
+    workdir = work / 'runs' / f'seed-{seed}'
+    os.makedirs(workdir)
+    config = RunConfig.from_any(sweep.load_config(f'{own}:smoke,seed={seed}')).to_dict()
+    with open(workdir / 'final.json', 'w') as f:
+      json.dump(dict(step=4, total_steps=4, eval_top1=top1, eval_top5=1.0, config=config), f)
+  collect = ['--config', f'{own}:smoke', '--workdir', str(work), '--collect_only', '--throughput_batch', '4']
+  finish(0, 0.5), finish(1, 0.7)
+  assert sweep.main([*collect, '--sweep', 'seed=0,1', '--config.progress=off']) == 0
+  plan = json.load(open(work / 'sweep.json'))
+  assert {r['base'] for r in plan['runs']} == {str(own) + ':smoke'}  # the operational flag is no part of it
+  own.write_text(open(CONFIG).read().replace('return apply_arg(c, a)', 'c.optim.weight_decay = 0.3\n  return apply_arg(c, a)'))
+  assert 'weight_decay = 0.3' in own.read_text()
+  finish(2, 0.9)
+  assert sweep.main([*collect, '--sweep', 'seed=2']) == 0
+  md = open(work / 'results.md').read()
+  over = md.split('## Over seeds')[1]
+  assert over.count(f'{own}:smoke (config ') == 2 and '| 2 | 60.00 |' in over and '| 1 | 90.00 |' in over, over
+  # an old plan: no base, no run_config; its seeds pool again
+  for r in plan['runs']:
+    r.pop('base'), r.pop('run_config')
+  json.dump(plan, open(work / 'sweep.json', 'w'))
+  shutil.rmtree(work / 'runs' / 'seed-2')
+  assert sweep.main(['--workdir', str(work), '--collect_only', '--throughput_batch', '4']) == 0
+  over = open(work / 'results.md').read().split('## Over seeds')[1]
+  assert '| 2 | 60.00 |' in over and 'config ' not in over, over
+  own.write_text(open(CONFIG).read())  # and the same run under a new name is refused by its final.json (N_OLD_norc_dup)
+  capsys.readouterr()
+  assert sweep.main(['--config', f'{own}:smoke', '--sweep', 'seed=0', '--sweep', 'keep=0.7', '--workdir', str(work),
+                     '--print_commands']) == 2
+  assert 'run seed-0_keep-0.7 would train the same run as seed-0' in capsys.readouterr().err
+  fm = os.path.join(ROOT, 'configs', 'fmnist.py')
+  assert sweep.main(['--config', fm, '--sweep', 'crop_min=0.6', '--sweep', 'seed=0,1', '--workdir',
+                     str(tmp_path / 'crop'), '--print_commands']) == 0, capsys.readouterr().err
 
 
 def test_tome_matched_to_keep_follows_the_flags_and_r_0_merges_nothing(tmp_path):
@@ -209,6 +271,8 @@ def test_a_folder_counts_a_run_once_and_shows_what_each_row_was_swept_from(tmp_p
   _finish_by_hand(tmp_path / 'runs' / 'keep-0.6', 'smoke,method=evit,keep=0.6', 0.25)
   base = ['--workdir', str(tmp_path), '--collect_only', '--throughput_batch', '4']
   assert sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'method=none', *base]) == 0
+  err = capsys.readouterr().err  # a finished run the plan does not list is named, not silently left out (pass 14a)
+  assert 'keep-0.6 under' in err and 'finished but sweep.json does not plan them: left out' in err, err
   assert sweep.main(['--config', CONFIG + ':smoke', '--sweep', 'seed=0,1', '--sweep', 'method=none', *base]) == 2
   err = capsys.readouterr().err
   assert "run seed-0_method-none would train the same run as method-none, which this folder's sweep.json already " \

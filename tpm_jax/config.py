@@ -341,6 +341,16 @@ class ReductionConfig:
       out.append((loc, k, num_prefix + m))
     return out
 
+  def warmup_keep_rates(self, stages: int) -> list:
+    """EViT's keep-rate warmup quantised into ``stages`` rates from 1 to ``keep_rate`` (one or one per
+    location), each a separately compiled train step (``trainer.keep_rate_stages``)."""
+    target = self.keep_rate
+
+    def rate(i):
+      f = i / (stages - 1)
+      return tuple(1 - (1 - t) * f for t in target) if isinstance(target, tuple) else 1 - (1 - target) * f
+    return [rate(i) for i in range(stages)]
+
   def tome_r(self, num_patches: int) -> tuple[int, ...]:
     """ToMe's r at each location: ``r`` itself, or (``r='keep'``) the tokens the keep rate removes there
     under tpm's schedule, so that the counts are tpm's. ToMe merges at most half the prunable tokens at
@@ -881,9 +891,24 @@ class RunConfig:
 
   def unread(self) -> tuple[str, ...]:
     """The dotted fields the run does not read: its reduction's and fusion's settings that their
-    methods leave unused (``ReductionConfig.unread``, ``MultiscaleConfig.unread``)."""
-    return (tuple(f'reduction.{f}' for f in self.reduction.unread())
-            + tuple(f'multiscale.{f}' for f in self.multiscale.unread()))
+    methods leave unused (``ReductionConfig.unread``, ``MultiscaleConfig.unread``), ``num_epochs`` when
+    ``total_steps`` is given, the keep-rate warmup where there is none (ToMe, none; the stages without
+    warmup epochs), and how the position embedding starts when weights are loaded over it."""
+    out = (tuple(f'reduction.{f}' for f in self.reduction.unread())
+           + tuple(f'multiscale.{f}' for f in self.multiscale.unread()))
+    if self.total_steps:
+      out += ('num_epochs',)
+    if not self.warms_up:
+      out += ('keep_warmup_epochs', 'keep_warmup_stages') if self.reduction.method in ('none', 'tome') else (
+          ('keep_warmup_stages',) if not self.keep_warmup_epochs else ())
+    if self.init.checkpoint or self.init.timm_checkpoint or self.init.pretrained:
+      out += ('model.pos_embed_init',)
+    return out
+
+  @property
+  def warms_up(self) -> bool:
+    """The keep rate is warmed up (1 -> keep_rate in ``keep_warmup_stages`` compiled steps; tpm, EViT, drop)."""
+    return self.keep_warmup_epochs > 0 and self.keep_warmup_stages > 1 and self.reduction.method in ('tpm', 'evit', 'drop')
 
   # The model fields ``ModelSpec.vit`` resolves (with the name): compared as the ViTConfig they give
   MODEL_SHAPE = ('name', 'num_classes', 'img_size', 'drop_path_rate', 'pos_embed_init', 'patch_size', 'embed_dim',
@@ -899,21 +924,32 @@ class RunConfig:
     for f in self.MODEL_SHAPE:
       if f != 'name' or not self.init.pretrained:
         out.pop(f'model.{f}', None)
-    out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(self.vit)).items()})
+    unread = set(self.unread())
+    out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(self.vit)).items() if f'model.{k}' not in unread})
     return out
 
   def _as_read(self, flat: dict) -> dict:
     """``flat`` (dotted fields) without the fields the run does not read, ``prop_attn`` as the run uses it,
-    and the reduction's keep rate and r as the token counts they give (a keep-rate warmup reads the rate)."""
+    and the reduction's keep rate and r as the token counts they give (at each warmup stage where the keep
+    rate is warmed up). A reduction that removes no token anywhere, without a fusion, is the plain model
+    (keep 1.0, ToMe's r=0: the same computation as method none)."""
     unread = set(self.unread())
     out = {k: v for k, v in flat.items() if k not in unread}
     if 'reduction.prop_attn' in out:  # None: the method's default
       out['reduction.prop_attn'] = self.reduction.use_prop_attn
-    if self.reduction.enabled and not self.keep_warmup_epochs and 'reduction.method' in out:
-      out.pop('reduction.keep_rate', None)
-      out.pop('reduction.r', None)
-      out['reduction.schedule'] = [list(t) for t in self.reduction.schedule(self.vit.num_prefix_tokens,
-                                                                            self.vit.num_patches)]
+    red, vit = self.reduction, self.vit
+    if not red.enabled or 'reduction.method' not in out:
+      return out
+    rates = red.warmup_keep_rates(self.keep_warmup_stages) if self.warms_up else [red.keep_rate]
+    schedules = [[list(t) for t in dataclasses.replace(red, keep_rate=k).schedule(vit.num_prefix_tokens,
+                                                                                   vit.num_patches)] for k in rates]
+    if self.multiscale.method == 'none' and all(after == vit.num_prefix_tokens + vit.num_patches
+                                                for sched in schedules for _, _, after in sched):
+      return {k: v for k, v in out.items() if not k.startswith(('reduction.', 'keep_warmup_'))} | {
+          'reduction.method': 'none'}
+    out.pop('reduction.keep_rate', None)
+    out.pop('reduction.r', None)
+    out['reduction.schedule'] = schedules if self.warms_up else schedules[0]
     return out
 
   def identity(self) -> dict:

@@ -199,7 +199,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     name = run_name(values)
     config, cfg = build(values, f'run {name}')
     runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg,
-                    ' '.join([f'{_shown(file)}:{base}'.rstrip(':'), *overrides])))
+                    ' '.join([f'{_shown(file)}:{base}'.rstrip(':'), *_computing(overrides)])))
   for r in runs:  # each value may hold alone and not beside another key's (multiscale=pool with method=none)
     flat, unread = flat_dict(r.run_config.to_dict()), r.run_config.unread()
     for key, v in r.values.items():
@@ -217,6 +217,12 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   if len({r.name for r in runs}) < len(runs):
     raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
   return runs
+
+
+def _computing(overrides) -> list[str]:
+  """The --config.* flags that change what a run computes: not ``RunConfig.OPERATIONAL`` ones (progress, overwrite),
+  which a table's base column leaves out (hostile pass 14a's N_OPFLAG_replan)."""
+  return [o for o in overrides if o.split('=')[0][len('--config.'):] not in RunConfig.OPERATIONAL]
 
 
 def _shown(file: str) -> str:
@@ -287,12 +293,17 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
              or (any(m.get(f) != plain[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
     if not swept:  # no value of the key changes the config: it is ignored, or overridden (smoke sets the model)
       unheld = [v for v in values if not any(_holds(x, v) for x in mine[v].values())]
-      if probes or unheld:
+      if probes:
         v = (unheld or values)[0]
         raise ConfigError(f'--sweep {key}={v}: {os.path.basename(file)} trains the same config whatever {key} is '
                           f'(it ignores {key}, or sets what {key} names itself here): its label would name what was '
                           f'not trained; leave {key} out, or sweep it with a base config that reads it (a config '
                           f'file\'s ARG_FIELDS names the field each key sets, for these checks)')
+      if unheld:
+        raise ConfigError(f'--sweep {key}={unheld[0]}: the value leaves {os.path.basename(file)}\'s config as it is and '
+                          f'no field holds it, so its label cannot be checked (the config may ignore {key}): leave '
+                          f'{key} out (a key at the config\'s own value names nothing), or declare the field it sets '
+                          f'in the config file\'s ARG_FIELDS')
     for v in values:
       given = flat_dict(alone[key, v].to_dict())
       lost = [f for f in swept if given.get(f) != mine[v].get(f)]
@@ -316,11 +327,15 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
   seen = {}
   for r in earlier.get('runs', []) if earlier else []:
     try:
-      if r.get('run_config') and r['name'] not in {x.name for x in runs}:
-        seen.setdefault(json.dumps(RunConfig.from_any(r['run_config']).computed(), sort_keys=True, default=str),
-                        (r['name'], RunConfig.from_any(r['run_config']), True))
-    except ConfigError:
-      continue  # a damaged plan entry: collecting names it
+      config = r.get('run_config')
+      if not config and runs:  # a plan written before it recorded run_config: the run's own final.json (pass 14a's
+        final = os.path.join(os.path.dirname(runs[0].workdir), r['name'], 'final.json')  # N_OLD_norc_dup)
+        config = read_json_object(final).get('config') if os.path.isfile(final) else None
+      if config and r['name'] not in {x.name for x in runs}:
+        seen.setdefault(json.dumps(RunConfig.from_any(config).computed(), sort_keys=True, default=str),
+                        (r['name'], RunConfig.from_any(config), True))
+    except (ConfigError, OSError, ValueError, AttributeError):
+      continue  # a damaged plan entry or final.json: collecting names it
   for r in runs:
     key = json.dumps(r.run_config.computed(), sort_keys=True, default=str)
     if key in seen:
@@ -338,11 +353,13 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
 
 
 def _holds(value, v: str) -> bool:
-  """Whether a config field's value is the swept value ``v`` itself (0.7, '0.7', (0.7,), 'tpm')."""
-  if isinstance(value, (list, tuple)) and len(value) == 1:
-    value = value[0]
-  if isinstance(value, bool):  # prop_attn=on|off
-    return value == (v.lower() in ('on', 'true', '1', 'yes'))
+  """Whether a config field's value is the swept value ``v`` itself (0.7, '0.7', (0.7,), 'tpm'), or one of
+  a pair it sets (crop_min=0.6 -> aug.crop_scale=(0.6, 1.0))."""
+  if isinstance(value, (list, tuple)):
+    return any(_holds(x, v) for x in value)
+  if isinstance(value, bool):  # prop_attn=on|off; another word is no boolean
+    words = {'on': True, 'true': True, '1': True, 'yes': True, 'off': False, 'false': False, '0': False, 'no': False}
+    return words.get(v.lower()) is value
   try:
     return str(value) == v or float(value) == float(v)
   except (TypeError, ValueError):
@@ -526,10 +543,10 @@ def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
   """Rows grouped by every swept key but seed: n, top-1 mean, std, min, max; mean GMACs and images/s."""
   others, groups = [k for k in keys if k != 'seed'], {}
-  for r in rows:  # runs of other base configs are other groups
-    groups.setdefault(tuple(r[k] for k in others) + (r.get('base', ''),), []).append(r)
+  for r in rows:  # runs of other configs (``_group``; else other base texts) are other groups
+    groups.setdefault(tuple(r[k] for k in others) + (r.get('group', r.get('base', '')),), []).append(r)
   mean = lambda rs, f: statistics.mean(r[f] for r in rs)
-  return [dict(zip(others, g), base=g[-1], n=len(rs), top1=mean(rs, 'top1'),
+  return [dict(zip(others, g), base=rs[0].get('base', ''), n=len(rs), top1=mean(rs, 'top1'),
                std=statistics.stdev([r['top1'] for r in rs]) if len(rs) > 1 else 0.0,
                min=min(r['top1'] for r in rs), max=max(r['top1'] for r in rs),
                analytic_gmacs=mean(rs, 'analytic_gmacs'), images_per_sec=mean(rs, 'images_per_sec'))
@@ -602,20 +619,54 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
       print(f'warning: {e}; left out', file=sys.stderr, flush=True)
       missing.append(r['name'])
       continue
-    configs[r['name']] = RunConfig.from_any(final['config'])
-    _check_made_as_planned(r, rdir, configs[r['name']])
+    configs[r['name']] = made = RunConfig.from_any(final['config'])
+    _check_made_as_planned(r, rdir, made)
     rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
-                     steps=final['step'], workdir=rdir, base=r.get('base') or r['config']))
+                     steps=final['step'], workdir=rdir, base=r.get('base') or _base_of(r), group=_group(made)))
+  unplanned = sorted(set(_finished_folders(workdir)) - {r['name'] for r in meta['runs']})
+  if unplanned:  # train.py run by hand from --print_commands, say (hostile pass 14a's N_PC_collect)
+    print(f'warning: {", ".join(unplanned[:5])}{" ..." if len(unplanned) > 5 else ""} under {workdir}/runs finished '
+          f'but {PLAN} does not plan them: left out; the sweep command that names them (with --collect_only) adds '
+          f'them', file=sys.stderr, flush=True)
   measured = measure(configs, throughput_batch) if rows else {}
   for row in rows:
     row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
   cfg = next(iter(configs.values()), None)
   title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.name})' if cfg else '')
-  # runs of sweeps with other base configs or flags in one folder: each row says what it was added to (pass 12's MIXBASE)
+  # runs of sweeps with other base configs or flags in one folder: each row says what it was added to (pass 12's
+  # MIXBASE); one base text for other configs (a config file edited between two sweeps: pass 14a's N_EDIT) gets the
+  # config's digest, so rows are pooled over seeds only when their configs are equal but for the seed
+  texts = [row['base'] for row in rows]
+  for row, text in zip(rows, texts):
+    others = {r['group'] for r, t in zip(rows, texts) if t == text and all(r[k] == row[k] for k in keys if k != 'seed')}
+    if len(others) > 1:
+      row['base'] = f'{text} (config {row["group"][:8]})'
   bases = ('base',) if len({row['base'] for row in rows}) > 1 else ()
   write_tables(workdir, rows, keys, title, throughput_batch, total=len(meta['runs']), missing=missing,
                extra_columns=(*bases, 'steps', 'workdir'))
   return rows
+
+
+def _base_of(planned: dict) -> str:
+  """What a plan entry written before sweep.json recorded ``base`` was added to: its config string without the
+  swept key=values (hostile pass 14a's N_OLD_collect: the whole string made every seed its own group)."""
+  file, _, arg = planned['config'].partition(':')
+  swept = {f'{k}={v}' for k, v in planned.get('values', {}).items()}
+  kept = [a for a in arg.split(',') if a and a not in swept]
+  return ':'.join([_shown(file), ','.join(kept)]).rstrip(':')
+
+
+def _group(run: RunConfig) -> str:
+  """The digest of what a run computes but its seed: the runs a table pools over seeds share it."""
+  computed = {k: v for k, v in run.computed().items() if k != 'seed'}
+  return hashlib.sha256(json.dumps(computed, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished_folders(workdir: str) -> list[str]:
+  """The run folders under ``workdir/runs`` that hold a final.json."""
+  runs = os.path.join(workdir, 'runs')
+  return [n for n in (os.listdir(runs) if os.path.isdir(runs) else [])
+          if os.path.lexists(os.path.join(runs, n, 'final.json'))]
 
 
 def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:

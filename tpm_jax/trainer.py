@@ -82,12 +82,7 @@ def keep_rate_stages(reduction: ReductionConfig, warmup_epochs: float, max_stage
   n = int(max_stages)
   if warm_steps <= 0 or n <= 1 or reduction.method in ('none', 'tome'):
     return [(1, None)]
-  target = reduction.keep_rate  # a float, or a tuple of one per location
-
-  def rate(i):
-    f = i / (n - 1)
-    return tuple(1 - (1 - t) * f for t in target) if isinstance(target, tuple) else 1 - (1 - target) * f
-  return [(1 + (i * warm_steps) // (n - 1), rate(i)) for i in range(n)]
+  return [(1 + (i * warm_steps) // (n - 1), rate) for i, rate in enumerate(reduction.warmup_keep_rates(n))]
 
 
 # ------------------------------------------------------------------------------------------------
