@@ -16,7 +16,7 @@ import pytest
 
 from tpm_jax import trainer
 from tpm_jax.checkpoint import CheckpointError
-from tpm_jax.config import ConfigError
+from tpm_jax.config import ConfigError, RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 8
@@ -358,6 +358,29 @@ def test_an_export_written_again_is_the_same_weights(tmp_path, four_steps):
   assert sums[0] != sums[1]  # other files ...
   a, b, c = (export_digest(check_export(str(tmp_path / n))) for n in 'abc')
   assert a == b and a != c  # ... the same weights; another step's are others
+  from tpm_jax import preflight  # a step saved by an earlier version holds another kind (not compared: pass 14b's UPG)
+  run = RunConfig.from_any(_smoke_config()).replace(init=dict(checkpoint=str(tmp_path / 'a')))
+  assert preflight.init_fingerprint(run).startswith(preflight.FINGERPRINT)
+
+
+def test_export_outputs_that_would_lose_work_are_refused_up_front(tmp_path, four_steps):
+  """Hostile pass 14b: the timm file inside --output through a linked parent (EO4), an --output holding a run that
+  overwrite moved aside (EO3o, even with --overwrite); an export killed between its renames is named (SX2)."""
+  from tpm_jax import export
+  from tpm_jax.checkpoint import check_export
+  (tmp_path / 'out').mkdir()
+  os.symlink(tmp_path / 'out', tmp_path / 'link')
+  with pytest.raises(ConfigError, match='it is the export folder or inside it'):
+    export.export(str(four_steps), str(tmp_path / 'out'), safetensors=str(tmp_path / 'link' / 'w.safetensors'))
+  aside = tmp_path / 'ow'
+  (aside / 'checkpoints.replaced-20261207-075450').mkdir(parents=True)
+  (aside / 'final.json.replaced-20261207-075450').write_text('{}')
+  with pytest.raises(ConfigError, match='it holds the training workdir'):
+    export.export(str(four_steps), str(aside), overwrite=True)
+  assert sorted(os.listdir(aside)) == ['checkpoints.replaced-20261207-075450', 'final.json.replaced-20261207-075450']
+  (tmp_path / 'gone.replaced-12345').mkdir()
+  with pytest.raises(CheckpointError, match='gone.replaced-12345 beside it is the export an interrupted export moved'):
+    check_export(str(tmp_path / 'gone'))
 
 
 def test_case7_corrupt_only_step_stops_with_exit_1_instead_of_restarting(tmp_path, data_dir, four_steps):

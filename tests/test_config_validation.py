@@ -27,6 +27,9 @@ BAD = [
     (dict(**{'reduction.locations': '2,1'}), r'reduction.locations=\(2, 1\) .*strictly increasing'),
     (dict(**{'reduction.locations': ''}), r"reduction.locations='' .*at least one block index for method 'tpm'"),  # pass 12b's B8
     (dict(**{'reduction.locations': '1,2', 'reduction.keep_rate': '0.5,0.6,0.7'}), r'reduction.keep_rate=.*one per location'),
+    # a keep-rate warmup that ToMe with an integer r would ignore (hostile pass 14b's KW1)
+    (dict(**{'reduction.method': 'tome', 'reduction.r': '8', 'keep_warmup_epochs': 1.0}),
+     r'keep_warmup_epochs=1.0 is not accepted: expected 0 for ToMe with an integer r'),
     (dict(**{'reduction.method': 'prune'}), r"reduction.method='prune' .*'none', 'tpm', 'evit', 'drop', 'tome'"),
     (dict(**{'multiscale.method': 'pyramid'}), r"multiscale.method='pyramid' .*'none', 'pool', 'cross'"),
     (dict(**{'model.name': 'deit_huge'}), r"model.name='deit_huge' .*deit_small_patch16_224"),

@@ -59,6 +59,31 @@ def test_tome_is_matched_to_the_keep_schedule():
   assert fmnist.get_config('method=tome,r=8').reduction.r == '8'
 
 
+def test_tome_matched_to_keep_warms_up_with_the_keep_rate():
+  """keep_warmup_epochs is no longer ignored by ToMe (hostile pass 14b's KW1): matched to the keep rate, its token
+  counts warm up as tpm's do."""
+  from tpm_jax.trainer import keep_rate_stages
+  for method in ('tpm', 'tome'):
+    run = RunConfig.from_any(fmnist.get_config(f'method={method},keep=0.5'))
+    stages = keep_rate_stages(run.reduction, 1.0, 4, 10)
+    assert [k for _, k in stages] == pytest.approx([1.0, 5 / 6, 2 / 3, 0.5]), method
+
+
+def test_the_quickstart_refuses_a_workdir_whose_backbone_export_has_other_steps(tmp_path):
+  """A second quickstart with more pretraining steps would train the backbone on and report it beside the fine-tune
+  from its older export (hostile pass 14b's QS2): refused before anything runs."""
+  from tpm_jax import quickstart as q
+  from tpm_jax.config import ConfigError
+  (tmp_path / 'pretrain_export').mkdir()
+  (tmp_path / 'pretrain_export' / 'export.json').write_text(json.dumps(dict(step=10)))
+  configs = {'pretrain': quickstart.get_config('stage=pretrain,pretrain_steps=30,smoke'),
+             'tpm': quickstart.get_config('stage=finetune,smoke')}
+  configs['pretrain'].total_steps = 30
+  with pytest.raises(ConfigError, match='holds the backbone at step 10'):
+    q.run(str(tmp_path), configs)
+  assert sorted(os.listdir(tmp_path)) == ['pretrain_export']
+
+
 def test_quickstart_configs():
   pre, ft = quickstart.get_config('stage=pretrain'), quickstart.get_config('')
   assert pre.reduction.method == 'none' and ft.reduction.method == 'tpm' and ft.reduction.keep_rate == '0.7'

@@ -848,6 +848,9 @@ class RunConfig:
     _at_least('eval_every_steps', self.eval_every_steps, 0, 'an int >= 0 (0: no evaluation)')
     _at_least('num_train_examples', self.num_train_examples, 0, 'an int >= 0 (0: read from the dataset)')
     _at_least('keep_warmup_epochs', self.keep_warmup_epochs, 0, 'a number >= 0 (0: no keep-rate warmup)')
+    if self.keep_warmup_epochs and self.reduction.method == 'tome' and not self.reduction.matched:
+      _fail('keep_warmup_epochs', self.keep_warmup_epochs, f"0 for ToMe with an integer r ({self.reduction.r!r}: no keep "
+            f"rate to warm up; with reduction.r='keep' its counts warm up with the keep rate's)")
     _choice('progress', self.progress, PROGRESS_MODES)
     for field in ('mean', 'std'):
       v = getattr(self.aug, field)
@@ -907,8 +910,11 @@ class RunConfig:
 
   @property
   def warms_up(self) -> bool:
-    """The keep rate is warmed up (1 -> keep_rate in ``keep_warmup_stages`` compiled steps; tpm, EViT, drop)."""
-    return self.keep_warmup_epochs > 0 and self.keep_warmup_stages > 1 and self.reduction.method in ('tpm', 'evit', 'drop')
+    """The keep rate is warmed up (1 -> keep_rate in ``keep_warmup_stages`` compiled steps; tpm, EViT, drop, and
+    ToMe matched to the keep rate)."""
+    red = self.reduction
+    return (self.keep_warmup_epochs > 0 and self.keep_warmup_stages > 1
+            and (red.method in ('tpm', 'evit', 'drop') or red.method == 'tome' and red.matched))
 
   # The model fields ``ModelSpec.vit`` resolves (with the name): compared as the ViTConfig they give
   MODEL_SHAPE = ('name', 'num_classes', 'img_size', 'drop_path_rate', 'pos_embed_init', 'patch_size', 'embed_dim',

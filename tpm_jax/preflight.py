@@ -260,9 +260,11 @@ def sweep_folder_holding(path: str) -> str | None:
 
 
 def training_workdir_below(path: str) -> str | None:
-  """A training workdir inside the folder ``path``, if any (so that replacing the folder would delete it)."""
+  """A training workdir inside the folder ``path``, if any (so that replacing the folder would delete it); a run
+  that ``overwrite`` moved aside (``checkpoints.replaced-<time>``) is one (hostile pass 14b's EO3o)."""
   for root, dirs, files in os.walk(path):
-    if 'checkpoints' in dirs or 'metrics.jsonl' in files:
+    if 'checkpoints' in dirs or 'metrics.jsonl' in files or any(n.startswith(('checkpoints.replaced-',
+                                                                            'metrics.jsonl.replaced-')) for n in dirs + files):
       return root
   return None
 
@@ -334,7 +336,9 @@ def check_export_paths(output: str, safetensors: str | None, *, source_workdir: 
   if safetensors:
     safetensors = check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite,
                                     ours=safetensors_written_here)
-    if safetensors == output or safetensors.startswith(output + os.sep):
+    real_out, real_st = os.path.realpath(output), os.path.realpath(safetensors)  # through links too (pass 14b's EO4)
+    if safetensors == output or safetensors.startswith(output + os.sep) or real_st == real_out or real_st.startswith(
+        real_out + os.sep):
       raise ConfigError(f'--safetensors={safetensors} is not accepted: it is the export folder or inside it; '
                         f'choose a path outside --output')
   return output, safetensors
@@ -382,5 +386,10 @@ def init_fingerprint(run: RunConfig) -> str | None:
   if run.init.checkpoint:
     with _export_refused_as('init.checkpoint', run.init.checkpoint):
       parts.append(export_digest(check_export(os.path.expanduser(run.init.checkpoint))))
-  return __import__('hashlib').sha256(' '.join(parts).encode()).hexdigest() if parts else None
+  return FINGERPRINT + __import__('hashlib').sha256(' '.join(parts).encode()).hexdigest() if parts else None
+
+
+# What init_fingerprint's values start with: a step saved by an earlier version (which hashed an export's files) holds
+# another kind, which cannot be compared (hostile pass 14b's UPG); such a step is resumed as one saved before any was.
+FINGERPRINT = 'weights-sha256:'
 

@@ -172,11 +172,18 @@ def run(workdir: str, configs: dict) -> dict:
   configs = {k: RunConfig.from_any(c) for k, c in configs.items()}
   os.makedirs(workdir, exist_ok=True)
   name = next(n for n in configs if n != 'pretrain')
+  backbone = os.path.join(workdir, 'pretrain_export')
+  made = os.path.join(backbone, 'export.json')
+  if os.path.isfile(made):  # pretraining longer now would leave the export and the fine-tune from it behind (pass 14b's QS2)
+    step = json.load(open(made)).get('step')
+    if step != configs['pretrain'].total_steps:
+      raise ConfigError(f'{backbone} holds the backbone at step {step}, and the fine-tune and report in {workdir} were '
+                        f'made from it, not from {configs["pretrain"].total_steps} pretraining steps: use another '
+                        f'workdir for these steps')
   t0 = time.time()
   print(f'[quickstart] 1/3 training the unpruned backbone ({configs["pretrain"].total_steps} steps) '
         f'into {workdir}/pretrain', flush=True)
   runs = {'pretrain': run_stage(configs['pretrain'], os.path.join(workdir, 'pretrain'))}
-  backbone = os.path.join(workdir, 'pretrain_export')
   if not os.path.exists(os.path.join(backbone, export.EXPORT_CONFIG)):
     export.export(os.path.join(workdir, 'pretrain'), backbone)
   ft = configs[name] = configs[name].replace(init=dict(checkpoint=backbone))

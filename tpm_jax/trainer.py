@@ -80,7 +80,7 @@ def keep_rate_stages(reduction: ReductionConfig, warmup_epochs: float, max_stage
   recompile every time a count changes; a few stages bound the compilations."""
   warm_steps = int(round(warmup_epochs * steps_per_epoch))
   n = int(max_stages)
-  if warm_steps <= 0 or n <= 1 or reduction.method in ('none', 'tome'):
+  if warm_steps <= 0 or n <= 1 or reduction.method == 'none' or reduction.method == 'tome' and not reduction.matched:
     return [(1, None)]
   return [(1 + (i * warm_steps) // (n - 1), rate) for i, rate in enumerate(reduction.warmup_keep_rates(n))]
 
@@ -588,7 +588,8 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
     final = dict(step=start)
     t_last, s_last = time.time(), start
     # the weights the run started from, as its first start found them: carried on by every resume (pass 13b's RT2)
-    started_from = (resume.meta.get('init_fingerprint') if resume is not None else None) or init_print
+    saved_print = resume.meta.get('init_fingerprint') if resume is not None else None
+    started_from = saved_print if str(saved_print).startswith(preflight.FINGERPRINT) else init_print
     meta = lambda step: dict(step=step, config=run.to_dict(), version=__version__, train_examples=split_examples,
                              train_fingerprint=fingerprint, init_fingerprint=started_from, process_count=nproc,
                              label_names=[str(n) for n in dataset.label_names])

@@ -33,7 +33,11 @@ def check_export(path: str) -> str:
   damaged or altered export."""
   p = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(p):
-    raise CheckpointError(f'export {path}: no such directory')
+    folder, base = os.path.split(p)
+    aside = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n.startswith(base + '.replaced-'))
+    raise CheckpointError(f'export {path}: no such directory' + (  # an export killed between its two renames (pass 14b's SX2)
+        f' ({aside[0]} beside it is the export an interrupted export moved away: the next export to this path, or '
+        f'renaming it back, puts it in place)' if aside else ''))
   if not os.path.isdir(p):
     raise CheckpointError(f'export {path}: not a directory (an export is a folder written by python -m tpm_jax.export)')
   if os.path.isdir(os.path.join(p, 'checkpoints')) and not is_export(p):

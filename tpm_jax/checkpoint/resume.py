@@ -163,8 +163,9 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} has {train_examples} examples now and had '
                          f'{saved_n} when checkpoint step {step} was saved: the saved input position would point into '
                          f'other data; restore the data, or {_overwrite_hint(workdir)}')
-  saved_init = meta.get('init_fingerprint')
-  if run.distill.alpha > 0 and saved_init is not None and init_fingerprint is not None and saved_init != init_fingerprint:
+  saved_init = meta.get('init_fingerprint')  # one of another kind (an earlier version's) is not compared
+  same_kind = str(saved_init).split(':')[0] == str(init_fingerprint).split(':')[0] and ':' in str(saved_init)
+  if run.distill.alpha > 0 and same_kind and saved_init != init_fingerprint:
     raise ResumeMismatch(f'the init weights of {workdir} (init.*) are not the files checkpoint step {step} was saved '
                          f'with (same paths, other contents: other weights): the '
                          f'distillation teacher, rebuilt from them on resume, would be another model; restore them, '
