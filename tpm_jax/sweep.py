@@ -117,10 +117,10 @@ class Run:
       return []
     path, config = saved
     try:
-      old = RunConfig.from_any(config).computed()
+      old = RunConfig.from_any(config)
     except ConfigError as e:
       return [f'{path} is not a readable run config ({e})']
-    diffs = field_differences(old, self.run_config.computed(), 'asked')
+    diffs = _run_differences(old, self.run_config, 'asked')
     return [f'{os.path.relpath(path, self.workdir)} records {diffs[0]}', *diffs[1:]] if diffs else []
 
   @property
@@ -647,6 +647,17 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   return rows
 
 
+def _run_differences(there: RunConfig, here: RunConfig, here_is: str) -> list[str]:
+  """How two runs differ in what they compute (``RunConfig.computed``), named by the fields as set (keep_rate=0.3,
+  not the token counts it gives), leaving out those neither reads; [] for one run."""
+  if there.computed() == here.computed():
+    return []
+  unread = set(there.unread()) & set(here.unread())
+  as_set = lambda run: {k: v for k, v in run.whole().items() if k not in unread}
+  return field_differences(as_set(there), as_set(here), here_is) or field_differences(there.computed(), here.computed(),
+                                                                                      here_is)
+
+
 def _base_of(planned: dict) -> str:
   """What a plan entry written before sweep.json recorded ``base`` was added to: its config string without the
   swept key=values (hostile pass 14a's N_OLD_collect: the whole string made every seed its own group)."""
@@ -677,11 +688,11 @@ def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
   if not planned.get('run_config'):
     return
   try:
-    old = RunConfig.from_any(planned['run_config']).computed()
+    old = RunConfig.from_any(planned['run_config'])
   except ConfigError as e:
     raise ConfigError(f'{PLAN}: the run_config planned for {planned["name"]} is not a run config ({e}): move the '
                       f'sweep\'s folder aside, or restore its {PLAN}') from None
-  diffs = field_differences(made.computed(), old, 'planned')
+  diffs = _run_differences(made, old, 'planned')
   if diffs:
     raise ConfigError(f'{rdir}/final.json records other settings than the sweep planned for {planned["name"]} '
                       f'({"; ".join(diffs[:3])}): move the run\'s folder aside (the sweep then trains it as planned)')
