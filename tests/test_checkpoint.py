@@ -378,6 +378,8 @@ def test_export_outputs_that_would_lose_work_are_refused_up_front(tmp_path, four
   with pytest.raises(ConfigError, match='it holds the training workdir'):
     export.export(str(four_steps), str(aside), overwrite=True)
   assert sorted(os.listdir(aside)) == ['checkpoints.replaced-20261207-075450', 'final.json.replaced-20261207-075450']
+  with pytest.raises(ConfigError, match='its folder .* does not exist'):  # before the checkpoint is read (pass 15)
+    export.export(str(four_steps), str(tmp_path / 'nope' / 'sub' / 'exp'))
   (tmp_path / 'gone.replaced-12345').mkdir()
   with pytest.raises(CheckpointError, match='gone.replaced-12345 beside it is the export an interrupted export moved'):
     check_export(str(tmp_path / 'gone'))

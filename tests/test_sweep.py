@@ -113,7 +113,7 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            # none (N_WARM_round, N_WARM_tome), a reduction that removes nothing is
                                            # the plain model (N_KEEP1_methods)
                                            (['epochs=1,2', '--file', 'fmnist.py'],
-                                            "run epochs-1 does not read num_epochs (reduction.method='none')"),
+                                            'run epochs-1 does not read num_epochs (total_steps=6 is given)'),
                                            (['pos_embed_init=trunc_normal,sincos2d', '--file', 'fmnist.py', '--base',
                                              'smoke,method=tpm', f'--config.init.checkpoint={ROOT}/docs/results/fmnist_backbone'],
                                             'does not read model.pos_embed_init'),

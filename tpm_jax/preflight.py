@@ -359,6 +359,9 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
                       f'folder itself')
   check_outside_workdirs_and_exports('--output', output, what='folder')  # (an earlier export there is replaced)
   check_workdir_path(p, what='--output')
+  if not os.path.isdir(os.path.dirname(p)):  # written beside, then renamed: its folder must exist (pass 15's N_EO_out_newparent)
+    raise ConfigError(f'--output={output} is not accepted: its folder {os.path.dirname(p)} does not exist; create it '
+                      f'first')
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
     below = training_workdir_below(p)
     if below is not None:

@@ -208,10 +208,13 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
         raise ConfigError(f'--sweep: run {r.name} would train {f}={flat[f]!r}, not {v} (another swept value sets it): '
                           f'its label would name what was not trained; sweep these keys apart')
       if f in unread:  # keep for ToMe with an integer r (hostile pass 13a's TOME_rflag), r for tpm
-        red = r.run_config.reduction
-        raise ConfigError(f'--sweep: run {r.name} does not read {f} (reduction.method={red.method!r}'
-                          f'{f", reduction.r={red.r!r}" if red.method == "tome" else ""}): its label would name what '
-                          f'was not trained; sweep {key} apart from this method' + (
+        red, cfg = r.run_config.reduction, r.run_config
+        why = (f'total_steps={cfg.total_steps} is given' if f == 'num_epochs' else 'init weights are loaded over it'
+               if f == 'model.pos_embed_init' else f'reduction.method={red.method!r}'
+               + (f', reduction.r={red.r!r}' if red.method == 'tome' else ''))
+        apart = 'apart from this method' if f.startswith(('reduction.', 'multiscale.', 'keep_warmup')) else 'apart'
+        raise ConfigError(f'--sweep: run {r.name} does not read {f} ({why}): its label would name what '
+                          f'was not trained; sweep {key} {apart}' + (
                               " (ToMe reads keep with reduction.r='keep', the recipes' default)"
                               if f == 'reduction.keep_rate' and red.method == 'tome' else ''))
   if len({r.name for r in runs}) < len(runs):
