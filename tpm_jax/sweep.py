@@ -335,12 +335,12 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
         final = os.path.join(os.path.dirname(runs[0].workdir), r['name'], 'final.json')  # N_OLD_norc_dup)
         config = read_json_object(final).get('config') if os.path.isfile(final) else None
       if config and r['name'] not in {x.name for x in runs}:
-        seen.setdefault(json.dumps(RunConfig.from_any(config).computed(), sort_keys=True, default=str),
-                        (r['name'], RunConfig.from_any(config), True))
+        cfg = RunConfig.from_any(config)
+        seen.setdefault(_computed_key(cfg), (r['name'], cfg, True))
     except (ConfigError, OSError, ValueError, AttributeError):
       continue  # a damaged plan entry or final.json: collecting names it
   for r in runs:
-    key = json.dumps(r.run_config.computed(), sort_keys=True, default=str)
+    key = _computed_key(r.run_config)
     if key in seen:
       other, cfg, planned = seen[key]
       a, b = cfg.whole(), r.run_config.whole()
@@ -353,6 +353,11 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
                f'drop one of the values')
       raise ConfigError(f'--sweep: run {r.name} would train the same run {where} ({why})')
     seen[key] = (r.name, r.run_config, False)
+
+
+def _computed_key(run: RunConfig) -> str:
+  """``run.computed()`` as one comparable string: two runs with the same are one run."""
+  return json.dumps(run.computed(), sort_keys=True, default=str)
 
 
 def _holds(value, v: str) -> bool:
@@ -815,7 +820,7 @@ def _check_one_row_per_model(configs: dict) -> None:
   spelled out; one evaluation would be two rows (hostile pass 13a's OTS_spell, OTS_pa, OTS_across)."""
   seen = {}
   for name, cfg in configs.items():
-    key = json.dumps(cfg.computed(), sort_keys=True, default=str)
+    key = _computed_key(cfg)
     if key in seen:
       raise ConfigError(f'--reductions: {name} is the same model as {seen[key]} (the same reduction spelled another '
                         f'way): one evaluation would be two rows; give it once')
