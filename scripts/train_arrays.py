@@ -58,7 +58,7 @@ def main():
   x_train, y_train = load(args.data, 'train')
   x_test, y_test = load(args.data, 'test')
   steps_per_epoch = len(x_train) // c.batch_size
-  total = int(args.epochs * steps_per_epoch) if args.epochs else int(c.total_steps or c.num_epochs * steps_per_epoch)
+  total = (c.replace(total_steps=0, num_epochs=args.epochs) if args.epochs else c).steps(steps_per_epoch)
   setup = trainer.setup_training(c, total_steps=total, steps_per_epoch=steps_per_epoch)  # as the trainer builds it
   batch_sh = sharding.batch_sharding(setup.mesh)
   state = setup.state

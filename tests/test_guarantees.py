@@ -638,6 +638,35 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   export.export(str(workdir), str(out), step=4, safetensors=str(tmp_path / 'again.safetensors'))
 
 
+def test_a_second_export_into_one_output_is_refused_while_the_first_runs(tmp_path, finished, capsys):
+  """Two exports into one --output and one --safetensors could leave the folder of one and the timm file of the
+  other, both exit 0 (hostile pass 14b's CC2). An export that finds a running export's .writing-<pid> beside its
+  --output or --safetensors is refused (exit 2, one line, nothing left); once that process is gone its leftovers
+  are tidied and the export goes on, and its line names the step it wrote."""
+  from tpm_jax import export
+  out, st = tmp_path / 'out', tmp_path / 'w.safetensors'
+  other = subprocess.Popen(['sleep', '120'])  # a running process, holding what an export writes while it runs
+  try:
+    os.makedirs(f'{out}.writing-{other.pid}/params')
+    (tmp_path / f'w.safetensors.writing-{other.pid}.safetensors').write_text('half')
+    before = sorted(os.listdir(tmp_path))
+    for args, flag in ((['--output', str(out)], '--output'),
+                       (['--output', str(tmp_path / 'out2'), '--safetensors', str(st)], '--safetensors')):
+      with pytest.raises(SystemExit) as e:
+        export.main(['--workdir', str(finished), *args])
+      err = capsys.readouterr().err
+      assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+      assert f'{flag}=' in err and f'another export (pid {other.pid}' in err, err
+      assert sorted(os.listdir(tmp_path)) == before  # nothing of its own left
+  finally:
+    other.kill()
+    other.wait()
+  export.main(['--workdir', str(finished), '--output', str(out), '--safetensors', str(st), '--step', '2'])
+  assert capsys.readouterr().out.strip() == f'exported {finished} step 2 to {out}'
+  assert json.load(open(out / 'export.json'))['step'] == 2 and st.is_file()
+  assert not [n for n in os.listdir(tmp_path) if '.writing-' in n]
+
+
 def test_eval_output_is_checked_before_the_evaluation(tmp_path, finished, finished_export):
   """--output: a missing folder, a file eval.py did not write, a path inside a training workdir or an
   export: one line before anything is evaluated, nothing changed. eval.py's check of --output is

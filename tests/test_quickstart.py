@@ -62,11 +62,17 @@ def test_tome_is_matched_to_the_keep_schedule():
 def test_tome_matched_to_keep_warms_up_with_the_keep_rate():
   """keep_warmup_epochs is no longer ignored by ToMe (hostile pass 14b's KW1): matched to the keep rate, its token
   counts warm up as tpm's do."""
-  from tpm_jax.trainer import keep_rate_stages
   for method in ('tpm', 'tome'):
-    run = RunConfig.from_any(fmnist.get_config(f'method={method},keep=0.5'))
-    stages = keep_rate_stages(run.reduction, 1.0, 4, 10)
+    run = RunConfig.from_any(fmnist.get_config(f'method={method},keep=0.5')).replace(keep_warmup_epochs=1.0, num_epochs=3,
+                                                                                     keep_warmup_stages=4)
+    stages = run.keep_stages(10)
     assert [k for _, k in stages] == pytest.approx([1.0, 5 / 6, 2 / 3, 0.5]), method
+    # a warmup of 2 steps: the first two stages would start at step 1, and only the second trains; steps the run
+    # does not reach train no stage (hostile pass 15's N_WARM_round0, related)
+    rounded = lambda stages: [(first, round(k, 9)) for first, k in stages]
+    assert rounded(run.keep_stages(2)) == rounded([(1, 5 / 6), (2, 2 / 3), (3, 0.5)])
+    assert rounded(run.replace(total_steps=2).keep_stages(2)) == rounded([(1, 5 / 6), (2, 2 / 3)])
+    assert run.replace(keep_warmup_epochs=0.01).keep_stages(10) == [(1, None)]  # rounds to no step: no warmup
 
 
 def test_the_quickstart_refuses_a_workdir_whose_backbone_export_has_other_steps(tmp_path):

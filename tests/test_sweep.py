@@ -122,7 +122,17 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            (['keep=0.49,0.5', 'method=tome', '--config.keep_warmup_epochs=1'],
                                             'run keep-0.5_method-tome would train the same run as keep-0.49_method-tome'),
                                            (['method=none,tpm,tome', '--file', 'fmnist.py', '--base', 'smoke,keep=1.0'],
-                                            'run method-tpm would train the same run as method-none')])
+                                            'run method-tpm would train the same run as method-none'),
+                                           # hostile pass 15: epochs compared as the steps they give where the split's
+                                           # size is known (N_EP_ceil: ceil(2.2) = ceil(2.8) = 3 steps; N_WARM_round0:
+                                           # a keep-rate warmup of 0.0001 epoch is no step, and then 0.315 and 0.325
+                                           # keep the same tokens)
+                                           (['epochs=1.1,1.4', '--file', 'fmnist.py', '--config.total_steps=0',
+                                             '--config.num_train_examples=256', '--config.batch_size=128'],
+                                            'run epochs-1.4 would train the same run as epochs-1.1'),
+                                           (['keep=0.315,0.325', '--file', 'fmnist.py', '--base', 'smoke,method=tpm',
+                                             '--config.keep_warmup_epochs=0.0001', '--config.num_train_examples=256'],
+                                            'run keep-0.325 would train the same run as keep-0.315')])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
   file = os.path.join(ROOT, 'configs', sweeps[sweeps.index('--file') + 1]) if '--file' in sweeps else CONFIG

@@ -133,7 +133,7 @@ def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path, monkeypatch):
   c.dataset.name, c.dataset.eval_split = 'cifar10', 'test'
   c.total_steps, c.log_every_steps, c.eval_every_steps = 24, 4, 0
   run = RunConfig.from_any(c)
-  assert trainer.keep_rate_stages(run.reduction, run.keep_warmup_epochs, run.keep_warmup_stages, 3.0) == [
+  assert run.keep_stages(3.0) == [
       (1, 1.0), (10, 0.75), (19, 0.5)]
   with tfds.testing.mock_data(num_examples=48):
     trainer.train_and_evaluate(c, str(tmp_path))

@@ -343,7 +343,7 @@ class ReductionConfig:
 
   def warmup_keep_rates(self, stages: int) -> list:
     """EViT's keep-rate warmup quantised into ``stages`` rates from 1 to ``keep_rate`` (one or one per
-    location), each a separately compiled train step (``trainer.keep_rate_stages``)."""
+    location), each a separately compiled train step (``RunConfig.keep_stages``)."""
     target = self.keep_rate
 
     def rate(i):
@@ -689,6 +689,10 @@ class OptimConfig(_Section):
   grad_clip: float = 0.0            # global-norm clip (0 disables)
   ema_decay: float = 0.0            # EMA of parameters (0 disables)
 
+  def warmup_steps(self, steps_per_epoch: float) -> int:
+    """The learning-rate warmup in steps: ``warmup_epochs`` epochs, rounded."""
+    return int(round(self.warmup_epochs * steps_per_epoch))
+
   def validated(self):
     _at_least('optim.lr', self.lr, 0, 'a float > 0 (per 512 images)', strict=True)
     _at_least('optim.min_lr', self.min_lr, 0, 'a float >= 0')
@@ -916,17 +920,39 @@ class RunConfig:
     return (self.keep_warmup_epochs > 0 and self.keep_warmup_stages > 1
             and (red.method in ('tpm', 'evit', 'drop') or red.method == 'tome' and red.matched))
 
+  def steps(self, steps_per_epoch: float) -> int:
+    """The steps the run trains: ``total_steps``, or ``num_epochs`` epochs of ``steps_per_epoch`` (the train
+    split's examples, or ``num_train_examples``, over ``batch_size``), rounded up."""
+    return int(self.total_steps or math.ceil(self.num_epochs * steps_per_epoch))
+
+  def keep_stages(self, steps_per_epoch: float) -> list[tuple[int, object]]:
+    """EViT's keep-rate warmup (1 -> target over ``keep_warmup_epochs``), quantised into at most
+    ``keep_warmup_stages`` rates, each a separately compiled train step: [(first_step, keep_rate)], only the
+    stages that train a step (a warmup of a few steps leaves some out). Without warmup, or one that rounds to
+    no step: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule would recompile
+    every time a count changes; a few stages bound the compilations."""
+    warm_steps = int(round(self.keep_warmup_epochs * steps_per_epoch))
+    if not self.warms_up or warm_steps <= 0:
+      return [(1, None)]
+    n, last = self.keep_warmup_stages, self.steps(steps_per_epoch)
+    stages = [(1 + (i * warm_steps) // (n - 1), rate) for i, rate in enumerate(self.reduction.warmup_keep_rates(n))]
+    return [(first, rate) for i, (first, rate) in enumerate(stages)
+            if (first <= last or i == 0) and (i + 1 == len(stages) or stages[i + 1][0] > first)]
+
   # The model fields ``ModelSpec.vit`` resolves (with the name): compared as the ViTConfig they give
   MODEL_SHAPE = ('name', 'num_classes', 'img_size', 'drop_path_rate', 'pos_embed_init', 'patch_size', 'embed_dim',
                  'depth', 'num_heads', 'in_chans')
 
-  def computed(self) -> dict:
+  def computed(self, steps_per_epoch: float | None = None) -> dict:
     """What the run computes: ``whole()`` without the fields it does not read, the model as the ViTConfig
     its name and sizes give (the name stays where it picks pretrained weights) and the reduction's keep
     rate and r as the token counts they give. Two runs with the same are one run, whatever their labels
     say (a sweep refuses to train it twice under two names: keep 0.49 and 0.5 of 64 patches, DeiT-Ti
-    and DeiT-S with the same sizes given, ToMe's r past its cap)."""
-    out = self._as_read(self.whole())
+    and DeiT-S with the same sizes given, ToMe's r past its cap). With ``steps_per_epoch`` (where the
+    train split's size is known) what is given in epochs is compared as the steps it gives: the number of
+    steps, the learning-rate warmup's, and the keep-rate warmup's stages by their first step (epochs 1 and
+    1.0005 of 468.75 steps are 469 steps both; a keep-rate warmup that rounds to no step is none)."""
+    out = self._as_read(self.whole(), steps_per_epoch)
     for f in self.MODEL_SHAPE:
       if f != 'name' or not self.init.pretrained:
         out.pop(f'model.{f}', None)
@@ -934,19 +960,30 @@ class RunConfig:
     out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(self.vit)).items() if f'model.{k}' not in unread})
     return out
 
-  def _as_read(self, flat: dict) -> dict:
+  def _as_read(self, flat: dict, steps_per_epoch: float | None = None) -> dict:
     """``flat`` (dotted fields) without the fields the run does not read, ``prop_attn`` as the run uses it,
     and the reduction's keep rate and r as the token counts they give (at each warmup stage where the keep
     rate is warmed up). A reduction that removes no token anywhere, without a fusion, is the plain model
-    (keep 1.0, ToMe's r=0: the same computation as method none)."""
+    (keep 1.0, ToMe's r=0: the same computation as method none). With ``steps_per_epoch``: epochs as the
+    steps they give (``computed``)."""
     unread = set(self.unread())
     out = {k: v for k, v in flat.items() if k not in unread}
     if 'reduction.prop_attn' in out:  # None: the method's default
       out['reduction.prop_attn'] = self.reduction.use_prop_attn
+    if steps_per_epoch is not None:
+      for k in ('num_epochs', 'total_steps', 'num_train_examples', 'keep_warmup_epochs', 'keep_warmup_stages'):
+        out.pop(k, None)
+      out['steps'] = self.steps(steps_per_epoch)
+      if out.pop('optim.warmup_epochs', None) is not None:
+        out['optim.warmup_steps'] = self.optim.warmup_steps(steps_per_epoch)
     red, vit = self.reduction, self.vit
     if not red.enabled or 'reduction.method' not in out:
       return out
-    rates = red.warmup_keep_rates(self.keep_warmup_stages) if self.warms_up else [red.keep_rate]
+    if steps_per_epoch is None:
+      firsts, rates = None, red.warmup_keep_rates(self.keep_warmup_stages) if self.warms_up else [red.keep_rate]
+    else:
+      stages = self.keep_stages(steps_per_epoch)
+      firsts, rates = [f for f, _ in stages], [red.keep_rate if k is None else k for _, k in stages]
     schedules = [[list(t) for t in dataclasses.replace(red, keep_rate=k).schedule(vit.num_prefix_tokens,
                                                                                    vit.num_patches)] for k in rates]
     if self.multiscale.method == 'none' and all(after == vit.num_prefix_tokens + vit.num_patches
@@ -955,7 +992,10 @@ class RunConfig:
           'reduction.method': 'none'}
     out.pop('reduction.keep_rate', None)
     out.pop('reduction.r', None)
-    out['reduction.schedule'] = schedules if self.warms_up else schedules[0]
+    if firsts is None:
+      out['reduction.schedule'] = schedules if self.warms_up else schedules[0]
+    else:  # a warmup stage as its first step and counts; one stage: as without warmup
+      out['reduction.schedule'] = schedules[0] if len(schedules) == 1 else [[f, s] for f, s in zip(firsts, schedules)]
     return out
 
   def identity(self) -> dict:

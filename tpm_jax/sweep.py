@@ -34,6 +34,7 @@ if __name__ == '__main__':  # python -m tpm_jax.sweep: until main takes the sign
 import argparse  # noqa: E402
 import csv  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import hashlib  # noqa: E402
 import importlib.util  # noqa: E402
 import itertools  # noqa: E402
@@ -66,6 +67,7 @@ from tpm_jax.cli import (  # noqa: E402
 )
 from tpm_jax.config import ConfigError, RunConfig, field_differences, flat_dict  # noqa: E402
 from tpm_jax.data.input_pipeline import DataError  # noqa: E402
+from tpm_jax.data.sources import known_split_size  # noqa: E402
 from tpm_jax.files import read_json_object, sha256, write_json, written_whole  # noqa: E402
 from tpm_jax.flops import count_flops  # noqa: E402
 from tpm_jax.models.registry import model_from_config, with_weights_of  # noqa: E402
@@ -346,7 +348,7 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
       a, b = cfg.whole(), r.run_config.whole()
       differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
       why = (f'they differ only in {", ".join(differ)}, which change nothing it computes (not read by its method, '
-             f'its default spelled out, or the same model or token counts by another name)' if differ
+             f'its default spelled out, or the same model, token counts or step counts by another name)' if differ
              else 'the values give the same config')
       where = (f'as {other}, which this folder\'s {PLAN} already plans: its table would count it twice; sweep the '
                f'other values only' if planned else f'as {other}: its result would be reported under two labels; '
@@ -355,9 +357,23 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
     seen[key] = (r.name, r.run_config, False)
 
 
-def _computed_key(run: RunConfig) -> str:
-  """``run.computed()`` as one comparable string: two runs with the same are one run."""
-  return json.dumps(run.computed(), sort_keys=True, default=str)
+def _computed(run: RunConfig) -> dict:
+  """What ``run`` computes (``RunConfig.computed``), with its epochs as steps where its train split's size is known
+  now (``num_train_examples``, an image folder, a prepared TFDS dataset): two epoch counts that give one step count
+  are one run (hostile pass 15's N_EP_ceil, N_WARM_round0). Data not prepared yet is compared by its epochs."""
+  n = run.num_train_examples or _split_size(run.dataset, run.dataset.train_split)
+  return run.computed(n / run.batch_size if n else None)
+
+
+@functools.lru_cache(maxsize=None)
+def _split_size(data, spec: str) -> int | None:
+  return known_split_size(data, spec)
+
+
+def _computed_key(run: RunConfig, but=()) -> str:
+  """What ``run`` computes (``_computed``) as one comparable string, without the fields ``but``: two runs with the
+  same are one run."""
+  return json.dumps({k: v for k, v in _computed(run).items() if k not in but}, sort_keys=True, default=str)
 
 
 def _holds(value, v: str) -> bool:
@@ -658,12 +674,12 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
 def _run_differences(there: RunConfig, here: RunConfig, here_is: str) -> list[str]:
   """How two runs differ in what they compute (``RunConfig.computed``), named by the fields as set (keep_rate=0.3,
   not the token counts it gives), leaving out those neither reads; [] for one run."""
-  if there.computed() == here.computed():
+  if _computed(there) == _computed(here):
     return []
   unread = set(there.unread()) & set(here.unread())
   as_set = lambda run: {k: v for k, v in run.whole().items() if k not in unread}
-  return field_differences(as_set(there), as_set(here), here_is) or field_differences(there.computed(), here.computed(),
-                                                                                      here_is)
+  return field_differences(as_set(there), as_set(here), here_is) or field_differences(_computed(there),
+                                                                                      _computed(here), here_is)
 
 
 def _base_of(planned: dict) -> str:
@@ -677,8 +693,7 @@ def _base_of(planned: dict) -> str:
 
 def _group(run: RunConfig) -> str:
   """The digest of what a run computes but its seed: the runs a table pools over seeds share it."""
-  computed = {k: v for k, v in run.computed().items() if k != 'seed'}
-  return hashlib.sha256(json.dumps(computed, sort_keys=True, default=str).encode()).hexdigest()
+  return hashlib.sha256(_computed_key(run, but=('seed',)).encode()).hexdigest()
 
 
 def _finished_folders(workdir: str) -> list[str]:

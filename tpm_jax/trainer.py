@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import signal
 import socket
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from tpm_jax import augment, checkpoint, preflight, sharding
 from tpm_jax.checkpoint import Checkpointer
 from tpm_jax.compile_options import compiler_options
-from tpm_jax.config import AugConfig, ConfigError, OptimConfig, ReductionConfig, RunConfig
+from tpm_jax.config import AugConfig, ConfigError, OptimConfig, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object, write_json, written_whole
 from tpm_jax.models.registry import model_from_config
@@ -61,7 +60,7 @@ def learning_rate_schedule(optim: OptimConfig, batch_size: int, total_steps: int
   ``batch_size / 512``."""
   peak = optim.lr * batch_size / 512
   min_lr = optim.min_lr * batch_size / 512 if optim.min_lr else 0.0
-  warmup = int(round(optim.warmup_epochs * steps_per_epoch))
+  warmup = optim.warmup_steps(steps_per_epoch)
   return optax.warmup_cosine_decay_schedule(0.0 if warmup else peak, peak, max(warmup, 0),
                                             max(total_steps, warmup + 1), end_value=min_lr)
 
@@ -70,19 +69,6 @@ def make_optimizer(optim: OptimConfig, schedule):
   parts = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip else []
   parts.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay, mask=decay_mask))
   return optax.chain(*parts)
-
-
-def keep_rate_stages(reduction: ReductionConfig, warmup_epochs: float, max_stages: int,
-                     steps_per_epoch: float) -> list[tuple[int, object]]:
-  """EViT's keep-rate warmup (1 -> target over ``warmup_epochs``), quantised into at most
-  ``max_stages`` rates, each a separately compiled train step: [(first_step, keep_rate)]. Without
-  warmup: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule would
-  recompile every time a count changes; a few stages bound the compilations."""
-  warm_steps = int(round(warmup_epochs * steps_per_epoch))
-  n = int(max_stages)
-  if warm_steps <= 0 or n <= 1 or reduction.method == 'none' or reduction.method == 'tome' and not reduction.matched:
-    return [(1, None)]
-  return [(1 + (i * warm_steps) // (n - 1), rate) for i, rate in enumerate(reduction.warmup_keep_rates(n))]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -506,7 +492,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   preflight.check_batch_fits(run, split_examples, nproc)
   fingerprint = dataset.fingerprint(run.dataset.train_split)  # the class names and the files or shards
   steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
-  total_steps = int(run.total_steps or math.ceil(run.num_epochs * steps_per_epoch))
+  total_steps = run.steps(steps_per_epoch)
   stop.check('start-up')
 
   lock = checkpoint.WorkdirLock(workdir).acquire() if is_main else None
@@ -563,7 +549,7 @@ def _loop(run, workdir, setup, dataset, resume, *, start, total_steps, steps_per
   is_main = pidx == 0
   mesh = setup.mesh
   batch_sh = sharding.batch_sharding(mesh)
-  stages = keep_rate_stages(run.reduction, run.keep_warmup_epochs, run.keep_warmup_stages, steps_per_epoch)
+  stages = run.keep_stages(steps_per_epoch)
   compiled_steps = {}
 
   def train_step_for(step):

@@ -32,6 +32,7 @@ import stat
 import tensorflow_datasets as tfds
 
 from tpm_jax.config import ConfigError
+from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.prepare import prepare
 from tpm_jax.data.transforms import DataError  # noqa: F401 (defined beside the decoder, which raises it too)
 
@@ -375,3 +376,16 @@ def get_dataset(dcfg) -> Dataset:
   if dcfg.get('image_folder'):
     return image_folder(dcfg.image_folder)
   return tfds_dataset(_tfds_call(lambda: prepare(dcfg), dcfg.name, dcfg.get('data_dir')))
+
+
+def known_split_size(dcfg, spec: str) -> int | None:
+  """The examples split ``spec`` of ``config.dataset`` selects, where that is known without preparing or
+  reading the data (an image folder's listing, a prepared TFDS dataset's recorded split sizes); None
+  otherwise (not prepared, missing, damaged: a run's own start-up says why)."""
+  try:
+    if dcfg.get('image_folder'):
+      return image_folder(dcfg.image_folder).num_examples(spec)
+    builder = tfds_builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+    return int(builder.info.splits[spec].num_examples) if builder.info.splits and is_prepared(builder) else None
+  except Exception:  # noqa: BLE001 (any reason it is not known: the question is only whether it is)
+    return None

@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from tpm_jax import checkpoint, preflight
-from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, load_params_into
+from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, WorkdirBusy, load_params_into
 from tpm_jax.checkpoint.errors import first_line
 from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
 from tpm_jax.config import ConfigError, RunConfig
@@ -54,20 +54,26 @@ def check_step(workdir: str, step: int | None) -> None:
 def export(workdir: str, output: str, *, step: int | None = None, safetensors: str | None = None,
            overwrite: bool = False, before_commit=None) -> str:
   """Export ``workdir``'s step (default: the newest good one) to ``output``; returns its absolute path.
-  Bad paths raise ConfigError before anything is read or written. ``before_commit()`` is called once
-  everything is written beside ``output``, just before it is renamed into place (the command line's
+  Bad paths raise ConfigError before anything is read or written; another export writing the same
+  ``output`` or ``safetensors`` now, WorkdirBusy. ``before_commit()`` is called once everything is
+  written beside ``output``, just before it is renamed into place (the command line's
   ``cli.finished``: a stop from then on changes nothing)."""
+  return _export(workdir, output, step=step, safetensors=safetensors, overwrite=overwrite,
+                 before_commit=before_commit)[0]
+
+
+def _export(workdir, output, *, step, safetensors, overwrite, before_commit) -> tuple[str, int]:
+  """``export``, returning (output, the step exported)."""
   if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     raise ConfigError(f'--workdir={workdir} is not a training workdir (it has no checkpoints/ folder)')
   check_step(workdir, step)
   output, safetensors = preflight.check_export_paths(output, safetensors, source_workdir=workdir, overwrite=overwrite)
-  model, run, step = restore_from_workdir(workdir, step)
   _recover_interrupted(output, safetensors)
-  tmp = f'{output}.writing-{os.getpid()}'
-  shutil.rmtree(tmp, ignore_errors=True)
-  os.makedirs(tmp)
-  checkpointer = ocp.StandardCheckpointer()
+  tmp = _claim(output, safetensors)
+  checkpointer = None
   try:
+    model, run, step = restore_from_workdir(workdir, step)
+    checkpointer = ocp.StandardCheckpointer()
     try:
       with stops_deferred():  # a stop cut short left TensorStore writing into the folder removed below
         checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
@@ -96,11 +102,43 @@ def export(workdir: str, output: str, *, step: int | None = None, safetensors: s
     if safetensors:
       os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
   finally:
-    _close(checkpointer)
+    if checkpointer is not None:
+      _close(checkpointer)
     shutil.rmtree(tmp, ignore_errors=True)
     if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
       os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
-  return output
+  return output, step
+
+
+# What an export writes beside its outputs while it runs (<output>.writing-<pid>, <safetensors>.writing-<pid>.safetensors)
+_WRITING = {'output': r'writing-(\d+)', 'safetensors': r'writing-(\d+)\.safetensors'}
+
+
+def _claim(output: str, safetensors: str | None) -> str:
+  """Create this export's ``<output>.writing-<pid>`` folder (and an empty ``<safetensors>.writing-<pid>.safetensors``)
+  and return the folder; WorkdirBusy, with them removed again, where another running export has its own beside
+  the same ``--output`` or ``--safetensors``. Each export looks after creating its own: of two started together
+  one is refused, or both, never neither (hostile pass 14b's CC2: two exports into one output left the folder of
+  one and the timm file of the other)."""
+  pid = os.getpid()
+  tmp = f'{output}.writing-{pid}'
+  shutil.rmtree(tmp, ignore_errors=True)
+  os.makedirs(tmp)
+  if safetensors:
+    open(f'{safetensors}.writing-{pid}.safetensors', 'wb').close()
+  for flag, path in (('output', output), ('safetensors', safetensors)):
+    if not path:
+      continue
+    folder, base = os.path.split(os.path.abspath(path))
+    for name in sorted(os.listdir(folder)):
+      match = re.fullmatch(re.escape(base + '.') + _WRITING[flag], name)
+      if match and int(match[1]) != pid and process_running(int(match[1])):
+        shutil.rmtree(tmp, ignore_errors=True)
+        if safetensors:
+          os.remove(f'{safetensors}.writing-{pid}.safetensors')
+        raise WorkdirBusy(f'--{flag}={path} is being written by another export (pid {match[1]}, '
+                          f'{os.path.join(folder, name)}): wait for it to finish, or export elsewhere')
+  return tmp
 
 
 def _close(checkpointer) -> None:
@@ -168,8 +206,8 @@ def main(argv=None):
   stop_on_signals()
   try:
     try:
-      out = export(args.workdir, args.output, step=args.step, safetensors=args.safetensors, overwrite=args.overwrite,
-                   before_commit=finished)  # a signal once the export is renamed into place: exit 0
+      out, step = _export(args.workdir, args.output, step=args.step, safetensors=args.safetensors,
+                          overwrite=args.overwrite, before_commit=finished)  # a signal once it is in place: exit 0
     except (CheckpointError, OSError):
       raise_if_stopped()  # a stop that a library turned into a read error is the stop
       raise
@@ -177,5 +215,4 @@ def main(argv=None):
     fail(e, 2)
   except (CheckpointError, OSError, Interrupted) as e:
     fail(e, 1, hard=True)  # hard: Orbax's threads of a failed write would print at the interpreter's exit
-  with open(os.path.join(out, EXPORT_INFO)) as f:
-    print(f'exported {args.workdir} step {json.load(f)["step"]} to {out}')
+  print(f'exported {args.workdir} step {step} to {out}')  # the step this export wrote (another may replace it)
