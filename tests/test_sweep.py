@@ -132,7 +132,12 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                             'run epochs-1.4 would train the same run as epochs-1.1'),
                                            (['keep=0.315,0.325', '--file', 'fmnist.py', '--base', 'smoke,method=tpm',
                                              '--config.keep_warmup_epochs=0.0001', '--config.num_train_examples=256'],
-                                            'run keep-0.325 would train the same run as keep-0.315')])
+                                            'run keep-0.325 would train the same run as keep-0.315'),
+                                           # hostile pass 14a's N_MODEL_tag_pre: timm's default tag spelled out loads
+                                           # the same pretrained weights
+                                           (['model=deit_small_patch16_224,deit_small_patch16_224.fb_in1k', '--base',
+                                             'method=tpm', '--config.init.pretrained=true'],
+                                            'would train the same run as model-deit-small-patch16-224')])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
   file = os.path.join(ROOT, 'configs', sweeps[sweeps.index('--file') + 1]) if '--file' in sweeps else CONFIG

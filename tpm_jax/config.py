@@ -466,6 +466,35 @@ def split_model_name(name: str) -> tuple[str, str | None]:
   return arch, tag or None
 
 
+# timm's default pretrained tag of each architecture (timm 1.0's ``default_cfgs`` order)
+DEFAULT_TAGS = {
+    'deit_tiny_patch16_224': 'fb_in1k', 'deit_small_patch16_224': 'fb_in1k', 'deit_base_patch16_224': 'fb_in1k',
+    'deit_base_patch16_384': 'fb_in1k', 'deit_tiny_distilled_patch16_224': 'fb_in1k',
+    'deit_small_distilled_patch16_224': 'fb_in1k', 'deit_base_distilled_patch16_224': 'fb_in1k',
+    'deit_base_distilled_patch16_384': 'fb_in1k', 'deit3_small_patch16_224': 'fb_in1k',
+    'vit_tiny_patch16_224': 'augreg_in21k_ft_in1k', 'vit_small_patch16_224': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_224': 'augreg2_in21k_ft_in1k', 'vit_large_patch16_224': 'augreg_in21k_ft_in1k',
+    'vit_tiny_patch16_384': 'augreg_in21k_ft_in1k', 'vit_small_patch16_384': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_384': 'augreg_in21k_ft_in1k', 'vit_large_patch16_384': 'augreg_in21k_ft_in1k',
+    'vit_base_patch32_224': 'augreg_in21k_ft_in1k',
+    'vit_base_patch16_clip_224': 'laion2b_ft_in12k_in1k', 'vit_base_patch16_clip_quickgelu_224': 'metaclip_2pt5b',
+    'vit_base_patch16_siglip_224': 'v2_webli', 'vit_base_patch16_siglip_gap_224': 'v2_webli',
+    'vit_small_patch14_dinov2': 'lvd142m', 'vit_small_patch14_reg4_dinov2': 'lvd142m',
+    'vit_medium_patch16_reg4_gap_256': 'sbb_in12k_ft_in1k',
+}
+# architectures whose weights timm keeps under another architecture's name
+HUB_ARCHITECTURE = {'vit_base_patch16_clip_quickgelu_224': 'vit_base_patch16_clip_224'}
+
+
+def pretrained_repo(name: str) -> str | None:
+  """The Hub repository of ``name``'s pretrained weights, ``timm/<architecture>.<tag>`` (timm's default tag where
+  the name gives none), or None where there is no default (``pretrained.hub_repo`` says so). Two names with one
+  repository load the same weights: ``deit_small_patch16_224`` and ``deit_small_patch16_224.fb_in1k``."""
+  arch, tag = split_model_name(name)
+  tag = tag or DEFAULT_TAGS.get(arch)
+  return None if tag is None else f'timm/{HUB_ARCHITECTURE.get(arch, arch)}.{tag}'
+
+
 def model_config(name: str | ViTConfig, **overrides) -> ViTConfig:
   """Resolve a timm name (``architecture`` or ``architecture.tag``; or a ViTConfig) plus field
   overrides (None: the named model's) into a validated ViTConfig."""
@@ -956,6 +985,8 @@ class RunConfig:
     for f in self.MODEL_SHAPE:
       if f != 'name' or not self.init.pretrained:
         out.pop(f'model.{f}', None)
+    if self.init.pretrained:  # the name picks the weights: compared as the repository they come from
+      out['model.name'] = pretrained_repo(self.model.name) or self.model.name
     unread = set(self.unread())
     out.update({f'model.vit.{k}': v for k, v in flat_dict(_jsonable(self.vit)).items() if f'model.{k}' not in unread})
     return out

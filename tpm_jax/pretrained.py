@@ -4,39 +4,18 @@ as ``timm.create_model(name, pretrained=True)`` fetches them. A name is ``archit
 default tag) or ``architecture.tag`` (``vit_base_patch16_siglip_224.webli``)."""
 from __future__ import annotations
 
-from tpm_jax.config import MODELS, ConfigError, split_model_name
+from tpm_jax.config import MODELS, ConfigError, pretrained_repo, split_model_name
 
 FILENAME = 'model.safetensors'
-# timm's default pretrained tag of each architecture (timm 1.0's ``default_cfgs`` order)
-DEFAULT_TAGS = {
-    'deit_tiny_patch16_224': 'fb_in1k', 'deit_small_patch16_224': 'fb_in1k', 'deit_base_patch16_224': 'fb_in1k',
-    'deit_base_patch16_384': 'fb_in1k', 'deit_tiny_distilled_patch16_224': 'fb_in1k',
-    'deit_small_distilled_patch16_224': 'fb_in1k', 'deit_base_distilled_patch16_224': 'fb_in1k',
-    'deit_base_distilled_patch16_384': 'fb_in1k', 'deit3_small_patch16_224': 'fb_in1k',
-    'vit_tiny_patch16_224': 'augreg_in21k_ft_in1k', 'vit_small_patch16_224': 'augreg_in21k_ft_in1k',
-    'vit_base_patch16_224': 'augreg2_in21k_ft_in1k', 'vit_large_patch16_224': 'augreg_in21k_ft_in1k',
-    'vit_tiny_patch16_384': 'augreg_in21k_ft_in1k', 'vit_small_patch16_384': 'augreg_in21k_ft_in1k',
-    'vit_base_patch16_384': 'augreg_in21k_ft_in1k', 'vit_large_patch16_384': 'augreg_in21k_ft_in1k',
-    'vit_base_patch32_224': 'augreg_in21k_ft_in1k',
-    'vit_base_patch16_clip_224': 'laion2b_ft_in12k_in1k', 'vit_base_patch16_clip_quickgelu_224': 'metaclip_2pt5b',
-    'vit_base_patch16_siglip_224': 'v2_webli', 'vit_base_patch16_siglip_gap_224': 'v2_webli',
-    'vit_small_patch14_dinov2': 'lvd142m', 'vit_small_patch14_reg4_dinov2': 'lvd142m',
-    'vit_medium_patch16_reg4_gap_256': 'sbb_in12k_ft_in1k',
-}
-# architectures whose weights timm keeps under another architecture's name
-HUB_ARCHITECTURE = {'vit_base_patch16_clip_quickgelu_224': 'vit_base_patch16_clip_224'}
-
-
 def hub_repo(name: str) -> str:
   """The Hub repository of ``name``'s pretrained weights: ``timm/<architecture>.<tag>``."""
-  arch, tag = split_model_name(name)
-  if arch not in MODELS:
+  if split_model_name(name)[0] not in MODELS:
     raise ConfigError(f'model.name={name!r} is not accepted: expected one of {", ".join(sorted(MODELS))}')
-  tag = tag or DEFAULT_TAGS.get(arch)
-  if tag is None:
+  repo = pretrained_repo(name)
+  if repo is None:
     raise ConfigError(f'{name} has no pretrained weights in timm: name a tag (<architecture>.<tag>) or start from '
                       f'init.timm_checkpoint / init.checkpoint')
-  return f'timm/{HUB_ARCHITECTURE.get(arch, arch)}.{tag}'
+  return repo
 
 
 def weights_file(name: str) -> str:
