@@ -8,6 +8,7 @@ in the tools). Files are ``stat``-ed before they are opened, so a FIFO or a devi
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 
@@ -389,7 +390,7 @@ def init_fingerprint(run: RunConfig) -> str | None:
   if run.init.checkpoint:
     with _export_refused_as('init.checkpoint', run.init.checkpoint):
       parts.append(export_digest(check_export(os.path.expanduser(run.init.checkpoint))))
-  return FINGERPRINT + __import__('hashlib').sha256(' '.join(parts).encode()).hexdigest() if parts else None
+  return FINGERPRINT + hashlib.sha256(' '.join(parts).encode()).hexdigest() if parts else None
 
 
 # What init_fingerprint's values start with: a step saved by an earlier version (which hashed an export's files) holds

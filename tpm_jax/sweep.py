@@ -333,9 +333,9 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
   for r in earlier.get('runs', []) if earlier else []:
     try:
       config = r.get('run_config')
-      if not config and runs:  # a plan written before it recorded run_config: the run's own final.json (pass 14a's
-        final = os.path.join(os.path.dirname(runs[0].workdir), r['name'], 'final.json')  # N_OLD_norc_dup)
-        config = read_json_object(final).get('config') if os.path.isfile(final) else None
+      if not config and runs:  # a plan written before it recorded run_config: what the run's folder holds (pass
+        saved = Run(r['name'], {}, '', os.path.join(os.path.dirname(runs[0].workdir), r['name'])).saved_config()
+        config = saved[1] if saved else None  # 14a's N_OLD_norc_dup)
       if config and r['name'] not in {x.name for x in runs}:
         cfg = RunConfig.from_any(config)
         seen.setdefault(_computed_key(cfg), (r['name'], cfg, True))
