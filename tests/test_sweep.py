@@ -423,7 +423,7 @@ def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir, c
   # a second sweep on the folder meanwhile: refused, naming the running one (as train.py's lock does)
   assert sweep.main(cmd[3:]) == 2
   busy = capsys.readouterr().err.strip()
-  assert len(busy.splitlines()) == 1 and f'is in use by pid {p.pid} ' in busy and 'sweep.py --config' in busy, busy
+  assert len(busy.splitlines()) == 1 and f'is in use by pid {p.pid} ' in busy and 'python -m tpm_jax.sweep --config' in busy, busy
   p.send_signal(signal.SIGTERM)
   out, err = p.communicate(timeout=300)
   assert p.returncode == 0 and 'stopped' in err and 'Traceback' not in err, err[-3000:]

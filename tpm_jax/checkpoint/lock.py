@@ -45,7 +45,9 @@ class WorkdirLock:
 
   def record_holder(self) -> None:
     """``WORKDIR/.lock``: who holds the lock (read by the message of a refused second process)."""
-    command = ' '.join([os.path.basename(sys.argv[0])] + sys.argv[1:])[:300] if sys.argv else ''
+    spec = getattr(sys.modules.get('__main__'), '__spec__', None)  # python -m <package>: its name, not __main__.py
+    prog = f'python -m {spec.name.removesuffix(".__main__")}' if spec is not None else os.path.basename(sys.argv[0])
+    command = ' '.join([prog] + sys.argv[1:])[:300] if sys.argv else ''
     path = os.path.join(self.directory, HOLDER)
     with written_whole(path) as tmp, open(tmp, 'w') as f:
       f.write(f'pid {os.getpid()} on {socket.gethostname()} since {time.strftime("%Y-%m-%d %H:%M:%S")} ({command})\n')
