@@ -753,13 +753,13 @@ def test_a_fifo_or_a_looping_link_where_a_json_file_belongs_is_refused_without_b
     os.remove(run / 'final.json')
     os.mkfifo(run / 'final.json')
     with pytest.raises(ConfigError, match='final.json is unreadable'):
-      sweep._final(str(run))
+      sweep.final_of(str(run))
     os.remove(run / 'final.json')
     os.symlink(run / 'final.json', run / 'final.json')  # a link to itself
     with pytest.raises(OSError):
       read_json_object(str(run / 'final.json'))
     with pytest.raises(ConfigError, match='final.json is unreadable'):
-      sweep._final(str(run))
+      sweep.final_of(str(run))
   finally:
     signal.alarm(0)
 

@@ -113,6 +113,17 @@ def test_imports_run_downwards_only_without_cycles_or_local_package_imports():
   assert not problems, '\n'.join(problems)
 
 
+def test_no_private_name_is_imported_across_modules():
+  """A name another module of the package imports is part of its module's interface: not ``_private``."""
+  problems = []
+  for module, path in sorted(_modules().items()):
+    for node in ast.walk(ast.parse(open(path).read())):
+      if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('tpm_jax'):
+        problems += [f'{os.path.relpath(path, ROOT)}:{node.lineno}: {a.name} from {node.module}' for a in node.names
+                     if a.name.startswith('_') and not a.name.startswith('__')]
+  assert not problems, '\n'.join(problems)
+
+
 def test_the_layer_check_sees_a_violation(tmp_path):
   """The checker itself: an upward import and a local package import are reported."""
   path = tmp_path / 'mod.py'

@@ -37,7 +37,7 @@ MODULES = ('planning', 'folder', 'running', 'tables', 'off_the_shelf', 'command'
 __all__ = ['plan', 'run', 'collect', 'main', 'evaluate_reductions', 'load_config', 'Run', 'PLAN', 'OUTPUTS']
 
 
-def __getattr__(name):  # every name of the modules above (sweep._final too), from the first that has it
+def __getattr__(name):  # every name of the modules above (sweep.final_of too), from the first that has it
   for module in MODULES:
     value = getattr(importlib.import_module(f'{__name__}.{module}'), name, importlib)
     if value is not importlib:

@@ -15,8 +15,8 @@ from tpm_jax.cli import (
   stop_on_signals,
 )
 from tpm_jax.config import ConfigError
-from tpm_jax.sweep.folder import _check_sweep_folder, _write_failed, read_plan, save_plan
-from tpm_jax.sweep.off_the_shelf import _main_reductions
+from tpm_jax.sweep.folder import check_sweep_folder, read_plan, save_plan, write_failed
+from tpm_jax.sweep.off_the_shelf import main_reductions
 from tpm_jax.sweep.planning import PLAN, check_existing, check_one_run_per_label, plan
 from tpm_jax.sweep.running import Interrupted, run
 from tpm_jax.sweep.tables import collect
@@ -39,9 +39,9 @@ def main(argv=None) -> int:
   p.add_argument('--split', help='with --reductions: the split evaluated (default: the checkpoint\'s eval split)')
   args, overrides = p.parse_known_args(argv)
   if args.checkpoint or args.reductions:
-    return _main_reductions(args, overrides)
+    return main_reductions(args, overrides)
   try:
-    _check_sweep_folder(args.workdir, args.collect_only)
+    check_sweep_folder(args.workdir, args.collect_only)
     read_plan(args.workdir, 'training')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
     if bad:
@@ -81,7 +81,7 @@ def main(argv=None) -> int:
           f'--collect_only for the tables)', file=sys.stderr, flush=True)
     return 0
   except OSError as e:  # the file system failing under the tables (a full disk)
-    error_line(_write_failed(args.workdir, e))
+    error_line(write_failed(args.workdir, e))
     return 1
   finished()  # a signal from now on: exit 0, the tables are written
   print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)

@@ -79,7 +79,7 @@ def save_plan(workdir: str, config: str, runs: list[Run], overrides=()) -> None:
   write_json(path, meta)
 
 
-def _final(workdir: str) -> dict:
+def final_of(workdir: str) -> dict:
   """A finished run's final.json, with top1/top5 (NaN if the run never evaluated). ConfigError
   naming the file when it is unreadable or lacks the run's config."""
   path = os.path.join(workdir, 'final.json')
@@ -92,14 +92,14 @@ def _final(workdir: str) -> dict:
   return dict(final, top1=final.get('eval_top1', float('nan')), top5=final.get('eval_top5', float('nan')))
 
 
-def _finished_folders(workdir: str) -> list[str]:
+def finished_folders(workdir: str) -> list[str]:
   """The run folders under ``workdir/runs`` that hold a final.json."""
   runs = os.path.join(workdir, 'runs')
   return [n for n in (os.listdir(runs) if os.path.isdir(runs) else [])
           if os.path.lexists(os.path.join(runs, n, 'final.json'))]
 
 
-def _check_sweep_folder(workdir: str, collect_only: bool) -> None:
+def check_sweep_folder(workdir: str, collect_only: bool) -> None:
   """Either kind of sweep: its folder is its own (not inside a training workdir or an export), and
   ``--collect_only`` reads one that exists."""
   check_outside_workdirs_and_exports('--workdir', workdir, what='folder of its own for the sweep', folder=True)
@@ -113,6 +113,6 @@ def _check_sweep_folder(workdir: str, collect_only: bool) -> None:
                         f'no {PLAN} (not a sweep\'s folder): choose a new folder, or move them away')
 
 
-def _write_failed(workdir: str, e: OSError) -> str:
+def write_failed(workdir: str, e: OSError) -> str:
   return (f'{e.filename or workdir}: cannot be written ({e.strerror or e}); what the sweep wrote before is kept, '
           f'run the same command to go on')

@@ -23,8 +23,8 @@ from tpm_jax.data.input_pipeline import DataError
 from tpm_jax.files import read_json_object, sha256, write_json
 from tpm_jax.models.registry import with_weights_of
 from tpm_jax.reduction_setting import parse_setting, parse_settings
-from tpm_jax.sweep.folder import _check_sweep_folder, _write_failed, read_plan
-from tpm_jax.sweep.planning import PLAN, _computed_key
+from tpm_jax.sweep.folder import check_sweep_folder, read_plan, write_failed
+from tpm_jax.sweep.planning import PLAN, computed_key
 from tpm_jax.sweep.tables import measure_models, write_tables
 
 
@@ -107,7 +107,7 @@ def _check_one_row_per_model(configs: dict) -> None:
   spelled out; one evaluation would be two rows (hostile pass 13a's OTS_spell, OTS_pa, OTS_across)."""
   seen = {}
   for name, cfg in configs.items():
-    key = _computed_key(cfg)
+    key = computed_key(cfg)
     if key in seen:
       raise ConfigError(f'--reductions: {name} is the same model as {seen[key]} (the same reduction spelled another '
                         f'way): one evaluation would be two rows; give it once')
@@ -158,7 +158,7 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
 
 
 
-def _main_reductions(args, overrides) -> int:
+def main_reductions(args, overrides) -> int:
   try:
     if not (args.checkpoint and args.reductions):
       raise ConfigError('--checkpoint and --reductions go together (a trained model and the reductions to evaluate it '
@@ -170,7 +170,7 @@ def _main_reductions(args, overrides) -> int:
     if args.throughput_batch < 1:
       raise ConfigError(f'--throughput_batch={args.throughput_batch} is not accepted: expected a positive int')
     settings = parse_settings(args.reductions)
-    _check_sweep_folder(args.workdir, args.collect_only)
+    check_sweep_folder(args.workdir, args.collect_only)
   except ConfigError as e:
     error_line(e)
     return 2
@@ -189,7 +189,7 @@ def _main_reductions(args, overrides) -> int:
     error_line(e)
     return 1
   except OSError as e:  # the file system failing under the evaluations or the tables (a full disk)
-    error_line(_write_failed(args.workdir, e))
+    error_line(write_failed(args.workdir, e))
     return 1
   except Stopped as e:
     print(f'stopped by {e.signal_name}: the settings evaluated so far are kept in {os.path.join(args.workdir, "evals")} '

@@ -116,7 +116,7 @@ def load_config(config: str, overrides=()):
   return fv.config
 
 
-def _model_key(cfg: RunConfig) -> str:
+def model_key(cfg: RunConfig) -> str:
   d = cfg.to_dict()
   return json.dumps([d['model'], d['reduction'], d['multiscale']], sort_keys=True, default=str)
 
@@ -135,9 +135,9 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     arg = _arg_string(base, values)
     try:
       cfg = RunConfig.from_any(load_config(f'{file}:{arg}', overrides))
-      if _model_key(cfg) not in checked:
+      if model_key(cfg) not in checked:
         nnx.eval_shape(lambda: model_from_config(cfg))
-        checked.add(_model_key(cfg))
+        checked.add(model_key(cfg))
     except (ValueError, TypeError, KeyError, AttributeError) as e:
       msg = str(e).splitlines()[0] if str(e) else type(e).__name__
       raise ConfigError(f'{what}: {msg}' if what else msg) from e
@@ -154,7 +154,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     name = run_name(values)
     config, cfg = build(values, f'run {name}')
     runs.append(Run(name, values, config, os.path.join(os.path.abspath(workdir), 'runs', name), tuple(overrides), cfg,
-                    ' '.join([f'{_shown(file)}:{base}'.rstrip(':'), *_computing(overrides)])))
+                    ' '.join([f'{shown(file)}:{base}'.rstrip(':'), *_computing(overrides)])))
   for r in runs:  # each value may hold alone and not beside another key's (multiscale=pool with method=none)
     flat, unread = flat_dict(r.run_config.to_dict()), r.run_config.unread()
     for key, v in r.values.items():
@@ -183,7 +183,7 @@ def _computing(overrides) -> list[str]:
   return [o for o in overrides if o.split('=')[0][len('--config.'):] not in RunConfig.OPERATIONAL]
 
 
-def _shown(file: str) -> str:
+def shown(file: str) -> str:
   """A config file as a table shows it: relative to the repository when inside it, else whole (two
   files of one name are two bases: hostile pass 13a's MIXU)."""
   return os.path.relpath(file, ROOT) if file.startswith(ROOT + os.sep) else file
@@ -291,11 +291,11 @@ def check_one_run_per_label(runs: list[Run], earlier: dict | None = None) -> Non
         config = saved[1] if saved else None  # 14a's N_OLD_norc_dup)
       if config and r['name'] not in {x.name for x in runs}:
         cfg = RunConfig.from_any(config)
-        seen.setdefault(_computed_key(cfg), (r['name'], cfg, True))
+        seen.setdefault(computed_key(cfg), (r['name'], cfg, True))
     except (ConfigError, OSError, ValueError, AttributeError):
       continue  # a damaged plan entry or final.json: collecting names it
   for r in runs:
-    key = _computed_key(r.run_config)
+    key = computed_key(r.run_config)
     if key in seen:
       other, cfg, planned = seen[key]
       a, b = cfg.whole(), r.run_config.whole()
@@ -323,7 +323,7 @@ def _split_size(data, spec: str) -> int | None:
   return known_split_size(data, spec)
 
 
-def _computed_key(run: RunConfig, but=()) -> str:
+def computed_key(run: RunConfig, but=()) -> str:
   """What ``run`` computes (``_computed``) as one comparable string, without the fields ``but``: two runs with the
   same are one run."""
   return json.dumps({k: v for k, v in _computed(run).items() if k not in but}, sort_keys=True, default=str)
@@ -380,7 +380,7 @@ def _run_differences(there: RunConfig, here: RunConfig, here_is: str) -> list[st
                                                                                       _computed(here), here_is)
 
 
-def _check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
+def check_made_as_planned(planned: dict, rdir: str, made: RunConfig) -> None:
   """ConfigError (exit 2, nothing written) when a finished run's final.json records other settings than
   the sweep planned for it (a train.py --config.overwrite=true in its folder, say): its results would
   be reported under the planned label (hostile pass 10's SW13). Plans written before sweep.json

@@ -7,7 +7,7 @@ import subprocess
 import threading
 import time
 
-from tpm_jax.sweep.folder import _final
+from tpm_jax.sweep.folder import final_of
 from tpm_jax.sweep.planning import Run
 
 
@@ -41,7 +41,7 @@ def _run_all(runs, python, failed, received, child):
     if received:
       raise Interrupted(f'{signal.Signals(received[0]).name} received before {r.name}')
     if r.finished:
-      print(f'{head} skipped (finished), top-1 {_final(r.workdir)["top1"]:.4f}', flush=True)
+      print(f'{head} skipped (finished), top-1 {final_of(r.workdir)["top1"]:.4f}', flush=True)
       continue
     os.makedirs(r.workdir, exist_ok=True)
     log = os.path.join(r.workdir, 'train.log')
@@ -56,7 +56,7 @@ def _run_all(runs, python, failed, received, child):
       raise Interrupted(f'{signal.Signals(received[0]).name}: {r.name} was stopped (exit code {code}; it saved '
                         f'its state if it had started training); run the same sweep to go on')
     if code == 0 and r.finished:
-      print(f'finished, top-1 {_final(r.workdir)["top1"]:.4f}, {time.time() - t:.0f}s', flush=True)
+      print(f'finished, top-1 {final_of(r.workdir)["top1"]:.4f}, {time.time() - t:.0f}s', flush=True)
       continue
     failed.append(r)
     with open(log) as f:

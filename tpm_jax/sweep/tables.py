@@ -14,8 +14,8 @@ from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.files import written_whole
 from tpm_jax.flops import count_flops
 from tpm_jax.models.registry import model_from_config
-from tpm_jax.sweep.folder import _final, _finished_folders, read_plan
-from tpm_jax.sweep.planning import PLAN, _check_made_as_planned, _computed_key, _model_key, _shown
+from tpm_jax.sweep.folder import final_of, finished_folders, read_plan
+from tpm_jax.sweep.planning import PLAN, check_made_as_planned, computed_key, model_key, shown
 from tpm_jax.throughput import images_per_sec
 
 
@@ -25,10 +25,10 @@ def measure(configs: dict, batch: int = 64, rounds: int = 5) -> dict:
   for ``batch`` random images and warmed up, then all timed in interleaved rounds; the median)."""
   models = {}
   for cfg in configs.values():
-    if _model_key(cfg) not in models:
-      models[_model_key(cfg)] = model_from_config(cfg)
+    if model_key(cfg) not in models:
+      models[model_key(cfg)] = model_from_config(cfg)
   measured = measure_models(models, batch, rounds)
-  return {name: measured[_model_key(c)] for name, c in configs.items()}
+  return {name: measured[model_key(c)] for name, c in configs.items()}
 
 
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
@@ -105,16 +105,16 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
       missing.append(r['name'])
       continue
     try:
-      final = _final(rdir)
+      final = final_of(rdir)
     except ConfigError as e:
       print(f'warning: {e}; left out', file=sys.stderr, flush=True)
       missing.append(r['name'])
       continue
     configs[r['name']] = made = RunConfig.from_any(final['config'])
-    _check_made_as_planned(r, rdir, made)
+    check_made_as_planned(r, rdir, made)
     rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
                      steps=final['step'], workdir=rdir, base=r.get('base') or _base_of(r), group=_group(made)))
-  unplanned = sorted(set(_finished_folders(workdir)) - {r['name'] for r in meta['runs']})
+  unplanned = sorted(set(finished_folders(workdir)) - {r['name'] for r in meta['runs']})
   if unplanned:  # train.py run by hand from --print_commands, say (hostile pass 14a's N_PC_collect)
     print(f'warning: {", ".join(unplanned[:5])}{" ..." if len(unplanned) > 5 else ""} under {workdir}/runs finished '
           f'but {PLAN} does not plan them: left out; the sweep command that names them (with --collect_only) adds '
@@ -144,12 +144,12 @@ def _base_of(planned: dict) -> str:
   file, _, arg = planned['config'].partition(':')
   swept = {f'{k}={v}' for k, v in planned.get('values', {}).items()}
   kept = [a for a in arg.split(',') if a and a not in swept]
-  return ':'.join([_shown(file), ','.join(kept)]).rstrip(':')
+  return ':'.join([shown(file), ','.join(kept)]).rstrip(':')
 
 
 def _group(run: RunConfig) -> str:
   """The digest of what a run computes but its seed: the runs a table pools over seeds share it."""
-  return hashlib.sha256(_computed_key(run, but=('seed',)).encode()).hexdigest()
+  return hashlib.sha256(computed_key(run, but=('seed',)).encode()).hexdigest()
 
 
 def write_tables(workdir: str, rows: list[dict], keys: list[str], title: str, throughput_batch: int, *, total: int,
