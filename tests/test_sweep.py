@@ -137,7 +137,11 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            # the same pretrained weights
                                            (['model=deit_small_patch16_224,deit_small_patch16_224.fb_in1k', '--base',
                                              'method=tpm', '--config.init.pretrained=true'],
-                                            'would train the same run as model-deit-small-patch16-224')])
+                                            'would train the same run as model-deit-small-patch16-224'),
+                                           # hostile pass 16a's N25: data that is not there, before anything is written
+                                           (['keep=0.5,0.7', '--file', 'fmnist.py', '--base', 'smoke,method=tpm',
+                                             '--config.dataset.image_folder=/nonexistent'],
+                                            "dataset.image_folder='/nonexistent' is not accepted")])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
   file = os.path.join(ROOT, 'configs', sweeps[sweeps.index('--file') + 1]) if '--file' in sweeps else CONFIG
@@ -148,6 +152,44 @@ def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp
   assert out.out == '' and len(out.err.strip().splitlines()) == 1
   assert out.err.startswith('error: ') and named in out.err, out.err
   assert not (tmp_path / 'sw').exists()
+
+
+@pytest.mark.parametrize('sweeps', [
+    # hostile pass 16a's N06, N07: a keep-rate warmup longer than the run trains keep 1 only, but each run is evaluated
+    # at its own keep rate: two runs, not one
+    ['keep=0.5,0.7', '--config.keep_warmup_epochs=100'], ['method=none,tpm', '--config.keep_warmup_epochs=100'],
+    ['epochs=1,1.01', '--config.total_steps=0', '--config.num_train_examples=60000', '--config.batch_size=128']])
+def test_runs_that_compute_differently_are_all_planned(tmp_path, capsys, sweeps):
+  argv = ['--config', os.path.join(ROOT, 'configs/fmnist.py:smoke,method=tpm'), '--workdir', str(tmp_path / 'sw'),
+          '--print_commands']
+  assert sweep.main(argv + [a for s in sweeps for a in ((s,) if s.startswith('--') else ('--sweep', s))]) == 0
+  assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_a_run_found_to_be_another_once_its_data_is_prepared_is_not_trained(tmp_path, tiny_imagenet, capsys):
+  """Planned before its data was prepared, a keep-rate warmup of 0.0001 epoch is compared as configured (keep 0.315
+  and 0.325 differ at its stages); once an earlier run has prepared the data it rounds to no step, and the two are
+  one run: the sweep asks again before each run, and does not train the second (hostile pass 16a's N12)."""
+  data = tmp_path / 'data'
+  data.mkdir()
+  runs = sweep.plan(f'{CONFIG}:smoke,method=tpm', ['keep=0.315,0.325'], str(tmp_path / 'sw'),
+                    overrides=['--config.keep_warmup_epochs=0.0001', f'--config.dataset.data_dir={data}'])
+  sweep.check_one_run_per_label(runs)  # not known yet: accepted
+  shutil.copytree(tiny_imagenet, data, dirs_exist_ok=True)  # what the first run's train.py would prepare
+  failed = sweep.run(runs, python='true')  # a real process that trains nothing: the first run fails, exit 0
+  assert [r.name for r in failed] == ['keep-0.315', 'keep-0.325']
+  out = capsys.readouterr().out
+  assert '[2/2] keep-0.325: not run: it would train the same run as keep-0.315' in out, out
+  assert not os.path.exists(runs[1].workdir)
+  # both finished in the folder all the same (by an older version, say): the table shows the run once, and says so
+  overrides = ['--config.keep_warmup_epochs=0.0001', f'--config.dataset.data_dir={data}']
+  sweep.save_plan(str(tmp_path / 'sw'), f'{CONFIG}:smoke,method=tpm', runs, overrides)
+  for r, top1 in zip(runs, (0.5, 0.25)):
+    _finish_by_hand(r.workdir, f'smoke,method=tpm,keep={r.values["keep"]}', top1, overrides)
+  assert sweep.main(['--workdir', str(tmp_path / 'sw'), '--collect_only', '--throughput_batch', '4']) == 0
+  err = capsys.readouterr().err
+  assert 'warning: keep-0.325 trained the same run as keep-0.315: left out' in err, err
+  assert [r['name'] for r in csv.DictReader(open(tmp_path / 'sw' / 'results.csv'))] == ['keep-0.315']
 
 
 def test_a_users_config_file_gets_its_labels_checked_too(tmp_path, capsys):

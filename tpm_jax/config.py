@@ -1012,9 +1012,10 @@ class RunConfig:
       return out
     if steps_per_epoch is None:
       firsts, rates = None, red.warmup_keep_rates(self.keep_warmup_stages) if self.warms_up else [red.keep_rate]
-    else:
-      stages = self.keep_stages(steps_per_epoch)
-      firsts, rates = [f for f, _ in stages], [red.keep_rate if k is None else k for _, k in stages]
+    else:  # the stages that train, then evaluation at the keep rate itself (reached or not: a warmup longer than
+      stages = self.keep_stages(steps_per_epoch)  # the run trains keep 1 and evaluates keep_rate, hostile pass 16a's N06)
+      firsts = [f for f, _ in stages] + ['eval']
+      rates = [red.keep_rate if k is None else k for _, k in stages] + [red.keep_rate]
     schedules = [[list(t) for t in dataclasses.replace(red, keep_rate=k).schedule(vit.num_prefix_tokens,
                                                                                    vit.num_patches)] for k in rates]
     if self.multiscale.method == 'none' and all(after == vit.num_prefix_tokens + vit.num_patches
@@ -1025,8 +1026,10 @@ class RunConfig:
     out.pop('reduction.r', None)
     if firsts is None:
       out['reduction.schedule'] = schedules if self.warms_up else schedules[0]
-    else:  # a warmup stage as its first step and counts; one stage: as without warmup
-      out['reduction.schedule'] = schedules[0] if len(schedules) == 1 else [[f, s] for f, s in zip(firsts, schedules)]
+    elif len(schedules) == 2 and schedules[0] == schedules[1]:  # trained and evaluated at one count: as without warmup
+      out['reduction.schedule'] = schedules[0]
+    else:  # each stage as its first step and counts, then the evaluation's
+      out['reduction.schedule'] = [[f, s] for f, s in zip(firsts, schedules)]
     return out
 
   def identity(self) -> dict:

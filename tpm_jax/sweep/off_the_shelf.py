@@ -151,7 +151,7 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
   measured = measure_models({r['name']: models[r['name']] for r in rows}, throughput_batch, rounds) if rows else {}
   for row in rows:
     row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
-  title = f'{os.path.basename(os.path.normpath(checkpoint))} ({run.model.name}, {run.dataset.name} {split}), off-the-shelf'
+  title = f'{os.path.basename(os.path.normpath(checkpoint))} ({run.model.name}, {run.dataset.where} {split}), off-the-shelf'
   write_tables(workdir, rows, ['method', 'reduction'], title, throughput_batch, total=len(settings),
                missing=missing, extra_columns=('tokens', 'examples'))
   return rows

@@ -3,7 +3,6 @@ trains, one run per label (``RunConfig.computed``), and finished runs compared w
 from __future__ import annotations
 
 import dataclasses
-import functools
 import importlib.util
 import itertools
 import json
@@ -16,6 +15,7 @@ from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
+from tpm_jax import preflight
 from tpm_jax.checkpoint import newest_saved_config
 from tpm_jax.cli import (
   describe_flag_error,
@@ -318,9 +318,36 @@ def _computed(run: RunConfig) -> dict:
   return run.computed(n / run.batch_size if n else None)
 
 
-@functools.lru_cache(maxsize=None)
+_SPLIT_SIZES = {}  # known sizes only: data prepared by the sweep's first run is known from then on
+
+
 def _split_size(data, spec: str) -> int | None:
-  return known_split_size(data, spec)
+  if (data, spec) not in _SPLIT_SIZES:
+    n = known_split_size(data, spec)
+    if n is None:
+      return None
+    _SPLIT_SIZES[data, spec] = n
+  return _SPLIT_SIZES[data, spec]
+
+
+def check_data(runs: list[Run]) -> None:
+  """The data of the runs still to train, checked as train.py checks it at its start (``preflight.check_data``), once
+  per dataset: bad data is one line, exit 2, before the sweep writes anything (hostile pass 16a's N25). Not for
+  ``--print_commands``, whose runs may train elsewhere, where their data is."""
+  seen = set()
+  for r in runs:
+    key = None if r.run_config is None else (r.run_config.dataset, r.run_config.vit.num_classes)
+    if key is None or key in seen or r.finished:
+      continue
+    seen.add(key)
+    preflight.check_data(key[0], num_classes=key[1])
+
+
+def same_run_as(run: Run, earlier: list[Run]) -> str | None:
+  """The name of the first of ``earlier`` that trains the same run as ``run`` (``computed_key``), or None. The sweep
+  asks again before each run: data prepared by an earlier run gives epochs as steps (hostile pass 16a's N12)."""
+  key = computed_key(run.run_config)
+  return next((r.name for r in earlier if r.run_config is not None and computed_key(r.run_config) == key), None)
 
 
 def computed_key(run: RunConfig, but=()) -> str:

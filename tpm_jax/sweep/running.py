@@ -8,7 +8,7 @@ import threading
 import time
 
 from tpm_jax.sweep.folder import final_of
-from tpm_jax.sweep.planning import Run
+from tpm_jax.sweep.planning import Run, same_run_as
 
 
 class Interrupted(Exception):
@@ -42,6 +42,12 @@ def _run_all(runs, python, failed, received, child):
       raise Interrupted(f'{signal.Signals(received[0]).name} received before {r.name}')
     if r.finished:
       print(f'{head} skipped (finished), top-1 {final_of(r.workdir)["top1"]:.4f}', flush=True)
+      continue
+    same = same_run_as(r, runs[:i - 1]) if r.run_config is not None else None
+    if same is not None:  # known only now: the data an earlier run prepared gives the epochs as steps
+      print(f'{head} not run: it would train the same run as {same} (their epochs give the same steps on the data '
+            f'prepared since the sweep was planned); drop one of the values', flush=True)
+      failed.append(r)
       continue
     os.makedirs(r.workdir, exist_ok=True)
     log = os.path.join(r.workdir, 'train.log')

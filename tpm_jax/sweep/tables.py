@@ -110,8 +110,14 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
       print(f'warning: {e}; left out', file=sys.stderr, flush=True)
       missing.append(r['name'])
       continue
-    configs[r['name']] = made = RunConfig.from_any(final['config'])
+    made = RunConfig.from_any(final['config'])
     check_made_as_planned(r, rdir, made)
+    same = next((name for name, c in configs.items() if computed_key(c) == computed_key(made)), None)
+    if same is not None:  # two labels, one run (found once the data's size was known: hostile pass 16a's N14)
+      print(f'warning: {r["name"]} trained the same run as {same}: left out, so that one run is not shown under two '
+            f'labels', file=sys.stderr, flush=True)
+      continue
+    configs[r['name']] = made
     rows.append(dict(name=r['name'], **{k: r['values'].get(k, '-') for k in keys}, top1=final['top1'], top5=final['top5'],
                      steps=final['step'], workdir=rdir, base=r.get('base') or _base_of(r), group=_group(made)))
   unplanned = sorted(set(finished_folders(workdir)) - {r['name'] for r in meta['runs']})
@@ -123,7 +129,7 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   for row in rows:
     row['analytic_gmacs'], row['images_per_sec'] = measured[row['name']]
   cfg = next(iter(configs.values()), None)
-  title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.name})' if cfg else '')
+  title = f'{os.path.basename(meta["config"])}' + (f' ({cfg.model.name}, {cfg.dataset.where})' if cfg else '')
   # runs of sweeps with other base configs or flags in one folder: each row says what it was added to (pass 12's
   # MIXBASE); one base text for other configs (a config file edited between two sweeps: pass 14a's N_EDIT) gets the
   # config's digest, so rows are pooled over seeds only when their configs are equal but for the seed
