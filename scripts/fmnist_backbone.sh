@@ -65,6 +65,9 @@ if [ "$PART" = finetune ] || [ "$PART" = all ]; then
     $PY -m tpm_jax.sweep \
         --config configs/fmnist_backbone.py:method=tpm,multiscale=pool,prop_attn=on,similarity=tokens,weight=size,distinct=$DISTINCT \
         --sweep seed=$s --sweep keep=0.7,0.5 --workdir $FT/tpm_distinct $QUIET
+    $PY -m tpm_jax.sweep \
+        --config configs/fmnist_backbone.py:method=tpm,multiscale=none,prop_attn=on,similarity=tokens,weight=size,distinct=$DISTINCT \
+        --sweep seed=$s --sweep keep=0.7,0.5 --workdir $FT/tpm_distinct_nofusion $QUIET
     $PY -m tpm_jax.sweep --config configs/fmnist_backbone.py --sweep seed=$s --sweep keep=0.7,0.5 \
         --sweep method=tome,evit,drop --workdir $FT/peers $QUIET
   done

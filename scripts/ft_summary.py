@@ -4,7 +4,7 @@ finished runs that `bash scripts/collect_fmnist_ft.sh` copied into docs/results/
 Each run's final.json gives its seed, keep rate, method and top-1 on all 10,000 test images. Top-1 is
 given as the mean over seeds with its spread, and as the change against `none` of the *same seed*
 (paired: every run starts from the same backbone, and a seed moves all its runs together), with each
-seed's change listed; then the two paired differences the defaults decision rests on.
+seed's change listed; then the paired differences the defaults decision and the claims rest on (fusion: with against without).
 
   python scripts/ft_summary.py [--dir docs/results/fmnist_backbone_ft] [--output DIR/summary.md]
 """
@@ -17,6 +17,7 @@ import statistics
 ROWS = [('none', 'none (the backbone fine-tuned the same way)'),
         ('tpm', 'tpm, the defaults (`method=tpm,multiscale=pool,prop_attn=on`)'),
         ('tpm_distinct', 'tpm ranked by distinctness (`...,similarity=tokens,weight=size,distinct=2`)'),
+        ('tpm_distinct_nofusion', 'the same without multi-scale fusion (`multiscale=none`)'),
         ('tome', 'ToMe (r matched)'), ('evit', 'EViT'), ('drop', 'drop')]
 
 
@@ -64,7 +65,8 @@ def table(results, keeps=(0.7, 0.5)) -> str:
     cells += ['', ''] * (len(keeps) - len(cells) // 2)
     lines.append(f'| {label} | ' + ' | '.join(cells) + ' |')
   lines.append('')
-  for a, b in (('tpm_distinct', 'tome'), ('tpm_distinct', 'tpm'), ('tpm', 'drop'), ('tpm_distinct', 'drop')):
+  for a, b in (('tpm_distinct', 'tome'), ('tpm_distinct', 'tpm'), ('tpm', 'drop'), ('tpm_distinct', 'drop'),
+               ('tpm_distinct', 'tpm_distinct_nofusion')):
     for k in keeps:
       diffs = [results[a, k, s] - results[b, k, s] for s in seeds if (a, k, s) in results and (b, k, s) in results]
       if diffs:
