@@ -282,6 +282,21 @@ def test_corrupted_checkpoint_is_named_and_resume_falls_back(tmp_path, data_dir,
   assert 'resuming from the older good step 2' in out and 'resuming from step 2' in out
 
 
+def test_a_file_named_like_a_step_is_set_aside_not_overwritten(tmp_path, data_dir, four_steps):
+  """A file put in checkpoints/ under a step's name is no step: saving that step would replace it (hostile pass 16b's
+  D10). It is set aside under another name, with a line; with no good step left, the run is refused, not restarted."""
+  workdir = _copy(four_steps, tmp_path / 'run')
+  ckpts = workdir / 'checkpoints'
+  for step in ('2', '4'):
+    shutil.rmtree(ckpts / step)
+  (ckpts / '4').write_text('my notes')
+  os.remove(workdir / 'final.json')
+  _, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert 'checkpoints/4 is not a checkpoint step (a step is a folder); set aside as 4.unreadable' in out, out[-2000:]
+  assert error is not None and 'no good checkpoint left' in str(error) and 'nothing was trained' in str(error), error
+  assert (ckpts / '4.unreadable').read_text() == 'my notes' and not (ckpts / '4').exists()
+
+
 def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, data_dir, four_steps):
   workdir = _copy(four_steps, tmp_path / 'run')
   bad = _flip_one_byte(os.path.join(workdir, 'checkpoints', '4'))

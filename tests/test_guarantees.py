@@ -175,7 +175,7 @@ def test_a_run_that_went_on_past_its_final_json_is_not_finished(tmp_path, data_d
   assert error is None and final['step'] == 6 and json.loads((workdir / 'final.json').read_text())['step'] == 6
   from tpm_jax.checkpoint import restore_model
   shutil.copytree(workdir / 'checkpoints' / '4', workdir / 'checkpoints' / '8')
-  _, _, step, _ = restore_model(str(workdir))
+  step = restore_model(str(workdir)).step
   assert step == 6  # step 8's meta records step 4: reported and passed over, never read as step 8
 
 
@@ -581,10 +581,17 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   (tmp_path / 'weights.safetensors').write_text('my weights')
   parent = tmp_path / 'parent'
   _copy(finished, parent / 'run')
+  # a run starting up holds only its lock so far; a sweep's folder holds its plan (hostile pass 16b's X5, X4b)
+  (tmp_path / 'starting' / 'run').mkdir(parents=True)
+  (tmp_path / 'starting' / 'run' / '.lock').write_text('pid 1 on host since now (train.py)')
+  (tmp_path / 'sweeping' / 'sw').mkdir(parents=True)
+  (tmp_path / 'sweeping' / 'sw' / 'sweep.json').write_text('{}')
   refused = [(['--output', str(mine)], 'not written by the export'), (['--output', str(workdir)], 'inside the workdir'),
              (['--output', str(parent), '--overwrite'], 'holds the training workdir'),
+             (['--output', str(tmp_path / 'starting'), '--overwrite'], 'holds the training workdir or sweep folder'),
+             (['--output', str(tmp_path / 'sweeping'), '--overwrite'], 'holds the training workdir or sweep folder'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
-              'not written by this tool'),
+              'not written by this tool; choose another name, or remove it first, or --overwrite to replace it'),
              (['--output', str(tmp_path / 'out.safetensors'), '--safetensors', str(tmp_path / 'out.safetensors')],
               'the export folder or inside it'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(workdir / 'checkpoints' / '4' / 'w.safetensors')],
@@ -628,6 +635,9 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   os.rename(out, f'{out}.replaced-{dead}')
   os.makedirs(f'{out}.writing-{dead}/params')
   (tmp_path / f'w.safetensors.writing-{dead}.safetensors').write_text('half')
+  from tpm_jax import evaluation  # a reader of the missing export names the one moved aside (pass 16b's SX2)
+  with pytest.raises(ConfigError, match=f'out.replaced-{dead} beside it is the export an interrupted export moved'):
+    evaluation.load_trained(str(out))
   exporting._recover_interrupted(str(out), str(tmp_path / 'w.safetensors'))
   assert json.load(open(out / 'export.json'))['step'] == info['step']
   os.rename(out, f'{out}.replaced-{dead}')

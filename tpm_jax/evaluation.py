@@ -15,6 +15,7 @@ import jax
 from flax import nnx
 
 from tpm_jax import checkpoint, export, preflight, sharding, trainer
+from tpm_jax.checkpoint.exports import moved_aside_note
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.files import read_json_object
@@ -28,7 +29,7 @@ def load_trained(path: str, flag: str = '--checkpoint'):
   parameters when the run kept them), read-only. ConfigError for a path that is neither,
   CheckpointError for one that fails its checks."""
   if not os.path.exists(path):
-    raise ConfigError(f'{flag}={path} is not accepted: no such directory')
+    raise ConfigError(f'{flag}={path} is not accepted: no such directory{moved_aside_note(path)}')
   if not os.path.isdir(path):  # a file, a device, a FIFO: bad input, never opened
     raise ConfigError(f'{flag}={path} is not accepted: not a directory (a training workdir or an export)')
   if not os.path.isdir(checkpoint.checkpoint_dir(path)) and not any(
@@ -48,7 +49,11 @@ def trained_label_names(path: str) -> list | None:
   an export's export.json); None where they were not recorded (runs of earlier versions)."""
   if not checkpoint.is_export(path) and os.path.isdir(checkpoint.checkpoint_dir(path)):
     steps = checkpoint.list_steps(checkpoint.checkpoint_dir(path))
-    return checkpoint.saved_label_names(os.path.join(checkpoint.checkpoint_dir(path), str(steps[-1]))) if steps else None
+    for s in reversed(steps):  # the newest step that can be read (a live run's keep policy removes old ones)
+      names = checkpoint.saved_label_names(os.path.join(checkpoint.checkpoint_dir(path), str(s)))
+      if names is not None:
+        return names
+    return None
   try:
     names = read_json_object(os.path.join(path, checkpoint.EXPORT_INFO)).get('label_names')
   except (OSError, ValueError):

@@ -17,6 +17,7 @@ from flax import nnx
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export, load_params_into
 from tpm_jax.checkpoint.exports import EXPORT_FILES, export_digest, export_param_shapes, is_export, param_mismatch
 from tpm_jax.checkpoint.integrity import verify_checksums
+from tpm_jax.checkpoint.lock import HOLDER
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
@@ -250,9 +251,12 @@ def check_outside_workdirs_and_exports(flag: str, path: str, *, what: str = 'pat
                       f'(another file there makes it unusable); choose a {what} outside it')
 
 
+SWEEP_PLAN = 'sweep.json'  # what makes a folder a sweep's: its plan (tpm_jax.sweep.PLAN)
+
+
 def is_sweep_folder(path: str) -> bool:
   """Whether ``path`` is a sweep's folder (it has the sweep's sweep.json)."""
-  return os.path.isfile(os.path.join(path, 'sweep.json'))
+  return os.path.isfile(os.path.join(path, SWEEP_PLAN))
 
 
 def sweep_folder_holding(path: str) -> str | None:
@@ -261,11 +265,13 @@ def sweep_folder_holding(path: str) -> str | None:
 
 
 def training_workdir_below(path: str) -> str | None:
-  """A training workdir inside the folder ``path``, if any (so that replacing the folder would delete it); a run
-  that ``overwrite`` moved aside (``checkpoints.replaced-<time>``) is one (hostile pass 14b's EO3o)."""
+  """A training workdir or a sweep's folder inside the folder ``path``, if any (so that replacing the folder would
+  delete it): a run that ``overwrite`` moved aside (``checkpoints.replaced-<time>``) is one (hostile pass 14b's EO3o),
+  and so is a folder a tool holds or held its lock on (``.lock``: a run starting up, before its first files; a
+  sweep: hostile pass 16b's X4b, X5)."""
   for root, dirs, files in os.walk(path):
-    if 'checkpoints' in dirs or 'metrics.jsonl' in files or any(n.startswith(('checkpoints.replaced-',
-                                                                            'metrics.jsonl.replaced-')) for n in dirs + files):
+    if 'checkpoints' in dirs or 'metrics.jsonl' in files or HOLDER in files or SWEEP_PLAN in files or any(
+        n.startswith(('checkpoints.replaced-', 'metrics.jsonl.replaced-')) for n in dirs + files):
       return root
   return None
 
@@ -289,7 +295,7 @@ def check_not_another_tool_s(workdir: str) -> None:
 
 
 def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwrite: bool = False,
-                      ours=None) -> str:
+                      ours=None, overwrite_flag: str | None = None) -> str:
   """A file a tool will write: its folder exists and is writable, it is not a directory (nor a FIFO or
   device), it is not inside a training workdir (read-only tools never change one), and an existing
   file is replaced only if ``ours(path)`` says the tool wrote it, or with ``overwrite``. Returns the
@@ -311,7 +317,8 @@ def check_output_file(flag: str, path: str, *, suffix: str | None = None, overwr
       raise ConfigError(f'{flag}={path} is not accepted: it exists and is not a regular file')
     if not overwrite and not (ours is not None and ours(p)):
       raise ConfigError(f'{flag}={path} is not accepted: the file exists and was not written by this tool; choose '
-                        f'another name, or remove it first')
+                        f'another name, or remove it first' + (f', or {overwrite_flag} to replace it' if overwrite_flag
+                                                               else ''))  # (hostile pass 16b's N37)
   parent = os.path.dirname(p)
   if not os.path.isdir(parent):
     raise ConfigError(f'{flag}={path} is not accepted: the folder {parent} does not exist')
@@ -336,7 +343,7 @@ def check_export_paths(output: str, safetensors: str | None, *, source_workdir: 
   output = check_export_output(output, source_workdir=source_workdir, overwrite=overwrite)
   if safetensors:
     safetensors = check_output_file('--safetensors', safetensors, suffix='.safetensors', overwrite=overwrite,
-                                    ours=safetensors_written_here)
+                                    ours=safetensors_written_here, overwrite_flag='--overwrite')
     real_out, real_st = os.path.realpath(output), os.path.realpath(safetensors)  # through links too (pass 14b's EO4)
     if safetensors == output or safetensors.startswith(output + os.sep) or real_st == real_out or real_st.startswith(
         real_out + os.sep):
@@ -366,8 +373,8 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
     below = training_workdir_below(p)
     if below is not None:
-      raise ConfigError(f'--output={output} is not accepted: it holds the training workdir {below}, which replacing '
-                        f'the folder would delete; choose a new folder')
+      raise ConfigError(f'--output={output} is not accepted: it holds the training workdir or sweep folder {below}, '
+                        f'which replacing the folder would delete; choose a new folder')
     if not overwrite:
       names = sorted(os.listdir(p))
       others = [n for n in names if n not in EXPORT_FILES] or names  # what makes it not (only) an export

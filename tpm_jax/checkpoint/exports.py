@@ -27,17 +27,22 @@ def is_export(path: str) -> bool:
   return os.path.isdir(os.path.join(path, 'params')) and os.path.isfile(os.path.join(path, EXPORT_CONFIG))
 
 
+def moved_aside_note(path: str) -> str:
+  """For a missing ``path``: ' (<path>.replaced-<pid> beside it is ...)' where an export killed between its two renames
+  left the earlier export moved away (pass 14b's SX2), else ''."""
+  folder, base = os.path.split(os.path.abspath(os.path.expanduser(path)))
+  aside = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n.startswith(base + '.replaced-'))
+  return (f' ({aside[0]} beside it is the export an interrupted export moved away: the next export to this path, or '
+          f'renaming it back, puts it in place)' if aside else '')
+
+
 def check_export(path: str) -> str:
   """The absolute path of an export whose files match its checksums; CheckpointError (one line)
   for anything else: a missing path, a file, a training workdir, a folder that is no export, a
   damaged or altered export."""
   p = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(p):
-    folder, base = os.path.split(p)
-    aside = sorted(n for n in (os.listdir(folder) if os.path.isdir(folder) else ()) if n.startswith(base + '.replaced-'))
-    raise CheckpointError(f'export {path}: no such directory' + (  # an export killed between its two renames (pass 14b's SX2)
-        f' ({aside[0]} beside it is the export an interrupted export moved away: the next export to this path, or '
-        f'renaming it back, puts it in place)' if aside else ''))
+    raise CheckpointError(f'export {path}: no such directory{moved_aside_note(p)}')
   if not os.path.isdir(p):
     raise CheckpointError(f'export {path}: not a directory (an export is a folder written by python -m tpm_jax.export)')
   if os.path.isdir(os.path.join(p, 'checkpoints')) and not is_export(p):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import NamedTuple
 
 import jax
 
@@ -49,8 +50,17 @@ def newest_saved_config(workdir: str) -> tuple[str, dict] | None:
   return None
 
 
-def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = True):
-  """(model, run, step, item) of a training workdir, read-only: ``item`` is 'ema' or 'params'.
+class Restored(NamedTuple):
+  model: object
+  run: RunConfig
+  step: int
+  item: str                  # 'ema' or 'params'
+  label_names: list | None   # what each label meant in training (the step's meta), read with the step
+
+
+def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = True) -> Restored:
+  """(model, run, step, item, label_names) of a training workdir, read-only: ``item`` is 'ema' or 'params'; the
+  label names are read with the step (a live run's keep policy may remove it right after: hostile pass 16b's N29).
   A ``step`` not saved there: CheckpointError listing the saved steps. A step that disappears while
   it is read (a run training in the workdir removed it under its keep policy) is not a failure: the
   steps are listed again and the newest read."""
@@ -68,7 +78,9 @@ def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = T
       step_dir = os.path.join(directory, str(s))
       try:
         check_layout(step_dir, s)
-        run = saved_run(step_dir, s)
+        meta = read_meta(step_dir)
+        run = saved_run(step_dir, s, meta)
+        names = meta.get('label_names') if isinstance(meta, dict) else None
         item = 'ema' if prefer_ema and 'ema' in step_items(step_dir) else 'params'
         model = model_from_config(run)
         target = abstract_params(model, jax.local_devices()[0])
@@ -86,7 +98,7 @@ def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = T
       if failures:
         log.warning('warning: using checkpoint step %d instead', s)
       params_into_model(model, params)
-      return model, run, s, item
+      return Restored(model, run, s, item, list(names) if isinstance(names, list) else None)
     if not vanished:
       raise CheckpointError(f'no usable checkpoint in {directory}: ' + '; '.join(failures))
   raise CheckpointError(f'the checkpoints in {directory} kept changing while they were read (a run is saving there '

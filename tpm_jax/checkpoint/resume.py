@@ -33,6 +33,7 @@ from tpm_jax.checkpoint.steps import (
   restore_items,
   saved_workers,
   set_aside_steps,
+  stray_steps,
   tree_differences,
 )
 from tpm_jax.config import ConfigError, RunConfig, field_differences, flat_dict
@@ -91,6 +92,11 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
   start at step 0; raises as the module docstring says."""
   directory = checkpoint_dir(workdir)
   steps, aside = list_steps(directory), set_aside_steps(directory)
+  for s in stray_steps(directory):  # kept, under another name: saving step s would replace it
+    new = _set_aside(directory, s, process_index, process_count)
+    log.warning('warning: %s is not a checkpoint step (a step is a folder); set aside as %s', os.path.join(directory,
+                str(s)), os.path.basename(new))
+    aside.append(os.path.basename(new))
   abstract = abstract_items(abstract_state)
   for s in reversed(steps):
     step_dir = os.path.join(directory, str(s))

@@ -33,6 +33,14 @@ def list_steps(directory: str) -> list[int]:
   return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
+def stray_steps(directory: str) -> list[int]:
+  """Entries named like a step that are not folders (a file put there by hand): no step, and saving that step would
+  replace them (hostile pass 16b's D10)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and not os.path.isdir(os.path.join(directory, n)))
+
+
 def set_aside_steps(directory: str) -> list[str]:
   """The names of the steps set aside as unreadable (``<step>.unreadable``), oldest step first."""
   if not os.path.isdir(directory):

@@ -39,8 +39,8 @@ def restore_from_workdir(workdir: str, step: int | None = None):
   run kept one, else ``params``; the newest step that passes its checks, or ``step``."""
   if not os.path.isdir(checkpoint.checkpoint_dir(workdir)):
     raise FileNotFoundError(f'{workdir} is not a training workdir: it has no checkpoints/ folder')
-  model, run, step, _ = checkpoint.restore_model(workdir, step=step)
-  return model, run, step
+  restored = checkpoint.restore_model(workdir, step=step)
+  return restored.model, restored.run, restored.step
 
 
 def check_step(workdir: str, step: int | None) -> None:
@@ -72,7 +72,7 @@ def _export(workdir, output, *, step, safetensors, overwrite, before_commit) -> 
   tmp = _claim(output, safetensors)
   checkpointer = None
   try:
-    model, run, step = restore_from_workdir(workdir, step)
+    model, run, step, _, label_names = checkpoint.restore_model(workdir, step=step)  # the names read with the step
     checkpointer = ocp.StandardCheckpointer()
     try:
       with stops_deferred():  # a stop cut short left TensorStore writing into the folder removed below
@@ -83,7 +83,6 @@ def _export(workdir, output, *, step, safetensors, overwrite, before_commit) -> 
                                             f'written') from e
     with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
       json.dump(run.to_dict(), f, indent=2)
-    label_names = checkpoint.saved_label_names(os.path.join(checkpoint.checkpoint_dir(workdir), str(step)))
     with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:  # label_names: what each label meant in training
       json.dump(dict(workdir=os.path.abspath(workdir), step=step,
                      **({'label_names': label_names} if label_names is not None else {})), f)

@@ -28,7 +28,7 @@ from tpm_jax.models.registry import model_from_config
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-PLAN = 'sweep.json'  # a sweep folder's plan: the runs, their configs and labels
+PLAN = preflight.SWEEP_PLAN  # a sweep folder's plan: the runs, their configs and labels
 
 
 TRAIN_PY = os.path.join(ROOT, 'train.py')
