@@ -648,6 +648,31 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   export.export(str(workdir), str(out), step=4, safetensors=str(tmp_path / 'again.safetensors'))
 
 
+def test_export_overwrite_never_replaces_a_folder_a_running_tool_uses(tmp_path, finished, capsys):
+  """A run holds its workdir's lock for seconds before it writes its first file, and an export writes beside its
+  output: ``export --overwrite`` over a folder holding either is refused (hostile pass 17's X5w, CC2_par)."""
+  from tpm_jax import export
+  run = tmp_path / 'starting' / 'run'
+  run.mkdir(parents=True)
+  holder = subprocess.Popen([sys.executable, '-c', 'import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); '
+                             'fcntl.flock(fd, fcntl.LOCK_EX); print(1, flush=True); time.sleep(120)', str(run)],
+                            stdout=subprocess.PIPE, text=True)
+  writer = subprocess.Popen(['sleep', '120'])
+  try:
+    holder.stdout.readline()  # it holds the lock now
+    (tmp_path / 'exporting' / f'out.writing-{writer.pid}').mkdir(parents=True)
+    for folder in ('starting', 'exporting'):
+      with pytest.raises(SystemExit) as e:
+        export.main(['--workdir', str(finished), '--output', str(tmp_path / folder), '--overwrite'])
+      err = capsys.readouterr().err
+      assert e.value.code == 2 and 'holds the training workdir or sweep folder' in err, err
+    assert run.is_dir() and (tmp_path / 'exporting' / f'out.writing-{writer.pid}').is_dir()
+  finally:
+    for p in (holder, writer):
+      p.kill()
+      p.wait()
+
+
 def test_a_second_export_into_one_output_is_refused_while_the_first_runs(tmp_path, finished, capsys):
   """Two exports into one --output and one --safetensors could leave the folder of one and the timm file of the
   other, both exit 0 (hostile pass 14b's CC2). An export that finds a running export's .writing-<pid> beside its

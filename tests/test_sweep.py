@@ -141,7 +141,10 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            # hostile pass 16a's N25: data that is not there, before anything is written
                                            (['keep=0.5,0.7', '--file', 'fmnist.py', '--base', 'smoke,method=tpm',
                                              '--config.dataset.image_folder=/nonexistent'],
-                                            "dataset.image_folder='/nonexistent' is not accepted")])
+                                            "dataset.image_folder='/nonexistent' is not accepted"),
+                                           (['keep=0.5,0.7', '--file', 'fmnist.py', '--base', 'smoke,method=tpm',
+                                             '--config.init.checkpoint=/nonexistent'],  # pass 17's N25_init
+                                            "init.checkpoint='/nonexistent' is not accepted")])
 def test_a_bad_key_or_value_is_one_line_and_exit_code_2_before_anything_runs(tmp_path, capsys, sweeps, named):
   base = sweeps[sweeps.index('--base') + 1] if '--base' in sweeps else 'smoke'
   file = os.path.join(ROOT, 'configs', sweeps[sweeps.index('--file') + 1]) if '--file' in sweeps else CONFIG

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import stat
 
 from flax import nnx
@@ -17,13 +18,13 @@ from flax import nnx
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export, load_params_into
 from tpm_jax.checkpoint.exports import EXPORT_FILES, export_digest, export_param_shapes, is_export, param_mismatch
 from tpm_jax.checkpoint.integrity import verify_checksums
-from tpm_jax.checkpoint.lock import HOLDER
+from tpm_jax.checkpoint.lock import HOLDER, held_by_another
 from tpm_jax.checkpoint.steps import checkpoint_dir
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
-from tpm_jax.files import sha256
+from tpm_jax.files import process_running, sha256
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
@@ -271,9 +272,16 @@ def training_workdir_below(path: str) -> str | None:
   sweep: hostile pass 16b's X4b, X5)."""
   for root, dirs, files in os.walk(path):
     if 'checkpoints' in dirs or 'metrics.jsonl' in files or HOLDER in files or SWEEP_PLAN in files or any(
-        n.startswith(('checkpoints.replaced-', 'metrics.jsonl.replaced-')) for n in dirs + files):
-      return root
+        n.startswith(('checkpoints.replaced-', 'metrics.jsonl.replaced-')) for n in dirs + files) or held_by_another(
+            root) or any(_running_export(n) for n in dirs + files):  # a lock held before its record (pass 17's X5w),
+      return root  # an export writing there (pass 17's CC2_par)
   return None
+
+
+def _running_export(name: str) -> bool:
+  """``name`` is what a running export writes beside its output (``<output>.writing-<pid>``)."""
+  match = re.search(r'\.writing-(\d+)(\.safetensors)?$', name)
+  return bool(match) and process_running(int(match[1]))
 
 
 def check_not_another_tool_s(workdir: str) -> None:

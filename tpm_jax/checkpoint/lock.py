@@ -92,6 +92,12 @@ def _holder(directory: str) -> str:
   return f'pid {holder} (starting up)' if holder is not None else 'another process'
 
 
+def held_by_another(directory: str) -> bool:
+  """Whether a running process holds a flock on ``directory`` (a tool's lock, held before its ``.lock`` record is
+  written), read from /proc/locks without taking a lock: no race with a process taking it now."""
+  return _flock_holder(directory) is not None
+
+
 def _flock_holder(directory: str) -> int | None:
   """The pid holding a flock on ``directory``, as /proc/locks lists it (Linux); None where it cannot be read."""
   try:

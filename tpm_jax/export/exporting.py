@@ -210,7 +210,7 @@ def main(argv=None):
     except (CheckpointError, OSError):
       raise_if_stopped()  # a stop that a library turned into a read error is the stop
       raise
-  except (ConfigError, FileNotFoundError) as e:
+  except ConfigError as e:  # bad input, found before anything was written (a file gone at run time: exit 1)
     fail(e, 2)
   except (CheckpointError, OSError, Interrupted) as e:
     fail(e, 1, hard=True)  # hard: Orbax's threads of a failed write would print at the interpreter's exit

@@ -17,7 +17,7 @@ from tpm_jax.cli import (
 from tpm_jax.config import ConfigError
 from tpm_jax.sweep.folder import check_sweep_folder, read_plan, save_plan, write_failed
 from tpm_jax.sweep.off_the_shelf import main_reductions
-from tpm_jax.sweep.planning import PLAN, check_data, check_existing, check_one_run_per_label, plan
+from tpm_jax.sweep.planning import PLAN, check_existing, check_inputs, check_one_run_per_label, plan
 from tpm_jax.sweep.running import Interrupted, run
 from tpm_jax.sweep.tables import collect
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
       check_one_run_per_label(runs, read_plan(args.workdir, 'training'))
       check_existing(runs)
       if not (args.print_commands or args.collect_only):
-        check_data(runs)
+        check_inputs(runs)
     elif not (args.collect_only and os.path.exists(os.path.join(args.workdir, PLAN))):
       raise ConfigError(f'--config is required (or --collect_only on a workdir with a {PLAN})')
     elif args.print_commands:

@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Mapping
 
+import jax
 from absl import flags
 from flax import nnx
 from ml_collections import config_flags
@@ -330,17 +331,19 @@ def _split_size(data, spec: str) -> int | None:
   return _SPLIT_SIZES[data, spec]
 
 
-def check_data(runs: list[Run]) -> None:
-  """The data of the runs still to train, checked as train.py checks it at its start (``preflight.check_data``), once
-  per dataset: bad data is one line, exit 2, before the sweep writes anything (hostile pass 16a's N25). Not for
-  ``--print_commands``, whose runs may train elsewhere, where their data is."""
+def check_inputs(runs: list[Run]) -> None:
+  """What train.py checks at its start, but its workdir (``preflight.check_run``: the data, the init weights, the
+  devices), for the runs still to train, once per data, init weights and model: bad input is one line, exit 2, before
+  the sweep writes anything (hostile passes 16a's N25, 17's N25_init). Not for ``--print_commands``, whose runs may
+  train elsewhere, where their data and weights are."""
   seen = set()
   for r in runs:
-    key = None if r.run_config is None else (r.run_config.dataset, r.run_config.vit.num_classes)
+    c = r.run_config
+    key = None if c is None else (c.dataset, c.init, model_key(c))
     if key is None or key in seen or r.finished:
       continue
     seen.add(key)
-    preflight.check_data(key[0], num_classes=key[1])
+    preflight.check_run(c, num_devices=jax.device_count())
 
 
 def same_run_as(run: Run, earlier: list[Run]) -> str | None:
