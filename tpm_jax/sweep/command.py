@@ -88,5 +88,6 @@ def main(argv=None) -> int:
   finished()  # a signal from now on: exit 0, the tables are written
   print(f'collected {len(rows)} finished runs into {os.path.join(args.workdir, "results.md")}', flush=True)
   if failed:
-    error_line(f'{len(failed)} runs failed: {", ".join(r.name for r in failed)}')
+    error_line(f'{len(failed)} run{"s" if len(failed) > 1 else ""} failed or not run: '
+               f'{", ".join(r.name for r in failed)}')
   return 1 if failed else 0
