@@ -390,7 +390,7 @@ def test_export_outputs_that_would_lose_work_are_refused_up_front(tmp_path, four
   aside = tmp_path / 'ow'
   (aside / 'checkpoints.replaced-20261207-075450').mkdir(parents=True)
   (aside / 'final.json.replaced-20261207-075450').write_text('{}')
-  with pytest.raises(ConfigError, match='it holds the training workdir'):
+  with pytest.raises(ConfigError, match='replacing it would delete'):
     export.export(str(four_steps), str(aside), overwrite=True)
   assert sorted(os.listdir(aside)) == ['checkpoints.replaced-20261207-075450', 'final.json.replaced-20261207-075450']
   with pytest.raises(ConfigError, match='its folder .* does not exist'):  # before the checkpoint is read (pass 15)

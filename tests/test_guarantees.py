@@ -587,9 +587,9 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   (tmp_path / 'sweeping' / 'sw').mkdir(parents=True)
   (tmp_path / 'sweeping' / 'sw' / 'sweep.json').write_text('{}')
   refused = [(['--output', str(mine)], 'not written by the export'), (['--output', str(workdir)], 'inside the workdir'),
-             (['--output', str(parent), '--overwrite'], 'holds the training workdir'),
-             (['--output', str(tmp_path / 'starting'), '--overwrite'], 'holds the training workdir or sweep folder'),
-             (['--output', str(tmp_path / 'sweeping'), '--overwrite'], 'holds the training workdir or sweep folder'),
+             (['--output', str(parent), '--overwrite'], 'replacing it would delete'),
+             (['--output', str(tmp_path / 'starting'), '--overwrite'], 'replacing it would delete'),
+             (['--output', str(tmp_path / 'sweeping'), '--overwrite'], 'replacing it would delete'),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
               'not written by this tool; choose another name, or remove it first, or --overwrite to replace it'),
              (['--output', str(tmp_path / 'out.safetensors'), '--safetensors', str(tmp_path / 'out.safetensors')],
@@ -665,12 +665,20 @@ def test_export_overwrite_never_replaces_a_folder_a_running_tool_uses(tmp_path, 
       with pytest.raises(SystemExit) as e:
         export.main(['--workdir', str(finished), '--output', str(tmp_path / folder), '--overwrite'])
       err = capsys.readouterr().err
-      assert e.value.code == 2 and 'holds the training workdir or sweep folder' in err, err
+      assert e.value.code == 2 and 'replacing it would delete' in err, err
     assert run.is_dir() and (tmp_path / 'exporting' / f'out.writing-{writer.pid}').is_dir()
   finally:
     for p in (holder, writer):
       p.kill()
       p.wait()
+  # a run that starts in the folder while the export is written (after its checks): seen again before the folder is
+  # replaced, and nothing is (hostile pass 17b's X5w)
+  out = tmp_path / 'late'
+  (out / 'mine').mkdir(parents=True)
+  starts = lambda: (out / 'mine' / 'run').mkdir() or (out / 'mine' / 'run' / '.lock').write_text('pid 1 (train.py)')
+  with pytest.raises(CheckpointError, match='came into use by a run or another tool while the export was written'):
+    export.export(str(finished), str(out), overwrite=True, before_commit=starts)
+  assert (out / 'mine' / 'run' / '.lock').is_file() and not [n for n in os.listdir(tmp_path) if '.replaced-' in n]
 
 
 def test_a_second_export_into_one_output_is_refused_while_the_first_runs(tmp_path, finished, capsys):

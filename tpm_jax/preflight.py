@@ -381,8 +381,8 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
     below = training_workdir_below(p)
     if below is not None:
-      raise ConfigError(f'--output={output} is not accepted: it holds the training workdir or sweep folder {below}, '
-                        f'which replacing the folder would delete; choose a new folder')
+      raise ConfigError(f'--output={output} is not accepted: replacing it would delete {below}, a training workdir, a '
+                        f'sweep\'s folder or what a running tool writes; choose a new folder')  # (pass 17b's N4)
     if not overwrite:
       names = sorted(os.listdir(p))
       others = [n for n in names if n not in EXPORT_FILES] or names  # what makes it not (only) an export
