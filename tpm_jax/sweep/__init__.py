@@ -24,6 +24,7 @@ Python: ``runs = plan(config, sweeps, workdir)``, ``run(runs)``, ``rows = collec
 
 The code, by concern, imported on first use of a name here (so that ``python -m tpm_jax.sweep`` takes over
 SIGINT and SIGTERM before JAX is imported):
+  config_file.py    a config file read as train.py reads it (the sweep's one ConfigDict reader)
   planning.py       the runs of a sweep, their labels checked against what each trains, one run per label
   folder.py         a sweep's folder: its plan (sweep.json), finished runs, outputs
   running.py        train.py for each unfinished run, stop signals passed on
@@ -33,7 +34,7 @@ SIGINT and SIGTERM before JAX is imported):
 """
 import importlib
 
-MODULES = ('planning', 'folder', 'running', 'tables', 'off_the_shelf', 'command')  # lower layers first
+MODULES = ('config_file', 'planning', 'folder', 'running', 'tables', 'off_the_shelf', 'command')  # lower layers first
 __all__ = ['plan', 'run', 'collect', 'main', 'evaluate_reductions', 'load_config', 'Run', 'PLAN', 'OUTPUTS']
 
 

@@ -12,19 +12,15 @@ import sys
 from collections.abc import Mapping
 
 import jax
-from absl import flags
 from flax import nnx
-from ml_collections import config_flags
 
 from tpm_jax import preflight
 from tpm_jax.checkpoint import newest_saved_config
-from tpm_jax.cli import (
-  describe_flag_error,
-)
 from tpm_jax.config import ConfigError, RunConfig, field_differences, flat_dict
 from tpm_jax.data.sources import known_split_size
 from tpm_jax.files import read_json_object
 from tpm_jax.models.registry import model_from_config
+from tpm_jax.sweep.config_file import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -104,17 +100,6 @@ def parse_sweeps(sweeps) -> dict[str, list[str]]:
 
 def run_name(values: dict) -> str:
   return '_'.join(f'{k}-{re.sub(r"[^A-Za-z0-9.+-]", "-", v)}' for k, v in values.items())
-
-
-def load_config(config: str, overrides=()):
-  """The ConfigDict train.py builds from ``--config <config>`` and the overrides (parsed as it does)."""
-  fv, argv = flags.FlagValues(), ['sweep', '--config', config, *overrides]
-  config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True, sys_argv=argv)
-  try:
-    fv(argv)
-  except Exception as e:  # noqa: BLE001 - absl, ml_collections and get_config raise many kinds
-    raise ConfigError(describe_flag_error(e, argv).split('Error whilst parsing config file: ')[-1]) from e
-  return fv.config
 
 
 def model_key(cfg: RunConfig) -> str:

@@ -98,7 +98,7 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
   meta = read_plan(workdir, 'training')
   if meta is None:
     raise ConfigError(f'--workdir={workdir} has no {PLAN}: no sweep was planned there')
-  keys, rows, configs, missing = meta['keys'], [], {}, []
+  keys, rows, configs, missing, seen = meta['keys'], [], {}, [], {}  # seen: computed_key -> the first run with it
   for r in meta['runs']:
     rdir = os.path.join(os.path.abspath(workdir), 'runs', r['name'])
     if not os.path.lexists(os.path.join(rdir, 'final.json')):
@@ -112,8 +112,9 @@ def collect(workdir: str, *, throughput_batch: int = 64) -> list[dict]:
       continue
     made = RunConfig.from_any(final['config'])
     check_made_as_planned(r, rdir, made)
-    same = next((name for name, c in configs.items() if computed_key(c) == computed_key(made)), None)
-    if same is not None:  # two labels, one run (found once the data's size was known: hostile pass 16a's N14)
+    key = computed_key(made)
+    same = seen.setdefault(key, r['name'])
+    if same != r['name']:  # two labels, one run (found once the data's size was known: hostile pass 16a's N14)
       print(f'warning: {r["name"]} trained the same run as {same}: left out, so that one run is not shown under two '
             f'labels', file=sys.stderr, flush=True)
       continue

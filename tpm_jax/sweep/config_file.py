@@ -1,0 +1,21 @@
+"""The sweep's edge: a config file with its arg string and ``--config.*`` flags read as train.py reads them, into
+the ConfigDict its callers turn into a ``RunConfig`` at once (the one module of the sweep that imports
+``ml_collections``)."""
+from __future__ import annotations
+
+from absl import flags
+from ml_collections import config_flags
+
+from tpm_jax.cli import describe_flag_error
+from tpm_jax.config import ConfigError
+
+
+def load_config(config: str, overrides=()):
+  """The ConfigDict train.py builds from ``--config <config>`` and the overrides (parsed as it does)."""
+  fv, argv = flags.FlagValues(), ['sweep', '--config', config, *overrides]
+  config_flags.DEFINE_config_file('config', None, flag_values=fv, lock_config=True, sys_argv=argv)
+  try:
+    fv(argv)
+  except Exception as e:  # noqa: BLE001 - absl, ml_collections and get_config raise many kinds
+    raise ConfigError(describe_flag_error(e, argv).split('Error whilst parsing config file: ')[-1]) from e
+  return fv.config
