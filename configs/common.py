@@ -13,11 +13,14 @@ from ml_collections import config_dict
 
 from tpm_jax.config import RunConfig
 
+# The arg-string keys naming what ``smoke`` sets (the model and its shape): refused beside it, not ignored.
+SMOKE_SETS = ('model', 'width', 'depth', 'patch')
+
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed by ``defaults`` (which also lists
   the accepted keys; an unknown key is an error naming the accepted ones)."""
-  out = ml_collections.ConfigDict(defaults)
+  out, given = ml_collections.ConfigDict(defaults), []
   for item in (arg or '').split(','):
     item = item.strip()
     if not item:
@@ -38,6 +41,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise ValueError(f'config arg {key}={value!r} is not accepted: expected {"an int" if isinstance(default, int) else "a number"}') from None
     with out.unlocked():
       out[key] = value
+    given.append(item)
+  ignored = [item for item in given if out.get('smoke') and item.partition('=')[0].strip() in SMOKE_SETS]
+  if ignored:  # hostile pass 17b's N6: smoke,width=96 trained width 48 without a word
+    raise ValueError(f'config arg {ignored[0]} is not accepted with smoke, which sets the model (a tiny vit_custom): '
+                     f'give one or the other')
   return out
 
 

@@ -22,6 +22,7 @@ seed, smoke: as configs/fmnist.py reads them (method none by default; ToMe's r m
 import os
 
 from configs import fmnist
+from configs.common import SMOKE_SETS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKBONE = os.path.join(ROOT, 'docs', 'results', 'fmnist_backbone')
@@ -41,7 +42,8 @@ def get_config(arg=None):
     arg = f'{arg},epochs=24' if arg else 'epochs=24'
   if stage == 'finetune' and 'epochs' not in given:
     arg = f'{arg},epochs=1' if arg else 'epochs=1'
-  c = fmnist.get_config(f'{SHAPE},{arg}' if arg else SHAPE)
+  shape = ','.join(kv for kv in SHAPE.split(',') if 'smoke' not in given or kv.split('=')[0] not in SMOKE_SETS)
+  c = fmnist.get_config(f'{shape},{arg}' if arg else shape)  # smoke sets the model
   if stage == 'pretrain':
     c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs = 8e-3, 4e-5, 1.0  # per 512 images: 2e-3, 1e-5 at batch 128
     c.optim.ema_decay = 0.999

@@ -307,3 +307,32 @@ def test_labels_beyond_the_model_classes_are_refused_at_start_up(tiny_imagenet, 
                   f'--config.dataset.manual_dir={manual_dir}', '--config.model.num_classes=1')
   _assert_refused(res, tmp_path / 'run', 'error: model.num_classes=1 is not accepted: expected more than the '
                   'largest label of imagenet2012 train (label 3 among its first 48 examples')
+
+
+def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path):
+  """Hostile pass 17's PREP: two first runs on one empty data dir prepared the dataset both, and the slower one
+  failed renaming its copy into place (exit 1, a line blaming its workdir). Preparing holds a flock on the data
+  dir: here the test holds it, as a first process preparing there would; ``python -m tpm_jax.data.prepare``
+  waits, saying so, and once the lock is released finds the dataset the first one prepared and prepares nothing
+  (its manual dir does not exist: preparing would fail)."""
+  import fcntl
+  import select
+  data_dir = tmp_path / 'tfds'
+  data_dir.mkdir()
+  fd = os.open(data_dir, os.O_RDONLY)
+  fcntl.flock(fd, fcntl.LOCK_EX)
+  try:
+    proc = subprocess.Popen([sys.executable, '-m', 'tpm_jax.data.prepare', '--name', 'imagenet2012', '--data_dir',
+                             str(data_dir), '--manual_dir', str(tmp_path / 'no_manual_dir')], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
+    said = ''
+    while 'waiting for it to finish' not in said:  # the child's stderr, a line at a time, for at most 120 s
+      assert select.select([proc.stderr], [], [], 120)[0] and proc.poll() is None, said
+      said += proc.stderr.readline()
+    assert f'{data_dir}: another process is preparing a dataset there' in said
+    shutil.copytree(os.path.join(tiny_imagenet, 'imagenet2012'), data_dir / 'imagenet2012')  # what the first prepared
+  finally:
+    os.close(fd)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-2000:]
+  assert f'imagenet2012: prepared in ArrayRecord in {data_dir}' in out and 'validation (16 examples)' in out

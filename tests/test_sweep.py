@@ -213,12 +213,12 @@ def test_a_users_config_file_gets_its_labels_checked_too(tmp_path, capsys):
     out = capsys.readouterr()
     assert code == (2 if out.err else 0) and len(out.err.strip().splitlines()) <= 1
     return out.err
-  assert 'mycfg.py trains the same config whatever model is' in refused(
-      f'{own}:smoke', 'model=deit_tiny_patch16_224', 'keep=0.5,0.7')  # smoke sets vit_custom
+  assert 'config arg model=deit_tiny_patch16_224 is not accepted with smoke' in refused(
+      f'{own}:smoke', 'model=deit_tiny_patch16_224', 'keep=0.5,0.7')  # smoke sets vit_custom (the recipe refuses)
   assert 'mycfg.py trains the same config whatever multiscale is' in refused(
       f'{own}:smoke,method=none', 'multiscale=pool', 'seed=0,1')  # method none has no fusion
   assert "ARG_FIELDS names 'model.nme' for --sweep model, which is no field of a run config" in refused(
-      f'{typo}:smoke', 'model=deit_tiny_patch16_224')
+      f'{typo}:method=tpm', 'model=deit_tiny_patch16_224')
   assert refused(f'{own}:smoke', 'keep=0.5,0.7') == ''
   assert refused(f'{own}:smoke', 'seed=0') == ''
   assert refused(str(own), 'model=deit_small_patch16_224') == ''  # the config's own model: nothing to probe against

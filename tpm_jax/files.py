@@ -8,6 +8,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 
 
@@ -16,13 +17,26 @@ def sha256(path: str) -> str:
     return hashlib.file_digest(f, 'sha256').hexdigest()
 
 
+def writing_name(path: str, pid: int | None = None, ext: str = '') -> str:
+  """What a process (this one by default) writes beside ``path`` until it is whole: ``<path>.writing-<pid><ext>``."""
+  return f'{path}.writing-{os.getpid() if pid is None else pid}{ext}'
+
+
+def writing_pid(name: str, base: str | None = None, ext: str | None = None) -> int | None:
+  """The pid in ``name`` where ``writing_name`` gives it (of ``base``, with ``ext``, where given), else None."""
+  match = re.fullmatch(r'(.*)\.writing-(\d+)(\.[^.]*)?', name)
+  if not match or base is not None and match[1] != base or ext is not None and (match[3] or '') != ext:
+    return None
+  return int(match[2])
+
+
 @contextlib.contextmanager
 def written_whole(path: str):
   """``with written_whole(path) as tmp:`` write to ``tmp`` (beside ``path``, same extension), renamed
   to ``path`` when the block ends without an error; removed otherwise (a full disk, a stop signal): a
   reader sees the old file or the new one, never half of one."""
   root, ext = os.path.splitext(path)
-  tmp = f'{root}.writing-{os.getpid()}{ext}'
+  tmp = writing_name(root, ext=ext)
   try:
     yield tmp
     os.replace(tmp, path)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import re
 import stat
 
 from flax import nnx
@@ -24,7 +23,7 @@ from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
-from tpm_jax.files import process_running, sha256
+from tpm_jax.files import process_running, sha256, writing_pid
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
@@ -280,8 +279,8 @@ def training_workdir_below(path: str) -> str | None:
 
 def _running_export(name: str) -> bool:
   """``name`` is what a running export writes beside its output (``<output>.writing-<pid>``)."""
-  match = re.search(r'\.writing-(\d+)(\.safetensors)?$', name)
-  return bool(match) and process_running(int(match[1]))
+  pid = writing_pid(name)
+  return pid is not None and process_running(pid)
 
 
 def check_not_another_tool_s(workdir: str) -> None:

@@ -650,11 +650,12 @@ def evaluate(run: RunConfig, dataset, state, eval_step, batch_sh, split: str | N
   """top-1, top-5, loss and the example count over a split (default ``run.dataset.eval_split``),
   every example exactly once (the last batch padded and masked)."""
   eval_batch = eval_batch or run.eval_batch
-  totals = None
+  totals = None  # summed on the device: one transfer at the end, no wait for each batch
   for batch in eval_batches(run, dataset, split or run.dataset.eval_split, local_batch=eval_batch // jax.process_count(),
                             process_index=jax.process_index(), process_count=jax.process_count()):
-    out = jax.device_get(eval_step(state, sharding.global_batch(batch, batch_sh)))
-    totals = out if totals is None else {k: totals[k] + out[k] for k in out}
+    out = eval_step(state, sharding.global_batch(batch, batch_sh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
   n = max(float(totals['count']), 1.0)
   return dict(eval_top1=float(totals['correct1']) / n, eval_top5=float(totals['correct5']) / n,
               eval_loss=float(totals['loss_sum']) / n, eval_examples=float(totals['count']))

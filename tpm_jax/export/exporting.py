@@ -18,7 +18,7 @@ from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, Work
 from tpm_jax.checkpoint.errors import first_line
 from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
 from tpm_jax.config import ConfigError, RunConfig
-from tpm_jax.files import process_running
+from tpm_jax.files import process_running, writing_name, writing_pid
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.timm_weights import export_timm_weights
 
@@ -89,7 +89,7 @@ def _export(workdir, output, *, step, safetensors, overwrite, before_commit) -> 
     checkpoint.write_checksums(tmp)  # last: SHA-256 of every file, verified by every reader
     if safetensors:  # written beside, then renamed: an existing file is replaced whole or not at all
       try:
-        export_timm_weights(model, f'{safetensors}.writing-{os.getpid()}.safetensors', name=safetensors)
+        export_timm_weights(model, writing_name(safetensors, ext=_TIMM), name=safetensors)
       except Exception as e:  # a full disk: OSError, or safetensors' own SafetensorError
         if not isinstance(e, (OSError, ValueError, RuntimeError)) and type(e).__name__ != 'SafetensorError':
           raise
@@ -99,18 +99,19 @@ def _export(workdir, output, *, step, safetensors, overwrite, before_commit) -> 
       before_commit()
     _replace(tmp, output)
     if safetensors:
-      os.replace(f'{safetensors}.writing-{os.getpid()}.safetensors', safetensors)
+      os.replace(writing_name(safetensors, ext=_TIMM), safetensors)
   finally:
     if checkpointer is not None:
       _close(checkpointer)
     shutil.rmtree(tmp, ignore_errors=True)
-    if safetensors and os.path.exists(f'{safetensors}.writing-{os.getpid()}.safetensors'):
-      os.remove(f'{safetensors}.writing-{os.getpid()}.safetensors')
+    if safetensors and os.path.exists(writing_name(safetensors, ext=_TIMM)):
+      os.remove(writing_name(safetensors, ext=_TIMM))
   return output, step
 
 
-# What an export writes beside its outputs while it runs (<output>.writing-<pid>, <safetensors>.writing-<pid>.safetensors)
-_WRITING = {'output': r'writing-(\d+)', 'safetensors': r'writing-(\d+)\.safetensors'}
+# What an export writes beside its outputs while it runs: files.writing_name's <output>.writing-<pid> (a folder) and
+# <safetensors>.writing-<pid>.safetensors (a file timm reads by its extension)
+_TIMM = '.safetensors'
 
 
 def _claim(output: str, safetensors: str | None) -> str:
@@ -119,23 +120,22 @@ def _claim(output: str, safetensors: str | None) -> str:
   the same ``--output`` or ``--safetensors``. Each export looks after creating its own: of two started together
   one is refused, or both, never neither (hostile pass 14b's CC2: two exports into one output left the folder of
   one and the timm file of the other)."""
-  pid = os.getpid()
-  tmp = f'{output}.writing-{pid}'
+  tmp = writing_name(output)
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
   if safetensors:
-    open(f'{safetensors}.writing-{pid}.safetensors', 'wb').close()
-  for flag, path in (('output', output), ('safetensors', safetensors)):
+    open(writing_name(safetensors, ext=_TIMM), 'wb').close()
+  for flag, path, ext in (('output', output, ''), ('safetensors', safetensors, _TIMM)):
     if not path:
       continue
     folder, base = os.path.split(os.path.abspath(path))
     for name in sorted(os.listdir(folder)):
-      match = re.fullmatch(re.escape(base + '.') + _WRITING[flag], name)
-      if match and int(match[1]) != pid and process_running(int(match[1])):
+      pid = writing_pid(name, base, ext)
+      if pid is not None and pid != os.getpid() and process_running(pid):
         shutil.rmtree(tmp, ignore_errors=True)
         if safetensors:
-          os.remove(f'{safetensors}.writing-{pid}.safetensors')
-        raise WorkdirBusy(f'--{flag}={path} is being written by another export (pid {match[1]}, '
+          os.remove(writing_name(safetensors, ext=_TIMM))
+        raise WorkdirBusy(f'--{flag}={path} is being written by another export (pid {pid}, '
                           f'{os.path.join(folder, name)}): wait for it to finish, or export elsewhere')
   return tmp
 
@@ -154,18 +154,19 @@ def _recover_interrupted(output: str, safetensors: str | None) -> None:
   ``.writing-<pid>`` files are removed, and an earlier export it had renamed away
   (``.replaced-<pid>``) is put back if ``output`` is missing, else removed. Only names this module
   writes, and only those of a process that no longer runs."""
-  for path, pattern in ((output, r'(writing|replaced)-(\d+)'), (safetensors, r'(writing)-(\d+)\.safetensors')):
+  for path, ext in ((output, ''), (safetensors, _TIMM)):
     if not path:
       continue
     folder, base = os.path.split(os.path.abspath(path))
     for name in os.listdir(folder):
-      match = re.fullmatch(re.escape(base + '.') + pattern, name)
-      if not match or process_running(int(match[2])):
+      replaced = re.fullmatch(re.escape(base) + r'\.replaced-(\d+)', name) if not ext else None
+      pid = int(replaced[1]) if replaced else writing_pid(name, base, ext)
+      if pid is None or process_running(pid):
         continue
       stale = os.path.join(folder, name)
-      if match[1] == 'replaced' and not os.path.lexists(path):
+      if replaced and not os.path.lexists(path):
         os.rename(stale, path)
-        log.warning('note: put back %s, which an interrupted export (pid %s) had moved to %s', path, match[2], stale)
+        log.warning('note: put back %s, which an interrupted export (pid %s) had moved to %s', path, pid, stale)
       elif os.path.isdir(stale) and not os.path.islink(stale):
         shutil.rmtree(stale)
       else:

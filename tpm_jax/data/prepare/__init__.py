@@ -14,6 +14,8 @@ deleted) and prepared again in ArrayRecord from the same downloads or manual dir
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import logging
 import os
 
@@ -29,10 +31,35 @@ ARRAY_RECORD = tfds.core.file_adapters.FileFormat.ARRAY_RECORD
 
 
 def prepare(dcfg):
-  """The TFDS builder of ``config.dataset`` (name, data_dir, manual_dir), prepared in ArrayRecord."""
+  """The TFDS builder of ``config.dataset`` (name, data_dir, manual_dir), prepared in ArrayRecord. Two
+  processes preparing in one data dir take turns (a flock on it): the second finds the dataset prepared."""
   builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
   if is_prepared(builder):
     return builder
+  with _preparing(str(builder.data_dir_root)):
+    builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+    return builder if is_prepared(builder) else _prepare(dcfg, builder)
+
+
+@contextlib.contextmanager
+def _preparing(root: str):
+  """An exclusive flock on the TFDS data dir ``root`` while a dataset is prepared there: two first runs started
+  together prepared it both, and the slower one failed renaming its copy into place (hostile pass 17's PREP)."""
+  os.makedirs(root, exist_ok=True)
+  fd = os.open(root, os.O_RDONLY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      log.warning('%s: another process is preparing a dataset there; waiting for it to finish', root)
+      fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # closing drops the flock
+
+
+def _prepare(dcfg, builder):
+  """``prepare``'s work, under its lock."""
   try:
     import tensorflow  # noqa: F401 (TFDS writes with it)
   except ImportError:
