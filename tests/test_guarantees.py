@@ -587,9 +587,11 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
   (tmp_path / 'sweeping' / 'sw').mkdir(parents=True)
   (tmp_path / 'sweeping' / 'sw' / 'sweep.json').write_text('{}')
   refused = [(['--output', str(mine)], 'not written by the export'), (['--output', str(workdir)], 'inside the workdir'),
-             (['--output', str(parent), '--overwrite'], 'replacing it would delete'),
-             (['--output', str(tmp_path / 'starting'), '--overwrite'], 'replacing it would delete'),
-             (['--output', str(tmp_path / 'sweeping'), '--overwrite'], 'replacing it would delete'),
+             (['--output', str(parent), '--overwrite'], f'replacing it would delete {parent / "run"}, a training '
+                                                         f'workdir; choose a new folder'),
+             (['--output', str(tmp_path / 'starting'), '--overwrite'],
+              'starting/run, a folder a run or tool holds or held its lock on'),
+             (['--output', str(tmp_path / 'sweeping'), '--overwrite'], "sweeping/sw, a sweep's folder"),
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
               'not written by this tool; choose another name, or remove it first, or --overwrite to replace it'),
              (['--output', str(tmp_path / 'out.safetensors'), '--safetensors', str(tmp_path / 'out.safetensors')],
@@ -661,11 +663,12 @@ def test_export_overwrite_never_replaces_a_folder_a_running_tool_uses(tmp_path, 
   try:
     holder.stdout.readline()  # it holds the lock now
     (tmp_path / 'exporting' / f'out.writing-{writer.pid}').mkdir(parents=True)
-    for folder in ('starting', 'exporting'):
-      with pytest.raises(SystemExit) as e:
+    for folder, what in (('starting', 'starting/run, a folder a run or tool holds or held its lock on'),
+                         ('exporting', f'exporting, a folder where a running process writes out.writing-{writer.pid}')):
+      with pytest.raises(SystemExit) as e:  # named as what it is (hostile pass 17b's N4)
         export.main(['--workdir', str(finished), '--output', str(tmp_path / folder), '--overwrite'])
       err = capsys.readouterr().err
-      assert e.value.code == 2 and 'replacing it would delete' in err, err
+      assert e.value.code == 2 and f'replacing it would delete {tmp_path / what}' in err, err
     assert run.is_dir() and (tmp_path / 'exporting' / f'out.writing-{writer.pid}').is_dir()
   finally:
     for p in (holder, writer):
@@ -676,7 +679,8 @@ def test_export_overwrite_never_replaces_a_folder_a_running_tool_uses(tmp_path, 
   out = tmp_path / 'late'
   (out / 'mine').mkdir(parents=True)
   starts = lambda: (out / 'mine' / 'run').mkdir() or (out / 'mine' / 'run' / '.lock').write_text('pid 1 (train.py)')
-  with pytest.raises(CheckpointError, match='came into use by a run or another tool while the export was written'):
+  with pytest.raises(CheckpointError, match=f'{out}/mine/run came into use while the export was written \\(a folder a '
+                                            f'run or tool holds or held its lock on\\); nothing was replaced'):
     export.export(str(finished), str(out), overwrite=True, before_commit=starts)
   assert (out / 'mine' / 'run' / '.lock').is_file() and not [n for n in os.listdir(tmp_path) if '.replaced-' in n]
 

@@ -266,14 +266,30 @@ def sweep_folder_holding(path: str) -> str | None:
 
 def training_workdir_below(path: str) -> str | None:
   """A training workdir or a sweep's folder inside the folder ``path``, if any (so that replacing the folder would
-  delete it): a run that ``overwrite`` moved aside (``checkpoints.replaced-<time>``) is one (hostile pass 14b's EO3o),
-  and so is a folder a tool holds or held its lock on (``.lock``: a run starting up, before its first files; a
-  sweep: hostile pass 16b's X4b, X5)."""
+  delete it): ``in_use_below``'s folder."""
+  found = in_use_below(path)
+  return None if found is None else found[0]
+
+
+def in_use_below(path: str) -> tuple[str, str] | None:
+  """(folder, what it is) for the first folder inside ``path`` (or ``path`` itself) that replacing ``path`` would
+  delete and must not: a training workdir; a run that ``overwrite`` moved aside (``checkpoints.replaced-<time>``,
+  hostile pass 14b's EO3o); a sweep's folder; a folder a tool holds or held its lock on (``.lock``: a run starting
+  up, before its first files; a sweep: hostile pass 16b's X4b, X5; a flock held before its record: pass 17's X5w);
+  one where an export is being written (pass 17's CC2_par; named as such: pass 17b's N4)."""
   for root, dirs, files in os.walk(path):
-    if 'checkpoints' in dirs or 'metrics.jsonl' in files or HOLDER in files or SWEEP_PLAN in files or any(
-        n.startswith(('checkpoints.replaced-', 'metrics.jsonl.replaced-')) for n in dirs + files) or held_by_another(
-            root) or any(_running_export(n) for n in dirs + files):  # a lock held before its record (pass 17's X5w),
-      return root  # an export writing there (pass 17's CC2_par)
+    names = dirs + files
+    if 'checkpoints' in dirs or 'metrics.jsonl' in files:
+      return root, 'a training workdir'
+    if any(n.startswith(('checkpoints.replaced-', 'metrics.jsonl.replaced-')) for n in names):
+      return root, 'a training workdir (a run moved aside by --overwrite)'
+    if SWEEP_PLAN in files:
+      return root, "a sweep's folder"
+    if HOLDER in files or held_by_another(root):
+      return root, 'a folder a run or tool holds or held its lock on'
+    writing = next((n for n in names if _running_export(n)), None)
+    if writing is not None:
+      return root, f'a folder where a running process writes {writing}'
   return None
 
 
@@ -378,10 +394,10 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
     raise ConfigError(f'--output={output} is not accepted: its folder {os.path.dirname(p)} does not exist; create it '
                       f'first')
   if os.path.isdir(p) and os.listdir(p) and not written_by_export(p):
-    below = training_workdir_below(p)
+    below = in_use_below(p)
     if below is not None:
-      raise ConfigError(f'--output={output} is not accepted: replacing it would delete {below}, a training workdir, a '
-                        f'sweep\'s folder or what a running tool writes; choose a new folder')  # (pass 17b's N4)
+      raise ConfigError(f'--output={output} is not accepted: replacing it would delete {below[0]}, {below[1]}; choose '
+                        f'a new folder')  # (pass 17b's N4)
     if not overwrite:
       names = sorted(os.listdir(p))
       others = [n for n in names if n not in EXPORT_FILES] or names  # what makes it not (only) an export

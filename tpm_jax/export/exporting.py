@@ -181,12 +181,12 @@ def _replace(new: str, output: str) -> None:
     return
   old = f'{output}.replaced-{os.getpid()}'
   os.rename(output, old)
-  busy = preflight.training_workdir_below(old)  # checked again once it is away: a run, or an export, may have started
-  if busy is not None:  # in it while this export was written (hostile pass 17b's X5w)
+  busy = preflight.in_use_below(old)  # checked again once it is away: a run, or an export, may have started in it
+  if busy is not None:  # while this export was written (hostile pass 17b's X5w)
     os.rename(old, output)
-    raise CheckpointError(f'--output={output}: {os.path.join(output, os.path.relpath(busy, old))} came into use by a '
-                          f'run or another tool while the export was written; nothing was replaced (export to a new '
-                          f'folder)')
+    raise CheckpointError(f'--output={output}: {os.path.normpath(os.path.join(output, os.path.relpath(busy[0], old)))} '
+                          f'came into use while the export was written ({busy[1]}); nothing was replaced (export to '
+                          f'a new folder)')
   os.rename(new, output)
   shutil.rmtree(old, ignore_errors=True)
 
