@@ -83,6 +83,7 @@ def export_digest(path: str) -> str:
   """SHA-256 of a checked export's parameter values (each array's path, dtype, shape and bytes, in path
   order): equal for two exports of the same weights, which Orbax never writes as the same files (its
   metadata carries timestamps, its data files random names)."""
+  path = os.path.abspath(path)  # Orbax reads no metadata from a relative path
   try:
     with ocp.StandardCheckpointer() as ckptr:
       target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), ckptr.metadata(

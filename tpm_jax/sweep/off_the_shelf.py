@@ -101,7 +101,7 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
                               throughput_batch, rounds, collect_only, asked)
 
 
-def _applied(run) -> dict:
+def applied_fields(run) -> dict:
   """What a setting applied: the reduction and fusion fields its method reads, as the model reads them (defaults
   resolved, token counts: ``RunConfig.computed``), so that a record says what it evaluated whatever later versions
   take as a setting's defaults."""
@@ -133,7 +133,7 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
       try:
         result = read_json_object(path)
         other = [k for k, v in dict(ident, reduction=st.name).items() if result.get(k) != v]
-        if 'applied' in result and result['applied'] != _applied(configs[st.name]):  # the setting's meaning changed
+        if 'applied' in result and result['applied'] != applied_fields(configs[st.name]):  # the setting's meaning changed
           other.append('applied')  # (a default of a later version); records of earlier versions have no 'applied'
         for key in ('top1', 'top5', 'examples'):  # what the tables print
           if isinstance(result[key], bool) or not isinstance(result[key], (int, float)):
@@ -151,7 +151,7 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
     else:
       t = time.time()
       metrics = evaluation.evaluate_model(models[st.name], configs[st.name], dataset, split)
-      result = dict(**ident, name=st.name, reduction=st.name, applied=_applied(configs[st.name]), model=run.model.name,
+      result = dict(**ident, name=st.name, reduction=st.name, applied=applied_fields(configs[st.name]), model=run.model.name,
                     **evaluation.describe_reduction(models[st.name], configs[st.name]),
                     top1=metrics['eval_top1'], top5=metrics['eval_top5'], examples=int(metrics['eval_examples']),
                     **notes[st.name])
