@@ -5,6 +5,7 @@ tiny ``imagenet2012`` the real TFDS builder prepares (tests/imagenet_fixture.py)
 import io
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -309,7 +310,7 @@ def test_labels_beyond_the_model_classes_are_refused_at_start_up(tiny_imagenet, 
                   'largest label of imagenet2012 train (label 3 among its first 48 examples')
 
 
-def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path):
+def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path, capsys):
   """Hostile pass 17's PREP: two first runs on one empty data dir prepared the dataset both, and the slower one
   failed renaming its copy into place (exit 1, a line blaming its workdir). Preparing holds a flock on the data
   dir: here the test holds it, as a first process preparing there would; ``python -m tpm_jax.data.prepare``
@@ -321,18 +322,33 @@ def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path):
   data_dir.mkdir()
   fd = os.open(data_dir, os.O_RDONLY)
   fcntl.flock(fd, fcntl.LOCK_EX)
-  try:
+
+  def waiting():  # started, and waiting for the lock (its stderr, a line at a time, for at most 120 s)
     proc = subprocess.Popen([sys.executable, '-m', 'tpm_jax.data.prepare', '--name', 'imagenet2012', '--data_dir',
                              str(data_dir), '--manual_dir', str(tmp_path / 'no_manual_dir')], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=ROOT))
     said = ''
-    while 'waiting for it to finish' not in said:  # the child's stderr, a line at a time, for at most 120 s
+    while 'waiting for it to finish' not in said:
       assert select.select([proc.stderr], [], [], 120)[0] and proc.poll() is None, said
       said += proc.stderr.readline()
-    assert f'{data_dir}: another process is preparing a dataset there' in said
+    assert said.strip() == f'{data_dir}: another process is preparing a dataset there; waiting for it to finish', said
+    return proc
+  try:
+    stopped = waiting()  # a stop while it waits (or prepares): one line, exit 1 (hostile pass 18's G04: a traceback)
+    stopped.send_signal(signal.SIGINT)
+    out, err = stopped.communicate(timeout=120)
+    assert stopped.returncode == 1 and err == ('error: stopped by SIGINT; the dataset was not prepared (run the same '
+                                               'command again)\n'), err
+    proc = waiting()
     shutil.copytree(os.path.join(tiny_imagenet, 'imagenet2012'), data_dir / 'imagenet2012')  # what the first prepared
   finally:
     os.close(fd)
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err[-2000:]
   assert f'imagenet2012: prepared in ArrayRecord in {data_dir}' in out and 'validation (16 examples)' in out
+  from tpm_jax.data.prepare import main  # a data dir that is a file (pass 18's G06: an errno dump)
+  (tmp_path / 'a_file').write_text('mine')
+  assert main(['--name', 'imagenet2012', '--data_dir', str(tmp_path / 'a_file')]) == 2
+  assert capsys.readouterr().err == (f'error: dataset.data_dir={tmp_path / "a_file"} is not accepted: it is a file; '
+                                     f'expected a folder (TFDS prepares the dataset in it)\n')
+  assert (tmp_path / 'a_file').read_text() == 'mine'

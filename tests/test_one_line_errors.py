@@ -65,10 +65,14 @@ def test_eval_py_with_a_timm_file_of_the_wrong_shapes_or_a_pickled_model_is_one_
   assert line.startswith(f"error: --timm_checkpoint='{wrong}'") and 'shape' in line, line
   assert not (tmp_path / 'eval.json').exists()
   # the same check (evaluation.prepare), in this process
+  import warnings
+
   from configs import deit
   from tpm_jax import evaluation
   from tpm_jax.config import ConfigError, RunConfig
-  with pytest.raises(ConfigError) as e:
+  torch.save({'w': torch.nn.Linear(2, 2)}, pickled, pickle_protocol=4)  # torch warns on protocol 4 (pass 18's W02)
+  with pytest.raises(ConfigError) as e, warnings.catch_warnings():
+    warnings.simplefilter('error')  # a warning of torch's would be a second line on stderr
     evaluation.prepare(timm_checkpoint=str(pickled), given=RunConfig.from_any(deit.get_config('smoke')),
                        output=str(tmp_path / 'eval.json'))
   assert str(e.value).startswith(f"--timm_checkpoint='{pickled}'") and '\n' not in str(e.value)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Mapping
 
 import jax
@@ -112,7 +113,9 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
       except ImportError as e:
         raise ImportError(f'reading {path} needs PyTorch (pip install torch); .safetensors files do not') from e
       try:
-        sd = torch.load(path, map_location='cpu', weights_only=True)  # never unpickle arbitrary objects
+        with warnings.catch_warnings():  # torch's note on a refused file's pickle protocol: the refusal says it all
+          warnings.simplefilter('ignore', UserWarning)
+          sd = torch.load(path, map_location='cpu', weights_only=True)  # never unpickle arbitrary objects
       except Exception as e:  # noqa: BLE001 (a pickled model object, or not a torch file at all)
         reason = ('torch.load(weights_only=True) refuses it: it pickles objects, not only tensors'
                   if 'weights only' in str(e).lower() else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])

@@ -21,7 +21,7 @@ import os
 
 import tensorflow_datasets as tfds
 
-from tpm_jax.cli import error_line
+from tpm_jax.cli import Interrupted, error_line, fail, stop_on_signals
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
 
@@ -36,7 +36,11 @@ def prepare(dcfg):
   builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
   if is_prepared(builder):
     return builder
-  with _preparing(str(builder.data_dir_root)):
+  root = str(builder.data_dir_root)
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise ConfigError(f'dataset.data_dir={root} is not accepted: it is a file; expected a folder (TFDS prepares the '
+                      f'dataset in it)')
+  with _preparing(root):
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
     return builder if is_prepared(builder) else _prepare(dcfg, builder)
 
@@ -90,8 +94,11 @@ def main(argv=None) -> int:
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)')
   p.add_argument('--manual_dir', default=None, help='where the dataset\'s manual downloads are (imagenet2012: the tars)')
   a = p.parse_args(argv)
+  stop_on_signals()  # a stop while TFDS writes: its unfinished folder removed, one line (not a traceback)
   try:
     builder = prepare(DataConfig(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir))
+  except Interrupted as e:
+    fail(f'stopped by {e.signal_name}; the dataset was not prepared (run the same command again)', 1)
   except (ConfigError, tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as e:
     error_line(str(e).strip().splitlines()[0])
     return 2
