@@ -13,6 +13,8 @@ from ml_collections import config_dict
 
 from tpm_jax.config import RunConfig
 
+_TRUE, _FALSE = ('1', 'true', 'yes', 'on'), ('0', 'false', 'no', 'off')
+
 # The arg-string keys naming what ``smoke`` sets (the model and its shape): refused beside it, not ignored.
 SMOKE_SETS = ('model', 'width', 'depth', 'patch')
 
@@ -32,8 +34,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     default = defaults[key]
     if not _:
       value = True
-    elif isinstance(default, bool):
-      value = value.lower() in ('1', 'true', 'yes', 'on')
+    elif isinstance(default, bool):  # a typo is refused, not read as false (hostile pass 18's Z25: smoke=treu)
+      if value.strip().lower() not in _TRUE + _FALSE:
+        raise ValueError(f'config arg {key}={value!r} is not accepted: expected true or false (or {key} alone: true)')
+      value = value.strip().lower() in _TRUE
     elif isinstance(default, (int, float)):
       try:
         value = type(default)(value)

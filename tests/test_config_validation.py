@@ -134,6 +134,8 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
   smoke_sets = 'is not accepted with smoke, which sets the model (a tiny vit_custom): give one or the other'
   for get, arg, says in ((deit.get_config, 'smoke,seed=abc', "config arg seed='abc' is not accepted: expected an int"),
                          (fmnist.get_config, 'smoke,width=96', f'config arg width=96 {smoke_sets}'),
+                         (fmnist.get_config, 'smoke=treu', "config arg smoke='treu' is not accepted: expected true or "
+                          "false (or smoke alone: true)"),  # hostile pass 18's Z25: read as false, the full run
                          (fmnist.get_config, 'depth=6,method=tpm,smoke', f'config arg depth=6 {smoke_sets}'),
                          (deit.get_config, 'model=deit_tiny_patch16_224,smoke',
                           f'config arg model=deit_tiny_patch16_224 {smoke_sets}'),
@@ -150,6 +152,8 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
     else:
       raise AssertionError(f'{arg} was accepted')
   assert fmnist.get_config('smoke,epochs=2').model.embed_dim == 48 == quickstart.get_config('smoke').model.embed_dim
+  assert fmnist.get_config('smoke=TRUE').total_steps == fmnist.get_config('smoke').total_steps == 6
+  assert fmnist.get_config('smoke=off').total_steps == fmnist.get_config('').total_steps != 6
   assert fmnist_backbone.get_config('smoke').model.depth == 4 and fmnist_backbone.get_config('').model.depth == 12
   assert quickstart.get_config('').model.embed_dim == 96
 
