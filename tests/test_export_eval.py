@@ -305,7 +305,8 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
   tmp, final = trained
   out, _ = _export_with_timm_file(trained)
   workdir = tmp_path / 'sw'
-  for same in ('tpm:0.7,tpm:0.70', 'evit:0.7,evit:0.7@prop_attn=off'):  # one model spelled two ways (pass 13a's OTS_*)
+  for same in ('tpm:0.7,tpm:0.70', 'evit:0.7,evit:0.7@prop_attn=off',  # one model spelled two ways (pass 13a's OTS_*)
+               'drop:0.7,drop:0.7@prop_attn=on'):  # drop's tokens are one patch each: log(1) = 0 (pass 18's SR5)
     with pytest.raises(ConfigError, match='is the same model as'):
       sweep.evaluate_reductions(str(out), parse_settings(same), str(workdir))
   assert not workdir.exists()

@@ -115,6 +115,8 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            # the plain model (N_KEEP1_methods)
                                            (['epochs=1,2', '--file', 'fmnist.py'],
                                             'run epochs-1 does not read num_epochs (total_steps=6 is given)'),
+                                           (['prop_attn=on,off', '--base', 'smoke,method=drop'],  # pass 18's K05: the
+                                            "run prop_attn-on does not read reduction.prop_attn (reduction.method='drop')"),
                                            (['pos_embed_init=trunc_normal,sincos2d', '--file', 'fmnist.py', '--base',
                                              'smoke,method=tpm', f'--config.init.checkpoint={ROOT}/docs/results/fmnist_backbone'],
                                             'does not read model.pos_embed_init'),

@@ -77,6 +77,22 @@ def test_every_family_matches_timm(timm, name, overrides):
   _assert_logits_close(tpm_jax.jit_forward(model)(jnp.asarray(x)), ref)
 
 
+def test_bfloat16_safetensors_load_as_their_values(tmp_path):
+  """timm's weights saved in bfloat16 (as many Hub files are): each parameter is the file's value, exactly
+  (hostile pass 18's W05: refused as 'holds bfloat16 values, expected floating point weights')."""
+  import ml_dtypes
+  from flax import nnx
+  from safetensors.numpy import load_file, save_file
+  tiny = dict(img_size=32, patch_size=4, embed_dim=48, depth=2, num_heads=3, num_classes=10)
+  tpm_jax.export_timm_weights(tpm_jax.create_model('vit_custom', **tiny), str(tmp_path / 'f32.safetensors'))
+  bf16 = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(tmp_path / 'f32.safetensors').items()}
+  save_file(bf16, tmp_path / 'bf16.safetensors')
+  model = tpm_jax.load_timm_weights(tpm_jax.create_model('vit_custom', rngs=nnx.Rngs(1), **tiny),
+                                    str(tmp_path / 'bf16.safetensors'))
+  kernel = np.asarray(model.blocks[1].mlp.fc2.kernel[...])
+  np.testing.assert_array_equal(kernel, bf16['blocks.1.mlp.fc2.weight'].astype(np.float32).T)
+
+
 def test_export_round_trip_into_timm(timm, tmp_path):
   import torch
   name = 'deit_tiny_distilled_patch16_224'

@@ -189,6 +189,7 @@ class ViTConfig:
 REDUCTION_METHODS = ('none', 'tpm', 'evit', 'drop', 'tome')
 DEFAULT_LOCATIONS = (3, 6, 9)
 PROP_ATTN_METHODS = ('tpm', 'tome')  # prop_attn None: on for these
+SIZED_METHODS = ('tpm', 'evit', 'tome')  # their tokens stand for several patches; drop's for one: prop_attn changes nothing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,6 +233,10 @@ class ReductionConfig:
 
   @property
   def use_prop_attn(self) -> bool:
+    """Whether attention takes log(size): never for drop, whose tokens all have size 1 (log 1 = 0: the same model,
+    hostile pass 18's K05, SR5)."""
+    if self.method not in SIZED_METHODS:
+      return False
     return (self.method in PROP_ATTN_METHODS) if self.prop_attn is None else bool(self.prop_attn)
 
   def validated(self, depth: int | None = None) -> 'ReductionConfig':
@@ -304,7 +309,7 @@ class ReductionConfig:
   # What each method reads besides ``method`` (the model and count_flops read no other field): a field outside
   # it changes nothing the run computes, so two runs that differ only there are one run (a sweep's labels).
   READ_BY = {'none': (), 'tpm': ('keep_rate', 'locations', 'similarity', 'assign', 'tau', 'weight', 'prop_attn', 'distinct'),
-             'evit': ('keep_rate', 'locations', 'prop_attn'), 'drop': ('keep_rate', 'locations', 'prop_attn'),
+             'evit': ('keep_rate', 'locations', 'prop_attn'), 'drop': ('keep_rate', 'locations'),
              'tome': ('r', 'locations', 'prop_attn')}  # ToMe always matches keys
 
   def unread(self) -> tuple[str, ...]:

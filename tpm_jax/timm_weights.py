@@ -190,7 +190,7 @@ def _load_state_dict(model, sd: dict, *, strict: bool, big_vision: bool):
     if key in skip or key not in sd:
       continue
     value = sd[key]
-    if not np.issubdtype(value.dtype, np.floating):  # an integer copy of a weight would be cast silently
+    if not jnp.issubdtype(value.dtype, jnp.floating):  # an integer copy would be cast silently (JAX knows bfloat16)
       raise ValueError(f'{key}: the checkpoint holds {value.dtype} values, expected floating point weights')
     if not np.isfinite(value).all():
       raise ValueError(f'{key}: the checkpoint holds non-finite values (NaN or Inf)')
