@@ -102,6 +102,10 @@ def _evaluate(F):
   finished()  # the result is out: a signal from now on changes nothing (the JSON below is written whole or not at all)
   if job.output:
     try:
+      evaluation.check_output(job.output)  # again: an export or a run may hold its folder by now (pass 18's C05)
+    except ConfigError as e:
+      fail(f'{e}; the results above were not saved', 1, hard=True)
+    try:
       write_json(job.output, result)
     except OSError as e:  # the disk full, the folder gone or read-only since the check
       fail(f'--output={job.output}: cannot be written ({e.strerror or e}); the results above were not saved', 1,

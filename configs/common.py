@@ -31,6 +31,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key = key.strip()
     if key not in defaults:
       raise ValueError(f'config arg {key!r} is not known: accepted are {", ".join(sorted(defaults))}')
+    twice = [g for g in given if g.partition('=')[0].strip() == key]
+    if twice:  # hostile pass 18's Z03: keep=0.7,keep=0.5 trained 0.5 without a word
+      raise ValueError(f'config arg {key} is given twice ({twice[0]}, then {item}): give it once')
     default = defaults[key]
     if not _:
       value = True

@@ -592,6 +592,8 @@ def test_export_never_destroys(tmp_path, finished, capsys, sigterm_once_written)
              (['--output', str(tmp_path / 'starting'), '--overwrite'],
               'starting/run, a folder a run or tool holds or held its lock on'),
              (['--output', str(tmp_path / 'sweeping'), '--overwrite'], "sweeping/sw, a sweep's folder"),
+             (['--output', str(tmp_path / 'sweeping' / 'sw' / 'evals'), '--overwrite'],  # pass 18's L4: replaced
+              f'is inside the sweep folder {tmp_path / "sweeping" / "sw"}'),  # the sweep's evaluations
              (['--output', str(tmp_path / 'out'), '--safetensors', str(tmp_path / 'weights.safetensors')],
               'not written by this tool; choose another name, or remove it first, or --overwrite to replace it'),
              (['--output', str(tmp_path / 'out.safetensors'), '--safetensors', str(tmp_path / 'out.safetensors')],

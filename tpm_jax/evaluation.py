@@ -124,6 +124,13 @@ def parameter_notes(fresh, left_out) -> dict:
 RESULT_KEYS = ('source', 'checkpoint', 'split', 'top1', 'top5', 'examples')  # what every eval.py result holds
 
 
+def check_output(output: str) -> str:
+  """eval.py's ``--output``, checked (``preflight.check_output_file``; a file it wrote may be replaced): at the start,
+  and again just before it is written (an export or a run may have come to hold its folder since: hostile pass 18's
+  C05). The absolute path."""
+  return preflight.check_output_file('--output', output, ours=an_eval_result)
+
+
 def an_eval_result(path: str) -> bool:
   """Whether ``path`` holds an earlier result of eval.py (which its --output may replace)."""
   try:
@@ -170,7 +177,7 @@ def prepare(*, checkpoint_path: str | None = None, timm_checkpoint: str | None =
   if checkpoint_path and timm_checkpoint:
     raise ConfigError('--checkpoint and --timm_checkpoint are both given: expected one source of weights')
   if output is not None:
-    output = preflight.check_output_file('--output', output, ours=an_eval_result)
+    output = check_output(output)
   fresh = left_out = []
   if checkpoint_path:
     model, saved, source = load_trained(checkpoint_path)

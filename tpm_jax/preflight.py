@@ -389,6 +389,10 @@ def check_export_output(output: str, *, source_workdir: str, overwrite: bool = F
     raise ConfigError(f'--output={output} is not accepted: it is a symbolic link (to {os.readlink(p)}); give the '
                       f'folder itself')
   check_outside_workdirs_and_exports('--output', output, what='folder')  # (an earlier export there is replaced)
+  sweep = sweep_folder_holding(os.path.dirname(p))
+  if sweep is not None:  # hostile pass 18's L4: an export replaced a sweep's evals/ (as eval.py's --output is refused)
+    raise ConfigError(f'--output={output} is not accepted: it is inside the sweep folder {sweep}, whose files the sweep '
+                      f'writes and reads back; choose a folder outside it')
   check_workdir_path(p, what='--output')
   if not os.path.isdir(os.path.dirname(p)):  # written beside, then renamed: its folder must exist (pass 15's N_EO_out_newparent)
     raise ConfigError(f'--output={output} is not accepted: its folder {os.path.dirname(p)} does not exist; create it '

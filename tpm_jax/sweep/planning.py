@@ -176,8 +176,10 @@ def shown(file: str) -> str:
 
 
 def _arg_string(base: str, values: dict) -> str:
-  """The config's argument string of a run: the base's, then each swept key=value."""
-  return ','.join(([base] if base else []) + [f'{k}={v}' for k, v in values.items()])
+  """The config's argument string of a run: the base's, then each swept key=value (in place of the base's own value
+  of that key: a config refuses a key given twice)."""
+  kept = [item for item in (base or '').split(',') if item.strip() and item.partition('=')[0].strip() not in values]
+  return ','.join(kept + [f'{k}={v}' for k, v in values.items()])
 
 
 def _arg_fields(file: str) -> dict:
