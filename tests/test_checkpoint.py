@@ -295,6 +295,17 @@ def test_a_file_named_like_a_step_is_set_aside_not_overwritten(tmp_path, data_di
   assert 'checkpoints/4 is not a checkpoint step (a step is a folder); set aside as 4.unreadable' in out, out[-2000:]
   assert error is not None and 'no good checkpoint left' in str(error) and 'nothing was trained' in str(error), error
   assert (ckpts / '4.unreadable').read_text() == 'my notes' and not (ckpts / '4').exists()
+  # a folder '007' is no step 7 either (hostile pass 18's D10, X07: it was looked for as step 7, and the run, export and
+  # eval refused the workdir): the good step 4 resumes, exports, and '007' is left alone
+  workdir = _copy(four_steps, tmp_path / 'run007')
+  (workdir / 'checkpoints' / '007').mkdir()
+  from tpm_jax import export
+  export.main(['--workdir', str(workdir), '--output', str(tmp_path / 'out007')])
+  assert json.load(open(tmp_path / 'out007' / 'export.json'))['step'] == 4
+  os.remove(workdir / 'final.json')
+  final, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
+  assert error is None and 'resuming from step 4' in out and final['step'] == 6, (error, out[-2000:])
+  assert (workdir / 'checkpoints' / '007').is_dir()
 
 
 def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, data_dir, four_steps):

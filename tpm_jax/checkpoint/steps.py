@@ -26,11 +26,17 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(os.path.expanduser(workdir)), 'checkpoints')
 
 
+def is_step_name(name: str) -> bool:
+  """Whether ``name`` is a step's as Orbax writes it (``str(step)``): not ``007``, which is no step 7 (hostile pass
+  18's D10: it was read as one and named where step 7 was looked for), nor other scripts' digits."""
+  return name.isascii() and name.isdigit() and str(int(name)) == name
+
+
 def list_steps(directory: str) -> list[int]:
-  """Committed steps (Orbax's temporary directories and set-aside steps are not digit names)."""
+  """Committed steps (Orbax's temporary directories and set-aside steps are not step names)."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+  return sorted(int(n) for n in os.listdir(directory) if is_step_name(n) and os.path.isdir(os.path.join(directory, n)))
 
 
 def stray_steps(directory: str) -> list[int]:
@@ -38,7 +44,7 @@ def stray_steps(directory: str) -> list[int]:
   replace them (hostile pass 16b's D10)."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if n.isdigit() and not os.path.isdir(os.path.join(directory, n)))
+  return sorted(int(n) for n in os.listdir(directory) if is_step_name(n) and not os.path.isdir(os.path.join(directory, n)))
 
 
 def set_aside_steps(directory: str) -> list[str]:
