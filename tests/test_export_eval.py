@@ -294,7 +294,7 @@ def test_eval_py_reduction_names_it_and_refuses_bad_settings_up_front(trained, t
   assert 'tome:0.5' in res.stdout and '65 -> 33 -> 17' in res.stdout  # the table names it
 
 
-def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_path):
+def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_path, capsys):
   """python -m tpm_jax.sweep --checkpoint X --reductions ...: one evaluation per setting, kept; the
   setting the model was trained with reproduces the training run's own last evaluation."""
   import csv
@@ -366,6 +366,11 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
                      '--collect_only']) == 2
   assert not (out / 'sweep').exists() and not (tmp_path / 'typo').exists()
   tpm_jax.load_model(str(out))  # still whole
+  capsys.readouterr()
+  for reductions, says in (('', "--reductions='' is not accepted: expected reduction settings"),  # pass 18's SR3, SR4
+                           ('none,,tpm:0.7', "--reductions: reduction setting '' is not accepted")):
+    assert sweep.main(['--checkpoint', str(out), '--reductions', reductions, '--workdir', str(tmp_path / 'e')]) == 2
+    assert capsys.readouterr().err.startswith(f'error: {says}') and not (tmp_path / 'e').exists()
 
 
 def test_a_sweep_names_a_workdir_step_by_its_checksums(trained, tmp_path):

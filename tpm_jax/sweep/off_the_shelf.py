@@ -67,7 +67,8 @@ def evaluate_reductions(checkpoint: str, settings: list, workdir: str, *, split:
   ident = dict(_identity(checkpoint, source), split=split)
   names = {setting_file_name(st.name) for st in settings}
   if len(names) < len(settings):
-    raise ConfigError('--reductions: two settings get the same file name (they differ only in punctuation)')
+    raise ConfigError('--reductions: two settings get the same file name (a setting given twice, or two that differ '
+                      'only in punctuation): give each once')
   plan_path = os.path.join(workdir, PLAN)
   meta = read_plan(workdir, 'reductions')
   if meta is None:
@@ -170,16 +171,21 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
 
 def main_reductions(args, overrides) -> int:
   try:
-    if not (args.checkpoint and args.reductions):
+    if args.checkpoint is None or args.reductions is None:
       raise ConfigError('--checkpoint and --reductions go together (a trained model and the reductions to evaluate it '
                         'under)')
+    if not args.reductions.strip():  # given, but empty (hostile pass 18's SR3)
+      raise ConfigError("--reductions='' is not accepted: expected reduction settings, e.g. none,tpm:0.7,tome:0.7")
     wrong = [f for f, v in (('--config', args.config), ('--sweep', args.sweep), ('--print_commands', args.print_commands),
                             ('--config.*', overrides)) if v]
     if wrong:
       raise ConfigError(f'{wrong[0]} does not go with --checkpoint/--reductions (no training runs)')
     if args.throughput_batch < 1:
       raise ConfigError(f'--throughput_batch={args.throughput_batch} is not accepted: expected a positive int')
-    settings = parse_settings(args.reductions)
+    try:
+      settings = parse_settings(args.reductions)
+    except ConfigError as e:  # named as eval.py names its --reduction (pass 18's SR4)
+      raise ConfigError(f'--reductions: {e}') from None
     check_sweep_folder(args.workdir, args.collect_only)
   except ConfigError as e:
     error_line(e)

@@ -158,8 +158,11 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
                           f'was not trained; sweep {key} {apart}' + (
                               " (ToMe reads keep with reduction.r='keep', the recipes' default)"
                               if f == 'reduction.keep_rate' and red.method == 'tome' else ''))
-  if len({r.name for r in runs}) < len(runs):
-    raise ConfigError('--sweep: two runs get the same name (values that differ only in punctuation)')
+  names = [r.name for r in runs]
+  twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+  if twice is not None:  # a value given twice (seed=0,0: hostile pass 18's K11), or two spelled alike (keep=0.5,0:5)
+    raise ConfigError(f'--sweep: two runs get the same name {twice} (a value given twice, or values that differ only '
+                      f'in punctuation): give each value once')
   return runs
 
 
