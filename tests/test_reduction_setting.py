@@ -67,6 +67,8 @@ def test_the_trained_fusion_s_settings_are_kept_when_the_setting_names_the_same_
     ('tpm:0.7@locations=3,6', None),  # a comma separates settings: caught by parse_settings' first part
     ('tpm:0.7@similarity=cosine', "reduction.similarity='cosine'"),
     ('tpm:0.7@tau=-1', 'reduction.tau=-1.0'),
+    ('tpm:0.7@assign=soft@tau=1e-30', 'reduction.tau=1e-30 is not accepted: expected a float in [0.001, 1e6]'),
+    ('tpm:0.7@locations=', '@locations= has no value'),  # hostile pass 18's E15, E06
 ])
 def test_malformed_settings_are_one_line_naming_the_setting_and_the_syntax(text, says):
   with pytest.raises(ConfigError) as e:

@@ -137,7 +137,9 @@ def parse_setting(text: str) -> ReductionSetting:
   fields = {}
   for e in extras:
     key, eq, v = e.partition('=')
-    if key not in KEYS or not eq or not v:
+    if key in KEYS and not v:  # a known key without its value (hostile pass 18's E06)
+      _refuse(text, f'@{key}= has no value')
+    if key not in KEYS or not eq:
       _refuse(text, f'@{e}: accepted keys are {", ".join(f"{k}=" for k in KEYS)}')
     if key in fields:
       _refuse(text, f'@{key} is given twice')
