@@ -541,3 +541,27 @@ def test_case4_read_only_checkpoints_directory_stops_with_one_line_and_does_not_
   line = _one_line_error(res)
   assert 'Read-only file system' in line and str(workdir / 'checkpoints') in line, line
   assert _steps(workdir) == []
+
+
+def test_a_workdir_without_a_usable_step_is_said_once(tmp_path, four_steps, caplog):
+  """Every step damaged: the export's error names each step's fault, and nothing is said twice (hostile pass 18's
+  D12: a warning per step, then the error repeating it); one damaged step of two is a warning, then the older step."""
+  import logging
+
+  from tpm_jax import export
+  from tpm_jax.checkpoint import CheckpointError
+  workdir = _copy(four_steps, tmp_path / 'run')
+  for step in ('4', '2'):
+    (workdir / 'checkpoints' / step / 'meta' / 'metadata').write_text('{')
+    with caplog.at_level(logging.WARNING, logger='tpm_jax'):
+      if step == '4':
+        export.export(str(workdir), str(tmp_path / 'out'))  # step 2, said so
+        said = [r.getMessage() for r in caplog.records if r.name.startswith('tpm_jax')]
+        assert len(said) == 2 and 'checkpoints/4/' in said[0] and said[1] == 'warning: using checkpoint step 2 instead'
+        continue
+      caplog.clear()
+      with pytest.raises(CheckpointError) as e:
+        export.export(str(workdir), str(tmp_path / 'out2'))
+  assert str(e.value).startswith(f'no usable checkpoint in {workdir / "checkpoints"}: ') and '\n' not in str(e.value)
+  assert 'checkpoints/4/' in str(e.value) and 'checkpoints/2/' in str(e.value)
+  assert not [r for r in caplog.records if r.name.startswith('tpm_jax')]

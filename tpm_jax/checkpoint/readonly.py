@@ -92,9 +92,10 @@ def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = T
           break
         if isinstance(e, OSError):
           raise
-        failures.append(str(e))
-        log.warning('warning: %s', e)
-        continue
+        failures.append(str(e))  # said when an older step is used instead; else the error says it (once: pass
+        continue                  # 18's D12 said it twice)
+      for failure in failures:
+        log.warning('warning: %s', failure)
       if failures:
         log.warning('warning: using checkpoint step %d instead', s)
       params_into_model(model, params)
