@@ -77,6 +77,11 @@ def test_eval_py_with_a_timm_file_of_the_wrong_shapes_or_a_pickled_model_is_one_
                        output=str(tmp_path / 'eval.json'))
   assert str(e.value).startswith(f"--timm_checkpoint='{pickled}'") and '\n' not in str(e.value)
   assert 'is not a state dict of tensors (torch.load(weights_only=True) refuses it' in str(e.value)
+  named = tmp_path / 'weights.pth'  # a safetensors file under a torch name (pass 18's W07: said to pickle objects)
+  named.write_bytes(wrong.read_bytes())
+  with pytest.raises(ConfigError, match=r'weights.pth is not a state dict of tensors \(it is a safetensors file: name '
+                                        r'it .safetensors\)'):
+    evaluation.prepare(timm_checkpoint=str(named), given=RunConfig.from_any(deit.get_config('smoke')))
 
 
 def test_prepare_errors_are_one_line(tmp_path):

@@ -880,7 +880,7 @@ class RunConfig:
     if self.batch_size % self.grad_accum_steps:
       _fail('batch_size', self.batch_size, f'a multiple of grad_accum_steps={self.grad_accum_steps}')
     _at_least('total_steps', self.total_steps, 0, 'an int >= 0 (0: from num_epochs)')
-    _at_least('num_epochs', self.num_epochs, 0, 'a number >= 0 (used when total_steps=0)')
+    _at_least('num_epochs', self.num_epochs, 0, 'a number >= 0 (> 0 when total_steps=0)')
     if not (self.total_steps > 0 or self.num_epochs > 0):
       _fail('total_steps', self.total_steps, 'a positive number of steps, or num_epochs > 0')
     _at_least('eval_batch_size', self.eval_batch_size, 0, 'an int >= 0 (0: batch_size)')

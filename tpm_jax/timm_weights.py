@@ -76,6 +76,14 @@ def resample_pos_embed(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix
   return np.concatenate([prefix.astype(np.float32), g], axis=1)
 
 
+def _is_safetensors(path: str) -> bool:
+  """Whether the file starts as a safetensors file does: an 8-byte little-endian header length, then a JSON object
+  (hostile pass 18's W07: one named .pth was said to pickle objects)."""
+  with open(path, 'rb') as f:
+    head = f.read(9)
+  return len(head) == 9 and 2 <= int.from_bytes(head[:8], 'little') <= os.path.getsize(path) - 8 and head[8:] == b'{'
+
+
 def _to_numpy(v) -> np.ndarray:
   if hasattr(v, 'detach'):  # torch.Tensor
     v = v.detach().cpu()
@@ -117,7 +125,8 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
           warnings.simplefilter('ignore', UserWarning)
           sd = torch.load(path, map_location='cpu', weights_only=True)  # never unpickle arbitrary objects
       except Exception as e:  # noqa: BLE001 (a pickled model object, or not a torch file at all)
-        reason = ('torch.load(weights_only=True) refuses it: it pickles objects, not only tensors'
+        reason = ('it is a safetensors file: name it .safetensors' if _is_safetensors(path) else
+                  'torch.load(weights_only=True) refuses it: it pickles objects, not only tensors'
                   if 'weights only' in str(e).lower() else (str(e).strip().splitlines() or [type(e).__name__])[0][:160])
         raise ValueError(f'{path} is not a state dict of tensors ({reason}); save model.state_dict(), '
                          f'or a .safetensors file') from e
