@@ -338,9 +338,21 @@ def check_inputs(runs: list[Run]) -> None:
 
 def same_run_as(run: Run, earlier: list[Run]) -> str | None:
   """The name of the first of ``earlier`` that trains the same run as ``run`` (``computed_key``), or None. The sweep
-  asks again before each run: data prepared by an earlier run gives epochs as steps (hostile pass 16a's N12)."""
-  key = computed_key(run.run_config)
-  return next((r.name for r in earlier if r.run_config is not None and computed_key(r.run_config) == key), None)
+  asks again before each run: data prepared by an earlier run gives epochs as steps (hostile pass 16a's N12). An
+  earlier run's key is computed again only once more split sizes are known (``_SPLIT_SIZES`` only grows): a sweep of
+  n runs computes about n keys, not n^2 / 2."""
+  key = computed_key(run.run_config)  # first: it reads its data's size, known now if an earlier run prepared it
+  return next((r.name for r in earlier if r.run_config is not None and _key_now(r.run_config) == key), None)
+
+
+_KEYS = {}  # id(run config) -> (the run config, how many split sizes were known, its computed_key then)
+
+
+def _key_now(run: RunConfig) -> str:
+  held = _KEYS.get(id(run))
+  if held is None or held[0] is not run or held[1] != len(_SPLIT_SIZES):
+    held = _KEYS[id(run)] = (run, len(_SPLIT_SIZES), computed_key(run))
+  return held[2]
 
 
 def computed_key(run: RunConfig, but=()) -> str:
