@@ -565,3 +565,10 @@ def test_a_workdir_without_a_usable_step_is_said_once(tmp_path, four_steps, capl
   assert str(e.value).startswith(f'no usable checkpoint in {workdir / "checkpoints"}: ') and '\n' not in str(e.value)
   assert 'checkpoints/4/' in str(e.value) and 'checkpoints/2/' in str(e.value)
   assert not [r for r in caplog.records if r.name.startswith('tpm_jax')]
+  moved = _copy(four_steps, tmp_path / 'moved')  # a run with overwrite=true moved it aside meanwhile (pass 18's C03)
+  os.rename(moved / 'checkpoints', moved / 'checkpoints.replaced-20261207-150000')
+  (moved / 'checkpoints').mkdir()
+  with pytest.raises(CheckpointError, match=r'no checkpoint in .*moved/checkpoints \(the run there was moved aside, as '
+                                            r'checkpoints.replaced-20261207-150000, by a run started with '
+                                            r'--config.overwrite=true\)'):
+    export.export(str(moved), str(tmp_path / 'out3'))

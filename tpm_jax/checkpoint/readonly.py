@@ -68,7 +68,11 @@ def restore_model(workdir: str, *, step: int | None = None, prefer_ema: bool = T
   for _ in range(5):  # each round: the steps as they are now
     steps = list_steps(directory)
     if not steps:
-      raise CheckpointError(f'no checkpoint in {directory}')
+      aside = sorted(n for n in os.listdir(workdir) if n.startswith('checkpoints.replaced-')) if os.path.isdir(
+          workdir) else []
+      raise CheckpointError(f'no checkpoint in {directory}' + (
+          f' (the run there was moved aside, as {aside[-1]}, by a run started with --config.overwrite=true)'
+          if aside else ''))  # hostile pass 18's C03: an export while that happened
     if step is not None:
       if step not in steps:
         raise CheckpointError(f'step {step} is not a checkpoint in {directory} (steps: {", ".join(map(str, steps))})')
