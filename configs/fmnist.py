@@ -48,6 +48,12 @@ ARG_FIELDS = dict({k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}, width=
 
 
 def get_config(arg=None):
+  return config(arg, pinned=True)
+
+
+def config(arg=None, *, pinned: bool):
+  """``get_config``; with ``pinned`` false the reduction's unset fields keep the library's defaults (the recipes
+  built on this one: configs/fmnist_backbone.py, configs/quickstart.py)."""
   a = parse_arg(arg, **ARGS)
   c = base_config()
   m = c.model
@@ -81,8 +87,12 @@ def get_config(arg=None):
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 1
   c = apply_arg(c, a)
-  if not a.prop_attn:  # the reproduction's base (see above), not the library's default
-    c.reduction.prop_attn = c.reduction.method == 'tome'
+  if pinned:  # the reproduction's base as it was run (see above), not the library's defaults
+    if not a.prop_attn:
+      c.reduction.prop_attn = c.reduction.method == 'tome'
+    if c.reduction.method == 'tpm':  # keys, importance, attention alone (the library's tpm: tokens, size, distinct 2)
+      c.reduction.similarity, c.reduction.weight = a.similarity or 'keys', a.weight or 'importance'
+      c.reduction.distinct = 0.0 if a.distinct in (None, '') else c.reduction.distinct
   return c
 
 

@@ -43,7 +43,7 @@ def get_config(arg=None):
   if stage == 'finetune' and 'epochs' not in given:
     arg = f'{arg},epochs=1' if arg else 'epochs=1'
   shape = ','.join(kv for kv in SHAPE.split(',') if 'smoke' not in given or kv.split('=')[0] not in SMOKE_SETS)
-  c = fmnist.get_config(f'{shape},{arg}' if arg else shape)  # smoke sets the model
+  c = fmnist.config(f'{shape},{arg}' if arg else shape, pinned=False)  # smoke sets the model; the library's tpm
   if stage == 'pretrain':
     c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs = 8e-3, 4e-5, 1.0  # per 512 images: 2e-3, 1e-5 at batch 128
     c.optim.ema_decay = 0.999

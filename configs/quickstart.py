@@ -38,9 +38,9 @@ def get_config(arg=None):
   pretrain = a.stage == 'pretrain'
   method, multiscale = ('none', 'none') if pretrain else (a.method, a.multiscale)
   prop_attn = a.prop_attn or ('on' if method in PROP_ATTN_METHODS else 'off')  # the library's default
-  c = fmnist.get_config(f'stage={a.stage},method={method},keep={a.keep},multiscale={multiscale},'
+  c = fmnist.config(f'stage={a.stage},method={method},keep={a.keep},multiscale={multiscale},'
                         f'prop_attn={prop_attn},seed={a.seed},pos_embed_init=sincos2d,crop_min=0.9'
-                        + (',smoke' if a.smoke else ',width=96,patch=4'))  # smoke sets the model
+                        + (',smoke' if a.smoke else ',width=96,patch=4'), pinned=False)  # smoke sets the model
   c.batch_size = 64
   if a.stage == 'pretrain':
     c.total_steps = a.pretrain_steps
