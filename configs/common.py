@@ -36,6 +36,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ValueError(f'config arg {key} is given twice ({twice[0]}, then {item}): give it once')
     default = defaults[key]
     if not _:
+      if not isinstance(default, bool):  # hostile pass 19's A02: a bare keep trained at keep 1.0 (float(True))
+        raise ValueError(f'config arg {key} needs a value ({key}=...); only true/false keys stand alone')
       value = True
     elif isinstance(default, bool):  # a typo is refused, not read as false (hostile pass 18's Z25: smoke=treu)
       if value.strip().lower() not in _TRUE + _FALSE:

@@ -136,6 +136,8 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
                          (fmnist.get_config, 'smoke,width=96', f'config arg width=96 {smoke_sets}'),
                          (fmnist.get_config, 'smoke=treu', "config arg smoke='treu' is not accepted: expected true or "
                           "false (or smoke alone: true)"),  # hostile pass 18's Z25: read as false, the full run
+                         (deit.get_config, 'smoke,keep,method=tpm',  # pass 19's A02: keep 1.0 (float(True))
+                          'config arg keep needs a value (keep=...); only true/false keys stand alone'),
                          (deit.get_config, 'smoke,method=tpm,keep=0.7,keep=0.5',  # pass 18's Z03: the last one won
                           'config arg keep is given twice (keep=0.7, then keep=0.5): give it once'),
                          (fmnist.get_config, 'depth=6,method=tpm,smoke', f'config arg depth=6 {smoke_sets}'),

@@ -77,6 +77,13 @@ def test_eval_py_with_a_timm_file_of_the_wrong_shapes_or_a_pickled_model_is_one_
                        output=str(tmp_path / 'eval.json'))
   assert str(e.value).startswith(f"--timm_checkpoint='{pickled}'") and '\n' not in str(e.value)
   assert 'is not a state dict of tensors (torch.load(weights_only=True) refuses it' in str(e.value)
+  from safetensors.torch import load_file, save_file  # float8 weights (pass 19's WT01, WT02: a TypeError traceback)
+  float8 = {k: v.to(torch.float8_e4m3fn) for k, v in load_file(wrong).items()}
+  save_file(float8, tmp_path / 'f8.safetensors')
+  torch.save(float8, tmp_path / 'f8.pth')
+  for f in ('f8.safetensors', 'f8.pth'):
+    with pytest.raises(ConfigError, match=r'holds torch.float8_e4m3fn values, which are not read as weights'):
+      evaluation.prepare(timm_checkpoint=str(tmp_path / f), given=RunConfig.from_any(deit.get_config('smoke')))
   named = tmp_path / 'weights.pth'  # a safetensors file under a torch name (pass 18's W07: said to pickle objects)
   named.write_bytes(wrong.read_bytes())
   with pytest.raises(ConfigError, match=r'weights.pth is not a state dict of tensors \(it is a safetensors file: name '

@@ -91,6 +91,8 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                             "--sweep multiscale=pool: the run would train multiscale.method='none', not pool"),
                                            (['seed=0,00'], 'run seed-00 would train the same run as seed-0'),
                                            (['seed=0,0'], 'two runs get the same name seed-0 (a value given twice'),
+                                           (['seed=0', '--throughput_batch=0'],  # pass 19's SW13: trained, then a
+                                            '--throughput_batch=0 is not accepted: expected a positive int'),  # traceback
                                            (['keep=0.5,0.7', 'method=none,tpm'], 'run keep-0.5_method-none does not read '
                                             "reduction.keep_rate (reduction.method='none'): its label would name what was not "
                                             'trained'),

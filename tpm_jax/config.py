@@ -247,8 +247,7 @@ class ReductionConfig:
     if self.prop_attn not in (None, True, False):
       _fail('reduction.prop_attn', self.prop_attn, 'true, false or None (method default)')
     if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 1e-3 <= self.tau <= 1e6:
-      _fail('reduction.tau', self.tau, 'a float in [0.001, 1e6] (below 0.001 the softmax is hard assignment, '
-            'assign=hard; tau=1e-30 gave wrong merges: hostile pass 18\'s E15)')
+      _fail('reduction.tau', self.tau, 'a float in [0.001, 1e6] (smaller is hard assignment: assign=hard)')  # pass 18's E15
     if isinstance(self.distinct, bool) or not isinstance(self.distinct, (int, float)) or not 0 <= self.distinct <= 1e6:
       _fail('reduction.distinct', self.distinct, 'a float in [0, 1e6] (0: rank by attention alone)')
     if self.distinct and self.method != 'tpm':

@@ -19,7 +19,7 @@ from tpm_jax.sweep.folder import check_sweep_folder, read_plan, save_plan, write
 from tpm_jax.sweep.off_the_shelf import main_reductions
 from tpm_jax.sweep.planning import PLAN, check_existing, check_inputs, check_one_run_per_label, plan
 from tpm_jax.sweep.running import Interrupted, run
-from tpm_jax.sweep.tables import collect
+from tpm_jax.sweep.tables import check_throughput_batch, collect
 
 
 def main(argv=None) -> int:
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
   if args.checkpoint or args.reductions:
     return main_reductions(args, overrides)
   try:
+    check_throughput_batch(args.throughput_batch)  # before any run trains (hostile pass 19's SW13: after, a traceback)
     check_sweep_folder(args.workdir, args.collect_only)
     read_plan(args.workdir, 'training')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
