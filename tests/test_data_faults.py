@@ -352,3 +352,7 @@ def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path, cap
   assert capsys.readouterr().err == (f'error: dataset.data_dir={tmp_path / "a_file"} is not accepted: it is a file; '
                                      f'expected a folder (TFDS prepares the dataset in it)\n')
   assert (tmp_path / 'a_file').read_text() == 'mine'
+  (tmp_path / 'empty' / 'imagenet2012' / '5.1.0').mkdir(parents=True)  # an empty version folder (pass 19's PR08: it
+  with pytest.raises(SystemExit) as e:                                   # was said to be prepared, exit 0)
+    main(['--name', 'imagenet2012', '--data_dir', str(tmp_path / 'empty')])
+  assert e.value.code == 1 and 'holds no prepared dataset (no splits); remove it' in capsys.readouterr().err

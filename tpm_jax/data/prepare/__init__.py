@@ -102,6 +102,11 @@ def main(argv=None) -> int:
   except (ConfigError, tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as e:
     error_line(str(e).strip().splitlines()[0])
     return 2
+  except Exception as e:  # noqa: BLE001 - TFDS over damaged data (protobuf's ParseError: hostile pass 19's PR07)
+    fail(f'{a.name} in {a.data_dir or "~/tensorflow_datasets"}: preparing it failed ({type(e).__name__}: '
+         f'{(str(e).strip().splitlines() or [""])[0][:200]}); remove its folder there to prepare it again', 1)
+  if not builder.info.splits:  # a version folder with nothing in it (pass 19's PR08: said "prepared")
+    fail(f'{a.name}: {builder.data_dir} holds no prepared dataset (no splits); remove it to prepare it again', 1)
   finished()  # prepared: a stop from now on changes nothing (hostile pass 18's S01: exit 130, no line)
   splits = ', '.join(f'{k} ({v.num_examples} examples)' for k, v in sorted(builder.info.splits.items()))
   print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
