@@ -353,6 +353,8 @@ def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path, cap
                                      f'expected a folder (TFDS prepares the dataset in it)\n')
   assert (tmp_path / 'a_file').read_text() == 'mine'
   (tmp_path / 'empty' / 'imagenet2012' / '5.1.0').mkdir(parents=True)  # an empty version folder (pass 19's PR08: it
-  with pytest.raises(SystemExit) as e:                                   # was said to be prepared, exit 0)
-    main(['--name', 'imagenet2012', '--data_dir', str(tmp_path / 'empty')])
-  assert e.value.code == 1 and 'holds no prepared dataset (no splits); remove it' in capsys.readouterr().err
+  assert main(['--name', 'imagenet2012', '--data_dir', str(tmp_path / 'empty')]) == 2  # was said to be prepared)
+  assert 'holds no prepared dataset (no splits); remove it' in capsys.readouterr().err
+  from tpm_jax.data.sources import get_dataset  # and a run on it: one line (PR08b: a NotImplementedError traceback)
+  with pytest.raises(ConfigError, match='holds no prepared dataset'):
+    get_dataset(ml_collections.ConfigDict(dict(name='imagenet2012', data_dir=str(tmp_path / 'empty'))))

@@ -42,7 +42,11 @@ def prepare(dcfg):
                       f'dataset in it)')
   with _preparing(root):
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
-    return builder if is_prepared(builder) else _prepare(dcfg, builder)
+    builder = builder if is_prepared(builder) else _prepare(dcfg, builder)
+  if not (builder.info.splits and is_prepared(builder)):  # an empty version folder (hostile pass 19's PR08, PR08b:
+    raise ConfigError(f'{dcfg.name}: {builder.data_dir} holds no prepared dataset (no splits); remove it to prepare '
+                      f'it again')  # said "prepared"; train.py then ended in a traceback)
+  return builder
 
 
 @contextlib.contextmanager
@@ -105,8 +109,6 @@ def main(argv=None) -> int:
   except Exception as e:  # noqa: BLE001 - TFDS over damaged data (protobuf's ParseError: hostile pass 19's PR07)
     fail(f'{a.name} in {a.data_dir or "~/tensorflow_datasets"}: preparing it failed ({type(e).__name__}: '
          f'{(str(e).strip().splitlines() or [""])[0][:200]}); remove its folder there to prepare it again', 1)
-  if not builder.info.splits:  # a version folder with nothing in it (pass 19's PR08: said "prepared")
-    fail(f'{a.name}: {builder.data_dir} holds no prepared dataset (no splits); remove it to prepare it again', 1)
   finished()  # prepared: a stop from now on changes nothing (hostile pass 18's S01: exit 130, no line)
   splits = ', '.join(f'{k} ({v.num_examples} examples)' for k, v in sorted(builder.info.splits.items()))
   print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
