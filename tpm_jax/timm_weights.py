@@ -145,7 +145,7 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
       out[k] = _to_numpy(v)
     except (TypeError, RuntimeError, ValueError) as e:  # float8, quantized or sparse tensors (hostile pass 19's WT01-11)
       raise ValueError(f'{k} holds {getattr(v, "dtype", type(v).__name__)} values, which are not read as weights '
-                       f'(expected float32, float16 or bfloat16 dense tensors; {str(e).splitlines()[0][:120]})') from e
+                       f'(expected float32, float16 or bfloat16 dense tensors; {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]})') from e
   return out
 
 

@@ -21,6 +21,7 @@ import os
 
 import tensorflow_datasets as tfds
 
+from tpm_jax.checkpoint.errors import first_line
 from tpm_jax.cli import Interrupted, error_line, fail, finished, stop_on_signals
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
@@ -107,8 +108,8 @@ def main(argv=None) -> int:
     error_line(str(e).strip().splitlines()[0])
     return 2
   except Exception as e:  # noqa: BLE001 - TFDS over damaged data (protobuf's ParseError: hostile pass 19's PR07)
-    fail(f'{a.name} in {a.data_dir or "~/tensorflow_datasets"}: preparing it failed ({type(e).__name__}: '
-         f'{(str(e).strip().splitlines() or [""])[0][:200]}); remove its folder there to prepare it again', 1)
+    fail(f'{a.name} in {a.data_dir or "~/tensorflow_datasets"}: preparing it failed ({first_line(e)}); remove its '
+         f'folder there to prepare it again', 1)
   finished()  # prepared: a stop from now on changes nothing (hostile pass 18's S01: exit 130, no line)
   splits = ', '.join(f'{k} ({v.num_examples} examples)' for k, v in sorted(builder.info.splits.items()))
   print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
