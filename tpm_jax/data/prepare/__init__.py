@@ -44,9 +44,11 @@ def prepare(dcfg):
   with _preparing(root):
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
     builder = builder if is_prepared(builder) else _prepare(dcfg, builder)
-  if not (builder.info.splits and is_prepared(builder)):  # an empty version folder (hostile pass 19's PR08, PR08b:
+  # An empty version folder was said to be prepared, and train.py then ended in a traceback (hostile pass 19's PR08,
+  # PR08b). TFDS's mock_data makes no folder (its data is made when read): not refused.
+  if os.path.isdir(builder.data_dir) and not builder.info.splits:
     raise ConfigError(f'{dcfg.name}: {builder.data_dir} holds no prepared dataset (no splits); remove it to prepare '
-                      f'it again')  # said "prepared"; train.py then ended in a traceback)
+                      f'it again')
   return builder
 
 
