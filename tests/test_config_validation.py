@@ -8,7 +8,7 @@ import pytest
 
 from configs import deit
 from tpm_jax import trainer
-from tpm_jax.config import ConfigError
+from tpm_jax.config import ConfigError, RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,6 +160,29 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
   assert fmnist.get_config('smoke=off').total_steps == fmnist.get_config('').total_steps != 6
   assert fmnist_backbone.get_config('smoke').model.depth == 4 and fmnist_backbone.get_config('').model.depth == 12
   assert quickstart.get_config('').model.embed_dim == 96
+
+
+def test_an_arg_string_s_multiscale_and_epochs_are_what_was_asked():
+  """Hostile pass 19's A07/A08b: ``multiscale=pool`` (or cross) beside ``method=none`` trained the plain backbone
+  without a word: now given to the config as asked, and refused by its check as ``--config.multiscale.method``
+  is. Left out, multiscale is pool with a reduction and none without. A18: ``epochs=0`` was read as "the
+  stage's default" and trained 3 epochs: now 0 epochs, refused as ``num_epochs=0`` is."""
+  from configs import deit, fmnist, quickstart
+  for get, arg in ((fmnist.get_config, 'smoke,multiscale=pool'), (deit.get_config, 'smoke,method=none,multiscale=cross'),
+                   (quickstart.get_config, 'smoke,method=none,multiscale=pool')):
+    with pytest.raises(ConfigError, match=r"^multiscale.method='(pool|cross)' is not accepted: expected 'none' when "
+                       r"reduction.method='none'"):
+      RunConfig.from_any(get(arg))
+  assert [(c.reduction.method, c.multiscale.method) for c in (
+      deit.get_config(''), deit.get_config('method=none'), quickstart.get_config('smoke'),
+      quickstart.get_config('smoke,method=none'), fmnist.get_config('method=tpm'),
+      fmnist.get_config('method=tpm,multiscale=cross'))] == [('tpm', 'pool'), ('none', 'none'), ('tpm', 'pool'),
+                                                            ('none', 'none'), ('tpm', 'none'), ('tpm', 'cross')]
+  with pytest.raises(ConfigError, match=r'^total_steps=0 is not accepted: expected a positive number of steps, or num_epochs > 0'):
+    RunConfig.from_any(fmnist.get_config('stage=pretrain,epochs=0'))
+  assert [fmnist.get_config(a).num_epochs for a in ('stage=pretrain', 'epochs=0.5', '')] == [3.0, 0.5, 0.2]
+  with pytest.raises(ValueError, match=r"^config arg epochs='x' is not accepted: expected a number$"):
+    fmnist.get_config('epochs=x')
 
 
 @pytest.mark.parametrize('config, arg', [('fmnist', 'method=tome'), ('fmnist', 'method=tome,smoke'),

@@ -671,6 +671,9 @@ class DataConfig(_Section):
     for field in ('train_split', 'eval_split'):
       if not getattr(self, field).strip():
         _fail(f'dataset.{field}', getattr(self, field), 'a split name or slice, like train or train[:90%]')
+    for field in ('data_dir', 'manual_dir', 'image_folder'):  # '' was the current folder (hostile pass 19's PR05)
+      if getattr(self, field) is not None and not getattr(self, field).strip():
+        _fail(f'dataset.{field}', getattr(self, field), 'a folder (or leave it out)')
     return self
 
   @property
