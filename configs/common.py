@@ -36,6 +36,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise ValueError(f'config arg {key} is given twice ({twice[0]}, then {item}): give it once')
     default = defaults[key]
     if not _:
+      if not isinstance(default, bool):  # hostile pass 19's A02: a bare keep trained at keep 1.0 (float(True))
+        raise ValueError(f'config arg {key} needs a value ({key}=...); only true/false keys stand alone')
       value = True
     elif isinstance(default, bool):  # a typo is refused, not read as false (hostile pass 18's Z25: smoke=treu)
       if value.strip().lower() not in _TRUE + _FALSE:
@@ -88,8 +90,9 @@ def _cli_value(section, name, value, annotation):
 
 
 # The arg-string keys every recipe accepts, with their defaults. r=keep: ToMe matched to ``keep``.
-RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r='keep', multiscale='pool', seed=0, smoke=False,
-                   similarity='', weight='', prop_attn='', distinct='')  # '': the reduction config's default
+RECIPE_ARGS = dict(model='deit_small_patch16_224', method='tpm', keep=0.7, r='keep', multiscale='', seed=0, smoke=False,
+                   similarity='', weight='', prop_attn='', distinct='')  # '': the default (multiscale: pool with a
+# reduction, none without)
 
 # The field each arg-string key names: a run labelled key=value (a sweep's run) trains that field at that
 # value. ``python -m tpm_jax.sweep`` reads a config file's ARG_FIELDS to refuse a --config.* flag on the
@@ -111,10 +114,10 @@ def apply_arg(c: ml_collections.ConfigDict, a: ml_collections.ConfigDict) -> ml_
     c.reduction.keep_rate = str(a.keep)
   if 'r' in a:
     c.reduction.r = str(a.r)
-  if 'multiscale' in a and a.multiscale:
-    c.multiscale.method = a.multiscale
-  if c.reduction.method == 'none':  # the plain backbone: multi-scale fusion comes only with a reduction
-    c.multiscale.method = 'none'
+  if a.get('multiscale'):  # as given: with method=none, refused as --config.multiscale.method is (hostile pass
+    c.multiscale.method = a.multiscale  # 19's A07: multiscale=pool beside method=none was dropped without a word)
+  elif 'multiscale' in a:  # the default: the plain backbone has none, multi-scale fusion comes with a reduction
+    c.multiscale.method = 'none' if c.reduction.method == 'none' else 'pool'
   if a.get('similarity'):
     c.reduction.similarity = a.similarity
   if a.get('weight'):

@@ -7,7 +7,8 @@ label smoothing 0.1), stochastic depth 0.1. Start from timm weights with
 
 Arg string (all optional): model=<timm name>, method=none|tpm|evit|drop|tome, keep=<float>,
 r=<int> (ToMe's tokens merged per block, ToMe's way; by default matched to keep: the token
-counts the other methods have at keep), multiscale=none|pool|cross, seed=<int>, smoke (a run of seconds on a CPU).
+counts the other methods have at keep), multiscale=none|pool|cross (default pool with a reduction, none
+without), seed=<int>, smoke (a run of seconds on a CPU).
   python train.py --config configs/deit.py:model=deit_small_patch16_224,method=tpm,keep=0.7 \\
       --config.dataset.manual_dir=/data/imagenet --workdir /ckpt/deit_s_tpm07
 """

@@ -41,7 +41,7 @@ from configs.common import RECIPE_ARGS, apply_arg, base_config, parse_arg
 
 # the shape is width, depth, patch (vit_custom): no ``model`` key
 ARGS = dict({k: v for k, v in RECIPE_ARGS.items() if k != 'model'}, method='none', multiscale='none', stage='finetune',
-            epochs=0.0, width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
+            epochs='', width=64, depth=4, patch=2, crop_min=0.6, pos_embed_init='trunc_normal')
 ARG_FIELDS = dict({k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}, width='model.embed_dim', depth='model.depth',
                   patch='model.patch_size', pos_embed_init='model.pos_embed_init',
                   epochs='num_epochs')  # the field each key names (python -m tpm_jax.sweep)
@@ -74,10 +74,10 @@ def config(arg=None, *, pinned: bool):
   c.aug.random_erasing = 0.0
   c.batch_size = 128
   if a.stage == 'pretrain':
-    c.num_epochs = a.epochs or 3.0
+    c.num_epochs = _epochs(a.epochs, 3.0)
     c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs, c.optim.weight_decay = 4e-3, 4e-5, 0.25, 0.05
   elif a.stage == 'finetune':
-    c.num_epochs = a.epochs or 0.2
+    c.num_epochs = _epochs(a.epochs, 0.2)
     c.optim.lr, c.optim.min_lr, c.optim.warmup_epochs, c.optim.weight_decay = 1e-3, 0.0, 0.0, 0.05
   else:
     raise ValueError(f'config arg stage={a.stage!r}: accepted are pretrain, finetune')
@@ -94,6 +94,15 @@ def config(arg=None, *, pinned: bool):
       c.reduction.similarity, c.reduction.weight = a.similarity or 'keys', a.weight or 'importance'
       c.reduction.distinct = 0.0 if a.distinct in (None, '') else c.reduction.distinct
   return c
+
+
+def _epochs(value: str, default: float) -> float:
+  """The ``epochs`` arg: the stage's default when not given; ``epochs=0`` is 0 epochs, refused as
+  ``num_epochs=0`` is (hostile pass 19's A18: read as "the default", it trained 3 epochs)."""
+  try:
+    return float(value) if value != '' else default
+  except ValueError:
+    raise ValueError(f'config arg epochs={value!r} is not accepted: expected a number') from None
 
 
 def _locations(depth):

@@ -11,7 +11,8 @@ Random resized crop keeps at least 90% of the area (short runs learn faster with
                    ``--config.init.checkpoint=<export of the pretrain run>``
 
 Both evaluate on all 10,000 test images. Arg string (all optional): stage=pretrain|finetune,
-method=<tpm|evit|drop|tome|none>, keep=<float>, multiscale=none|pool|cross, prop_attn=on|off,
+method=<tpm|evit|drop|tome|none>, keep=<float>, multiscale=none|pool|cross (default pool with a
+reduction, none without), prop_attn=on|off,
 seed=<int>, pretrain_steps=<int>, finetune_steps=<int>, smoke (a run of seconds, for tests).
 The fine-tuning run is the library's recommended tpm: multi-scale ``pool`` fusion and proportional
 attention (``prop_attn`` on for tpm and tome, off otherwise), the settings docs/RESULTS.md found best.
@@ -27,7 +28,7 @@ from configs.common import ARG_FIELDS as _COMMON_FIELDS
 from configs.common import parse_arg
 from tpm_jax.config import PROP_ATTN_METHODS
 
-ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='pool', prop_attn='', seed=0, pretrain_steps=1400,
+ARGS = dict(stage='finetune', method='tpm', keep=0.7, multiscale='', prop_attn='', seed=0, pretrain_steps=1400,
             finetune_steps=150, smoke=False)
 ARG_FIELDS = dict({k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}, pretrain_steps='total_steps',
                   finetune_steps='total_steps')  # the sweep reads it (configs/common.py)
@@ -36,7 +37,8 @@ ARG_FIELDS = dict({k: f for k, f in _COMMON_FIELDS.items() if k in ARGS}, pretra
 def get_config(arg=None):
   a = parse_arg(arg, **ARGS)
   pretrain = a.stage == 'pretrain'
-  method, multiscale = ('none', 'none') if pretrain else (a.method, a.multiscale)
+  method = 'none' if pretrain else a.method
+  multiscale = a.multiscale or ('none' if method == 'none' else 'pool')  # as configs/common.apply_arg's default
   prop_attn = a.prop_attn or ('on' if method in PROP_ATTN_METHODS else 'off')  # the library's default
   c = fmnist.config(f'stage={a.stage},method={method},keep={a.keep},multiscale={multiscale},'
                         f'prop_attn={prop_attn},seed={a.seed},pos_embed_init=sincos2d,crop_min=0.9'

@@ -8,7 +8,7 @@ import pytest
 
 from configs import deit
 from tpm_jax import trainer
-from tpm_jax.config import ConfigError
+from tpm_jax.config import ConfigError, RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,6 +136,8 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
                          (fmnist.get_config, 'smoke,width=96', f'config arg width=96 {smoke_sets}'),
                          (fmnist.get_config, 'smoke=treu', "config arg smoke='treu' is not accepted: expected true or "
                           "false (or smoke alone: true)"),  # hostile pass 18's Z25: read as false, the full run
+                         (deit.get_config, 'smoke,keep,method=tpm',  # pass 19's A02: keep 1.0 (float(True))
+                          'config arg keep needs a value (keep=...); only true/false keys stand alone'),
                          (deit.get_config, 'smoke,method=tpm,keep=0.7,keep=0.5',  # pass 18's Z03: the last one won
                           'config arg keep is given twice (keep=0.7, then keep=0.5): give it once'),
                          (fmnist.get_config, 'depth=6,method=tpm,smoke', f'config arg depth=6 {smoke_sets}'),
@@ -158,6 +160,29 @@ def test_a_config_arg_that_is_not_a_number_names_its_key():
   assert fmnist.get_config('smoke=off').total_steps == fmnist.get_config('').total_steps != 6
   assert fmnist_backbone.get_config('smoke').model.depth == 4 and fmnist_backbone.get_config('').model.depth == 12
   assert quickstart.get_config('').model.embed_dim == 96
+
+
+def test_an_arg_string_s_multiscale_and_epochs_are_what_was_asked():
+  """Hostile pass 19's A07/A08b: ``multiscale=pool`` (or cross) beside ``method=none`` trained the plain backbone
+  without a word: now given to the config as asked, and refused by its check as ``--config.multiscale.method``
+  is. Left out, multiscale is pool with a reduction and none without. A18: ``epochs=0`` was read as "the
+  stage's default" and trained 3 epochs: now 0 epochs, refused as ``num_epochs=0`` is."""
+  from configs import deit, fmnist, quickstart
+  for get, arg in ((fmnist.get_config, 'smoke,multiscale=pool'), (deit.get_config, 'smoke,method=none,multiscale=cross'),
+                   (quickstart.get_config, 'smoke,method=none,multiscale=pool')):
+    with pytest.raises(ConfigError, match=r"^multiscale.method='(pool|cross)' is not accepted: expected 'none' when "
+                       r"reduction.method='none'"):
+      RunConfig.from_any(get(arg))
+  assert [(c.reduction.method, c.multiscale.method) for c in (
+      deit.get_config(''), deit.get_config('method=none'), quickstart.get_config('smoke'),
+      quickstart.get_config('smoke,method=none'), fmnist.get_config('method=tpm'),
+      fmnist.get_config('method=tpm,multiscale=cross'))] == [('tpm', 'pool'), ('none', 'none'), ('tpm', 'pool'),
+                                                            ('none', 'none'), ('tpm', 'none'), ('tpm', 'cross')]
+  with pytest.raises(ConfigError, match=r'^total_steps=0 is not accepted: expected a positive number of steps, or num_epochs > 0'):
+    RunConfig.from_any(fmnist.get_config('stage=pretrain,epochs=0'))
+  assert [fmnist.get_config(a).num_epochs for a in ('stage=pretrain', 'epochs=0.5', '')] == [3.0, 0.5, 0.2]
+  with pytest.raises(ValueError, match=r"^config arg epochs='x' is not accepted: expected a number$"):
+    fmnist.get_config('epochs=x')
 
 
 @pytest.mark.parametrize('config, arg', [('fmnist', 'method=tome'), ('fmnist', 'method=tome,smoke'),

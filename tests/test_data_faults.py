@@ -352,3 +352,21 @@ def test_two_runs_preparing_one_data_dir_take_turns(tiny_imagenet, tmp_path, cap
   assert capsys.readouterr().err == (f'error: dataset.data_dir={tmp_path / "a_file"} is not accepted: it is a file; '
                                      f'expected a folder (TFDS prepares the dataset in it)\n')
   assert (tmp_path / 'a_file').read_text() == 'mine'
+  (tmp_path / 'dangling').symlink_to(tmp_path / 'nothing')  # hostile pass 19's PR03, PR04, PR09: errno dumps, the
+  (tmp_path / 'has_a_file').mkdir()  # last naming a folder TFDS makes (incomplete.*); PR05: '' said "prepared"
+  (tmp_path / 'has_a_file' / 'imagenet2012').write_text('mine')
+  for data_dir, says in ((tmp_path / 'dangling', 'it is a link to nothing'),
+                         (tmp_path / 'a_file' / 'sub', f'it is inside {tmp_path / "a_file"}, a file'),
+                         (tmp_path / 'has_a_file', 'imagenet2012 in it is a file'),
+                         ('', None)):
+    assert main(['--name', 'imagenet2012', '--data_dir', str(data_dir)]) == 2
+    assert capsys.readouterr().err == (f'error: dataset.data_dir={data_dir} is not accepted: {says}; expected a folder '
+                                       f'(TFDS prepares the dataset in it)\n' if says else
+                                       "error: dataset.data_dir='' is not accepted: expected a folder (or leave it out)\n")
+  assert sorted(os.listdir(tmp_path)) == ['a_file', 'dangling', 'has_a_file', 'tfds']  # nothing made
+  (tmp_path / 'empty' / 'imagenet2012' / '5.1.0').mkdir(parents=True)  # an empty version folder (pass 19's PR08: it
+  assert main(['--name', 'imagenet2012', '--data_dir', str(tmp_path / 'empty')]) == 2  # was said to be prepared)
+  assert 'holds no prepared dataset (no splits); remove it' in capsys.readouterr().err
+  from tpm_jax.data.sources import get_dataset  # and a run on it: one line (PR08b: a NotImplementedError traceback)
+  with pytest.raises(ConfigError, match='holds no prepared dataset'):
+    get_dataset(ml_collections.ConfigDict(dict(name='imagenet2012', data_dir=str(tmp_path / 'empty'))))

@@ -371,6 +371,10 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
                            ('none,,tpm:0.7', "--reductions: reduction setting '' is not accepted")):
     assert sweep.main(['--checkpoint', str(out), '--reductions', reductions, '--workdir', str(tmp_path / 'e')]) == 2
     assert capsys.readouterr().err.startswith(f'error: {says}') and not (tmp_path / 'e').exists()
+  shutil.copytree(out, tmp_path / 'xp' / 'evals')  # an export where the sweep writes (pass 19's XP01: ruined by it)
+  assert sweep.main(['--checkpoint', str(out), '--reductions', 'none', '--workdir', str(tmp_path / 'xp')]) == 2
+  assert f"its evals/, where the sweep writes, is the export {tmp_path / 'xp' / 'evals'}" in capsys.readouterr().err
+  tpm_jax.load_model(str(tmp_path / 'xp' / 'evals'))  # still whole
 
 
 def test_a_sweep_names_a_workdir_step_by_its_checksums(trained, tmp_path):

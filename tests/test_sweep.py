@@ -86,11 +86,15 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                            (['model=deit_tiny_patch16_224'],  # smoke sets the model (pass 17b's N6)
                                             'config arg model=deit_tiny_patch16_224 is not accepted with smoke'),
                                            (['method=none', 'multiscale=pool,cross'],
-                                            "run method-none_multiscale-pool would train multiscale.method='none', not pool"),
+                                            "run method-none_multiscale-pool: multiscale.method='pool' is not accepted: "
+                                            "expected 'none' when reduction.method='none'"),  # pass 19's A07: dropped
                                            (['multiscale=pool,cross', '--base', 'smoke,method=none'],
-                                            "--sweep multiscale=pool: the run would train multiscale.method='none', not pool"),
+                                            "--sweep multiscale=pool: multiscale.method='pool' is not accepted: expected "
+                                            "'none' when reduction.method='none'"),
                                            (['seed=0,00'], 'run seed-00 would train the same run as seed-0'),
                                            (['seed=0,0'], 'two runs get the same name seed-0 (a value given twice'),
+                                           (['seed=0', '--throughput_batch=0'],  # pass 19's SW13: trained, then a
+                                            '--throughput_batch=0 is not accepted: expected a positive int'),  # traceback
                                            (['keep=0.5,0.7', 'method=none,tpm'], 'run keep-0.5_method-none does not read '
                                             "reduction.keep_rate (reduction.method='none'): its label would name what was not "
                                             'trained'),
@@ -106,7 +110,8 @@ def test_print_commands_lists_the_unfinished_runs_and_runs_nothing(tmp_path, cap
                                              '--config.model.embed_dim=192', '--config.model.num_heads=3'],
                                             'they differ only in model.name'),
                                            (['epochs=0,1', '--base', 'stage=pretrain', '--file', 'fmnist.py'],
-                                            '--sweep epochs=0: the run would train num_epochs=3.0, not 0'),
+                                            '--sweep epochs=0: total_steps=0 is not accepted: expected a positive number '
+                                            'of steps, or num_epochs > 0'),  # pass 19's A18: 3 epochs without --sweep
                                            (['finetune_steps=100', 'method=tpm,evit', '--file', 'quickstart.py'],
                                             '--sweep finetune_steps=100: the run would train total_steps=3, not 100'),
                                            # hostile pass 14a: fields a run does not read (N_EP_smoke: epochs under
@@ -219,8 +224,8 @@ def test_a_users_config_file_gets_its_labels_checked_too(tmp_path, capsys):
     return out.err
   assert 'config arg model=deit_tiny_patch16_224 is not accepted with smoke' in refused(
       f'{own}:smoke', 'model=deit_tiny_patch16_224', 'keep=0.5,0.7')  # smoke sets vit_custom (the recipe refuses)
-  assert 'mycfg.py trains the same config whatever multiscale is' in refused(
-      f'{own}:smoke,method=none', 'multiscale=pool', 'seed=0,1')  # method none has no fusion
+  assert 'run keep-0.5_seed-0 does not read reduction.keep_rate' in refused(
+      f'{own}:smoke,method=none', 'keep=0.5', 'seed=0,1')  # method none reads no keep rate
   assert "ARG_FIELDS names 'model.nme' for --sweep model, which is no field of a run config" in refused(
       f'{typo}:method=tpm', 'model=deit_tiny_patch16_224')
   assert refused(f'{own}:smoke', 'keep=0.5,0.7') == ''

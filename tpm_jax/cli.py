@@ -1,6 +1,7 @@
 """Command-line helpers shared by train.py and eval.py."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import gc
 import logging as std_logging
@@ -272,6 +273,33 @@ def raise_if_stopped() -> None:
   again, for the tool's own stop line."""
   if _RAISED:
     raise Interrupted(signal.Signals(_RAISED[-1]).name)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser for the ``python -m tpm_jax.*`` tools, whose bad command line is one line (``error:
+  <what>; <prog> --help lists the flags``, exit 2) as every other refusal is, not argparse's usage block
+  (hostile pass 19's PR01, PR02, SW14). Abbreviated flags are not accepted (``--work`` is no ``--workdir``)."""
+
+  def __init__(self, **kwargs):
+    super().__init__(allow_abbrev=False, **kwargs)
+
+  def error(self, message: str) -> NoReturn:
+    error_line(f'{message}; {self.prog} --help lists the flags')
+    sys.exit(2)
+
+  def parse_args(self, args=None, namespace=None):
+    """Flags it does not know are named first (before a missing required one: ``--nme`` for ``--name``)."""
+    required = [a for a in self._actions if a.required]
+    for a in required:
+      a.required = False
+    try:
+      unknown = super().parse_known_args(args, namespace)[1]
+    finally:
+      for a in required:
+        a.required = True
+    if unknown:
+      self.error(f'unrecognized arguments: {" ".join(unknown)}')
+    return super().parse_args(args, namespace)
 
 
 def error_line(message) -> None:

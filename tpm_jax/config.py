@@ -253,8 +253,7 @@ class ReductionConfig:
     if self.prop_attn not in (None, True, False):
       _fail('reduction.prop_attn', self.prop_attn, 'true, false or None (method default)')
     if isinstance(self.tau, bool) or not isinstance(self.tau, (int, float)) or not 1e-3 <= self.tau <= 1e6:
-      _fail('reduction.tau', self.tau, 'a float in [0.001, 1e6] (below 0.001 the softmax is hard assignment, '
-            'assign=hard; tau=1e-30 gave wrong merges: hostile pass 18\'s E15)')
+      _fail('reduction.tau', self.tau, 'a float in [0.001, 1e6] (smaller is hard assignment: assign=hard)')  # pass 18's E15
     if self.distinct is None:  # the method's default
       return dataclasses.replace(self, distinct=TPM_DISTINCT if self.method == 'tpm' else 0.0).validated(depth)
     if isinstance(self.distinct, bool) or not isinstance(self.distinct, (int, float)) or not 0 <= self.distinct <= 1e6:
@@ -680,6 +679,9 @@ class DataConfig(_Section):
     for field in ('train_split', 'eval_split'):
       if not getattr(self, field).strip():
         _fail(f'dataset.{field}', getattr(self, field), 'a split name or slice, like train or train[:90%]')
+    for field in ('data_dir', 'manual_dir', 'image_folder'):  # '' was the current folder (hostile pass 19's PR05)
+      if getattr(self, field) is not None and not getattr(self, field).strip():
+        _fail(f'dataset.{field}', getattr(self, field), 'a folder (or leave it out)')
     return self
 
   @property

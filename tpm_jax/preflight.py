@@ -264,13 +264,6 @@ def sweep_folder_holding(path: str) -> str | None:
   return _enclosing(path, is_sweep_folder)
 
 
-def training_workdir_below(path: str) -> str | None:
-  """A training workdir or a sweep's folder inside the folder ``path``, if any (so that replacing the folder would
-  delete it): ``in_use_below``'s folder."""
-  found = in_use_below(path)
-  return None if found is None else found[0]
-
-
 def in_use_below(path: str) -> tuple[str, str] | None:
   """(folder, what it is) for the first folder inside ``path`` (or ``path`` itself) that replacing ``path`` would
   delete and must not: a training workdir; a run that ``overwrite`` moved aside (``checkpoints.replaced-<time>``,

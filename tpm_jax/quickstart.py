@@ -138,7 +138,7 @@ def report(workdir: str, runs: dict, configs: dict, *, throughput_batch: int = 6
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', default='workdirs/quickstart')
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)')
   p.add_argument('--method', default='tpm', help='token reduction for the fine-tuned run (tpm, evit, drop, tome)')

@@ -141,7 +141,11 @@ def read_state_dict(source) -> dict[str, np.ndarray]:
   out = {}
   for k, v in sd.items():
     k = k[len('module.'):] if k.startswith('module.') else k
-    out[k] = _to_numpy(v)
+    try:
+      out[k] = _to_numpy(v)
+    except (TypeError, RuntimeError, ValueError) as e:  # float8, quantized or sparse tensors (hostile pass 19's WT01-11)
+      raise ValueError(f'{k} holds {getattr(v, "dtype", type(v).__name__)} values, which are not read as weights '
+                       f'(expected float32, float16 or bfloat16 dense tensors; {(str(e).strip().splitlines() or [type(e).__name__])[0][:120]})') from e
   return out
 
 

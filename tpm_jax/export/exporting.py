@@ -16,7 +16,7 @@ from flax import nnx
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, WorkdirBusy, load_params_into
 from tpm_jax.checkpoint.errors import first_line
-from tpm_jax.cli import Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
+from tpm_jax.cli import ArgumentParser, Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.files import process_running, writing_name, writing_pid
 from tpm_jax.models.registry import model_from_config
@@ -200,7 +200,7 @@ def load_model(path: str):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(prog='python -m tpm_jax.export', description=sys.modules[__package__].__doc__,
+  p = ArgumentParser(prog='python -m tpm_jax.export', description=sys.modules[__package__].__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', required=True)
   p.add_argument('--output', required=True)

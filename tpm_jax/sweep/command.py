@@ -5,25 +5,27 @@ import argparse
 import os
 import re
 import shlex
+import shutil
 import sys
 
 from tpm_jax.checkpoint import WorkdirLock
-from tpm_jax.cli import Interrupted as Stopped
 from tpm_jax.cli import (
+  ArgumentParser,
   error_line,
   finished,
   stop_on_signals,
 )
+from tpm_jax.cli import Interrupted as Stopped
 from tpm_jax.config import ConfigError
 from tpm_jax.sweep.folder import check_sweep_folder, read_plan, save_plan, write_failed
 from tpm_jax.sweep.off_the_shelf import main_reductions
 from tpm_jax.sweep.planning import PLAN, check_existing, check_inputs, check_one_run_per_label, plan
 from tpm_jax.sweep.running import Interrupted, run
-from tpm_jax.sweep.tables import collect
+from tpm_jax.sweep.tables import check_throughput_batch, collect
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m tpm_jax.sweep', description=sys.modules[__package__].__doc__, allow_abbrev=False,
+  p = ArgumentParser(prog='python -m tpm_jax.sweep', description=sys.modules[__package__].__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', help='a configs/*.py file, optionally with :<arg string> (the base of every run)')
   p.add_argument('--sweep', action='append', default=[], metavar='KEY=V1,V2,...', help='repeatable')
@@ -41,6 +43,10 @@ def main(argv=None) -> int:
   if args.checkpoint or args.reductions:
     return main_reductions(args, overrides)
   try:
+    if args.split:  # hostile pass 19's SW05: dropped without a word (a training sweep's runs evaluate their config's split)
+      raise ConfigError('--split goes with --reductions (an off-the-shelf sweep); a training sweep evaluates each run\'s '
+                        'dataset.eval_split: give --config.dataset.eval_split=... instead')
+    check_throughput_batch(args.throughput_batch)  # before any run trains (hostile pass 19's SW13: after, a traceback)
     check_sweep_folder(args.workdir, args.collect_only)
     read_plan(args.workdir, 'training')
     bad = [o for o in overrides if not re.match(r'--config\.[\w.]+=', o)]
@@ -51,6 +57,9 @@ def main(argv=None) -> int:
       check_one_run_per_label(runs, read_plan(args.workdir, 'training'))
       check_existing(runs)
       if not (args.print_commands or args.collect_only):
+        if not shutil.which(args.python):  # hostile pass 19's SW08: each run failed, said as a write that failed
+          raise ConfigError(f'--python={args.python} is not accepted: not an executable file (the Python that runs '
+                            f'train.py)')
         check_inputs(runs)
     elif not (args.collect_only and os.path.exists(os.path.join(args.workdir, PLAN))):
       raise ConfigError(f'--config is required (or --collect_only on a workdir with a {PLAN})')
@@ -79,8 +88,9 @@ def main(argv=None) -> int:
     print(f'stopped: {e}', file=sys.stderr, flush=True)
     return 0
   except Stopped as e:
-    print(f'stopped by {e.signal_name}: the finished runs are kept (run the same command to go on, or add '
-          f'--collect_only for the tables)', file=sys.stderr, flush=True)
+    then = ('run the same command for the tables' if args.collect_only else  # pass 19's SG10: told to add it
+            'run the same command to go on, or add --collect_only for the tables')
+    print(f'stopped by {e.signal_name}: the finished runs are kept ({then})', file=sys.stderr, flush=True)
     return 0
   except OSError as e:  # the file system failing under the tables (a full disk)
     error_line(write_failed(args.workdir, e))

@@ -5,7 +5,7 @@ import os
 
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.files import read_json_object, write_json
-from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path
+from tpm_jax.preflight import check_outside_workdirs_and_exports, check_workdir_path, export_holding
 from tpm_jax.sweep.planning import PLAN, Run, run_name
 
 OUTPUTS = ('results.csv', 'results.md', 'pareto.png')  # the tables a sweep writes into its folder (runs/ may come first, from --print_commands)
@@ -106,6 +106,11 @@ def check_sweep_folder(workdir: str, collect_only: bool) -> None:
   if collect_only and not os.path.isdir(workdir):
     raise ConfigError(f'--workdir={workdir} is not accepted: no such sweep folder (--collect_only reads one)')
   check_workdir_path(workdir, what='--workdir')
+  for sub in ('runs', 'evals'):  # the folders it writes into: an export made there would fail its checksums (pass 19's
+    export = export_holding(os.path.join(os.path.abspath(os.path.expanduser(workdir)), sub))  # XP01, XP06)
+    if export is not None:
+      raise ConfigError(f'--workdir={workdir} is not accepted: its {sub}/, where the sweep writes, is the export '
+                        f'{export}, whose files are checksummed; choose a new folder, or move the export away')
   if not os.path.lexists(os.path.join(workdir, PLAN)):  # not a sweep's yet: what it would write must not be there
     theirs = [n for n in OUTPUTS if os.path.lexists(os.path.join(workdir, n))]
     if theirs:

@@ -25,7 +25,7 @@ from tpm_jax.models.registry import with_weights_of
 from tpm_jax.reduction_setting import parse_setting, parse_settings
 from tpm_jax.sweep.folder import check_sweep_folder, read_plan, write_failed
 from tpm_jax.sweep.planning import PLAN, computed_key
-from tpm_jax.sweep.tables import measure_models, write_tables
+from tpm_jax.sweep.tables import check_throughput_batch, measure_models, write_tables
 
 
 def _identity(path: str, source: str) -> dict:
@@ -180,8 +180,7 @@ def main_reductions(args, overrides) -> int:
                             ('--config.*', overrides)) if v]
     if wrong:
       raise ConfigError(f'{wrong[0]} does not go with --checkpoint/--reductions (no training runs)')
-    if args.throughput_batch < 1:
-      raise ConfigError(f'--throughput_batch={args.throughput_batch} is not accepted: expected a positive int')
+    check_throughput_batch(args.throughput_batch)
     try:
       settings = parse_settings(args.reductions)
     except ConfigError as e:  # named as eval.py names its --reduction (pass 18's SR4)

@@ -133,7 +133,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   alone = {(key, v): build({key: v}, f'--sweep {key}={v}')[1]  # each value alone first, so an error names it
            for key, values in sweeps.items() for v in values}
   declared = _arg_fields(file)
-  _check_labels(file, base, sweeps, overrides, alone, declared)
+  declared = {**_check_labels(file, base, sweeps, overrides, alone, declared), **declared}
   runs = []
   for combo in itertools.product(*sweeps.values()):
     values = dict(zip(sweeps, combo))
@@ -198,7 +198,7 @@ def _arg_fields(file: str) -> dict:
   return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, Mapping) else {}
 
 
-def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, declared: dict) -> None:
+def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, declared: dict) -> dict:
   """ConfigError unless every run trains what its label says. A key the config file declares
   (``ARG_FIELDS``) names one field of a run config (a declaration naming none is refused: pass 13a's
   OWN_typo): each value must leave that field at the value (not the config's own code, as ``smoke``
@@ -206,7 +206,9 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
   SW11; pass 11's N1, N2; pass 12's N1_*). Another key must change the config (pass 13a's
   OWN_smoke_model, OWN_none_ms: a user's config without ``ARG_FIELDS``), and a flag may not set a field
   its values (or other values of it) change. ``alone``: (key, value) -> the RunConfig of that value
-  alone, flags included, as plan() built it; ``declared``: ``_arg_fields``."""
+  alone, flags included, as plan() built it; ``declared``: ``_arg_fields``. Returns the field each undeclared key
+  changes, where it changes one (for plan()'s check that each run reads it: a user's config without ``ARG_FIELDS``
+  labelled method-none runs keep-0.5)."""
 
   def fields(values):  # without the flags
     try:
@@ -214,6 +216,7 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
     except ConfigError:  # a config that needs a flag to be valid: its own check, in plan(), named it
       return None
   plain = fields({}) if overrides or set(sweeps) - set(declared) else None
+  inferred = {}
   for key, values in sweeps.items():
     mine = {v: fields({key: v}) for v in values}
     if key in declared:
@@ -240,6 +243,8 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
     probes = [m for m in (fields({key: p}) for p in _probes(values)) if m is not None]
     swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())
              or (any(m.get(f) != plain[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
+    if len(swept) == 1:
+      inferred[key] = swept[0]
     if not swept:  # no value of the key changes the config: it is ignored, or overridden (smoke sets the model)
       unheld = [v for v in values if not any(_holds(x, v) for x in mine[v].values())]
       if probes:
@@ -258,6 +263,7 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
       lost = [f for f in swept if given.get(f) != mine[v].get(f)]
       if lost:
         _refuse_flag(key, v, lost[0], given[lost[0]], mine[v][lost[0]], overrides)
+  return inferred
 
 
 def _refuse_flag(key: str, v: str, f: str, given, own, overrides):

@@ -195,3 +195,9 @@ def measure_models(models: dict, batch: int = 64, rounds: int = 5) -> dict:
   """name -> (analytic GMACs, images/s), the models timed in interleaved rounds in this process."""
   speed = images_per_sec(models, batch, rounds=rounds)
   return {k: (count_flops(m, compile=False)['analytic_gmacs'], speed[k]) for k, m in models.items()}
+
+
+def check_throughput_batch(batch: int) -> None:
+  """The sweep's ``--throughput_batch`` (the batch its tables' images/s are measured at): a positive int."""
+  if batch < 1:
+    raise ConfigError(f'--throughput_batch={batch} is not accepted: expected a positive int')

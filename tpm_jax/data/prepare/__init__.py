@@ -13,7 +13,6 @@ deleted) and prepared again in ArrayRecord from the same downloads or manual dir
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import logging
@@ -21,7 +20,8 @@ import os
 
 import tensorflow_datasets as tfds
 
-from tpm_jax.cli import Interrupted, error_line, fail, finished, stop_on_signals
+from tpm_jax.checkpoint.errors import first_line
+from tpm_jax.cli import ArgumentParser, Interrupted, error_line, fail, finished, stop_on_signals
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
 
@@ -37,12 +37,33 @@ def prepare(dcfg):
   if is_prepared(builder):
     return builder
   root = str(builder.data_dir_root)
-  if os.path.exists(root) and not os.path.isdir(root):
-    raise ConfigError(f'dataset.data_dir={root} is not accepted: it is a file; expected a folder (TFDS prepares the '
-                      f'dataset in it)')
+  _check_folders(root, os.path.join(root, dcfg.name))
   with _preparing(root):
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
-    return builder if is_prepared(builder) else _prepare(dcfg, builder)
+    builder = builder if is_prepared(builder) else _prepare(dcfg, builder)
+  # An empty version folder was said to be prepared, and train.py then ended in a traceback (hostile pass 19's PR08,
+  # PR08b). TFDS's mock_data makes no folder (its data is made when read): not refused.
+  if os.path.isdir(builder.data_dir) and not builder.info.splits:
+    raise ConfigError(f'{dcfg.name}: {builder.data_dir} holds no prepared dataset (no splits); remove it to prepare '
+                      f'it again')
+  return builder
+
+
+def _check_folders(root: str, dataset_folder: str) -> None:
+  """The data dir, and the dataset's folder in it, are folders or do not exist yet: a file or a link to nothing there
+  was an errno dump (hostile pass 18's G06; 19's PR03, PR04, PR09, the last naming a folder TFDS makes inside)."""
+  for path in (root, dataset_folder):
+    what = ('a link to nothing' if os.path.islink(path) and not os.path.exists(path) else
+            'a file' if os.path.exists(path) and not os.path.isdir(path) else None)
+    if what is None and not os.path.exists(path):
+      parent = os.path.dirname(os.path.abspath(path))
+      while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+      what = f'inside {parent}, a file' if not os.path.isdir(parent) else None
+    if what:
+      it = 'it' if path == root else f'{os.path.basename(path)} in it'
+      raise ConfigError(f'dataset.data_dir={root} is not accepted: {it} is {what}; expected a folder (TFDS prepares '
+                        f'the dataset in it)')
 
 
 @contextlib.contextmanager
@@ -83,25 +104,49 @@ def _prepare(dcfg, builder):
     prepare_fashion_mnist(dcfg.get('data_dir'))
   else:
     manual = dcfg.get('manual_dir')
+    mocked = builder.download_and_prepare.__module__.startswith('tensorflow_datasets.testing')  # tfds.testing's
+    if not (getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) or mocked):  # mock_data: nothing is downloaded
+      _check_network(dcfg.name)
     builder.download_and_prepare(file_format=ARRAY_RECORD, download_config=tfds.download.DownloadConfig(
         manual_dir=os.path.expanduser(manual) if manual else None))
   return tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
 
 
+TFDS_HOST = 'storage.googleapis.com'  # where TFDS looks for a prepared copy first, before the dataset's own URLs
+
+
+def _check_network(name: str) -> None:
+  """A dataset TFDS downloads, on a machine without a name server (and no proxy): one line at once. TFDS retried
+  each URL ten times with back-off, for minutes (hostile pass 19's PR11)."""
+  import socket
+  import urllib.request
+  if urllib.request.getproxies():
+    return  # the proxy resolves the names
+  try:
+    socket.getaddrinfo(TFDS_HOST, 443)
+  except OSError as e:
+    raise ConfigError(f'{name}: preparing it downloads its files, and this machine cannot reach the network '
+                      f'({TFDS_HOST}: {e.strerror or e}); prepare it on a machine that can (python -m '
+                      f'tpm_jax.data.prepare --name {name} --data_dir DIR) and copy DIR here') from None
+
+
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(prog='python -m tpm_jax.data.prepare', description=__doc__.split('\n\n')[0])
+  p = ArgumentParser(prog='python -m tpm_jax.data.prepare', description=__doc__.split('\n\n')[0])
   p.add_argument('--name', required=True, help='a TFDS dataset name, e.g. imagenet2012, fashion_mnist')
   p.add_argument('--data_dir', default=None, help='TFDS data dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)')
   p.add_argument('--manual_dir', default=None, help='where the dataset\'s manual downloads are (imagenet2012: the tars)')
   a = p.parse_args(argv)
   stop_on_signals()  # a stop while TFDS writes: its unfinished folder removed, one line (not a traceback)
   try:
-    builder = prepare(DataConfig(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir))
+    builder = prepare(DataConfig(name=a.name, data_dir=a.data_dir, manual_dir=a.manual_dir).validated())
   except Interrupted as e:
     fail(f'stopped by {e.signal_name}; the dataset was not prepared (run the same command again)', 1)
   except (ConfigError, tfds.core.registered.DatasetNotFoundError, AssertionError, OSError) as e:
     error_line(str(e).strip().splitlines()[0])
     return 2
+  except Exception as e:  # noqa: BLE001 - TFDS over damaged data (protobuf's ParseError: hostile pass 19's PR07)
+    fail(f'{a.name} in {a.data_dir or "~/tensorflow_datasets"}: preparing it failed ({first_line(e)}); remove its '
+         f'folder there to prepare it again', 1)
   finished()  # prepared: a stop from now on changes nothing (hostile pass 18's S01: exit 130, no line)
   splits = ', '.join(f'{k} ({v.num_examples} examples)' for k, v in sorted(builder.info.splits.items()))
   print(f'{a.name}: prepared in ArrayRecord in {builder.data_dir}: {splits}')
