@@ -41,8 +41,8 @@ def get_config(arg=None):
   multiscale = a.multiscale or ('none' if method == 'none' else 'pool')  # as configs/common.apply_arg's default
   prop_attn = a.prop_attn or ('on' if method in PROP_ATTN_METHODS else 'off')  # the library's default
   c = fmnist.config(f'stage={a.stage},method={method},keep={a.keep},multiscale={multiscale},'
-                        f'prop_attn={prop_attn},seed={a.seed},pos_embed_init=sincos2d,crop_min=0.9'
-                        + (',smoke' if a.smoke else ',width=96,patch=4'), pinned=False)  # smoke sets the model
+                    f'prop_attn={prop_attn},seed={a.seed},pos_embed_init=sincos2d,crop_min=0.9'
+                    + (',smoke' if a.smoke else ',width=96,patch=4'), pinned=False)  # smoke sets the model
   c.batch_size = 64
   if a.stage == 'pretrain':
     c.total_steps = a.pretrain_steps

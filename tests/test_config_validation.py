@@ -231,3 +231,23 @@ def test_a_batch_larger_than_the_train_split_is_refused(tmp_path):
   with tfds.testing.mock_data(num_examples=8), pytest.raises(ConfigError, match=r'batch_size=16 .*at most the 8'):
     trainer.train_and_evaluate(c, str(tmp_path / 'run'))
   assert not (tmp_path / 'run').exists()
+
+
+def test_tpm_s_defaults_and_configs_saved_before_distinct_existed():
+  """tpm's defaults (docs/RESULTS.md section 0): tokens' similarity, size-weighted merges, ranked by attention and
+  distinctness (``distinct`` 2; 0 for the other methods, which do not read it). A reduction saved by a version
+  before ``distinct`` existed (every other field written: a config.json, a checkpoint's or export's config) ranked
+  by attention alone, and is read so: the model it trained, not today's default."""
+  import dataclasses
+
+  from tpm_jax.config import TPM_DISTINCT, ReductionConfig
+  tpm = ReductionConfig.from_any('tpm')
+  assert (tpm.similarity, tpm.weight, tpm.distinct) == ('tokens', 'size', 2.0) and TPM_DISTINCT == 2.0
+  assert ReductionConfig.from_any('tome').distinct == ReductionConfig.from_any(dict(method='evit')).distinct == 0.0
+  saved = {k: v for k, v in dataclasses.asdict(ReductionConfig.from_any('tpm')).items() if k != 'distinct'}
+  assert set(saved) == set(ReductionConfig.FIELDS) - {'distinct'}
+  assert ReductionConfig.from_any(saved).distinct == 0.0
+  old = RunConfig.from_any(_smoke(**{'reduction.method': 'tpm'})).to_dict()
+  del old['reduction']['distinct']  # a config.json of 2026-12-05
+  assert RunConfig.from_any(old).reduction.distinct == 0.0
+  assert ReductionConfig.from_any(dict(method='tpm', keep_rate=0.5)).distinct == 2.0  # a user's partial dict

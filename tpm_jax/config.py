@@ -230,8 +230,15 @@ class ReductionConfig:
 
   @classmethod
   def from_any(cls, value: Any, depth: int | None = None) -> 'ReductionConfig':
-    """None | method name | mapping | ConfigDict | ReductionConfig -> validated ReductionConfig."""
-    return _from_any(cls, value, 'reduction').validated(depth)
+    """None | method name | mapping | ConfigDict | ReductionConfig -> validated ReductionConfig. A mapping with
+    every field but ``distinct`` was saved (config.json, a checkpoint, an export, a sweep's records) by a version
+    before ``distinct`` existed (tpm_jax before 2026-12-06), when tpm ranked by attention alone: ``distinct`` 0, the
+    model it trained, not today's default."""
+    r = _from_any(cls, value, 'reduction')
+    if value is not None and not isinstance(value, (str, cls)) and \
+        set(cls.FIELDS) - set(_as_dict(value, 'reduction')) == {'distinct'}:
+      r = dataclasses.replace(r, distinct=0.0)
+    return r.validated(depth)
 
   @property
   def enabled(self) -> bool:
