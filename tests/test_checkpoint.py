@@ -303,9 +303,12 @@ def test_a_file_named_like_a_step_is_set_aside_not_overwritten(tmp_path, data_di
   export.main(['--workdir', str(workdir), '--output', str(tmp_path / 'out007')])
   assert json.load(open(tmp_path / 'out007' / 'export.json'))['step'] == 4
   os.remove(workdir / 'final.json')
+  (workdir / 'checkpoints' / '9').mkdir()  # an empty step folder (hostile pass 19's CK02: an errno dump, path twice)
   final, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
   assert error is None and 'resuming from step 4' in out and final['step'] == 6, (error, out[-2000:])
   assert (workdir / 'checkpoints' / '007').is_dir()
+  assert (f'{workdir / "checkpoints" / "9" / "meta" / "metadata"} is unreadable (No such file or directory); set aside '
+          f'as 9.unreadable') in out, out[-2000:]
 
 
 def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, data_dir, four_steps):

@@ -21,6 +21,10 @@ class WorkdirBusy(ConfigError):
 
 
 def first_line(e: BaseException, limit: int = 200) -> str:
-  """'<type>: <first line of the message>' of a library exception, for one-line errors."""
+  """'<type>: <first line of the message>' of a library exception, for one-line errors; of an OSError, its
+  reason alone ('No such file or directory'): the caller's line names the path (hostile pass 19's CK02, D12: an
+  errno dump, the path said twice)."""
+  if isinstance(e, OSError) and e.strerror:
+    return e.strerror
   text = str(e).strip().split(' See full TensorStore details')[0]  # then a pybind repr, no detail
   return f'{type(e).__name__}: {text.splitlines()[0][:limit]}' if text else type(e).__name__
