@@ -41,9 +41,9 @@ def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workd
     check_not_another_tool_s(workdir)
     if not run.overwrite:  # a workdir of another run
       check_config_json(workdir, run)
-  abstract = nnx.eval_shape(lambda: model_from_config(run))
   check_data(run.dataset, num_classes=run.model.num_classes)
-  check_init(run, abstract)
+  if run.init.timm_checkpoint or run.init.pretrained or run.init.checkpoint:  # weights to fit to the model's shapes
+    check_init(run, nnx.eval_shape(lambda: model_from_config(run)))  # (tracing the model costs ~0.5 s of start-up)
 
 
 def validate_train_config(config, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
