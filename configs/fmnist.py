@@ -106,5 +106,6 @@ def _epochs(value: str, default: float) -> float:
 
 
 def _locations(depth):
-  """DeiT's reduction blocks (3, 6, 9) of 12, scaled to ``depth``: (1, 3, 4) for 6, (1, 2, 3) for 4."""
-  return sorted({max(1, i * depth // 4) for i in (1, 2, 3)})
+  """DeiT's reduction blocks (3, 6, 9) of 12, scaled to ``depth``: (1, 3, 4) for 6, (1, 2, 3) for 4, (0,) for 1
+  (hostile pass 19's A12: (1,), past the one block, so ``depth=1`` with a reduction could never run)."""
+  return sorted({min(depth - 1, max(1, i * depth // 4)) for i in (1, 2, 3)})

@@ -181,6 +181,9 @@ def test_an_arg_string_s_multiscale_and_epochs_are_what_was_asked():
   with pytest.raises(ConfigError, match=r'^total_steps=0 is not accepted: expected a positive number of steps, or num_epochs > 0'):
     RunConfig.from_any(fmnist.get_config('stage=pretrain,epochs=0'))
   assert [fmnist.get_config(a).num_epochs for a in ('stage=pretrain', 'epochs=0.5', '')] == [3.0, 0.5, 0.2]
+  assert [fmnist.get_config(f'depth={d}').reduction.locations for d in (1, 2, 4, 6, 12)] == [
+      '0', '1', '1,2,3', '1,3,4', '3,6,9']  # pass 19's A12: depth=1 got (1,), past its one block
+  RunConfig.from_any(fmnist.get_config('depth=1,method=tpm'))
   with pytest.raises(ValueError, match=r"^config arg epochs='x' is not accepted: expected a number$"):
     fmnist.get_config('epochs=x')
 
