@@ -292,7 +292,8 @@ def test_a_file_named_like_a_step_is_set_aside_not_overwritten(tmp_path, data_di
   (ckpts / '4').write_text('my notes')
   os.remove(workdir / 'final.json')
   _, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
-  assert 'checkpoints/4 is not a checkpoint step (a step is a folder); set aside as 4.unreadable' in out, out[-2000:]
+  assert ('checkpoints/4 is not a checkpoint step (a step is a folder of its own, not a file or a link); set aside as '
+          '4.unreadable') in out, out[-2000:]
   assert error is not None and 'no good checkpoint left' in str(error) and 'nothing was trained' in str(error), error
   assert (ckpts / '4.unreadable').read_text() == 'my notes' and not (ckpts / '4').exists()
   # a folder '007' is no step 7 either (hostile pass 18's D10, X07: it was looked for as step 7, and the run, export and
@@ -304,11 +305,16 @@ def test_a_file_named_like_a_step_is_set_aside_not_overwritten(tmp_path, data_di
   assert json.load(open(tmp_path / 'out007' / 'export.json'))['step'] == 4
   os.remove(workdir / 'final.json')
   (workdir / 'checkpoints' / '9').mkdir()  # an empty step folder (hostile pass 19's CK02: an errno dump, path twice)
+  shutil.copytree(workdir / 'checkpoints' / '4', tmp_path / 'outside')  # a step linked from elsewhere (pass 19's CK04:
+  (workdir / 'checkpoints' / '8').symlink_to(tmp_path / 'outside')  # deleted as an old step through the link: exit 1)
   final, error, out = _train_here(workdir, data_dir, '--config.total_steps=6')
   assert error is None and 'resuming from step 4' in out and final['step'] == 6, (error, out[-2000:])
   assert (workdir / 'checkpoints' / '007').is_dir()
   assert (f'{workdir / "checkpoints" / "9" / "meta" / "metadata"} is unreadable (No such file or directory); set aside '
           f'as 9.unreadable') in out, out[-2000:]
+  assert (f'{workdir / "checkpoints" / "8"} is not a checkpoint step (a step is a folder of its own, not a file or a '
+          f'link); set aside as 8.unreadable') in out, out[-2000:]
+  assert (workdir / 'checkpoints' / '8.unreadable').is_symlink() and _listing(tmp_path / 'outside')
 
 
 def test_case3_flipped_byte_fails_the_checksum_and_is_never_restored(tmp_path, data_dir, four_steps):

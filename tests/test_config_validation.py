@@ -254,3 +254,16 @@ def test_tpm_s_defaults_and_configs_saved_before_distinct_existed():
   del old['reduction']['distinct']  # a config.json of 2026-12-05
   assert RunConfig.from_any(old).reduction.distinct == 0.0
   assert ReductionConfig.from_any(dict(method='tpm', keep_rate=0.5)).distinct == 2.0  # a user's partial dict
+
+
+def test_a_run_replaced_with_another_method_takes_that_method_s_distinct():
+  """``RunConfig.replace(reduction=dict(method=...))`` (the distillation teacher: method none) kept tpm's resolved
+  ``distinct`` 2, which the other methods refuse: the new method's default unless ``distinct`` is given too."""
+  tpm = RunConfig.from_any(_smoke(**{'reduction.method': 'tpm'}))
+  assert tpm.reduction.distinct == 2.0
+  assert tpm.replace(reduction=dict(method='none'), multiscale=dict(method='none')).reduction.distinct == 0.0
+  assert tpm.replace(reduction=dict(method='evit')).replace(reduction=dict(method='tpm')).reduction.distinct == 2.0
+  assert tpm.replace(reduction=dict(keep_rate=0.5)).reduction.distinct == 2.0
+  assert tpm.replace(reduction=dict(method='tpm', distinct=1.0)).reduction.distinct == 1.0
+  with pytest.raises(ConfigError, match=r"reduction.distinct=1.0 is not accepted: expected 0 for method 'drop'"):
+    tpm.replace(reduction=dict(method='drop', distinct=1.0))

@@ -930,7 +930,10 @@ class RunConfig:
     d = self.to_dict()
     for k, v in changes.items():
       if isinstance(v, Mapping) and isinstance(d.get(k), dict):
-        d[k] = dict(d[k], **v)
+        merged = dict(d[k], **v)
+        if k == 'reduction' and merged['method'] != d[k]['method'] and 'distinct' not in v:
+          merged['distinct'] = None  # another method, its own default (tpm's 2 is refused for the others: the
+        d[k] = merged                # distillation teacher, method none, was)
       else:
         d[k] = _jsonable(v)
     return RunConfig.from_any(d)

@@ -36,15 +36,20 @@ def list_steps(directory: str) -> list[int]:
   """Committed steps (Orbax's temporary directories and set-aside steps are not step names)."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if is_step_name(n) and os.path.isdir(os.path.join(directory, n)))
+  return sorted(int(n) for n in os.listdir(directory) if is_step_name(n) and _own_folder(os.path.join(directory, n)))
 
 
 def stray_steps(directory: str) -> list[int]:
-  """Entries named like a step that are not folders (a file put there by hand): no step, and saving that step would
-  replace them (hostile pass 16b's D10)."""
+  """Entries named like a step that are not folders of their own (a file put there by hand, a link): no step, and
+  saving that step would replace them (hostile pass 16b's D10); a linked step was deleted through the link as an old
+  step, and Orbax's deletion failed after the last step (pass 19's CK04: exit 1, no final.json)."""
   if not os.path.isdir(directory):
     return []
-  return sorted(int(n) for n in os.listdir(directory) if is_step_name(n) and not os.path.isdir(os.path.join(directory, n)))
+  return sorted(int(n) for n in os.listdir(directory) if is_step_name(n) and not _own_folder(os.path.join(directory, n)))
+
+
+def _own_folder(path: str) -> bool:
+  return os.path.isdir(path) and not os.path.islink(path)
 
 
 def set_aside_steps(directory: str) -> list[str]:
