@@ -186,6 +186,13 @@ def test_an_arg_string_s_multiscale_and_epochs_are_what_was_asked():
   RunConfig.from_any(fmnist.get_config('depth=1,method=tpm'))
   with pytest.raises(ValueError, match=r"^config arg epochs='x' is not accepted: expected a number$"):
     fmnist.get_config('epochs=x')
+  huge = fmnist.get_config('stage=pretrain,epochs=1e308')  # hostile pass 20's AR13: an OverflowError traceback
+  with pytest.raises(ConfigError, match=r'^num_epochs=1e\+308 is not accepted: expected at most 2147483647 steps in '
+                     r'all \(468.75 steps per epoch here\)$'):
+    RunConfig.from_any(huge).steps(468.75)
+  huge.total_steps = 2 ** 31
+  with pytest.raises(ConfigError, match=r'^total_steps=2147483648 is not accepted: expected at most 2147483647'):
+    RunConfig.from_any(huge)
 
 
 @pytest.mark.parametrize('config, arg', [('fmnist', 'method=tome'), ('fmnist', 'method=tome,smoke'),

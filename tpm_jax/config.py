@@ -189,6 +189,7 @@ class ViTConfig:
 REDUCTION_METHODS = ('none', 'tpm', 'evit', 'drop', 'tome')
 DEFAULT_LOCATIONS = (3, 6, 9)
 PROP_ATTN_METHODS = ('tpm', 'tome')  # prop_attn None: on for these
+MAX_STEPS = 2 ** 31 - 1  # a run's steps: the optimizer's step counter is a 32-bit int
 TPM_DISTINCT = 2.0  # tpm's default reduction.distinct (docs/RESULTS.md, section 0)
 SIZED_METHODS = ('tpm', 'evit', 'tome')  # their tokens stand for several patches; drop's for one: prop_attn changes nothing
 
@@ -897,6 +898,10 @@ class RunConfig:
     if self.batch_size % self.grad_accum_steps:
       _fail('batch_size', self.batch_size, f'a multiple of grad_accum_steps={self.grad_accum_steps}')
     _at_least('total_steps', self.total_steps, 0, 'an int >= 0 (0: from num_epochs)')
+    if self.total_steps > MAX_STEPS:
+      _fail('total_steps', self.total_steps, f'at most {MAX_STEPS} (the step counter is a 32-bit int)')
+    if not math.isfinite(self.num_epochs):  # hostile pass 20's AR13: inf epochs ended in an OverflowError traceback
+      _fail('num_epochs', self.num_epochs, 'a finite number >= 0 (> 0 when total_steps=0)')
     _at_least('num_epochs', self.num_epochs, 0, 'a number >= 0 (> 0 when total_steps=0)')
     if not (self.total_steps > 0 or self.num_epochs > 0):
       _fail('total_steps', self.total_steps, 'a positive number of steps, or num_epochs > 0')
@@ -977,8 +982,12 @@ class RunConfig:
 
   def steps(self, steps_per_epoch: float) -> int:
     """The steps the run trains: ``total_steps``, or ``num_epochs`` epochs of ``steps_per_epoch`` (the train
-    split's examples, or ``num_train_examples``, over ``batch_size``), rounded up."""
-    return int(self.total_steps or math.ceil(self.num_epochs * steps_per_epoch))
+    split's examples, or ``num_train_examples``, over ``batch_size``), rounded up. At most ``MAX_STEPS``."""
+    if self.total_steps:
+      return int(self.total_steps)
+    if self.num_epochs * steps_per_epoch > MAX_STEPS:  # hostile pass 20's AR13: 1e308 epochs, an OverflowError traceback
+      _fail('num_epochs', self.num_epochs, f'at most {MAX_STEPS} steps in all ({steps_per_epoch:g} steps per epoch here)')
+    return int(math.ceil(self.num_epochs * steps_per_epoch))
 
   def keep_stages(self, steps_per_epoch: float) -> list[tuple[int, object]]:
     """EViT's keep-rate warmup (1 -> target over ``keep_warmup_epochs``), quantised into at most
