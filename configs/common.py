@@ -35,6 +35,8 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     if twice:  # hostile pass 18's Z03: keep=0.7,keep=0.5 trained 0.5 without a word
       raise ValueError(f'config arg {key} is given twice ({twice[0]}, then {item}): give it once')
     default = defaults[key]
+    if _ and not value.strip():  # hostile pass 20's AR02, AR09: distinct=, multiscale=, prop_attn= trained the default
+      raise ValueError(f'config arg {key}= has no value: give {key}=<value>, or leave {key} out for its default')
     if not _:
       if not isinstance(default, bool):  # hostile pass 19's A02: a bare keep trained at keep 1.0 (float(True))
         raise ValueError(f'config arg {key} needs a value ({key}=...); only true/false keys stand alone')

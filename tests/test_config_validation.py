@@ -186,6 +186,10 @@ def test_an_arg_string_s_multiscale_and_epochs_are_what_was_asked():
   RunConfig.from_any(fmnist.get_config('depth=1,method=tpm'))
   with pytest.raises(ValueError, match=r"^config arg epochs='x' is not accepted: expected a number$"):
     fmnist.get_config('epochs=x')
+  for arg in ('smoke,method=tpm,distinct=', 'smoke,multiscale=', 'smoke,method=tpm,prop_attn= '):  # pass 20's AR02,
+    key = arg.split(',')[-1].split('=')[0]  # AR09: an empty value trained the default without a word
+    with pytest.raises(ValueError, match=rf'^config arg {key}= has no value: give {key}=<value>, or leave {key} out'):
+      fmnist.get_config(arg)
   huge = fmnist.get_config('stage=pretrain,epochs=1e308')  # hostile pass 20's AR13: an OverflowError traceback
   with pytest.raises(ConfigError, match=r'^num_epochs=1e\+308 is not accepted: expected at most 2147483647 steps in '
                      r'all \(468.75 steps per epoch here\)$'):
