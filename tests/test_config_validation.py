@@ -278,3 +278,21 @@ def test_a_run_replaced_with_another_method_takes_that_method_s_distinct():
   assert tpm.replace(reduction=dict(method='tpm', distinct=1.0)).reduction.distinct == 1.0
   with pytest.raises(ConfigError, match=r"reduction.distinct=1.0 is not accepted: expected 0 for method 'drop'"):
     tpm.replace(reduction=dict(method='drop', distinct=1.0))
+
+
+def test_the_committed_backbone_is_the_model_its_own_recipe_describes():
+  """Hostile pass 20's EC01: ``eval.py --checkpoint docs/results/fmnist_backbone --config
+  configs/fmnist_backbone.py:stage=pretrain`` (the recipe that trained it; --config supplies the data settings)
+  was refused as another model, over reduction fields a method-none model does not read. Fields that change the
+  function still count."""
+  from configs import fmnist_backbone
+  from tpm_jax import evaluation, export
+  saved = export.read_config(os.path.join(ROOT, 'docs', 'results', 'fmnist_backbone'))
+  for arg in ('stage=pretrain', ''):
+    given = RunConfig.from_any(fmnist_backbone.get_config(arg))
+    if given.reduction.method == 'none':
+      assert given.model_differences(saved) == [] and evaluation._check_same_model(saved, given) is None
+  other = RunConfig.from_any(fmnist_backbone.get_config('stage=pretrain')).replace(model=dict(depth=10))
+  assert [d.split('=')[0] for d in other.model_differences(saved)] == ['model.depth']
+  tpm = RunConfig.from_any(fmnist_backbone.get_config('method=tpm'))
+  assert 'reduction.method=' in ' '.join(tpm.model_differences(saved))

@@ -1079,10 +1079,14 @@ class RunConfig:
 
   def model_differences(self, other: 'RunConfig') -> list[str]:
     """'field=<self's> (<other's>)' for each setting of the model's function that differs: the
-    backbone, the reduction and the fusion (not the compute dtype or stochastic depth)."""
+    backbone, the reduction and the fusion (not the compute dtype or stochastic depth), but fields neither model
+    reads (a method-none model's similarity or prop_attn: hostile pass 20's EC01 refused the backbone's own
+    recipe as another model)."""
     mine, theirs = flat_dict(self.to_dict()), flat_dict(other.to_dict())
+    unread = set(self.unread()) & set(other.unread())
     return [f'{k}={mine[k]!r} (the other: {theirs.get(k)!r})' for k in sorted(mine)
-            if k.startswith(self.MODEL_SECTIONS) and k not in self.NOT_THE_FUNCTION and mine[k] != theirs.get(k)]
+            if k.startswith(self.MODEL_SECTIONS) and k not in self.NOT_THE_FUNCTION and k not in unread
+            and mine[k] != theirs.get(k)]
 
   def identity_differences(self, other: 'RunConfig') -> list[str]:
     """'field=<other's> there, <self's> now' for each identity field that differs."""
