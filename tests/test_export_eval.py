@@ -336,14 +336,18 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
     sweep.evaluate_reductions(str(out), parse_settings('tome:0.5'), str(workdir))
   with pytest.raises(ConfigError, match='inside the sweep folder'):
     preflight.check_output_file('--output', str(workdir / 'evals' / 'tome-0.5.json'), ours=lambda p: True)
-  # the record of the same setting name made with other fields (a later version's default): refused, not reused
+  # the record of the same setting name made with other fields (a later version's default), or without a record of
+  # what it applied (a version before 'applied'): evaluated again, never reported under today's name (hostile pass
+  # 20's DS01: refused, told to remove it; DS02: the old model's top-1 beside today's GMACs)
   (workdir / 'evals' / 'tome-0.5.json').unlink()  # (the other setting's copy above, put back below)
   record = json.load(open(workdir / 'evals' / 'drop-0.5.json'))
   assert record['applied']['reduction.method'] == 'drop'
-  record['applied']['reduction.schedule'] = [[3, 65, 40]]
-  (workdir / 'evals' / 'drop-0.5.json').write_text(json.dumps(record))
-  with pytest.raises(ConfigError, match=r'drop-0.5.json is the evaluation of another .* \(applied differ\)'):
-    sweep.evaluate_reductions(str(out), parse_settings('drop:0.5'), str(workdir))
+  for old in (dict(record, applied=dict(record['applied'], **{'reduction.schedule': [[3, 65, 40]]}), top1=0.125),
+              {k: v for k, v in dict(record, top1=0.125).items() if k != 'applied'}):
+    (workdir / 'evals' / 'drop-0.5.json').write_text(json.dumps(old))
+    rows = sweep.evaluate_reductions(str(out), parse_settings('drop:0.5'), str(workdir), throughput_batch=2, rounds=1)
+    assert [r['top1'] for r in rows if r['name'] == 'drop:0.5'] == [record['top1']] != [0.125]
+    assert json.load(open(workdir / 'evals' / 'drop-0.5.json'))['applied'] == record['applied']
   (workdir / 'evals' / 'drop-0.5.json').unlink()
   shutil.copy(tmp_path / 'none.json', workdir / 'evals' / 'tome-0.5.json')
   # another checkpoint (the workdir, at its step) into the same folder: refused, nothing written

@@ -130,12 +130,11 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
   for i, st in enumerate(settings, 1):
     path = os.path.join(workdir, 'evals', setting_file_name(st.name) + '.json')
     head = f'[{i}/{len(settings)}] {st.name}:'
+    result = None
     if os.path.exists(path):
       try:
         result = read_json_object(path)
         other = [k for k, v in dict(ident, reduction=st.name).items() if result.get(k) != v]
-        if 'applied' in result and result['applied'] != applied_fields(configs[st.name]):  # the setting's meaning changed
-          other.append('applied')  # (a default of a later version); records of earlier versions have no 'applied'
         for key in ('top1', 'top5', 'examples'):  # what the tables print
           if isinstance(result[key], bool) or not isinstance(result[key], (int, float)):
             raise TypeError(f'{key} is not a number')
@@ -145,11 +144,16 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
       if other:
         raise ConfigError(f'{path} is the evaluation of another checkpoint, split or setting ({", ".join(other)} differ): '
                           f'remove it to evaluate {st.name} again')
-      print(f'{head} evaluated before, top-1 {result["top1"]:.4f}', flush=True)
-    elif collect_only or st.name not in asked:
+      if result.get('applied') != applied_fields(configs[st.name]):  # the setting's meaning changed (a later version's
+        why = 'what it applied was not recorded' if 'applied' not in result else 'under other defaults'  # default), or a
+        print(f'{head} evaluated before as another model ({why}): evaluating it again', flush=True)  # record older
+        result = None  # than 'applied': never reported under today's name (hostile pass 20's DS01, DS02)
+      else:
+        print(f'{head} evaluated before, top-1 {result["top1"]:.4f}', flush=True)
+    if result is None and (collect_only or st.name not in asked):
       missing.append(st.name)
       continue
-    else:
+    if result is None:
       t = time.time()
       metrics = evaluation.evaluate_model(models[st.name], configs[st.name], dataset, split)
       result = dict(**ident, name=st.name, reduction=st.name, applied=applied_fields(configs[st.name]), model=run.model.name,
