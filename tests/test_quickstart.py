@@ -90,6 +90,22 @@ def test_the_quickstart_refuses_a_workdir_whose_backbone_export_has_other_steps(
   assert sorted(os.listdir(tmp_path)) == ['pretrain_export']
 
 
+def test_the_quickstart_s_refusal_of_another_run_names_its_own_way_on(tmp_path, capsys):
+  """Hostile pass 20's QS07: a workdir holding another run was refused with train.py's way on,
+  ``--config.overwrite=true``, a flag the quickstart does not have."""
+  from tpm_jax import quickstart as q
+  from tpm_jax.config import RunConfig
+  (tmp_path / 'pretrain').mkdir()
+  other = RunConfig.from_any(quickstart.get_config('stage=pretrain,smoke')).replace(seed=7)
+  (tmp_path / 'pretrain' / 'config.json').write_text(json.dumps(other.to_dict()))
+  with pytest.raises(SystemExit) as e:
+    q.main(['--workdir', str(tmp_path), '--config_arg', 'smoke'])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count('\n') == 1 and 'seed=7 there' in err, err
+  assert err.endswith(f'use another --workdir, or move {tmp_path} aside to start over\n') and 'overwrite' not in err
+  assert sorted(os.listdir(tmp_path)) == ['pretrain'] and os.listdir(tmp_path / 'pretrain') == ['config.json']
+
+
 def test_quickstart_configs():
   pre, ft = quickstart.get_config('stage=pretrain'), quickstart.get_config('')
   assert pre.reduction.method == 'none' and ft.reduction.method == 'tpm' and ft.reduction.keep_rate == '0.7'

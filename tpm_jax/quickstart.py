@@ -28,7 +28,8 @@ from PIL import Image
 
 from configs import quickstart as qs
 from tpm_jax import augment, cli, export, trainer, viz
-from tpm_jax.checkpoint import CheckpointError
+from tpm_jax.checkpoint import CheckpointError, ResumeMismatch
+from tpm_jax.checkpoint.resume import OVERWRITE_HINT
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.data import input_pipeline
 from tpm_jax.data.input_pipeline import DataError
@@ -154,6 +155,8 @@ def main(argv=None):
                args.method: qs.get_config(f'stage=finetune,method={args.method},keep={args.keep}' + extra)}
     configs = {k: RunConfig.from_any(c).replace(dataset=dict(data_dir=args.data_dir)) for k, c in configs.items()}
     return run(args.workdir, configs)
+  except ResumeMismatch as e:  # train.py's way on is a flag the quickstart does not have (hostile pass 20's QS07)
+    cli.fail(str(e).replace(OVERWRITE_HINT, f'use another --workdir, or move {args.workdir} aside to start over'), 2)
   except (ConfigError, ValueError) as e:
     cli.fail(e, 2)
   except cli.Interrupted as e:  # a signal outside training

@@ -53,9 +53,8 @@ class Resume:
   finished: bool = False
 
 
-def _overwrite_hint(workdir):
-  del workdir
-  return 'use another workdir, or --config.overwrite=true to start over there (the old run is kept aside)'
+# How each refusal below ends: train.py's ways on (the quickstart, which has no --config.* flags, says its own).
+OVERWRITE_HINT = 'use another workdir, or --config.overwrite=true to start over there (the old run is kept aside)'
 
 
 def check_config_json(workdir: str, run: RunConfig) -> None:
@@ -71,17 +70,17 @@ def check_config_json(workdir: str, run: RunConfig) -> None:
       saved = path, read_json_object(path)
     except (OSError, ValueError) as e:
       raise ResumeMismatch(f'workdir {workdir}: {path} is not a readable run config ({e}): '
-                           f'{_overwrite_hint(workdir)}') from None
+                           f'{OVERWRITE_HINT}') from None
   path, config = saved
   try:
     old = RunConfig.from_any(config)
   except ConfigError as e:
     raise ResumeMismatch(f'workdir {workdir}: {path} is not a readable run config ({e}): '
-                         f'{_overwrite_hint(workdir)}') from None
+                         f'{OVERWRITE_HINT}') from None
   diffs = run.identity_differences(old)
   if diffs:
     raise ResumeMismatch(f'workdir {workdir} holds a run with {"; ".join(diffs)} ({os.path.relpath(path, workdir)}): '
-                         f'{_overwrite_hint(workdir)}')
+                         f'{OVERWRITE_HINT}')
 
 
 def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: int, train_examples: int,
@@ -113,7 +112,7 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
       if diffs:
         fields = _state_field_differences(run, saved) or diffs[:3]
         raise ResumeMismatch(f'{step_dir} holds another train state than this config builds ({"; ".join(fields)}): '
-                             f'resume with the saved values, or {_overwrite_hint(workdir)}')
+                             f'resume with the saved values, or {OVERWRITE_HINT}')
       if s == total_steps and final_step == s:  # final.json of this very step (pass 12b's F1: of an older one)
         return Resume(s, None, meta, step_dir, finished=True)
       workers = saved_workers(step_dir, s, process_index, process_count)
@@ -139,7 +138,7 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
                           f'--config.overwrite=true to start over (the old run is kept aside)')
   if final_step is not None:  # a finished run whose checkpoints are gone: training again would replace its results
     raise ResumeMismatch(f'workdir {workdir} holds a finished run (final.json) but no checkpoint to continue '
-                         f'from ({directory} is empty or gone); nothing was trained: {_overwrite_hint(workdir)}')
+                         f'from ({directory} is empty or gone); nothing was trained: {OVERWRITE_HINT}')
   return None
 
 
@@ -157,10 +156,10 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
   diffs = run.identity_differences(saved)
   if diffs:
     raise ResumeMismatch(f'checkpoint step {step} of {workdir} was saved by a run with {"; ".join(diffs)}: '
-                         f'{_overwrite_hint(workdir)}')
+                         f'{OVERWRITE_HINT}')
   if step > total_steps:
     raise ResumeMismatch(f'checkpoint step {step} of {workdir} is past total_steps={total_steps}: set total_steps to '
-                         f'{step} or more to continue it, or {_overwrite_hint(workdir)}')
+                         f'{step} or more to continue it, or {OVERWRITE_HINT}')
   saved_count = meta.get('process_count')
   if saved_count is not None and saved_count != process_count:
     raise ResumeMismatch(f'checkpoint step {step} of {workdir} was saved by {saved_count} processes, and its input '
@@ -169,20 +168,20 @@ def _refuse_other_run(workdir, step, run, saved, meta, *, total_steps, train_exa
   if saved_n is not None and int(saved_n) != train_examples:
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} has {train_examples} examples now and had '
                          f'{saved_n} when checkpoint step {step} was saved: the saved input position would point into '
-                         f'other data; restore the data, or {_overwrite_hint(workdir)}')
+                         f'other data; restore the data, or {OVERWRITE_HINT}')
   saved_init = meta.get('init_fingerprint')  # one of another kind (an earlier version's) is not compared
   same_kind = str(saved_init).split(':')[0] == str(init_fingerprint).split(':')[0] and ':' in str(saved_init)
   if run.distill.alpha > 0 and same_kind and saved_init != init_fingerprint:
     raise ResumeMismatch(f'the init weights of {workdir} (init.*) are not the files checkpoint step {step} was saved '
                          f'with (same paths, other contents: other weights): the '
                          f'distillation teacher, rebuilt from them on resume, would be another model; restore them, '
-                         f'or {_overwrite_hint(workdir)}')
+                         f'or {OVERWRITE_HINT}')
   saved_print = meta.get('train_fingerprint')
   if saved_print is not None and train_fingerprint is not None and saved_print != train_fingerprint:
     raise ResumeMismatch(f'dataset.train_split={run.dataset.train_split!r} of {run.dataset.where} holds other examples '
                          f'or classes than when checkpoint step {step} was saved (same size; its class names, files '
                          f'or shards changed): the saved input position and labels would mean other data; restore '
-                         f'the data, or {_overwrite_hint(workdir)}')
+                         f'the data, or {OVERWRITE_HINT}')
 
 
 def _set_aside(directory: str, step: int, process_index: int, process_count: int) -> str:
