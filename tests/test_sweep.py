@@ -486,3 +486,27 @@ def test_sigterm_to_a_sweep_stops_its_train_py_which_saves(tmp_path, data_dir, c
   # no train.py is left running in the run's workdir: its lock is free
   from tpm_jax.checkpoint import WorkdirLock
   WorkdirLock(str(run)).acquire().release()
+
+
+def test_a_value_that_holds_beside_another_swept_key_s_is_planned(tmp_path, capsys):
+  """Hostile pass 20's SW20, SW19f, SW19b: over a method-none base, ``--sweep method=tpm,evit --sweep
+  multiscale=pool,cross`` and ``--sweep method=tpm --sweep distinct=0.5,2`` were refused, each value checked alone
+  against the base (multi-scale fusion and distinct need a reduction). Each value is checked in the first combination
+  where it holds; a combination that does not hold is named (SW19: the line blamed the base's method none)."""
+  def sweep_of(*sweeps):
+    code = sweep.main(['--config', os.path.join(ROOT, 'configs/fmnist.py:smoke'), '--workdir', str(tmp_path / 'sw'),
+                       '--print_commands', *[a for s in sweeps for a in ('--sweep', s)]])
+    out = capsys.readouterr()
+    return code, out.out.splitlines(), out.err
+  code, commands, _ = sweep_of('method=tpm,evit', 'multiscale=pool,cross')
+  assert code == 0 and [c.split(':smoke,')[1].split()[0] for c in commands] == [
+      'method=tpm,multiscale=pool', 'method=tpm,multiscale=cross', 'method=evit,multiscale=pool',
+      'method=evit,multiscale=cross']
+  code, commands, _ = sweep_of('method=tpm', 'distinct=0.5,2')
+  assert code == 0 and len(commands) == 2
+  code, _, err = sweep_of('distinct=2', 'method=tpm,evit')
+  assert code == 2 and err == ("error: run distinct-2_method-evit: reduction.distinct=2.0 is not accepted: expected 0 "
+                               "for method 'evit' (it ranks tpm's crucial tokens only)\n")
+  code, _, err = sweep_of('multiscale=pool')  # no combination holds it: the value's own line
+  assert code == 2 and err.startswith("error: --sweep multiscale=pool: multiscale.method='pool' is not accepted")
+  assert not (tmp_path / 'sw').exists()

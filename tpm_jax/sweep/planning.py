@@ -130,10 +130,24 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
     return f'{file}:{arg}', cfg
 
   build({}, None)  # the base config and the passed-on flags
-  alone = {(key, v): build({key: v}, f'--sweep {key}={v}')[1]  # each value alone first, so an error names it
-           for key, values in sweeps.items() for v in values}
+  alone, contexts = {}, {}
+  for key, values in sweeps.items():  # each value alone first, so an error names it; a value that holds only beside
+    others = {k: vs for k, vs in sweeps.items() if k != key}  # another key's (multiscale=pool, distinct=2 beside
+    for v in values:  # method=tpm over a method-none base: hostile pass 20's SW20, SW19f) is checked in the first
+      try:  # combination where it holds
+        alone[key, v], contexts[key, v] = build({key: v}, f'--sweep {key}={v}')[1], {}
+      except ConfigError as refused:
+        for combo in itertools.product(*others.values()):
+          try:
+            context = dict(zip(others, combo))
+            alone[key, v], contexts[key, v] = build({**context, key: v}, None)[1], context
+            break
+          except ConfigError:
+            continue
+        else:
+          raise refused from None
   declared = _arg_fields(file)
-  declared = {**_check_labels(file, base, sweeps, overrides, alone, declared), **declared}
+  declared = {**_check_labels(file, base, sweeps, overrides, alone, declared, contexts), **declared}
   runs = []
   for combo in itertools.product(*sweeps.values()):
     values = dict(zip(sweeps, combo))
@@ -198,7 +212,7 @@ def _arg_fields(file: str) -> dict:
   return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, Mapping) else {}
 
 
-def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, declared: dict) -> dict:
+def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, declared: dict, contexts: dict) -> dict:
   """ConfigError unless every run trains what its label says. A key the config file declares
   (``ARG_FIELDS``) names one field of a run config (a declaration naming none is refused: pass 13a's
   OWN_typo): each value must leave that field at the value (not the config's own code, as ``smoke``
@@ -206,7 +220,8 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
   SW11; pass 11's N1, N2; pass 12's N1_*). Another key must change the config (pass 13a's
   OWN_smoke_model, OWN_none_ms: a user's config without ``ARG_FIELDS``), and a flag may not set a field
   its values (or other values of it) change. ``alone``: (key, value) -> the RunConfig of that value
-  alone, flags included, as plan() built it; ``declared``: ``_arg_fields``. Returns the field each undeclared key
+  alone (or beside ``contexts[key, value]``, the other keys' values it needs), flags included, as plan() built it;
+  ``declared``: ``_arg_fields``. Returns the field each undeclared key
   changes, where it changes one (for plan()'s check that each run reads it: a user's config without ``ARG_FIELDS``
   labelled method-none runs keep-0.5)."""
 
@@ -218,8 +233,8 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
   plain = fields({}) if overrides or set(sweeps) - set(declared) else None
   inferred = {}
   for key, values in sweeps.items():
-    mine = {v: fields({key: v}) for v in values}
     if key in declared:
+      mine = {v: fields({**contexts[key, v], key: v}) for v in values}
       f = declared[key]
       for v in values:
         given = flat_dict(alone[key, v].to_dict())
@@ -235,14 +250,17 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
         if given.get(f) != mine[v].get(f):
           _refuse_flag(key, v, f, given[f], mine[v][f], overrides)
       continue
-    if plain is None or any(m is None for m in mine.values()):
+    context = next((contexts[key, v] for v in values if contexts[key, v]), {})  # the same beside for all its values
+    mine = {v: fields({**context, key: v}) for v in values}
+    here = fields(context) if context else plain
+    if here is None or any(m is None for m in mine.values()):
       continue
     # what the key changes: the fields its values set differently; a value that is the recipe's own (keep=0.7
     # where keep is 0.7 anyway) changes nothing, so other values of the key are tried (hostile pass 11's N1, N2)
     # (only the fields that then hold the value itself: a probe method=none also turns the fusion off)
-    probes = [m for m in (fields({key: p}) for p in _probes(values)) if m is not None]
-    swept = [f for f in plain if any(m.get(f) != plain[f] for m in mine.values())
-             or (any(m.get(f) != plain[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
+    probes = [m for m in (fields({**context, key: p}) for p in _probes(values)) if m is not None]
+    swept = [f for f in here if any(m.get(f) != here[f] for m in mine.values())
+             or (any(m.get(f) != here[f] for m in probes) and all(_holds(mine[v].get(f), v) for v in values))]
     if len(swept) == 1:
       inferred[key] = swept[0]
     if not swept:  # no value of the key changes the config: it is ignored, or overridden (smoke sets the model)
