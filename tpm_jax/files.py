@@ -12,6 +12,17 @@ import re
 import stat
 
 
+def blocked_at(path: str) -> tuple[str, str] | None:
+  """Why no folder can be at or made at the absolute ``path``: (the path in the way, 'file' or 'dangling link') for
+  ``path`` itself, or for its nearest existing ancestor, when that is not a folder; None when nothing is in the way."""
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if os.path.isdir(existing):
+    return None
+  return existing, 'dangling link' if os.path.islink(existing) and not os.path.exists(existing) else 'file'
+
+
 def sha256(path: str) -> str:
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'sha256').hexdigest()

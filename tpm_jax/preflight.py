@@ -23,7 +23,7 @@ from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
-from tpm_jax.files import process_running, sha256, writing_pid
+from tpm_jax.files import blocked_at, process_running, sha256, writing_pid
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
@@ -183,16 +183,15 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
   """A path a run can create and write: not empty, not under a file, a name the file system accepts, writable."""
   check_path_given(what, workdir)
   p = os.path.abspath(os.path.expanduser(workdir))
-  if os.path.lexists(p) and not os.path.isdir(p):
-    kind = 'a link that leads nowhere (dangling or a loop)' if os.path.islink(p) and not os.path.exists(p) else \
-        'a file'
-    raise ConfigError(f'{what} {workdir} is {kind}: expected a directory (existing or to be created)')
+  blocked = blocked_at(p)
+  if blocked is not None:
+    kind = 'a link that leads nowhere (dangling or a loop)' if blocked[1] == 'dangling link' else 'a file'
+    if blocked[0] == p:
+      raise ConfigError(f'{what} {workdir} is {kind}: expected a directory (existing or to be created)')
+    raise ConfigError(f'{what} {workdir}: {blocked[0]} is {kind}, so nothing can be created under it')
   existing = p
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    kind = 'a link that leads nowhere (dangling or a loop)' if os.path.islink(existing) else 'a file'
-    raise ConfigError(f'{what} {workdir}: {existing} is {kind}, so nothing can be created under it')
   try:
     name_max = os.pathconf(existing, 'PC_NAME_MAX')
   except OSError:

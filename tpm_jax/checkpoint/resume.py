@@ -94,8 +94,7 @@ def plan_resume(workdir: str, run: RunConfig, abstract_state, *, total_steps: in
   for s in stray_steps(directory):  # kept, under another name: saving step s would replace it
     new = _set_aside(directory, s, process_index, process_count)
     log.warning('warning: %s is not a checkpoint step (a step is a folder of its own, not a file or a link); set aside '
-                'as %s', os.path.join(directory,
-                str(s)), os.path.basename(new))
+                'as %s', os.path.join(directory, str(s)), os.path.basename(new))
     aside.append(os.path.basename(new))
   abstract = abstract_items(abstract_state)
   for s in reversed(steps):

@@ -201,7 +201,7 @@ def load_model(path: str):
 
 def main(argv=None):
   p = ArgumentParser(prog='python -m tpm_jax.export', description=sys.modules[__package__].__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--workdir', required=True)
   p.add_argument('--output', required=True)
   p.add_argument('--step', type=int, default=None, help='default: the newest good checkpoint')

@@ -26,7 +26,7 @@ from tpm_jax.sweep.tables import check_throughput_batch, collect
 
 def main(argv=None) -> int:
   p = ArgumentParser(prog='python -m tpm_jax.sweep', description=sys.modules[__package__].__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument('--config', help='a configs/*.py file, optionally with :<arg string> (the base of every run)')
   p.add_argument('--sweep', action='append', default=[], metavar='KEY=V1,V2,...', help='repeatable')
   p.add_argument('--workdir', required=True, help='runs go to WORKDIR/runs/<name>, results to WORKDIR')

@@ -24,6 +24,7 @@ from tpm_jax.checkpoint.errors import first_line
 from tpm_jax.cli import ArgumentParser, Interrupted, error_line, fail, finished, stop_on_signals
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
+from tpm_jax.files import blocked_at
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,10 @@ def _check_folders(root: str, dataset_folder: str) -> None:
   """The data dir, and the dataset's folder in it, are folders or do not exist yet: a file or a link to nothing there
   was an errno dump (hostile pass 18's G06; 19's PR03, PR04, PR09, the last naming a folder TFDS makes inside)."""
   for path in (root, dataset_folder):
-    what = ('a link to nothing' if os.path.islink(path) and not os.path.exists(path) else
-            'a file' if os.path.exists(path) and not os.path.isdir(path) else None)
-    if what is None and not os.path.exists(path):
-      parent = os.path.dirname(os.path.abspath(path))
-      while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-      what = f'inside {parent}, a file' if not os.path.isdir(parent) else None
-    if what:
+    blocked = blocked_at(os.path.abspath(path))
+    if blocked is not None:
+      kind = 'a link to nothing' if blocked[1] == 'dangling link' else 'a file'
+      what = kind if blocked[0] == os.path.abspath(path) else f'inside {blocked[0]}, {kind}'
       it = 'it' if path == root else f'{os.path.basename(path)} in it'
       raise ConfigError(f'dataset.data_dir={root} is not accepted: {it} is {what}; expected a folder (TFDS prepares '
                         f'the dataset in it)')
