@@ -4,6 +4,7 @@ import os
 import sys
 
 import tpm_jax
+from tpm_jax import forward
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import profile_ops  # noqa: E402
@@ -11,7 +12,9 @@ from benchmarks import profile_ops  # noqa: E402
 TINY = dict(img_size=32, patch_size=4, embed_dim=48, depth=3, num_heads=3, num_classes=10)
 
 
-def test_named_scopes_reach_the_compiled_ops_and_the_profile(tmp_path):
+def test_named_scopes_reach_the_compiled_ops_and_the_profile(tmp_path, monkeypatch, xla_own_codegen):
+  own = forward.compiler_options
+  monkeypatch.setattr(forward, 'compiler_options', lambda: {**(own() or {}), **xla_own_codegen})  # the ops users get
   models = {'none': tpm_jax.create_model('vit_custom', **TINY),
             'tpm': tpm_jax.create_model('vit_custom', reduction=dict(method='tpm', keep_rate=0.5, locations=(1,)), **TINY)}
   out = {name: profile_ops.profile_forward(m, 2, 2, str(tmp_path / name)) for name, m in models.items()}

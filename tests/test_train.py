@@ -129,12 +129,11 @@ def test_keep_rate_warmup_compiles_one_step_per_stage(tmp_path, monkeypatch):
   c = _smoke_config()
   c.model.depth, c.reduction.locations = 2, '1'  # what is counted does not depend on the depth
   c.reduction.keep_rate = '0.5'
-  c.keep_warmup_epochs, c.keep_warmup_stages = 6.0, 3  # 48 examples / 16 = 3 steps per epoch
+  c.keep_warmup_epochs, c.keep_warmup_stages = 2.0, 3  # 48 examples / 16 = 3 steps per epoch
   c.dataset.name, c.dataset.eval_split = 'cifar10', 'test'
-  c.total_steps, c.log_every_steps, c.eval_every_steps = 24, 4, 0
+  c.total_steps, c.log_every_steps, c.eval_every_steps = 8, 4, 0
   run = RunConfig.from_any(c)
-  assert run.keep_stages(3.0) == [
-      (1, 1.0), (10, 0.75), (19, 0.5)]
+  assert run.keep_stages(3.0) == [(1, 1.0), (4, 0.75), (7, 0.5)]
   with tfds.testing.mock_data(num_examples=48):
     trainer.train_and_evaluate(c, str(tmp_path))
   assert len(traces) == 3
