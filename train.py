@@ -45,9 +45,9 @@ def main(argv):
   quiet_closed_event_loop()
   try:
     config = RunConfig.from_any(F.config)  # the one reading of the ConfigDict
+    distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   except ConfigError as e:
     fail(str(e), 2)
-  distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   try:
     final = trainer.train_and_evaluate(config, F.workdir)
   except trainer.Stopped as e:  # the same line as the start-up's, a moment later

@@ -345,6 +345,10 @@ def test_a_sweep_over_one_checkpoint_evaluates_each_reduction_once(trained, tmp_
   for old in (dict(record, applied=dict(record['applied'], **{'reduction.schedule': [[3, 65, 40]]}), top1=0.125),
               {k: v for k, v in dict(record, top1=0.125).items() if k != 'applied'}):
     (workdir / 'evals' / 'drop-0.5.json').write_text(json.dumps(old))
+    capsys.readouterr()  # collecting only: not reported, and not said to be evaluated (hostile pass 21's DS10)
+    rows = sweep.evaluate_reductions(str(out), parse_settings('drop:0.5'), str(workdir), collect_only=True)
+    assert 'drop:0.5' not in [r['name'] for r in rows]
+    assert 'not reported (give --reductions drop:0.5, without --collect_only, to evaluate it again)' in capsys.readouterr().out
     rows = sweep.evaluate_reductions(str(out), parse_settings('drop:0.5'), str(workdir), throughput_batch=2, rounds=1)
     assert [r['top1'] for r in rows if r['name'] == 'drop:0.5'] == [record['top1']] != [0.125]
     assert json.load(open(workdir / 'evals' / 'drop-0.5.json'))['applied'] == record['applied']

@@ -632,6 +632,15 @@ def _jsonable(v):
   return v
 
 
+def epochs_in_steps(field: str, epochs: float, steps_per_epoch: float, rounding) -> int:
+  """``epochs`` (the value of ``field``) of ``steps_per_epoch`` steps as a whole number of steps
+  (``rounding``: ``round`` or ``math.ceil``); more than ``MAX_STEPS`` is refused naming the field (hostile
+  passes 20-21's AR13, OS13, OS14: 1e308 epochs ended in an OverflowError traceback)."""
+  if not epochs * steps_per_epoch <= MAX_STEPS:
+    _fail(field, epochs, f'at most {MAX_STEPS} steps ({steps_per_epoch:g} steps per epoch here)')
+  return int(rounding(epochs * steps_per_epoch))
+
+
 def _at_least(field: str, value, low, accepted: str, *, strict: bool = False):
   if value < low or (strict and value == low):
     _fail(field, value, accepted)
@@ -744,7 +753,7 @@ class OptimConfig(_Section):
 
   def warmup_steps(self, steps_per_epoch: float) -> int:
     """The learning-rate warmup in steps: ``warmup_epochs`` epochs, rounded."""
-    return int(round(self.warmup_epochs * steps_per_epoch))
+    return epochs_in_steps('optim.warmup_epochs', self.warmup_epochs, steps_per_epoch, round)
 
   def validated(self):
     _at_least('optim.lr', self.lr, 0, 'a float > 0 (per 512 images)', strict=True)
@@ -985,9 +994,7 @@ class RunConfig:
     split's examples, or ``num_train_examples``, over ``batch_size``), rounded up. At most ``MAX_STEPS``."""
     if self.total_steps:
       return int(self.total_steps)
-    if self.num_epochs * steps_per_epoch > MAX_STEPS:  # hostile pass 20's AR13: 1e308 epochs, an OverflowError traceback
-      _fail('num_epochs', self.num_epochs, f'at most {MAX_STEPS} steps in all ({steps_per_epoch:g} steps per epoch here)')
-    return int(math.ceil(self.num_epochs * steps_per_epoch))
+    return epochs_in_steps('num_epochs', self.num_epochs, steps_per_epoch, math.ceil)
 
   def keep_stages(self, steps_per_epoch: float) -> list[tuple[int, object]]:
     """EViT's keep-rate warmup (1 -> target over ``keep_warmup_epochs``), quantised into at most
@@ -995,7 +1002,7 @@ class RunConfig:
     stages that train a step (a warmup of a few steps leaves some out). Without warmup, or one that rounds to
     no step: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule would recompile
     every time a count changes; a few stages bound the compilations."""
-    warm_steps = int(round(self.keep_warmup_epochs * steps_per_epoch))
+    warm_steps = epochs_in_steps('keep_warmup_epochs', self.keep_warmup_epochs, steps_per_epoch, round)
     if not self.warms_up or warm_steps <= 0:
       return [(1, None)]
     n, last = self.keep_warmup_stages, self.steps(steps_per_epoch)

@@ -16,15 +16,57 @@ import os
 
 import jax
 
+from tpm_jax.config import ConfigError
+
 log = logging.getLogger(__name__)
+
+
+def resolve(coordinator_address: str | None = None, num_processes: int | None = None,
+            process_id: int | None = None) -> tuple[str | None, int | None, int | None]:
+  """(coordinator_address, num_processes, process_id), each from its flag or else its environment
+  variable, checked as JAX would use them (it raises a traceback, or waits its 300 s for a coordinator
+  at a port that cannot exist, then aborts): a ConfigError naming the flag or variable and what is
+  accepted. Nothing is started."""
+  def given(value, flag, var):
+    if value is not None:
+      return value, f'--{flag}'
+    return os.environ.get(var) or None, var
+
+  address, address_from = given(coordinator_address or None, 'coordinator_address', 'JAX_COORDINATOR_ADDRESS')
+  numbers = {}
+  for name, value, var in (('num_processes', num_processes, 'JAX_NUM_PROCESSES'),
+                           ('process_id', process_id, 'JAX_PROCESS_ID')):
+    value, where = given(value, name, var)
+    if isinstance(value, str):
+      try:
+        value = int(value)
+      except ValueError:
+        raise ConfigError(f'{where}={value!r} is not accepted: expected a whole number') from None
+    numbers[name] = (value, where)
+  (count, count_from), (index, index_from) = numbers['num_processes'], numbers['process_id']
+  if count is not None and count < 1:
+    raise ConfigError(f'{count_from}={count} is not accepted: expected the number of processes, 1 or more')
+  if index is not None and (index < 0 or index >= (count or 1)):
+    raise ConfigError(f'{index_from}={index} is not accepted: expected 0 to {(count or 1) - 1} '
+                      f'(one number per process, {count_from.lstrip("-")}={count or 1})')
+  if (count or 1) > 1:
+    if address is None:
+      raise ConfigError(f'{count_from}={count} needs --coordinator_address=HOST:PORT (or JAX_COORDINATOR_ADDRESS): '
+                        'where process 0 listens')
+    if index is None:
+      raise ConfigError(f'{count_from}={count} needs --process_id (or JAX_PROCESS_ID): this process, 0 to {count - 1}')
+  if address is not None:
+    host, _, port = address.rpartition(':')
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+      raise ConfigError(f'{address_from}={address!r} is not accepted: expected HOST:PORT with a port from 1 to 65535 '
+                        '(where process 0 listens)')
+  return address, count, index
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, auto: bool = False) -> None:
-  coordinator_address = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS')
-  num_processes = num_processes or (int(os.environ['JAX_NUM_PROCESSES']) if 'JAX_NUM_PROCESSES' in os.environ else None)
-  if process_id is None and 'JAX_PROCESS_ID' in os.environ:
-    process_id = int(os.environ['JAX_PROCESS_ID'])
+  """Joins the multi-process run the arguments (``resolve``) describe; nothing with one process."""
+  coordinator_address, num_processes, process_id = resolve(coordinator_address, num_processes, process_id)
   explicit = bool(coordinator_address or (num_processes or 1) > 1)
   if (explicit or auto) and (os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or not _has_accelerator()):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')

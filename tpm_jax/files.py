@@ -23,6 +23,15 @@ def blocked_at(path: str) -> tuple[str, str] | None:
   return existing, 'dangling link' if os.path.islink(existing) and not os.path.exists(existing) else 'file'
 
 
+def unwritable_at(path: str) -> str | None:
+  """The nearest existing folder at or above the absolute ``path`` when nothing can be made in it (a read-only
+  file system, permissions), else None."""
+  existing = path
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  return None if os.access(existing, os.W_OK | os.X_OK) else existing
+
+
 def sha256(path: str) -> str:
   with open(path, 'rb') as f:
     return hashlib.file_digest(f, 'sha256').hexdigest()
@@ -39,6 +48,17 @@ def writing_pid(name: str, base: str | None = None, ext: str | None = None) -> i
   if not match or base is not None and match[1] != base or ext is not None and (match[3] or '') != ext:
     return None
   return int(match[2])
+
+
+def give_new_file_mode(path: str) -> None:
+  """Give ``path`` the permissions of a file this process creates (0666 less the umask): safetensors'
+  ``save_file`` writes 0600, which other users (a serving job under another account) cannot read."""
+  probe = writing_name(path, ext='.mode')
+  os.close(os.open(probe, os.O_CREAT | os.O_WRONLY, 0o666))
+  try:
+    os.chmod(path, stat.S_IMODE(os.stat(probe).st_mode))
+  finally:
+    os.remove(probe)
 
 
 @contextlib.contextmanager

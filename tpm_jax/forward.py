@@ -32,15 +32,35 @@ def jitted_forward(graphdef, *, return_aux: bool = False) -> Callable:
 class JitForward:
   """``images -> logits``: the compiled inference forward of a snapshot of a model (``jit_forward``).
   ``jitted`` is the ``jax.jit`` function of ``(state, images)``; ``lower(images)`` lowers it for
-  ``images`` (``.compile()`` then gives the executable, as ``jax.jit``'s ``lower`` does)."""
+  ``images``, and its ``.compile()`` gives the executable, which takes the images (the snapshot bound,
+  as the forward itself: ``forward.lower(x).compile()(x)``; its ``cost_analysis()``, ``as_text()`` ...
+  are jax's)."""
   jitted: Callable
   state: nnx.State
 
   def __call__(self, images: jax.Array) -> jax.Array:
     return self.jitted(self.state, images)
 
-  def lower(self, images: jax.Array):
-    return self.jitted.lower(self.state, images)
+  def lower(self, images: jax.Array) -> _Bound:
+    return _Bound(self.jitted.lower(self.state, images), self.state)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Bound:
+  """A jax ``Lowered`` or ``Compiled`` of ``(state, images)`` with ``state`` bound: ``compile()`` gives
+  the next stage bound the same way, a call takes the images (hostile pass 21's JF06: it took the
+  state too), every other attribute is jax's."""
+  stage: object
+  state: nnx.State
+
+  def compile(self, *args, **kwargs) -> _Bound:
+    return _Bound(self.stage.compile(*args, **kwargs), self.state)
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    return self.stage(self.state, images)
+
+  def __getattr__(self, name):
+    return getattr(self.stage, name)
 
 
 def jit_forward(model: nnx.Module) -> JitForward:

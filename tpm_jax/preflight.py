@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import stat
 
@@ -23,7 +24,7 @@ from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
-from tpm_jax.files import blocked_at, process_running, sha256, writing_pid
+from tpm_jax.files import blocked_at, process_running, sha256, unwritable_at, writing_pid
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
@@ -130,10 +131,15 @@ def check_init(run: RunConfig, abstract_model) -> None:
   """``init.timm_checkpoint``, ``init.pretrained`` (cached or downloaded now) and ``init.checkpoint``
   exist, are what they should be, fit the model (names and shapes) and hold finite values."""
   def check_fits(path, refused_as):
+    notes = logging.getLogger(load_timm_weights.__module__)  # what the load leaves out (a head) is said once, by the
+    level = notes.level  # real load (hostile pass 21's WT43: twice)
+    notes.setLevel(logging.ERROR)
     try:
       load_timm_weights(abstract_model, path)
     except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
       raise ConfigError(f'{refused_as}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
+    finally:
+      notes.setLevel(level)
 
   if run.init.timm_checkpoint:
     check_fits(check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,
@@ -200,7 +206,7 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
   if long is not None:
     raise ConfigError(f'{what} {workdir}: the name {long[:40]}... is longer than the file system allows ({name_max} '
                       f'bytes)')
-  if not os.access(existing, os.W_OK | os.X_OK):
+  if unwritable_at(p) is not None:
     raise ConfigError(f'{what} {workdir}: {existing} is not writable (read-only file system or permissions)')
   for name, kind in RUN_FILE_KINDS.items():  # what a run writes there must be what it writes (a FIFO would block)
     f = os.path.join(p, name)

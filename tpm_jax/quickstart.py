@@ -27,7 +27,7 @@ from flax import nnx
 from PIL import Image
 
 from configs import quickstart as qs
-from tpm_jax import augment, cli, export, trainer, viz
+from tpm_jax import augment, cli, export, preflight, trainer, viz
 from tpm_jax.checkpoint import CheckpointError, ResumeMismatch
 from tpm_jax.checkpoint.resume import OVERWRITE_HINT
 from tpm_jax.config import ConfigError, RunConfig
@@ -151,6 +151,7 @@ def main(argv=None):
 
   cli.stop_on_signals()  # outside training (which saves first): stop where it is, nothing half-written
   try:
+    preflight.check_workdir_path(args.workdir, what='--workdir')  # an errno line at the first write (pass 21's OP23)
     configs = {'pretrain': qs.get_config('stage=pretrain' + extra),
                args.method: qs.get_config(f'stage=finetune,method={args.method},keep={args.keep}' + extra)}
     configs = {k: RunConfig.from_any(c).replace(dataset=dict(data_dir=args.data_dir)) for k, c in configs.items()}

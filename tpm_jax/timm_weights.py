@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from tpm_jax.big_vision_weights import read_big_vision
+from tpm_jax.files import give_new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ def export_timm_weights(model, path, *, name: str | None = None) -> str:
   if not path.endswith('.safetensors'):
     raise ValueError(f'{path}: export_timm_weights writes .safetensors files')
   save_file(timm_state_dict(model), path, metadata={'format': 'pt', WRITER_KEY: WRITER})
+  give_new_file_mode(path)  # readable as the export's other files are (it wrote 0600)
   left_out = not_in_timm_layout(model)
   if left_out:
     log.warning(f'warning: {name or path} holds the timm backbone only: {", ".join(sorted({p.split(".")[0] for p in left_out}))} '

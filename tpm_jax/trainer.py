@@ -493,6 +493,7 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
   fingerprint = dataset.fingerprint(run.dataset.train_split)  # the class names and the files or shards
   steps_per_epoch = (run.num_train_examples or split_examples) / run.batch_size
   total_steps = run.steps(steps_per_epoch)
+  run.optim.warmup_steps(steps_per_epoch), run.keep_stages(steps_per_epoch)  # in steps too: refused here, if at all
   stop.check('start-up')
 
   lock = checkpoint.WorkdirLock(workdir).acquire() if is_main else None

@@ -111,6 +111,12 @@ def param_mismatch(saved: dict, state) -> str | None:
     got = saved.get(key, (None,))[0]
     if got != tuple(v.shape):
       return f'{key} is {got if got is not None else "missing"} there, the model needs {tuple(v.shape)}'
+  keys = {'.'.join(str(k) for k in p) for p, _ in nnx.to_flat_state(state)}
+  extra = sorted(k for k in saved if k not in keys)  # restoring them failed as if the export were damaged (pass 21's EX13)
+  if extra:
+    fusion = ' (a multi-scale fusion; this model has none: multiscale.method=none)' if all(
+        k.startswith('multiscale.') for k in extra) else ''
+    return f'{extra[0]}{f" and {len(extra) - 1} more" if len(extra) > 1 else ""} is there{fusion}, not in the model'
   return None
 
 

@@ -107,7 +107,11 @@ def check_sweep_folder(workdir: str, collect_only: bool) -> None:
     raise ConfigError(f'--workdir={workdir} is not accepted: no such sweep folder (--collect_only reads one)')
   check_workdir_path(workdir, what='--workdir')
   for sub in ('runs', 'evals'):  # the folders it writes into: an export made there would fail its checksums (pass 19's
-    export = export_holding(os.path.join(os.path.abspath(os.path.expanduser(workdir)), sub))  # XP01, XP06)
+    path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), sub)  # XP01, XP06)
+    if os.path.lexists(path) and not os.path.isdir(path):  # a file or a dangling link (pass 21's DS14)
+      raise ConfigError(f'--workdir={workdir} is not accepted: its {sub} is not a folder; the sweep keeps its '
+                        f'{"runs" if sub == "runs" else "evaluations"} in {sub}/: move it away')
+    export = export_holding(path)
     if export is not None:
       raise ConfigError(f'--workdir={workdir} is not accepted: its {sub}/, where the sweep writes, is the export '
                         f'{export}, whose files are checksummed; choose a new folder, or move the export away')

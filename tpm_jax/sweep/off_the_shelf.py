@@ -146,8 +146,11 @@ def _evaluate_settings(workdir, settings, models, configs, notes, ident, run, da
                           f'remove it to evaluate {st.name} again')
       if result.get('applied') != applied_fields(configs[st.name]):  # the setting's meaning changed (a later version's
         why = 'what it applied was not recorded' if 'applied' not in result else 'under other defaults'  # default), or a
-        print(f'{head} evaluated before as another model ({why}): evaluating it again', flush=True)  # record older
-        result = None  # than 'applied': never reported under today's name (hostile pass 20's DS01, DS02)
+        again = ('evaluating it again' if not collect_only and st.name in asked else  # record older than 'applied':
+                 f'not reported (give --reductions {st.name}' + (', without --collect_only,' if collect_only else '')
+                 + ' to evaluate it again)')  # never reported under today's name (hostile passes 20-21's DS01, DS02, DS10)
+        print(f'{head} evaluated before as another model ({why}): {again}', flush=True)
+        result = None
       else:
         print(f'{head} evaluated before, top-1 {result["top1"]:.4f}', flush=True)
     if result is None and (collect_only or st.name not in asked):

@@ -90,6 +90,9 @@ def parse_sweeps(sweeps) -> dict[str, list[str]]:
   out = {}
   for key, values in items:
     key, values = key.strip(), [str(v).strip() for v in (values.split(',') if isinstance(values, str) else values)]
+    if '.' in key:  # hostile pass 21's SP06: the values were blamed
+      raise ConfigError(f'--sweep {key}: a --config.{key} field cannot be swept; sweep keys are the config file\'s '
+                        f'arg-string keys (give the field as --config.{key}=VALUE, one value per sweep)')
     if not re.fullmatch(r'\w+', key) or not all(values):
       raise ConfigError(f'--sweep {key}={",".join(values)}: expected key=v1,v2,... (non-empty values)')
     if key in out:

@@ -24,7 +24,7 @@ from tpm_jax.checkpoint.errors import first_line
 from tpm_jax.cli import ArgumentParser, Interrupted, error_line, fail, finished, stop_on_signals
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
-from tpm_jax.files import blocked_at
+from tpm_jax.files import blocked_at, unwritable_at
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ def prepare(dcfg):
     return builder
   root = str(builder.data_dir_root)
   _check_folders(root, os.path.join(root, dcfg.name))
+  mocked = builder.download_and_prepare.__module__.startswith('tensorflow_datasets.testing')  # tfds.testing's
+  if not (_from_debian(builder) or getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) or mocked):  # mock_data:
+    _check_network(dcfg.name)  # nothing is downloaded. Before the data dir is made (hostile pass 21's PR25)
   with _preparing(root):
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
     builder = builder if is_prepared(builder) else _prepare(dcfg, builder)
@@ -61,6 +64,10 @@ def _check_folders(root: str, dataset_folder: str) -> None:
       it = 'it' if path == root else f'{os.path.basename(path)} in it'
       raise ConfigError(f'dataset.data_dir={root} is not accepted: {it} is {what}; expected a folder (TFDS prepares '
                         f'the dataset in it)')
+  locked = unwritable_at(os.path.abspath(root))  # an errno line, exit 1 after start-up (hostile pass 21's OP22, OP25)
+  if locked is not None:
+    raise ConfigError(f'dataset.data_dir={root} is not accepted: {locked} is not writable (read-only file system or '
+                      f'permissions), and the dataset is not prepared there yet; prepare it where you can write')
 
 
 @contextlib.contextmanager
@@ -97,16 +104,19 @@ def _prepare(dcfg, builder):
     log.warning('%s: %s holds TFRecord files only; moved to %s (delete it when done) and preparing ArrayRecord files '
                 'from the same sources', dcfg.name, old, aside)
     builder = tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
-  if dcfg.name == 'fashion_mnist':
+  if _from_debian(builder):
     prepare_fashion_mnist(dcfg.get('data_dir'))
   else:
     manual = dcfg.get('manual_dir')
-    mocked = builder.download_and_prepare.__module__.startswith('tensorflow_datasets.testing')  # tfds.testing's
-    if not (getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None) or mocked):  # mock_data: nothing is downloaded
-      _check_network(dcfg.name)
     builder.download_and_prepare(file_format=ARRAY_RECORD, download_config=tfds.download.DownloadConfig(
         manual_dir=os.path.expanduser(manual) if manual else None))
   return tfds.builder(dcfg.name, data_dir=dcfg.get('data_dir'))
+
+
+def _from_debian(builder) -> bool:
+  """Whether ``builder`` is the fashion_mnist that ``prepare_fashion_mnist`` prepares from Debian's files
+  (however the name was spelled: ``Fashion_MNIST``, ``fashion_mnist:3.0.1``; hostile pass 21's PR25, PR26)."""
+  return builder.name == 'fashion_mnist' and builder.version == tfds.builder_cls('fashion_mnist').VERSION
 
 
 TFDS_HOST = 'storage.googleapis.com'  # where TFDS looks for a prepared copy first, before the dataset's own URLs

@@ -1,0 +1,172 @@
+"""Hostile pass 21's findings (docs/results/hostile/pass21.md), each as a user met it: bad multi-process
+flags, epoch counts past the step counter, a dotted --sweep key, a sweep folder's evals/ that is a file,
+read-only data dirs and quickstart workdirs, another spelling of fashion_mnist, an export with a fusion the
+model lacks, a head note said twice, a lowered forward's executable, a .safetensors only its writer reads."""
+import logging
+import os
+import stat
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import tpm_jax
+from configs import fmnist
+from tpm_jax import distributed, preflight
+from tpm_jax.checkpoint.exports import param_mismatch
+from tpm_jax.config import ConfigError, DataConfig, RunConfig
+from tpm_jax.models.registry import model_from_config
+from tpm_jax.sweep.folder import check_sweep_folder
+from tpm_jax.sweep.planning import parse_sweeps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('args, env, named', [
+    (dict(coordinator_address='127.0.0.1:23457', num_processes=2, process_id=2), {}, '--process_id=2'),  # MP03
+    (dict(num_processes=2, process_id=0), {}, '--num_processes=2 needs --coordinator_address'),  # MP04
+    (dict(coordinator_address='127.0.0.1:23457', num_processes=2), {}, 'needs --process_id'),
+    (dict(coordinator_address='127.0.0.1:99999', num_processes=2, process_id=0), {}, "'127.0.0.1:99999'"),  # MP05
+    (dict(coordinator_address='localhost', num_processes=2, process_id=0), {}, 'HOST:PORT'),
+    (dict(), {'JAX_NUM_PROCESSES': 'two'}, "JAX_NUM_PROCESSES='two'"),  # MP06
+    (dict(num_processes=0), {}, '--num_processes=0'),
+])
+def test_bad_multi_process_arguments_are_refused_naming_the_flag_or_variable(monkeypatch, args, env, named):
+  for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    monkeypatch.delenv(k, raising=False)
+  for k, v in env.items():
+    monkeypatch.setenv(k, v)
+  with pytest.raises(ConfigError, match=named.replace('(', r'\(').replace('[', r'\[')):
+    distributed.resolve(**args)
+
+
+def test_good_multi_process_arguments_resolve_from_flags_or_the_environment(monkeypatch):
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '[::1]:1234')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  assert distributed.resolve() == ('[::1]:1234', 2, 1)
+  assert distributed.resolve('10.0.0.1:80', 4, 3) == ('10.0.0.1:80', 4, 3)
+
+
+def test_train_py_refuses_a_port_that_cannot_exist_at_once(tmp_path):
+  """MP05: JAX waited its 300 s for a coordinator at port 99999, then aborted from C++."""
+  res = subprocess.run([sys.executable, 'train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
+                        '--coordinator_address=127.0.0.1:99999', '--num_processes=2', '--process_id=0'],
+                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+  assert res.stderr.strip().splitlines()[-1].startswith("error: --coordinator_address='127.0.0.1:99999' is not accepted")
+  assert not (tmp_path / 'r').exists()
+
+
+@pytest.mark.parametrize('field', ['optim.warmup_epochs', 'keep_warmup_epochs', 'num_epochs'])
+def test_every_epoch_count_past_the_step_counter_is_refused_naming_it(field):
+  """OS13, OS14, OS18 (AR13's bound covered num_epochs only): an OverflowError traceback, the last two
+  after config.json was written. Each count is turned into steps where the run's other counts are,
+  before anything is written (trainer.train_and_evaluate)."""
+  c = fmnist.get_config('smoke,method=tpm')
+  section, _, name = field.rpartition('.')
+  setattr(c[section] if section else c, name, 1e308)
+  if field == 'num_epochs':
+    c.total_steps = 0
+  run = RunConfig.from_any(c)
+  with pytest.raises(ConfigError, match=rf'{field}=1e\+308 is not accepted: expected at most 2147483647 steps'):
+    run.steps(1875.0), run.optim.warmup_steps(1875.0), run.keep_stages(1875.0)
+
+
+def test_a_dotted_sweep_key_is_named_as_a_field_that_cannot_be_swept():
+  """SP06, SP07: the line blamed the values ('non-empty values')."""
+  with pytest.raises(ConfigError, match=r'--sweep optim.lr: a --config.optim.lr field cannot be swept'):
+    parse_sweeps(['optim.lr=1e-3,2e-3'])
+  with pytest.raises(ConfigError, match='non-empty values'):
+    parse_sweeps(['seed=1,,2'])
+
+
+def test_a_sweep_folder_whose_evals_or_runs_is_a_file_is_refused_before_any_work(tmp_path):
+  """DS14: 'cannot be written (File exists) ... run the same command to go on', every time."""
+  for sub in ('evals', 'runs'):
+    folder = tmp_path / sub
+    folder.mkdir()
+    (folder / sub).write_text('x')
+    with pytest.raises(ConfigError, match=f'its {sub} is not a folder'):
+      check_sweep_folder(str(folder), collect_only=False)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+  path = tmp_path / 'ro'
+  path.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k,ro', 'tmpfs', str(path)], capture_output=True).returncode:
+    pytest.skip('mounting a tmpfs is not allowed here')
+  yield path
+  subprocess.run(['umount', str(path)], check=True)
+
+
+def test_a_read_only_data_dir_or_quickstart_workdir_is_bad_input_naming_it(read_only_dir, capsys):
+  """OP22, OP25: an errno line (prepare), exit 1 after start-up (train.py); OP23: the quickstart's."""
+  from tpm_jax.data.prepare import prepare
+  with pytest.raises(ConfigError, match=rf'dataset.data_dir={read_only_dir}/tfds is not accepted: {read_only_dir} is '
+                                        r'not writable \(read-only file system'):
+    prepare(DataConfig(name='fashion_mnist', data_dir=str(read_only_dir / 'tfds')).validated())
+  from tpm_jax import quickstart
+  with pytest.raises(SystemExit) as e:
+    quickstart.main(['--workdir', str(read_only_dir / 'qs'), '--config_arg', 'smoke'])
+  assert e.value.code == 2
+  assert capsys.readouterr().err.strip() == f'error: --workdir {read_only_dir}/qs: {read_only_dir} is not writable ' \
+                                            '(read-only file system or permissions)'
+
+
+def test_fashion_mnist_by_another_spelling_is_prepared_from_debian_s_files():
+  """PR25, PR26: 'fashion_mnist:3.0.1' and 'Fashion_MNIST' were sent to the network check."""
+  import tensorflow_datasets as tfds
+
+  from tpm_jax.data.prepare import _from_debian
+  assert all(_from_debian(tfds.builder(n, data_dir='/nonexistent')) for n in ('fashion_mnist', 'Fashion_MNIST',
+                                                                             'fashion_mnist:3.0.1'))
+  assert not _from_debian(tfds.builder('mnist', data_dir='/nonexistent'))
+
+
+def test_an_export_with_a_fusion_the_model_lacks_is_named_not_called_damaged():
+  """EX13: the extra parameters passed the fit check, and the restore's failure read 'export it again'."""
+  tiny = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=3, num_classes=10)
+  fused = tpm_jax.create_model('vit_custom', reduction=dict(method='tpm', keep_rate=0.5, locations=(2,)),
+                               multiscale=dict(method='pool'), **tiny)
+  plain = tpm_jax.create_model('vit_custom', reduction=dict(method='tpm', keep_rate=0.5, locations=(2,)), **tiny)
+  saved = {'.'.join(map(str, p)): (tuple(v.shape), v.dtype) for p, v in nnx.to_flat_state(nnx.state(fused, nnx.Param))}
+  why = param_mismatch(saved, nnx.state(plain, nnx.Param))
+  assert why is not None and why.startswith('multiscale.') and 'a multi-scale fusion; this model has none' in why, why
+  assert param_mismatch(saved, nnx.state(fused, nnx.Param)) is None
+
+
+def test_a_timm_head_left_out_is_said_once(tmp_path, caplog):
+  """WT43: the start-up check loaded the weights too, and said it as well."""
+  c = fmnist.get_config('smoke')
+  c.model.num_classes = 1000
+  path = tpm_jax.export_timm_weights(model_from_config(RunConfig.from_any(c)), str(tmp_path / 'w.safetensors'))
+  c.model.num_classes, c.init.timm_checkpoint = 10, path
+  run = RunConfig.from_any(c)
+  with caplog.at_level(logging.WARNING):
+    preflight.check_init(run, nnx.eval_shape(lambda: model_from_config(run)))
+  assert 'head' not in caplog.text, caplog.text
+
+
+def test_a_lowered_forward_compiles_to_a_function_of_the_images():
+  """JF06: the executable took (state, images), which the docstring did not say."""
+  model = tpm_jax.create_model('vit_custom', img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+  forward = tpm_jax.jit_forward(model)
+  x = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
+  compiled = forward.lower(x).compile()
+  np.testing.assert_array_equal(np.asarray(compiled(x)), np.asarray(forward(x)))
+  assert compiled.cost_analysis() is not None and 'HloModule' in forward.lower(x).compile().as_text()
+  assert jax.tree.leaves(compiled.state)  # the snapshot, bound
+
+
+def test_an_exported_safetensors_file_is_readable_as_the_export_s_other_files(tmp_path):
+  """safetensors' save_file writes 0600: another account (a serving job) could not read the weights."""
+  model = tpm_jax.create_model('vit_custom', img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+  path = tpm_jax.export_timm_weights(model, str(tmp_path / 'm.safetensors'))
+  (tmp_path / 'other').write_text('x')  # a file this process makes, under its umask
+  assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(tmp_path / 'other').st_mode)
+  assert sorted(os.listdir(tmp_path)) == ['m.safetensors', 'other']
