@@ -57,8 +57,24 @@ def _env(devices=1):
   return env
 
 
-def _run(workdir, data_dir, *extra, devices=1, check=True):
-  res = subprocess.run(_cmd(workdir, data_dir, *extra), env=_env(devices), capture_output=True, text=True, timeout=600)
+def _communicate(p, timeout):
+  """``p.communicate()``; a train.py still running after ``timeout`` s (a hang) is stopped with SIGABRT, which
+  makes Python print where each of its threads was (faulthandler, on in ``_run``'s processes): the test fails with it."""
+  try:
+    return p.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    p.send_signal(signal.SIGABRT)
+    out, err = p.communicate(timeout=120)
+    pytest.fail(f'train.py hung ({timeout} s); its threads then:\n{err[-12000:]}\nstdout:\n{out[-2000:]}')
+
+
+def _run(workdir, data_dir, *extra, devices=1, check=True, timeout=300):
+  """train.py's run of ``_cmd`` (a run here takes under a minute: ``timeout`` s is a hang, ``_communicate``)."""
+  cmd = _cmd(workdir, data_dir, *extra)
+  p = subprocess.Popen(cmd, env=dict(_env(devices), PYTHONFAULTHANDLER='1'), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+  out, err = _communicate(p, timeout)
+  res = subprocess.CompletedProcess(cmd, p.returncode, out, err)
   if check:
     assert res.returncode == 0, res.stderr[-3000:]
   return res
@@ -121,13 +137,14 @@ def _final_params(workdir):
 
 
 def _start_and_signal(workdir, data_dir, sig, *extra, after_step, extra_delay=0.0):
-  p = subprocess.Popen(_cmd(workdir, data_dir, *extra), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  p = subprocess.Popen(_cmd(workdir, data_dir, *extra), env=dict(_env(), PYTHONFAULTHANDLER='1'), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 300
   while time.time() < deadline and not any(s >= after_step for s in _steps(workdir)):
     time.sleep(0.05)
   time.sleep(extra_delay)
   p.send_signal(sig)
-  out, err = p.communicate(timeout=300)
+  out, err = _communicate(p, 300)
   return p.returncode, out, err
 
 
