@@ -48,6 +48,8 @@ def main(argv):
     distributed.initialize(F.coordinator_address, F.num_processes, F.process_id, auto=F.distributed)
   except ConfigError as e:
     fail(str(e), 2)
+  except distributed.JoinTimeout as e:  # nothing was written; JAX's waiting thread cannot be stopped: at once
+    fail(str(e), 1, hard=True)
   try:
     final = trainer.train_and_evaluate(config, F.workdir)
   except trainer.Stopped as e:  # the same line as the start-up's, a moment later

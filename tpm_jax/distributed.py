@@ -13,6 +13,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import threading
+import time
 
 import jax
 
@@ -71,14 +73,51 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if (explicit or auto) and (os.environ.get('JAX_PLATFORMS', '').startswith('cpu') or not _has_accelerator()):
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   if explicit:
-    jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
-                               process_id=process_id)
+    _join(coordinator_address, dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                                    process_id=process_id))
   elif auto:
-    jax.distributed.initialize()
+    try:
+      _join(None, {})
+    except ValueError as e:  # JAX's own words, as a traceback (hostile pass 22's MP14)
+      raise ConfigError(f'--distributed found no cluster to join ({e}): it is for TPU pods and SLURM; elsewhere give '
+                        '--coordinator_address, --num_processes and --process_id') from None
   else:
     return
   log.info('process %d of %d, %d local / %d global devices', jax.process_index(), jax.process_count(),
            jax.local_device_count(), jax.device_count())
+
+
+JOIN_TIMEOUT_S = 300  # how long the processes wait for each other at start (JAX's initialization_timeout)
+
+
+class JoinTimeout(RuntimeError):
+  """The run's processes did not all join within ``JOIN_TIMEOUT_S``."""
+
+
+def _join(coordinator_address: str | None, kwargs: dict) -> None:
+  """``jax.distributed.initialize(**kwargs)`` in a thread of its own, waited for here. JAX waits for the
+  other processes in C++, where Python's signal handlers do not run: a stop signal went unanswered for
+  those 300 s, which then ended in a C++ abort and a stack dump (hostile pass 22's MP15, MP17). Waiting
+  here, a stop is handled at once, and processes that have not all joined a few seconds before JAX's
+  deadline raise ``JoinTimeout`` (the caller ends the process: JAX's thread cannot be stopped)."""
+  done, failed = threading.Event(), []
+
+  def target():
+    try:
+      jax.distributed.initialize(initialization_timeout=JOIN_TIMEOUT_S, **kwargs)
+    except BaseException as e:  # noqa: BLE001 (raised again in the caller's thread)
+      failed.append(e)
+    finally:
+      done.set()
+  threading.Thread(target=target, name='jax.distributed.initialize', daemon=True).start()
+  deadline = time.monotonic() + JOIN_TIMEOUT_S - 5
+  while not done.wait(0.2):
+    if time.monotonic() > deadline:
+      where = f' at {coordinator_address}' if coordinator_address else ''
+      raise JoinTimeout(f'the other processes of the run did not join within {JOIN_TIMEOUT_S} s (coordinator{where}): '
+                        f'start every process with the same --num_processes and its own --process_id')
+  if failed:
+    raise failed[0]
 
 
 def _has_accelerator() -> bool:

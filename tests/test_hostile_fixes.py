@@ -1,12 +1,15 @@
-"""Hostile pass 21's findings (docs/results/hostile/pass21.md), each as a user met it: bad multi-process
-flags, epoch counts past the step counter, a dotted --sweep key, a sweep folder's evals/ that is a file,
+"""Hostile passes 21 and 22's findings (docs/results/hostile/pass21.md, pass22.md), each as a user met it:
+bad multi-process flags, --distributed off a cluster, a stop while the processes wait for each other, epoch counts past the step counter, a dotted --sweep key, a sweep folder's evals/ that is a file,
 read-only data dirs and quickstart workdirs, another spelling of fashion_mnist, an export with a fusion the
 model lacks, a head note said twice, a lowered forward's executable, a .safetensors only its writer reads."""
 import logging
 import os
+import signal
+import socket
 import stat
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -58,6 +61,39 @@ def test_train_py_refuses_a_port_that_cannot_exist_at_once(tmp_path):
                        cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
   assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
   assert res.stderr.strip().splitlines()[-1].startswith("error: --coordinator_address='127.0.0.1:99999' is not accepted")
+  assert not (tmp_path / 'r').exists()
+
+
+def test_distributed_off_a_cluster_is_one_line(tmp_path):
+  """Pass 22's MP14: bare jax.distributed.initialize() found no TPU pod or SLURM job: a ValueError traceback."""
+  res = subprocess.run([sys.executable, 'train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
+                        '--distributed'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
+                       timeout=120)
+  assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
+  assert res.stderr.strip().splitlines()[-1].startswith('error: --distributed found no cluster to join')
+  assert not (tmp_path / 'r').exists()
+
+
+def test_a_stop_while_the_processes_wait_for_each_other_ends_the_process_at_once(tmp_path):
+  """Pass 22's MP15, MP17: process 0 of 2, its peer never started, waited JAX's 300 s in C++, where
+  Python's handlers do not run (SIGTERM went unanswered), then aborted with a C++ stack dump."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  p = subprocess.Popen([sys.executable, 'train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
+                        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', '--process_id=0'], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 120
+  while time.monotonic() < deadline and p.poll() is None:  # the coordinator listens: process 0 waits for its peer
+    try:
+      socket.create_connection(('127.0.0.1', port), 0.2).close()
+      break
+    except OSError:
+      time.sleep(0.2)
+  time.sleep(0.5)
+  p.send_signal(signal.SIGTERM)
+  _, err = p.communicate(timeout=30)  # at once, not after 300 s
+  assert p.returncode == 0 and err.strip() == 'stopped by SIGTERM during start-up: nothing was trained or written', err
   assert not (tmp_path / 'r').exists()
 
 
