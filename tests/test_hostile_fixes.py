@@ -36,6 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(coordinator_address='localhost', num_processes=2, process_id=0), {}, 'HOST:PORT'),
     (dict(), {'JAX_NUM_PROCESSES': 'two'}, "JAX_NUM_PROCESSES='two'"),  # MP06
     (dict(num_processes=0), {}, '--num_processes=0'),
+    (dict(coordinator_address='127.0.0.1:1234'), {}, 'needs --num_processes'),  # pass 22's MP10
+    (dict(coordinator_address='127.0.0.1:\u00b2', num_processes=2, process_id=0), {}, 'HOST:PORT'),  # MP12
 ])
 def test_bad_multi_process_arguments_are_refused_naming_the_flag_or_variable(monkeypatch, args, env, named):
   for k in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
@@ -195,6 +197,7 @@ def test_a_lowered_forward_compiles_to_a_function_of_the_images():
   x = np.random.RandomState(0).randn(2, 32, 32, 3).astype(np.float32)
   compiled = forward.lower(x).compile()
   np.testing.assert_array_equal(np.asarray(compiled(x)), np.asarray(forward(x)))
+  np.testing.assert_array_equal(np.asarray(compiled(forward.state, x)), np.asarray(forward(x)))  # as it was called
   assert compiled.cost_analysis() is not None and 'HloModule' in forward.lower(x).compile().as_text()
   assert jax.tree.leaves(compiled.state)  # the snapshot, bound
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import threading
 import time
 
@@ -51,15 +52,17 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
   if index is not None and (index < 0 or index >= (count or 1)):
     raise ConfigError(f'{index_from}={index} is not accepted: expected 0 to {(count or 1) - 1} '
                       f'(one number per process, {count_from.lstrip("-")}={count or 1})')
-  if (count or 1) > 1:
-    if address is None:
-      raise ConfigError(f'{count_from}={count} needs --coordinator_address=HOST:PORT (or JAX_COORDINATOR_ADDRESS): '
-                        'where process 0 listens')
-    if index is None:
-      raise ConfigError(f'{count_from}={count} needs --process_id (or JAX_PROCESS_ID): this process, 0 to {count - 1}')
+  if (count or 1) > 1 and address is None:
+    raise ConfigError(f'{count_from}={count} needs --coordinator_address=HOST:PORT (or JAX_COORDINATOR_ADDRESS): '
+                      'where process 0 listens')
+  if address is not None and count is None:  # JAX's ValueError, a traceback (hostile pass 22's MP10)
+    raise ConfigError(f'{address_from}={address!r} needs --num_processes (or JAX_NUM_PROCESSES): how many processes '
+                      f'the run has')
+  if address is not None and index is None:
+    raise ConfigError(f'{count_from}={count} needs --process_id (or JAX_PROCESS_ID): this process, 0 to {count - 1}')
   if address is not None:
     host, _, port = address.rpartition(':')
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not host or not re.fullmatch(r'[0-9]+', port) or not 1 <= int(port) <= 65535:  # '²' is a digit (MP12)
       raise ConfigError(f'{address_from}={address!r} is not accepted: expected HOST:PORT with a port from 1 to 65535 '
                         '(where process 0 listens)')
   return address, count, index

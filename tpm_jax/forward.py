@@ -49,15 +49,16 @@ class JitForward:
 class _Bound:
   """A jax ``Lowered`` or ``Compiled`` of ``(state, images)`` with ``state`` bound: ``compile()`` gives
   the next stage bound the same way, a call takes the images (hostile pass 21's JF06: it took the
-  state too), every other attribute is jax's."""
+  state too; it still may), every other attribute is jax's."""
   stage: object
   state: nnx.State
 
   def compile(self, *args, **kwargs) -> _Bound:
     return _Bound(self.stage.compile(*args, **kwargs), self.state)
 
-  def __call__(self, images: jax.Array) -> jax.Array:
-    return self.stage(self.state, images)
+  def __call__(self, *args) -> jax.Array:
+    """``(images)``, or ``(state, images)`` as jax's own executable of the forward takes them."""
+    return self.stage(self.state, *args) if len(args) == 1 else self.stage(*args)
 
   def __getattr__(self, name):
     return getattr(self.stage, name)
