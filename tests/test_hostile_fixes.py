@@ -37,6 +37,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     (dict(), {'JAX_NUM_PROCESSES': 'two'}, "JAX_NUM_PROCESSES='two'"),  # MP06
     (dict(num_processes=0), {}, '--num_processes=0'),
     (dict(coordinator_address='127.0.0.1:1234'), {}, 'needs --num_processes'),  # pass 22's MP10
+    (dict(coordinator_address='127.0.0.1 :1234', num_processes=2, process_id=0), {}, 'HOST:PORT'),  # MP15
     (dict(coordinator_address='127.0.0.1:\u00b2', num_processes=2, process_id=0), {}, 'HOST:PORT'),  # MP12
 ])
 def test_bad_multi_process_arguments_are_refused_naming_the_flag_or_variable(monkeypatch, args, env, named):
@@ -46,6 +47,17 @@ def test_bad_multi_process_arguments_are_refused_naming_the_flag_or_variable(mon
     monkeypatch.setenv(k, v)
   with pytest.raises(ConfigError, match=named.replace('(', r'\(').replace('[', r'\[')):
     distributed.resolve(**args)
+
+
+def test_a_coordinator_port_in_use_is_refused_for_process_0_only():
+  """Pass 22's MP18: JAX's coordinator could not bind the port, then a segmentation fault."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    s.listen()
+    address = f'127.0.0.1:{s.getsockname()[1]}'
+    with pytest.raises(ConfigError, match=r'is in use on this machine \(process 0 runs the coordinator there\)'):
+      distributed.resolve(address, 2, 0)
+    assert distributed.resolve(address, 2, 1) == (address, 2, 1)  # process 1 connects to it
 
 
 def test_good_multi_process_arguments_resolve_from_flags_or_the_environment(monkeypatch):
@@ -112,6 +124,8 @@ def test_every_epoch_count_past_the_step_counter_is_refused_naming_it(field):
   run = RunConfig.from_any(c)
   with pytest.raises(ConfigError, match=rf'{field}=1e\+308 is not accepted: expected at most 2147483647 steps'):
     run.steps(1875.0), run.optim.warmup_steps(1875.0), run.keep_stages(1875.0)
+  if field == 'keep_warmup_epochs':  # method none reads no keep-rate warmup: not refused, as a sweep's plan does not
+    assert run.replace(reduction=dict(method='none')).keep_stages(1875.0) == [(1, None)]  # refuse it (pass 22's EP12)
 
 
 def test_a_dotted_sweep_key_is_named_as_a_field_that_cannot_be_swept():
@@ -200,6 +214,13 @@ def test_a_lowered_forward_compiles_to_a_function_of_the_images():
   np.testing.assert_array_equal(np.asarray(compiled(forward.state, x)), np.asarray(forward(x)))  # as it was called
   assert compiled.cost_analysis() is not None and 'HloModule' in forward.lower(x).compile().as_text()
   assert jax.tree.leaves(compiled.state)  # the snapshot, bound
+
+
+def test_timm_weights_into_a_missing_folder_name_the_folder(tmp_path):
+  """Pass 22's WX03: safetensors named its temporary file."""
+  model = tpm_jax.create_model('vit_custom', img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3)
+  with pytest.raises(FileNotFoundError, match=f"no such folder to write the .safetensors file into: '{tmp_path}/nodir'"):
+    tpm_jax.export_timm_weights(model, str(tmp_path / 'nodir' / 'w.safetensors'))
 
 
 def test_an_exported_safetensors_file_is_readable_as_the_export_s_other_files(tmp_path):

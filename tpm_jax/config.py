@@ -1002,8 +1002,10 @@ class RunConfig:
     stages that train a step (a warmup of a few steps leaves some out). Without warmup, or one that rounds to
     no step: [(1, None)] (the configured rate). Token counts are shapes, so a smooth schedule would recompile
     every time a count changes; a few stages bound the compilations."""
+    if not self.warms_up:  # keep_warmup_epochs is not read: not checked either, as a sweep's plan does not (pass 22's EP12)
+      return [(1, None)]
     warm_steps = epochs_in_steps('keep_warmup_epochs', self.keep_warmup_epochs, steps_per_epoch, round)
-    if not self.warms_up or warm_steps <= 0:
+    if warm_steps <= 0:
       return [(1, None)]
     n, last = self.keep_warmup_stages, self.steps(steps_per_epoch)
     stages = [(1 + (i * warm_steps) // (n - 1), rate) for i, rate in enumerate(self.reduction.warmup_keep_rates(n))]

@@ -10,10 +10,12 @@ processes on one machine (MaxText's habit).
 """
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
 import re
+import socket
 import threading
 import time
 
@@ -62,10 +64,28 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
     raise ConfigError(f'{count_from}={count} needs --process_id (or JAX_PROCESS_ID): this process, 0 to {count - 1}')
   if address is not None:
     host, _, port = address.rpartition(':')
-    if not host or not re.fullmatch(r'[0-9]+', port) or not 1 <= int(port) <= 65535:  # '²' is a digit (MP12)
+    if (not host or re.search(r'\s', host) or not re.fullmatch(r'[0-9]+', port)  # '²' is a digit (MP12); a space in
+        or not 1 <= int(port) <= 65535):  # the host waited JAX's 300 s (MP15)
       raise ConfigError(f'{address_from}={address!r} is not accepted: expected HOST:PORT with a port from 1 to 65535 '
                         '(where process 0 listens)')
+  if address is not None and index == 0:  # process 0 runs the coordinator there: a port in use was a segfault (MP18)
+    _check_port_free(address, address_from)
   return address, count, index
+
+
+def _check_port_free(address: str, address_from: str) -> None:
+  port = int(address.rpartition(':')[2])
+  for family, host in ((socket.AF_INET6, '::'), (socket.AF_INET, '')):  # JAX's coordinator binds [::]:PORT
+    try:
+      with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((host, port))
+      return
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        raise ConfigError(f'{address_from}={address!r} is not accepted: port {port} is in use on this machine '
+                          f'(process 0 runs the coordinator there); pick another port') from None
+  # neither family could be tried (no IPv6, say): JAX's own bind says what it finds
 
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,

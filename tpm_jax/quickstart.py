@@ -191,7 +191,8 @@ def run(workdir: str, configs: dict) -> dict:
   if not os.path.exists(os.path.join(backbone, export.EXPORT_CONFIG)):
     export.export(os.path.join(workdir, 'pretrain'), backbone)
   ft = configs[name] = configs[name].replace(init=dict(checkpoint=backbone))
-  print(f'[quickstart] 2/3 fine-tuning with {ft.reduction.method} at keep {ft.reduction.keep_rate} '
+  keep = '' if 'reduction.keep_rate' in ft.unread() else f' at keep {ft.reduction.keep_rate}'  # none: no keep (QS13)
+  print(f'[quickstart] 2/3 fine-tuning with {ft.reduction.method}{keep} '
         f'({ft.total_steps} steps) into {workdir}/{name}', flush=True)
   runs[name] = run_stage(ft, os.path.join(workdir, name))
   print('[quickstart] 3/3 measuring and writing the report', flush=True)

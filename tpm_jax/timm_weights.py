@@ -9,6 +9,7 @@ import and skipped on export.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import warnings
@@ -260,6 +261,9 @@ def export_timm_weights(model, path, *, name: str | None = None) -> str:
   path = os.fspath(path)
   if not path.endswith('.safetensors'):
     raise ValueError(f'{path}: export_timm_weights writes .safetensors files')
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):  # safetensors named its temporary file instead (hostile pass 22's WX03)
+    raise FileNotFoundError(errno.ENOENT, 'no such folder to write the .safetensors file into', folder)
   save_file(timm_state_dict(model), path, metadata={'format': 'pt', WRITER_KEY: WRITER})
   give_new_file_mode(path)  # readable as the export's other files are (it wrote 0600)
   left_out = not_in_timm_layout(model)

@@ -28,3 +28,16 @@ def first_line(e: BaseException, limit: int = 200) -> str:
     return e.strerror
   text = str(e).strip().split(' See full TensorStore details')[0]  # then a pybind repr, no detail
   return f'{type(e).__name__}: {text.splitlines()[0][:limit]}' if text else type(e).__name__
+
+
+FS_ERRORS = (('No space left on device', 28), ('Read-only file system', 30), ('Permission denied', 13),
+             ('Disk quota exceeded', 122), ('File too large', 27))
+
+
+def fs_failure(e: BaseException) -> tuple[str, int] | None:
+  """(reason, errno) of a file-system failure a library reports (an OSError, or Orbax's and TensorStore's
+  ValueError/RuntimeError whose text names it: a full disk is RESOURCE_EXHAUSTED there), else None."""
+  if isinstance(e, OSError) and e.errno:
+    return e.strerror or str(e), e.errno
+  text = f'{type(e).__name__}: {e}'
+  return next(((reason, code) for reason, code in FS_ERRORS if reason in text), None)

@@ -10,24 +10,19 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as cm
 
-from tpm_jax.checkpoint.errors import CheckpointWriteError
+from tpm_jax.checkpoint.errors import CheckpointWriteError, fs_failure
 from tpm_jax.checkpoint.integrity import write_checksums
 from tpm_jax.checkpoint.steps import DATA_ITEM, checkpoint_dir
-
-_FS_ERRORS = (('No space left on device', 28), ('Read-only file system', 30), ('Permission denied', 13),
-              ('Disk quota exceeded', 122), ('File too large', 27))
 
 
 def _write_error(directory, step, e):
   """A CheckpointWriteError for a file-system failure reported by Orbax (often wrapped as ValueError
   or RuntimeError from TensorStore), None for anything else."""
-  text = f'{type(e).__name__}: {e}'
-  if isinstance(e, OSError) and e.errno:
-    return CheckpointWriteError(e.errno, f'checkpoint step {step} could not be written ({e.strerror})', directory)
-  for reason, errno in _FS_ERRORS:
-    if reason in text:
-      return CheckpointWriteError(errno, f'checkpoint step {step} could not be written ({reason})', directory)
-  return None
+  failure = fs_failure(e)
+  if failure is None:
+    return None
+  reason, code = failure
+  return CheckpointWriteError(code, f'checkpoint step {step} could not be written ({reason})', directory)
 
 
 class Checkpointer:

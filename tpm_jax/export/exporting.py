@@ -15,7 +15,7 @@ from flax import nnx
 
 from tpm_jax import checkpoint, preflight
 from tpm_jax.checkpoint import EXPORT_CONFIG, EXPORT_INFO, CheckpointError, WorkdirBusy, load_params_into
-from tpm_jax.checkpoint.errors import first_line
+from tpm_jax.checkpoint.errors import first_line, fs_failure
 from tpm_jax.cli import ArgumentParser, Interrupted, fail, finished, raise_if_stopped, stop_on_signals, stops_deferred
 from tpm_jax.config import ConfigError, RunConfig
 from tpm_jax.files import process_running, writing_name, writing_pid
@@ -79,8 +79,8 @@ def _export(workdir, output, *, step, safetensors, overwrite, before_commit) -> 
         checkpointer.save(os.path.join(tmp, 'params'), nnx.state(model, nnx.Param))
         checkpointer.wait_until_finished()
     except (ValueError, RuntimeError) as e:  # Orbax's and TensorStore's write errors (a full disk: RESOURCE_EXHAUSTED)
-      raise checkpoint.CheckpointWriteError(f'{output}: writing the export failed ({first_line(e)}); nothing was '
-                                            f'written') from e
+      why = (fs_failure(e) or (first_line(e),))[0]  # a full disk named as such, not cut from TensorStore's text (OUT02)
+      raise checkpoint.CheckpointWriteError(f'{output}: writing the export failed ({why}); nothing was written') from e
     with open(os.path.join(tmp, EXPORT_CONFIG), 'w') as f:
       json.dump(run.to_dict(), f, indent=2)
     with open(os.path.join(tmp, EXPORT_INFO), 'w') as f:  # label_names: what each label meant in training
