@@ -52,6 +52,25 @@ def xla_own_codegen():
 
 
 @pytest.fixture
+def tmpfs():
+  """``mount(path, size, read_only=False)``: a tmpfs of ``size`` ('150k', '3m') mounted at ``path`` (made if
+  missing), for the tests of full and read-only file systems; a skip where mounting is not allowed (it needs
+  root). Every mount is undone after the test."""
+  mounted = []
+
+  def mount(path, size, read_only=False):
+    os.makedirs(path, exist_ok=True)
+    options = f'{"ro," if read_only else ""}size={size}'
+    if subprocess.run(['mount', '-t', 'tmpfs', '-o', options, 'tmpfs', str(path)], capture_output=True).returncode:
+      pytest.skip('cannot mount a tmpfs here (needs root): this file-system fault is untested on this machine')
+    mounted.append(path)
+    return path
+  yield mount
+  for path in reversed(mounted):
+    subprocess.run(['umount', '-l', str(path)], capture_output=True)
+
+
+@pytest.fixture
 def rng():
   return np.random.RandomState(0)
 

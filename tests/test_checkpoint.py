@@ -527,16 +527,9 @@ def test_a_step_of_the_earlier_one_item_layout_is_refused_with_the_way_out(tmp_p
 
 
 @pytest.fixture
-def small_disk(tmp_path):
+def small_disk(tmp_path, tmpfs):
   """A 3 MB file system (tmpfs): room for one checkpoint of the smoke model, not two."""
-  mnt = tmp_path / 'disk'
-  mnt.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(mnt)], capture_output=True).returncode:
-    pytest.skip('cannot mount a small tmpfs here (needs root); the disk-full path is untested on this machine')
-  try:
-    yield mnt
-  finally:
-    subprocess.run(['umount', '-l', str(mnt)], capture_output=True)
+  return tmpfs(tmp_path / 'disk', '3m')
 
 
 def test_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_does_not_hang(small_disk, data_dir):
@@ -550,19 +543,13 @@ def test_full_disk_stops_with_one_line_keeps_the_last_checkpoint_and_does_not_ha
   assert good and checkpoint.verify_checksums(os.path.join(workdir, 'checkpoints', str(good[-1])), good[-1])
 
 
-def test_case4_read_only_checkpoints_directory_stops_with_one_line_and_does_not_hang(tmp_path, data_dir):
+def test_case4_read_only_checkpoints_directory_stops_with_one_line_and_does_not_hang(tmp_path, data_dir, tmpfs):
   """A read-only file system mounted at WORKDIR/checkpoints (the workdir itself writable): the
   first save fails; one line naming the directory and the error, exit code 1, within the timeout."""
   workdir = tmp_path / 'run'
-  (workdir / 'checkpoints').mkdir(parents=True)
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(workdir / 'checkpoints')],
-                    capture_output=True).returncode:
-    pytest.skip('cannot mount a read-only tmpfs here (needs root); the read-only path is untested on this machine')
-  try:
-    res = subprocess.run(_cmd(workdir, data_dir, '--config.total_steps=4'), env=_env(), capture_output=True, text=True,
-                         timeout=300)  # a hang fails here (subprocess.TimeoutExpired)
-  finally:
-    subprocess.run(['umount', '-l', str(workdir / 'checkpoints')], capture_output=True)
+  tmpfs(workdir / 'checkpoints', '1m', read_only=True)
+  res = subprocess.run(_cmd(workdir, data_dir, '--config.total_steps=4'), env=_env(), capture_output=True, text=True,
+                       timeout=300)  # a hang fails here (subprocess.TimeoutExpired)
   assert res.returncode == 1, res.stderr[-3000:]
   line = _one_line_error(res)
   assert 'Read-only file system' in line and str(workdir / 'checkpoints') in line, line

@@ -856,14 +856,6 @@ def test_a_checkpoint_that_is_not_a_directory_and_a_looping_workdir_link_are_nam
     evaluation.prepare(checkpoint_path=str(tmp_path / 'empty'), timm_checkpoint=str(tmp_path / 'w.npz'))
 
 
-def _mount_tmpfs(path):
-  """A 150 kB tmpfs at ``path``, or a skip where mounting is not allowed. The caller unmounts it."""
-  path.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=150k', 'tmpfs', str(path)], capture_output=True).returncode:
-    pytest.skip('mounting a tmpfs is not allowed here')
-  return path
-
-
 def _fill(path):
   """Fill the file system of folder ``path`` to the last byte (a full disk)."""
   try:
@@ -876,35 +868,32 @@ def _fill(path):
 
 
 def test_a_full_disk_under_export_eval_and_the_sweep_is_one_line_and_leaves_nothing(tmp_path, finished,
-                                                                                      finished_export, capsys):
+                                                                                      finished_export, capsys, tmpfs):
   """Hostile pass 8: export (Orbax's RESOURCE_EXHAUSTED, safetensors' SafetensorError), eval.py's
   --output and the sweep's tables on a full disk were tracebacks. Now one line each (exit 1), and
   nothing half-written is left."""
   from tpm_jax import export, sweep
   from tpm_jax.checkpoint import CheckpointWriteError
-  full = _mount_tmpfs(tmp_path / 'full')
-  try:
-    _fill(full)
-    with pytest.raises(CheckpointWriteError, match=f'{full / "ex"}: writing the export failed \\(No space left on device\\); '
-                       'nothing was written$') as e:  # hostile pass 22's OUT02: TensorStore's text, cut mid-path
-      export.export(str(finished), str(full / 'ex'))
-    assert '\n' not in str(e.value)
-    with pytest.raises(CheckpointWriteError, match='--safetensors=.*m.safetensors: writing it failed') as e:
-      export.export(str(finished), str(tmp_path / 'ex2'), safetensors=str(full / 'm.safetensors'))
-    assert '\n' not in str(e.value) and not (tmp_path / 'ex2').exists()
-    assert sweep.main(['--checkpoint', str(finished_export), '--reductions', 'none', '--workdir', str(full / 'sw'),
-                       '--throughput_batch', '2']) == 1
-    err = capsys.readouterr().err
-    assert 'cannot be written (No space left on device)' in err and len(err.strip().splitlines()) == 1, err
-    res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished_export), '--output', str(full / 'e.json'),
-                '--timed_runs', '1', '--batch_size', '2')
-    assert res.returncode == 1 and 'cannot be written (No space left on device)' in _one_line_error(res), res.stderr[-2000:]
-    assert 'Traceback' not in res.stderr and 'top1' in res.stdout  # the results were printed before
-    # no .writing-<pid>, no half-written export or file; the sweep's folder, which its lock created and in
-    # which nothing could be written, is removed with the lock
-    assert sorted(os.listdir(full)) == ['fill']
-  finally:
-    subprocess.run(['umount', str(full)])
+  full = tmpfs(tmp_path / 'full', '150k')
+  _fill(full)
+  with pytest.raises(CheckpointWriteError, match=f'{full / "ex"}: writing the export failed \\(No space left on device\\); '
+                     'nothing was written$') as e:  # hostile pass 22's OUT02: TensorStore's text, cut mid-path
+    export.export(str(finished), str(full / 'ex'))
+  assert '\n' not in str(e.value)
+  with pytest.raises(CheckpointWriteError, match='--safetensors=.*m.safetensors: writing it failed') as e:
+    export.export(str(finished), str(tmp_path / 'ex2'), safetensors=str(full / 'm.safetensors'))
+  assert '\n' not in str(e.value) and not (tmp_path / 'ex2').exists()
+  assert sweep.main(['--checkpoint', str(finished_export), '--reductions', 'none', '--workdir', str(full / 'sw'),
+                     '--throughput_batch', '2']) == 1
+  err = capsys.readouterr().err
+  assert 'cannot be written (No space left on device)' in err and len(err.strip().splitlines()) == 1, err
+  res = _tool(os.path.join(ROOT, 'eval.py'), '--checkpoint', str(finished_export), '--output', str(full / 'e.json'),
+              '--timed_runs', '1', '--batch_size', '2')
+  assert res.returncode == 1 and 'cannot be written (No space left on device)' in _one_line_error(res), res.stderr[-2000:]
+  assert 'Traceback' not in res.stderr and 'top1' in res.stdout  # the results were printed before
+  # no .writing-<pid>, no half-written export or file; the sweep's folder, which its lock created and in
+  # which nothing could be written, is removed with the lock
+  assert sorted(os.listdir(full)) == ['fill']
 
 
 def test_special_and_wrong_paths_are_one_line_and_never_block(tmp_path, data_dir, finished):

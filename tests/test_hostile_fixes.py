@@ -146,18 +146,9 @@ def test_a_sweep_folder_whose_evals_or_runs_is_a_file_is_refused_before_any_work
       check_sweep_folder(str(folder), collect_only=False)
 
 
-@pytest.fixture
-def read_only_dir(tmp_path):
-  path = tmp_path / 'ro'
-  path.mkdir()
-  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64k,ro', 'tmpfs', str(path)], capture_output=True).returncode:
-    pytest.skip('mounting a tmpfs is not allowed here')
-  yield path
-  subprocess.run(['umount', str(path)], check=True)
-
-
-def test_a_read_only_data_dir_or_quickstart_workdir_is_bad_input_naming_it(read_only_dir, capsys):
+def test_a_read_only_data_dir_or_quickstart_workdir_is_bad_input_naming_it(tmp_path, tmpfs, capsys):
   """OP22, OP25: an errno line (prepare), exit 1 after start-up (train.py); OP23: the quickstart's."""
+  read_only_dir = tmpfs(tmp_path / 'ro', '64k', read_only=True)
   from tpm_jax.data.prepare import prepare
   with pytest.raises(ConfigError, match=rf'dataset.data_dir={read_only_dir}/tfds is not accepted: {read_only_dir} is '
                                         r'not writable \(read-only file system'):
