@@ -12,12 +12,17 @@ import re
 import stat
 
 
+def nearest_existing(path: str) -> str:
+  """The absolute ``path`` itself if something is there (a link to nothing included), else its nearest ancestor that is."""
+  while not os.path.lexists(path):
+    path = os.path.dirname(path)
+  return path
+
+
 def blocked_at(path: str) -> tuple[str, str] | None:
   """Why no folder can be at or made at the absolute ``path``: (the path in the way, 'file' or 'dangling link') for
   ``path`` itself, or for its nearest existing ancestor, when that is not a folder; None when nothing is in the way."""
-  existing = path
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  existing = nearest_existing(path)
   if os.path.isdir(existing):
     return None
   return existing, 'dangling link' if os.path.islink(existing) and not os.path.exists(existing) else 'file'
@@ -26,9 +31,7 @@ def blocked_at(path: str) -> tuple[str, str] | None:
 def unwritable_at(path: str) -> str | None:
   """The nearest existing folder at or above the absolute ``path`` when nothing can be made in it (a read-only
   file system, permissions), else None."""
-  existing = path
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  existing = nearest_existing(path)
   return None if os.access(existing, os.W_OK | os.X_OK) else existing
 
 

@@ -24,7 +24,7 @@ from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
 from tpm_jax.data.sources import tfds_builder
-from tpm_jax.files import blocked_at, process_running, sha256, unwritable_at, writing_pid
+from tpm_jax.files import blocked_at, nearest_existing, process_running, sha256, unwritable_at, writing_pid
 from tpm_jax.models.registry import model_from_config
 from tpm_jax.pretrained import weights_file
 from tpm_jax.timm_weights import load_timm_weights, safetensors_written_here
@@ -195,9 +195,7 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
     if blocked[0] == p:
       raise ConfigError(f'{what} {workdir} is {kind}: expected a directory (existing or to be created)')
     raise ConfigError(f'{what} {workdir}: {blocked[0]} is {kind}, so nothing can be created under it')
-  existing = p
-  while not os.path.lexists(existing):
-    existing = os.path.dirname(existing)
+  existing = nearest_existing(p)
   try:
     name_max = os.pathconf(existing, 'PC_NAME_MAX')
   except OSError:
@@ -206,8 +204,9 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
   if long is not None:
     raise ConfigError(f'{what} {workdir}: the name {long[:40]}... is longer than the file system allows ({name_max} '
                       f'bytes)')
-  if unwritable_at(p) is not None:
-    raise ConfigError(f'{what} {workdir}: {existing} is not writable (read-only file system or permissions)')
+  locked = unwritable_at(p)
+  if locked is not None:
+    raise ConfigError(f'{what} {workdir}: {locked} is not writable (read-only file system or permissions)')
   for name, kind in RUN_FILE_KINDS.items():  # what a run writes there must be what it writes (a FIFO would block)
     f = os.path.join(p, name)
     if os.path.lexists(f) and not (os.path.isdir(f) if kind == 'folder' else os.path.isfile(f)):
