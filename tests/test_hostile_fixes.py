@@ -15,6 +15,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from test_one_line_errors import _one_line, _run
 
 import tpm_jax
 from configs import fmnist
@@ -70,21 +71,18 @@ def test_good_multi_process_arguments_resolve_from_flags_or_the_environment(monk
 
 def test_train_py_refuses_a_port_that_cannot_exist_at_once(tmp_path):
   """MP05: JAX waited its 300 s for a coordinator at port 99999, then aborted from C++."""
-  res = subprocess.run([sys.executable, 'train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
-                        '--coordinator_address=127.0.0.1:99999', '--num_processes=2', '--process_id=0'],
-                       cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=120)
-  assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
-  assert res.stderr.strip().splitlines()[-1].startswith("error: --coordinator_address='127.0.0.1:99999' is not accepted")
+  res = _run('train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
+             '--coordinator_address=127.0.0.1:99999', '--num_processes=2', '--process_id=0')
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert _one_line(res).startswith("error: --coordinator_address='127.0.0.1:99999' is not accepted")
   assert not (tmp_path / 'r').exists()
 
 
 def test_distributed_off_a_cluster_is_one_line(tmp_path):
   """Pass 22's MP14: bare jax.distributed.initialize() found no TPU pod or SLURM job: a ValueError traceback."""
-  res = subprocess.run([sys.executable, 'train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
-                        '--distributed'], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
-                       timeout=120)
-  assert res.returncode == 2 and 'Traceback' not in res.stderr, res.stderr[-2000:]
-  assert res.stderr.strip().splitlines()[-1].startswith('error: --distributed found no cluster to join')
+  res = _run('train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'), '--distributed')
+  assert res.returncode == 2, res.stderr[-2000:]
+  assert _one_line(res).startswith('error: --distributed found no cluster to join')
   assert not (tmp_path / 'r').exists()
 
 
