@@ -5,9 +5,9 @@
 # by git; carry: [".whl", ".data"]; checked in a Python with only the image's packages and these).
 # Then, from the repo root there:
 #   bash benchmarks/gpu_run.sh PART [OUT]
-# PART: facts | tests | train | bench_s | bench_b | bench_train | profile. Output goes to OUT (default benchmarks/results/gpu).
+# PART: facts | tests | train | bench_s | bench_b | bench_families | bench_train | profile. Output goes to OUT (default benchmarks/results/gpu).
 set -uo pipefail
-PART=${1:?facts|tests|train|bench_s|bench_b|bench_train|profile}
+PART=${1:?facts|tests|train|bench_s|bench_b|bench_families|bench_train|profile}
 OUT=${2:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD"
@@ -51,6 +51,12 @@ EOF
     python3 benchmarks/throughput.py --models deit_base_patch16_224 --settings none,tpm:0.7,evit:0.7,tome:13 \
       --dtypes float32,bfloat16 --batches 1,64,256 --train_batch 0 --repeats 3 --min_time 0.5 --out "$OUT/throughput_deit_b" \
       2>&1 | grep -v Warning ;;
+  bench_families)
+    # issue 24: the vision towers in bfloat16 at batch 256, none / tome / tpm at matched token counts
+    # (tome:0.7 merges to tpm:0.7's counts at the same blocks) against PyTorch timm's unpruned model
+    python3 benchmarks/throughput.py --models vit_base_patch16_siglip_224,vit_base_patch16_clip_224,vit_small_patch14_dinov2 \
+      --settings none,tome:0.7,tpm:0.7 --dtypes bfloat16 --batches 256 --train_batch 0 --img_size 224 --repeats 3 \
+      --min_time 0.5 --out "$OUT/throughput_families_bf16" 2>&1 | grep -v Warning ;;
   bench_train)
     # the train step (the project's, as the trainer compiles it) against PyTorch timm's, DeiT-S batch 256
     python3 benchmarks/throughput.py --models deit_small_patch16_224 --settings none,tpm:0.7,evit:0.7 \
