@@ -92,13 +92,16 @@ def test_count_flops_at_another_image_size():
   assert f384['analytic_gmacs'] > 2.5 * tpm_jax.count_flops(model, compile=False)['analytic_gmacs']
 
 
-@pytest.mark.parametrize('name', ['vit_base_patch16_siglip_224', 'vit_base_patch16_siglip_gap_224',
-                                  'vit_small_patch14_reg4_dinov2', 'vit_base_patch16_clip_224'])
-def test_analytic_counts_every_matmul_of_the_families(name):
-  """The MAP head, registers, the pseudo class token, pre-norm: the analytic count equals the matmuls
-  of XLA's program (small models, before XLA's optimisations)."""
+@pytest.mark.parametrize('name, pool', [('vit_base_patch16_siglip_224', {}), ('vit_base_patch16_siglip_gap_224', {}),
+                                        ('vit_small_patch14_reg4_dinov2', {}), ('vit_base_patch16_clip_224', {}),
+                                        ('vit_small_patch14_reg4_dinov2', dict(global_pool='map'))])
+def test_analytic_counts_every_matmul_of_the_families(name, pool):
+  """The MAP head (also beside a class token and registers, which it does not pool), registers, the
+  pseudo class token, pre-norm: the analytic count equals the matmuls of XLA's program (small models,
+  before XLA's optimisations)."""
   for red in (dict(method='none'), dict(method='tpm', keep_rate=0.5, locations=(1,)),
               dict(method='tome', r=20, locations=(1, 2))):
-    model = tpm_jax.create_model(name, reduction=red, depth=3, embed_dim=48, num_heads=3, img_size=32, patch_size=4)
+    model = tpm_jax.create_model(name, reduction=red, depth=3, embed_dim=48, num_heads=3, img_size=32, patch_size=4,
+                                 **pool)
     f = tpm_jax.count_flops(model, compile=False)
     assert f['xla_matmul_gflops'] / (2 * f['analytic_gmacs']) == pytest.approx(1.0, abs=0.01), (red, f)

@@ -51,7 +51,9 @@ FAMILIES = [('vit_base_patch16_clip_224', dict(num_classes=10)), ('vit_base_patc
             ('vit_base_patch16_siglip_224', dict(num_classes=10)), ('vit_base_patch16_siglip_gap_224', {}),
             ('vit_small_patch14_dinov2', dict(img_size=56)), ('vit_small_patch14_reg4_dinov2', dict(img_size=56)),
             ('deit3_small_patch16_224', {}), ('vit_base_patch16_gap_224', dict(num_heads=4)),
-            ('vit_medium_patch16_reg4_gap_256', dict(img_size=64))]
+            ('vit_medium_patch16_reg4_gap_256', dict(img_size=64)),
+            # a MAP head beside a class token and registers pools the patch tokens only, as timm's
+            ('vit_small_patch14_reg4_dinov2', dict(img_size=56, global_pool='map'))]
 
 
 def _small_family(timm, name, overrides, depth=2):
@@ -64,7 +66,8 @@ def _small_family(timm, name, overrides, depth=2):
   return tm, kw
 
 
-@pytest.mark.parametrize('name, overrides', FAMILIES, ids=[name for name, _ in FAMILIES])
+@pytest.mark.parametrize('name, overrides', FAMILIES,
+                         ids=[name + ('-map' if o.get('global_pool') == 'map' else '') for name, o in FAMILIES])
 def test_every_family_matches_timm(timm, name, overrides):
   """CLIP (pre-norm, quick_gelu), SigLIP (MAP and GAP heads, no class token), DINOv2 and DeiT III
   (LayerScale, registers, no_embed_class), GAP ViTs: logits, or the pooled features where timm's

@@ -69,8 +69,8 @@ def analytic_macs(config, **kwargs) -> int:
   keep = {loc: k for loc, k, _ in red.schedule(P, cfg.num_patches)}
   macs = cfg.num_patches * cfg.patch_size ** 2 * cfg.in_chans * D    # patch embedding
   macs += D * cfg.num_classes * (2 if cfg.distilled else 1)           # head(s)
-  if cfg.global_pool == 'map':  # the MAP head: one query over the final tokens, then its MLP
-    n = sched.stages[-1]
+  if cfg.global_pool == 'map':  # the MAP head: one query over the final patch tokens, then its MLP
+    n = sched.stages[-1] - P
     macs += D * D + n * D * 2 * D + 2 * n * D + D * D + 2 * D * hidden  # q, kv, q @ k, attn @ v, proj, mlp
   first = min(keep) if keep else 0
   for i, (n, n_mlp) in enumerate(sched.per_block):

@@ -384,14 +384,14 @@ class VisionTransformer(nnx.Module):
 
   def pool(self, x, sizes=None):
     """Tokens (B, N, D) -> (B, D) by ``global_pool``: the class token; the mean of the patch tokens,
-    each weighted by its size (the patches a merged token stands for); or the MAP head, whose
+    each weighted by its size (the patches a merged token stands for); or the MAP head over the patch tokens, whose
     attention takes proportional attention's log(size) when the reduction uses it."""
     P = self.num_prefix_tokens
     if self.cfg.global_pool == 'token':
       return x[:, 0]
-    if self.cfg.global_pool == 'map':
+    if self.cfg.global_pool == 'map':  # over the patch tokens only, as timm (pool_include_prefix=False)
       prop = self.reduction.enabled and self.reduction.use_prop_attn and sizes is not None
-      return self.attn_pool(x, size_bias=jnp.log(sizes) if prop else None)
+      return self.attn_pool(x[:, P:], size_bias=jnp.log(sizes[:, P:]) if prop else None)
     if sizes is None:
       return x[:, P:].mean(axis=1)
     w = sizes[:, P:, None].astype(x.dtype)
