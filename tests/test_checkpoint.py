@@ -398,6 +398,24 @@ def test_a_distillation_run_whose_init_weights_were_replaced_is_refused(tmp_path
   assert isinstance(error, ConfigError) and 'same paths, other contents' in str(error), error
 
 
+def test_a_resume_does_not_say_the_head_restored_from_the_checkpoint_is_fresh(tmp_path, data_dir):
+  """Hostile pass 23's TR11: init weights without a head (a backbone) are loaded again on a resume (they
+  build the distillation teacher), and said again that the head was freshly initialised, which the
+  resume had restored from its checkpoint."""
+  from safetensors.numpy import save_file
+
+  from tpm_jax.models.registry import model_from_config
+  from tpm_jax.timm_weights import timm_state_dict
+  backbone = {k: v for k, v in timm_state_dict(model_from_config(RunConfig.from_any(_smoke_config()))).items()
+              if not k.startswith('head.')}
+  save_file(backbone, str(tmp_path / 'backbone.safetensors'))
+  init = f'--config.init.timm_checkpoint={tmp_path / "backbone.safetensors"}'
+  _, error, out = _train_here(tmp_path / 'run', data_dir, '--config.total_steps=2', init)
+  assert error is None and out.count('freshly initialised') == 1, (error, out[-2000:])
+  _, error, out = _train_here(tmp_path / 'run', data_dir, '--config.total_steps=4', init)
+  assert error is None and 'resuming from step 2' in out and 'freshly initialised' not in out, (error, out[-2000:])
+
+
 def test_an_export_written_again_is_the_same_weights(tmp_path, four_steps, monkeypatch):
   """Orbax never writes one export as the same files (timestamps, random data-file names): what a
   distillation run's resume compares is the parameter values (hostile pass 13b's R7)."""

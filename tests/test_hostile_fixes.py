@@ -219,3 +219,20 @@ def test_an_exported_safetensors_file_is_readable_as_the_export_s_other_files(tm
   (tmp_path / 'other').write_text('x')  # a file this process makes, under its umask
   assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(tmp_path / 'other').st_mode)
   assert sorted(os.listdir(tmp_path)) == ['m.safetensors', 'other']
+
+
+def test_pretrained_weights_without_a_network_are_one_line_at_once(tmp_path):
+  """Pass 23's TR13: weights neither cached nor reachable (offline mode off) were 23 lines of
+  huggingface_hub's retries over 26 s before the one line. The Hub's host is asked first (here a
+  name that never resolves, RFC 2606's .invalid, so the test means the same on a machine with a network)."""
+  env = {k: v for k, v in os.environ.items() if 'proxy' not in k.lower()}
+  env.update(HF_ENDPOINT='https://hub.invalid', HF_HUB_OFFLINE='0', HF_HUB_CACHE=str(tmp_path / 'hub'),
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  res = subprocess.run([sys.executable, 'train.py', '--config', 'configs/fmnist.py:smoke', '--workdir',
+                        str(tmp_path / 'run'), '--config.model.name=vit_small_patch14_dinov2',
+                        '--config.init.pretrained=true'], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert res.returncode == 2, res.stderr[-3000:]
+  line = _one_line(res)
+  assert 'timm/vit_small_patch14_dinov2.lvd142m/model.safetensors' in line and 'hub.invalid' in line, line
+  assert 'Retry' not in res.stderr and 'HTTP' not in res.stderr, res.stderr[-3000:]
+  assert not (tmp_path / 'run').exists()

@@ -13,7 +13,7 @@ PKG = os.path.join(ROOT, 'tpm_jax')
 
 # Lower numbers are lower layers; a module may import its own layer or lower ones (the graph stays acyclic).
 LAYERS = {
-    'tpm_jax.config': 0, 'tpm_jax.cli': 0, 'tpm_jax.version': 0, 'tpm_jax.files': 0,
+    'tpm_jax.config': 0, 'tpm_jax.cli': 0, 'tpm_jax.version': 0, 'tpm_jax.files': 0, 'tpm_jax.network': 0,
     'tpm_jax.reduction': 1, 'tpm_jax.reduction_setting': 1,
     'tpm_jax.models': 2, 'tpm_jax.flops': 2, 'tpm_jax.timm_weights': 2, 'tpm_jax.big_vision_weights': 2, 'tpm_jax.pretrained': 2, 'tpm_jax.throughput': 2,
     'tpm_jax.augment': 2, 'tpm_jax.viz': 2, 'tpm_jax.compile_options': 2, 'tpm_jax.forward': 2,

@@ -30,6 +30,20 @@ def quiet_library_logs() -> None:
   show_messages()
 
 
+@contextlib.contextmanager
+def muted(*loggers: str):
+  """The named loggers' records below ERROR dropped for the block, their levels restored after: a library's
+  retries (huggingface_hub's) or a note that the caller knows to be moot (the head a resume restores)."""
+  saved = [(lg, lg.level) for lg in map(std_logging.getLogger, loggers)]
+  for lg, _ in saved:
+    lg.setLevel(std_logging.ERROR)
+  try:
+    yield
+  finally:
+    for lg, level in saved:
+      lg.setLevel(level)
+
+
 class _Below(std_logging.Filter):
   def __init__(self, level):
     super().__init__()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import logging
 import os
 import stat
 
@@ -20,6 +19,7 @@ from tpm_jax.checkpoint.exports import EXPORT_FILES, export_digest, export_param
 from tpm_jax.checkpoint.integrity import verify_checksums
 from tpm_jax.checkpoint.lock import HOLDER, held_by_another
 from tpm_jax.checkpoint.steps import checkpoint_dir
+from tpm_jax.cli import muted
 from tpm_jax.config import ConfigError, DataConfig, RunConfig, refuse
 from tpm_jax.data.checks import SPLIT_FIELDS, check_dataset, check_splits
 from tpm_jax.data.local_sources import is_prepared
@@ -131,15 +131,11 @@ def check_init(run: RunConfig, abstract_model) -> None:
   """``init.timm_checkpoint``, ``init.pretrained`` (cached or downloaded now) and ``init.checkpoint``
   exist, are what they should be, fit the model (names and shapes) and hold finite values."""
   def check_fits(path, refused_as):
-    notes = logging.getLogger(load_timm_weights.__module__)  # what the load leaves out (a head) is said once, by the
-    level = notes.level  # real load (hostile pass 21's WT43: twice)
-    notes.setLevel(logging.ERROR)
-    try:
-      load_timm_weights(abstract_model, path)
+    try:  # what the load leaves out (a head) is said once, by the real load (hostile pass 21's WT43: twice)
+      with muted(load_timm_weights.__module__):
+        load_timm_weights(abstract_model, path)
     except (ValueError, OSError, ImportError, RuntimeError, KeyError) as e:
       raise ConfigError(f'{refused_as}: {str(e).splitlines()[0] if str(e) else type(e).__name__}') from e
-    finally:
-      notes.setLevel(level)
 
   if run.init.timm_checkpoint:
     check_fits(check_regular_file('init.timm_checkpoint', run.init.timm_checkpoint,

@@ -4,7 +4,12 @@ as ``timm.create_model(name, pretrained=True)`` fetches them. A name is ``archit
 default tag) or ``architecture.tag`` (``vit_base_patch16_siglip_224.webli``)."""
 from __future__ import annotations
 
+import textwrap
+import urllib.parse
+
+from tpm_jax.cli import muted
 from tpm_jax.config import MODELS, ConfigError, pretrained_repo, split_model_name
+from tpm_jax.network import unreachable
 
 FILENAME = 'model.safetensors'
 def hub_repo(name: str) -> str:
@@ -25,6 +30,7 @@ def weights_file(name: str) -> str:
   repo = hub_repo(name)
   try:
     import huggingface_hub
+    from huggingface_hub import constants
     from huggingface_hub.errors import LocalEntryNotFoundError
   except ImportError as e:
     raise ConfigError(f'pretrained weights ({repo}) need huggingface_hub: pip install huggingface_hub') from e
@@ -34,14 +40,19 @@ def weights_file(name: str) -> str:
     pass
   except (OSError, ValueError) as e:
     raise _unavailable(repo, e) from e
+  host = urllib.parse.urlsplit(constants.ENDPOINT).hostname
+  why = None if constants.HF_HUB_OFFLINE else unreachable(host)
+  if why is not None:  # at once, not after huggingface_hub's retries (hostile pass 23's TR13)
+    raise _unavailable(repo, OSError(f'{host}: {why}'))
   try:
-    return huggingface_hub.hf_hub_download(repo, FILENAME)
+    with muted('huggingface_hub'):  # its retries' warnings: the one line below says what failed
+      return huggingface_hub.hf_hub_download(repo, FILENAME)
   except Exception as e:  # noqa: BLE001  (huggingface_hub's and requests' errors: no network, no such repository)
     raise _unavailable(repo, e) from e
 
 
 def _unavailable(repo: str, e: Exception) -> ConfigError:
-  reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+  reason = textwrap.shorten((str(e).strip().splitlines() or [type(e).__name__])[0], 160, placeholder=' ...')
   return ConfigError(f'pretrained weights {repo}/{FILENAME} are not in the Hugging Face cache and cannot be downloaded '
                      f'({type(e).__name__}: {reason}): fetch them where there is a network (hf download {repo} '
                      f'{FILENAME}) into this cache (HF_HUB_CACHE), or pass the file as init.timm_checkpoint')

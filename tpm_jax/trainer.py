@@ -10,6 +10,7 @@ them), ``jit_train_step`` / ``jit_eval_step`` (the steps as the trainer compiles
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -31,6 +32,7 @@ from tqdm import tqdm
 
 from tpm_jax import augment, checkpoint, preflight, sharding
 from tpm_jax.checkpoint import Checkpointer
+from tpm_jax.cli import muted
 from tpm_jax.compile_options import compiler_options
 from tpm_jax.config import AugConfig, ConfigError, OptimConfig, RunConfig
 from tpm_jax.data import input_pipeline
@@ -517,7 +519,9 @@ def _train(run: RunConfig, workdir: str, stop: StopSignals) -> dict:
     if resume is not None and resume.finished:
       return _nothing_to_do(workdir, finished, resume.step)
     stop.check('start-up')
-    setup.materialise()
+    # the init weights build the teacher on a resume too; what they lack (a head) the checkpoint restores, unsaid
+    with muted(load_timm_weights.__module__) if resume is not None else contextlib.nullcontext():
+      setup.materialise()
     start = 0
     if resume is not None:
       start = resume.step

@@ -25,6 +25,7 @@ from tpm_jax.cli import ArgumentParser, Interrupted, error_line, fail, finished,
 from tpm_jax.config import ConfigError, DataConfig
 from tpm_jax.data.local_sources import is_prepared, prepare_fashion_mnist
 from tpm_jax.files import blocked_at, unwritable_at
+from tpm_jax.network import unreachable
 
 log = logging.getLogger(__name__)
 
@@ -125,16 +126,11 @@ TFDS_HOST = 'storage.googleapis.com'  # where TFDS looks for a prepared copy fir
 def _check_network(name: str) -> None:
   """A dataset TFDS downloads, on a machine without a name server (and no proxy): one line at once. TFDS retried
   each URL ten times with back-off, for minutes (hostile pass 19's PR11)."""
-  import socket
-  import urllib.request
-  if urllib.request.getproxies():
-    return  # the proxy resolves the names
-  try:
-    socket.getaddrinfo(TFDS_HOST, 443)
-  except OSError as e:
+  why = unreachable(TFDS_HOST)
+  if why is not None:
     raise ConfigError(f'{name}: preparing it downloads its files, and this machine cannot reach the network '
-                      f'({TFDS_HOST}: {e.strerror or e}); prepare it on a machine that can (python -m '
-                      f'tpm_jax.data.prepare --name {name} --data_dir DIR) and copy DIR here') from None
+                      f'({TFDS_HOST}: {why}); prepare it on a machine that can (python -m '
+                      f'tpm_jax.data.prepare --name {name} --data_dir DIR) and copy DIR here')
 
 
 def main(argv=None) -> int:
