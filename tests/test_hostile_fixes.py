@@ -236,3 +236,14 @@ def test_pretrained_weights_without_a_network_are_one_line_at_once(tmp_path):
   assert 'timm/vit_small_patch14_dinov2.lvd142m/model.safetensors' in line and 'hub.invalid' in line, line
   assert 'Retry' not in res.stderr and 'HTTP' not in res.stderr, res.stderr[-3000:]
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_model_larger_than_the_machine_s_memory_is_one_line_before_anything_is_written(tmp_path):
+  """Pass 23's TR19: ``model.embed_dim=300000000`` aborted in XLA's compiler (rc 134, a C++ stack) and left an
+  empty workdir. Its parameters alone would take 1.6e10 GiB."""
+  res = _run('train.py', '--config', 'configs/fmnist.py:smoke', '--workdir', str(tmp_path / 'r'),
+             '--config.model.embed_dim=300000000')
+  assert res.returncode == 2
+  line = _one_line(res)
+  assert line.startswith("error: model.name='vit_custom' (embed_dim=300000000, depth=4,") and 'parameters alone' in line
+  assert not (tmp_path / 'r').exists()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import stat
 
+import jax
 from flax import nnx
 
 from tpm_jax.checkpoint import CheckpointError, check_config_json, check_export, load_params_into
@@ -43,8 +45,37 @@ def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workd
     if not run.overwrite:  # a workdir of another run
       check_config_json(workdir, run)
   check_data(run.dataset, num_classes=run.model.num_classes)
+  abstract_model = nnx.eval_shape(lambda: model_from_config(run))  # shapes only (0.1-0.5 s of start-up)
+  check_model_fits(run, abstract_model)
   if run.init.timm_checkpoint or run.init.pretrained or run.init.checkpoint:  # weights to fit to the model's shapes
-    check_init(run, nnx.eval_shape(lambda: model_from_config(run)))  # (tracing the model costs ~0.5 s of start-up)
+    check_init(run, abstract_model)
+
+
+def memory_of(devices) -> int | None:
+  """Bytes of memory ``devices`` hold together: the host's RAM for CPU devices (which share it), else the
+  sum of each device's ``bytes_limit``; None where a device does not say."""
+  if devices[0].platform == 'cpu':
+    return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  stats = [d.memory_stats() for d in devices]
+  if not all(st and 'bytes_limit' in st for st in stats):
+    return None
+  return sum(st['bytes_limit'] for st in stats)
+
+
+def check_model_fits(run: RunConfig, abstract_model) -> None:
+  """A model whose parameters alone exceed the memory of every device of the run (``model.embed_dim=300000000``
+  aborted in XLA's compiler with a C++ stack: hostile pass 23's TR19): one line naming the sizes."""
+  total = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(nnx.state(abstract_model, nnx.Param)))
+  local = jax.local_devices()
+  have = memory_of(local)
+  if have is None or total <= have * jax.process_count():
+    return
+  cfg = abstract_model.cfg
+  sizes = ', '.join(f'{f}={getattr(cfg, f)}' for f in ('embed_dim', 'depth', 'num_heads', 'mlp_ratio', 'img_size',
+                                                       'patch_size', 'reg_tokens', 'num_classes'))
+  raise ConfigError(f'model.name={run.model.name!r} ({sizes}) is not accepted: its parameters alone take {total / 2**30:,.4g} '
+                    f'GiB, more than the {have * jax.process_count() / 2**30:,.4g} GiB of memory of the run\'s '
+                    f'{len(local) * jax.process_count()} {local[0].platform} device(s)')
 
 
 def validate_train_config(config, *, num_devices: int, process_count: int = 1, workdir: str | None = None) -> None:
