@@ -27,10 +27,11 @@ def _gmacs(name, red, keep):  # the analytic count alone (no program lowered)
 
 @pytest.mark.parametrize('red', [dict(method='tpm'), dict(method='tome', r=13), dict(method='evit', multiscale='cross')])
 def test_compiled_and_lowered_counts_agree(red):
-  """The sweeps below analyse the lowered program (10x faster); XLA's compiled count is the same."""
+  """The sweeps below analyse the lowered program (10x faster); XLA's compiled count is the same, up to
+  the elementwise work its optimisations move (0.13-0.2% with JAX 0.12's XLA, under 0.1% with 0.10's)."""
   a = _flops('deit_tiny_patch16_224', red, 0.6, compile=True)  # (the model's size does not matter here)
   b = _flops('deit_tiny_patch16_224', red, 0.6, compile=False)
-  assert a['xla_gflops'] == pytest.approx(b['xla_gflops'], rel=1e-3)
+  assert a['xla_gflops'] == pytest.approx(b['xla_gflops'], rel=5e-3)
   assert a['xla_matmul_gflops'] == b['xla_matmul_gflops']
 
 
