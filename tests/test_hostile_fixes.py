@@ -245,5 +245,40 @@ def test_a_model_larger_than_the_machine_s_memory_is_one_line_before_anything_is
              '--config.model.embed_dim=300000000')
   assert res.returncode == 2
   line = _one_line(res)
-  assert line.startswith("error: model.name='vit_custom' (embed_dim=300000000, depth=4,") and 'parameters alone' in line
+  assert line.startswith("error: model.name='vit_custom' (embed_dim=300000000, depth=4,") and 'training it takes' in line
   assert not (tmp_path / 'r').exists()
+
+
+def test_the_memory_check_counts_at_most_the_parameters_of_every_model_and_never_traces_it():
+  """Pass 24's MM03 / SG01: the check counted the parameters alone (a model just under them was killed by the
+  kernel) by tracing the model's initialisation (minutes at depth 200, signals unheard). Now a bound from the
+  config: at most the parameters of every registered model (never a false refusal), at least 60% of them."""
+  for name in tpm_jax.list_models():
+    model = nnx.eval_shape(lambda: tpm_jax.create_model(name, depth=2))
+    n = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    assert 0.6 * n <= preflight.min_parameters(tpm_jax.model_config(name, depth=2)) <= n, name
+  c = fmnist.get_config('smoke')
+  c.model.depth = 10 ** 7  # 2.8e11 parameters, 4 TiB to train: refused at once from the config (a trace would take days)
+  run = RunConfig.from_any(c)
+  with pytest.raises(ConfigError, match=f'training it takes at least .* GiB \\({preflight.min_parameters(run.vit):,} '
+                                        f'parameters or more'):
+    preflight.check_model_fits(run)
+  c.model.depth = 4
+  preflight.check_model_fits(RunConfig.from_any(c))
+
+
+def test_preparing_through_a_dead_proxy_is_one_line_at_once(tmp_path, monkeypatch, capsys):
+  """Pass 24's PR02: with https_proxy set the network check was skipped, and TFDS retried through a proxy that
+  refuses every connection for minutes. The proxy itself is asked now."""
+  from tpm_jax.data.prepare import main
+  with socket.socket() as s:  # a port nothing listens on
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  for var in ('https_proxy', 'HTTPS_PROXY', 'no_proxy', 'NO_PROXY'):
+    monkeypatch.delenv(var, raising=False)
+  monkeypatch.setenv('https_proxy', f'http://127.0.0.1:{port}')
+  assert main(['--name', 'mnist', '--data_dir', str(tmp_path / 'd')]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith(f'error: mnist: preparing it downloads its files, and this machine cannot reach the network '
+                        f'(storage.googleapis.com: the proxy http://127.0.0.1:{port} (') and err.count('\n') == 1, err
+  assert not (tmp_path / 'd').exists()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import os
 import stat
 
@@ -45,10 +44,9 @@ def check_run(run: RunConfig, *, num_devices: int, process_count: int = 1, workd
     if not run.overwrite:  # a workdir of another run
       check_config_json(workdir, run)
   check_data(run.dataset, num_classes=run.model.num_classes)
-  abstract_model = nnx.eval_shape(lambda: model_from_config(run))  # shapes only (0.1-0.5 s of start-up)
-  check_model_fits(run, abstract_model)
+  check_model_fits(run)
   if run.init.timm_checkpoint or run.init.pretrained or run.init.checkpoint:  # weights to fit to the model's shapes
-    check_init(run, abstract_model)
+    check_init(run, nnx.eval_shape(lambda: model_from_config(run)))  # (tracing the model costs ~0.5 s of start-up)
 
 
 def memory_of(devices) -> int | None:
@@ -62,19 +60,35 @@ def memory_of(devices) -> int | None:
   return sum(st['bytes_limit'] for st in stats)
 
 
-def check_model_fits(run: RunConfig, abstract_model) -> None:
-  """A model whose parameters alone exceed the memory of every device of the run (``model.embed_dim=300000000``
-  aborted in XLA's compiler with a C++ stack: hostile pass 23's TR19): one line naming the sizes."""
-  total = sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(nnx.state(abstract_model, nnx.Param)))
+def min_parameters(cfg) -> int:
+  """A lower bound on the parameters of the model ``cfg`` (a ``ViTConfig``) describes, from the config alone:
+  the blocks' matmul weights, the patch embedding, the position table, the prefix tokens and the head. (Not
+  the model's shapes: tracing its initialisation costs time quadratic in depth, minutes at depth 200.)"""
+  D, hidden = cfg.embed_dim, int(cfg.embed_dim * cfg.mlp_ratio)
+  return (cfg.depth * (4 * D * D + 2 * D * hidden) + cfg.patch_size ** 2 * cfg.in_chans * D
+          + (cfg.num_patches + cfg.num_prefix_tokens) * D + D * cfg.num_classes)
+
+
+TRAIN_COPIES = 4  # what training holds of each float32 parameter at least: the weight, its gradient, AdamW's two moments
+
+
+def check_model_fits(run: RunConfig) -> None:
+  """A model that cannot train in the memory of the run's devices: ``TRAIN_COPIES`` float32 copies of
+  ``min_parameters`` (activations, the EMA and a teacher come on top) more than they hold. One line naming
+  the sizes (``model.embed_dim=300000000`` aborted in XLA's compiler: hostile pass 23's TR19; a model just
+  under its parameters' size was killed by the kernel 72 s in: pass 24's MM03)."""
   local = jax.local_devices()
   have = memory_of(local)
-  if have is None or total <= have * jax.process_count():
+  need = TRAIN_COPIES * 4 * min_parameters(run.vit)
+  if have is None or need <= have * jax.process_count():
     return
-  cfg = abstract_model.cfg
+  cfg = run.vit
   sizes = ', '.join(f'{f}={getattr(cfg, f)}' for f in ('embed_dim', 'depth', 'num_heads', 'mlp_ratio', 'img_size',
                                                        'patch_size', 'reg_tokens', 'num_classes'))
-  raise ConfigError(f'model.name={run.model.name!r} ({sizes}) is not accepted: its parameters alone take {total / 2**30:,.4g} '
-                    f'GiB, more than the {have * jax.process_count() / 2**30:,.4g} GiB of memory of the run\'s '
+  raise ConfigError(f'model.name={run.model.name!r} ({sizes}) is not accepted: training it takes at least '
+                    f'{need / 2**30:,.4g} GiB ({min_parameters(cfg):,} parameters or more, {TRAIN_COPIES} float32 '
+                    f'copies: weights, gradients, AdamW\'s two moments), more than the '
+                    f'{have * jax.process_count() / 2**30:,.4g} GiB of memory of the run\'s '
                     f'{len(local) * jax.process_count()} {local[0].platform} device(s)')
 
 
