@@ -37,7 +37,7 @@ if framework == 'jax':
   from tpm_jax import sweep, trainer
   from tpm_jax.compile_options import compiler_options
   from tpm_jax.config import RunConfig
-  c = RunConfig.from_any(sweep.load_config(ROOT + '/configs/deit.py:model=deit_small_patch16_224,method=none'))
+  c = sweep.load_run_config(ROOT + '/configs/deit.py:model=deit_small_patch16_224,method=none')
   c = c.replace(model=dict(dtype='float32'), batch_size=32)
   gd, st = nnx.split(trainer.create_train_state(c, trainer.learning_rate_schedule(c.optim, c.batch_size, 1000, 100)))
   fn = jax.jit(trainer.make_train_step(c, gd), donate_argnums=0, compiler_options=compiler_options())

@@ -26,8 +26,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from tpm_jax import sharding, trainer  # noqa: E402
-from tpm_jax.config import RunConfig  # noqa: E402
-from tpm_jax.sweep import load_config  # noqa: E402
+from tpm_jax.sweep import load_run_config  # noqa: E402
 
 
 def read_idx(path):
@@ -53,7 +52,7 @@ def main():
   p.add_argument('--batch_size', type=int, default=None)
   p.add_argument('--dtype', default=None, help='float32 | bfloat16 (default: the config\'s)')
   args, overrides = p.parse_known_args()  # overrides: --config.<field>=<value>, as for train.py
-  c = RunConfig.from_any(load_config(args.config, overrides))
+  c = load_run_config(args.config, overrides)
   c = c.replace(batch_size=args.batch_size or c.batch_size, model=dict(dtype=args.dtype or c.model.dtype))
   x_train, y_train = load(args.data, 'train')
   x_test, y_test = load(args.data, 'test')

@@ -15,7 +15,6 @@ from test_checkpoint import SHALLOW
 
 from configs import deit
 from tpm_jax import sweep
-from tpm_jax.config import RunConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs/deit.py')
@@ -24,7 +23,7 @@ CONFIG = os.path.join(ROOT, 'configs/deit.py')
 def _finish_by_hand(workdir, arg, top1, overrides=()):
   """The final.json a finished train.py run leaves (trainer.train_and_evaluate), written directly."""
   os.makedirs(workdir, exist_ok=True)
-  config = RunConfig.from_any(sweep.load_config(f'{CONFIG}:{arg}', overrides)).to_dict()
+  config = sweep.load_run_config(f'{CONFIG}:{arg}', overrides).to_dict()
   with open(os.path.join(workdir, 'final.json'), 'w') as f:
     json.dump(dict(step=4, total_steps=4, eval_top1=top1, eval_top5=1.0, config=config), f)
 
@@ -245,7 +244,7 @@ def test_over_seeds_pools_runs_of_one_config_only(tmp_path, capsys):
   def finish(seed, top1):
     workdir = work / 'runs' / f'seed-{seed}'
     os.makedirs(workdir)
-    config = RunConfig.from_any(sweep.load_config(f'{own}:smoke,seed={seed}')).to_dict()
+    config = sweep.load_run_config(f'{own}:smoke,seed={seed}').to_dict()
     with open(workdir / 'final.json', 'w') as f:
       json.dump(dict(step=4, total_steps=4, eval_top1=top1, eval_top5=1.0, config=config), f)
   collect = ['--config', f'{own}:smoke', '--workdir', str(work), '--collect_only', '--throughput_batch', '4']

@@ -68,13 +68,12 @@ def resolve(coordinator_address: str | None = None, num_processes: int | None = 
         or not 1 <= int(port) <= 65535):  # the host waited JAX's 300 s (MP15)
       raise ConfigError(f'{address_from}={address!r} is not accepted: expected HOST:PORT with a port from 1 to 65535 '
                         '(where process 0 listens)')
-  if address is not None and index == 0:  # process 0 runs the coordinator there: a port in use was a segfault (MP18)
-    _check_port_free(address, address_from)
+    if index == 0:  # process 0 runs the coordinator there: a port in use was a segfault (MP18)
+      _check_port_free(int(port), address, address_from)
   return address, count, index
 
 
-def _check_port_free(address: str, address_from: str) -> None:
-  port = int(address.rpartition(':')[2])
+def _check_port_free(port: int, address: str, address_from: str) -> None:
   for family, host in ((socket.AF_INET6, '::'), (socket.AF_INET, '')):  # JAX's coordinator binds [::]:PORT
     try:
       with socket.socket(family, socket.SOCK_STREAM) as s:

@@ -77,18 +77,18 @@ def check_model_fits(run: RunConfig) -> None:
   ``min_parameters`` (activations, the EMA and a teacher come on top) more than they hold. One line naming
   the sizes (``model.embed_dim=300000000`` aborted in XLA's compiler: hostile pass 23's TR19; a model just
   under its parameters' size was killed by the kernel 72 s in: pass 24's MM03)."""
-  local = jax.local_devices()
-  have = memory_of(local)
-  need = TRAIN_COPIES * 4 * min_parameters(run.vit)
-  if have is None or need <= have * jax.process_count():
+  local, cfg = jax.local_devices(), run.vit
+  per_process = memory_of(local)
+  params = min_parameters(cfg)
+  need = TRAIN_COPIES * 4 * params
+  if per_process is None or need <= per_process * jax.process_count():
     return
-  cfg = run.vit
   sizes = ', '.join(f'{f}={getattr(cfg, f)}' for f in ('embed_dim', 'depth', 'num_heads', 'mlp_ratio', 'img_size',
                                                        'patch_size', 'reg_tokens', 'num_classes'))
   raise ConfigError(f'model.name={run.model.name!r} ({sizes}) is not accepted: training it takes at least '
-                    f'{need / 2**30:,.4g} GiB ({min_parameters(cfg):,} parameters or more, {TRAIN_COPIES} float32 '
+                    f'{need / 2**30:,.4g} GiB ({params:,} parameters or more, {TRAIN_COPIES} float32 '
                     f'copies: weights, gradients, AdamW\'s two moments), more than the '
-                    f'{have * jax.process_count() / 2**30:,.4g} GiB of memory of the run\'s '
+                    f'{per_process * jax.process_count() / 2**30:,.4g} GiB of memory of the run\'s '
                     f'{len(local) * jax.process_count()} {local[0].platform} device(s)')
 
 
@@ -245,9 +245,8 @@ def check_workdir_path(workdir: str, what: str = 'workdir') -> None:
   if long is not None:
     raise ConfigError(f'{what} {workdir}: the name {long[:40]}... is longer than the file system allows ({name_max} '
                       f'bytes)')
-  locked = unwritable_at(p)
-  if locked is not None:
-    raise ConfigError(f'{what} {workdir}: {locked} is not writable (read-only file system or permissions)')
+  if unwritable_at(existing) is not None:
+    raise ConfigError(f'{what} {workdir}: {existing} is not writable (read-only file system or permissions)')
   for name, kind in RUN_FILE_KINDS.items():  # what a run writes there must be what it writes (a FIFO would block)
     f = os.path.join(p, name)
     if os.path.lexists(f) and not (os.path.isdir(f) if kind == 'folder' else os.path.isfile(f)):

@@ -35,7 +35,7 @@ SIGINT and SIGTERM before JAX is imported):
 import importlib
 
 MODULES = ('config_file', 'planning', 'folder', 'running', 'tables', 'off_the_shelf', 'command')  # lower layers first
-__all__ = ['plan', 'run', 'collect', 'main', 'evaluate_reductions', 'load_config', 'Run', 'PLAN', 'OUTPUTS']
+__all__ = ['plan', 'run', 'collect', 'main', 'evaluate_reductions', 'load_config', 'load_run_config', 'Run', 'PLAN', 'OUTPUTS']
 
 
 def __getattr__(name):  # every name of the modules above (sweep.final_of too), from the first that has it

@@ -20,7 +20,7 @@ from tpm_jax.config import ConfigError, RunConfig, field_differences, flat_dict
 from tpm_jax.data.sources import known_split_size
 from tpm_jax.files import read_json_object
 from tpm_jax.models.registry import model_from_config
-from tpm_jax.sweep.config_file import load_config
+from tpm_jax.sweep.config_file import load_run_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -123,7 +123,7 @@ def plan(config: str, sweeps, workdir: str, overrides=()) -> list[Run]:
   def build(values, what):
     arg = _arg_string(base, values)
     try:
-      cfg = RunConfig.from_any(load_config(f'{file}:{arg}', overrides))
+      cfg = load_run_config(f'{file}:{arg}', overrides)
       if model_key(cfg) not in checked:
         nnx.eval_shape(lambda: model_from_config(cfg))
         checked.add(model_key(cfg))
@@ -209,7 +209,7 @@ def _arg_fields(file: str) -> dict:
     spec = importlib.util.spec_from_file_location('_tpm_jax_sweep_config', file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-  except Exception:  # noqa: BLE001 - load_config already read the file: a second reading that fails declares nothing
+  except Exception:  # noqa: BLE001 - load_run_config already read the file: a second reading that fails declares nothing
     return {}
   fields = getattr(module, 'ARG_FIELDS', None)
   return {str(k): str(v) for k, v in fields.items()} if isinstance(fields, Mapping) else {}
@@ -230,7 +230,7 @@ def _check_labels(file: str, base: str, sweeps: dict, overrides, alone: dict, de
 
   def fields(values):  # without the flags
     try:
-      return flat_dict(RunConfig.from_any(load_config(f'{file}:{_arg_string(base, values)}')).to_dict())
+      return flat_dict(load_run_config(f'{file}:{_arg_string(base, values)}').to_dict())
     except ConfigError:  # a config that needs a flag to be valid: its own check, in plan(), named it
       return None
   plain = fields({}) if overrides or set(sweeps) - set(declared) else None
