@@ -269,7 +269,8 @@ def test_the_memory_check_counts_at_most_the_parameters_of_every_model_and_never
 
 def test_preparing_through_a_dead_proxy_is_one_line_at_once(tmp_path, monkeypatch, capsys):
   """Pass 24's PR02: with https_proxy set the network check was skipped, and TFDS retried through a proxy that
-  refuses every connection for minutes. The proxy itself is asked now."""
+  refuses every connection for minutes; pass 25's NW01: one that never answers, the same. The proxy itself is asked
+  now, a CONNECT to the host."""
   from tpm_jax.data.prepare import main
   with socket.socket() as s:  # a port nothing listens on
     s.bind(('127.0.0.1', 0))
@@ -281,4 +282,15 @@ def test_preparing_through_a_dead_proxy_is_one_line_at_once(tmp_path, monkeypatc
   err = capsys.readouterr().err
   assert err.startswith(f'error: mnist: preparing it downloads its files, and this machine cannot reach the network '
                         f'(storage.googleapis.com: the proxy http://127.0.0.1:{port} (') and err.count('\n') == 1, err
+  assert not (tmp_path / 'd').exists()
+  with socket.socket() as silent:  # pass 25's NW01: a proxy that takes the connection and never answers
+    silent.bind(('127.0.0.1', 0))
+    silent.listen(4)
+    quiet = silent.getsockname()[1]
+    monkeypatch.setenv('https_proxy', f'http://127.0.0.1:{quiet}')
+    assert main(['--name', 'mnist', '--data_dir', str(tmp_path / 'd')]) == 2
+  err = capsys.readouterr().err
+  assert err.endswith(f'(storage.googleapis.com: the proxy http://127.0.0.1:{quiet} (no answer within '
+                      f'5 s)); prepare it on a machine that can (python -m tpm_jax.data.prepare --name mnist --data_dir '
+                      f'DIR) and copy DIR here\n') and err.count('\n') == 1, err
   assert not (tmp_path / 'd').exists()
